@@ -1,0 +1,5 @@
+import sys
+
+from protloc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""The `protloc` command line. Each subcommand is a module in protloc/commands with `register(subparsers)`;
+this file only assembles them and turns user-fixable errors into short lines and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import protloc.commands
+from protloc import __version__
+from protloc.data.images import ImageReadError
+from protloc.errors import ProtlocError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protloc",
+        description="Where does a protein sit in the cell? Multi-label localisation from fluorescence images.",
+    )
+    parser.add_argument("--version", action="version", version=f"protloc {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_info in sorted(pkgutil.iter_modules(protloc.commands.__path__), key=lambda m: m.name):
+        if not module_info.name.startswith("_"):
+            importlib.import_module(f"protloc.commands.{module_info.name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ProtlocError, ImageReadError) as error:
+        lines = error.lines if isinstance(error, ProtlocError) else [str(error)]
+        for line in lines:
+            print(f"protloc: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("protloc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""protloc convert hpa2018-to-hpa10 SRC OUT."""
+from __future__ import annotations
+
+import argparse
+
+CONVERSIONS = ("hpa2018-to-hpa10",)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a dataset to another layout / label set",
+        description="hpa2018-to-hpa10: keep the HPA 2018 images that carry at least one of the 10 Zero-to-GANs "
+                    "classes, drop the other labels, and write RGB composites in the Zero-to-GANs layout.")
+    parser.add_argument("conversion", choices=CONVERSIONS)
+    parser.add_argument("source", help="HPA 2018 dataset folder (train.csv + train/<Id>_<stain>.png)")
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--labels-only", action="store_true", help="write train.csv only, no images")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protloc.data.convert import convert_hpa2018_to_hpa10
+    from protloc.data.readers import read_hpa2018
+
+    total = len(read_hpa2018(args.source))
+    kept = convert_hpa2018_to_hpa10(args.source, args.out, labels_only=args.labels_only)
+    print(f"kept {kept:,} of {total:,} images (those with at least one of the 10 classes) -> {args.out}")
+    return 0

@@ -1,0 +1,56 @@
+"""Shared fixtures: small generated datasets, made once per test session."""
+from __future__ import annotations
+
+import os
+import tempfile
+import shutil
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+# Tests must not depend on a warm download cache or on the network.
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="protloc-torch-home-")
+
+REAL_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """A 64 px Zero-to-GANs-layout dataset: 96 train, 16 test images."""
+    from protloc.data.synthetic import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(root, n_train=96, n_test=16, size=64, seed=0, show_progress=False, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    path = os.path.abspath(REAL_DATA)
+    if not os.path.isdir(path):
+        pytest.fail(f"real HPA samples not found at {path} (../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture
+def assemble_hpa2018(real_data):
+    """Build an HPA-2018-layout folder of complete Ids from real single-stain files.
+
+    The shared sample holds one stain per Id, so real red, green, blue and yellow files are copied
+    under new Ids. Labels are "i 25" for Id number i. Returns a function(root, n_ids=2) -> ids."""
+
+    def assemble(root: Path, n_ids: int = 2) -> list[str]:
+        root = Path(root)
+        files = sorted((Path(real_data) / "hpa2018-sample" / "train").iterdir())
+        by_stain = {s: [f for f in files if f.stem.endswith("_" + s)] for s in ("red", "green", "blue", "yellow")}
+        (root / "train").mkdir(parents=True)
+        ids = [f"test-id-{i}" for i in range(n_ids)]
+        for i, identifier in enumerate(ids):
+            for stain, stain_files in by_stain.items():
+                shutil.copy(stain_files[i], root / "train" / f"{identifier}_{stain}.png")
+        (root / "train.csv").write_text("Id,Target\n" + "".join(f"{identifier},{i} 25\n" for i, identifier in enumerate(ids)))
+        return ids
+
+    return assemble

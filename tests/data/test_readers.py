@@ -1,0 +1,91 @@
+"""Readers on real HPA files (../shared/data) and on small generated folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from protloc.data.images import load_image
+from protloc.data.readers import detect_layout, read_dataset, read_inputs
+from protloc.errors import DataError
+from protloc.labels import HPA10, HPA28
+
+
+def test_reads_the_full_hpa2018_label_file(real_data):
+    table = read_dataset(Path(real_data) / "hpa2018-sample")
+    assert table.layout == "hpa2018" and table.label_set is HPA28
+    assert len(table) == 31072
+    first = table.frame.iloc[0]
+    assert first["id"] == "00070df0-bbc3-11e8-b2bc-ac1f6b6435d0"
+    assert first["labels"] == (0, 16)
+    assert [Path(p).name.split("_")[-1] for p in first["source"]] == ["red.png", "green.png", "blue.png"]
+    assert table.targets.shape == (31072, 28) and table.targets[0, [0, 16]].tolist() == [1.0, 1.0]
+
+
+def test_composes_real_hpa2018_stains_into_rgb_and_rgby(assemble_hpa2018, tmp_path):
+    ids = assemble_hpa2018(tmp_path)
+    table = read_dataset(tmp_path)
+    rgb = load_image(table.frame["source"][0], channels=3)
+    assert rgb.shape == (512, 512, 3) and rgb.dtype == np.uint8
+    green = np.asarray(Image.open(tmp_path / "train" / f"{ids[0]}_green.png"))
+    assert np.array_equal(rgb[:, :, 1], green)
+    table4 = read_dataset(tmp_path, channels=4)
+    rgby = load_image(table4.frame["source"][0], channels=4)
+    yellow = np.asarray(Image.open(tmp_path / "train" / f"{ids[0]}_yellow.png"))
+    assert rgby.shape == (512, 512, 4) and np.array_equal(rgby[:, :, 3], yellow)
+
+
+def test_reads_real_z2g_image_as_a_folder_and_as_a_file(real_data):
+    folder = Path(real_data) / "z2g-sample"
+    table = read_dataset(folder)
+    assert table.layout == "folder" and list(table.frame["id"]) == ["10034"] and not table.labelled
+    image = load_image(table.frame["source"][0])
+    assert image.shape == (512, 512, 3)
+    single = read_inputs([folder / "10034.png"])
+    assert list(single.frame["id"]) == ["10034"]
+
+
+def test_reads_z2g_layout(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    for name in ("5", "7"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / f"{name}.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "test" / "9.png")
+    (tmp_path / "train.csv").write_text("Image,Label\n5,4 6\n7,0\n")
+    (tmp_path / "submission.csv").write_text("Image,Label\n9,0\n")
+    assert detect_layout(tmp_path) == "z2g"
+    table = read_dataset(tmp_path)
+    assert table.label_set is HPA10 and list(table.frame["labels"]) == [(4, 6), (0,)]
+    test = read_dataset(tmp_path, split="test")
+    assert list(test.frame["id"]) == ["9"] and not test.labelled
+
+
+def test_reads_generic_csv_with_names_numbers_and_any_image_kind(tmp_path):
+    import tifffile
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.full((20, 30), 200, np.uint8)).save(tmp_path / "imgs" / "a.jpg")
+    tifffile.imwrite(tmp_path / "imgs" / "b.tif", np.full((3, 16, 16), 4000, np.uint16))  # 12-bit data, channel-first
+    Image.fromarray(np.zeros((10, 10, 4), np.uint8)).save(tmp_path / "imgs" / "c.png")
+    csv = tmp_path / "set.csv"
+    csv.write_text("path,labels\nimgs/a.jpg,Nucleoplasm Cytosol\nimgs/b.tif,3\nimgs/c.png,golgi apparatus\n")
+    table = read_dataset(csv)
+    assert table.layout == "generic"
+    assert list(table.frame["id"]) == ["a", "b", "c"]
+    assert list(table.frame["labels"]) == [(4, 6), (3,), (3,)]
+    a, b, c = (load_image(source) for source in table.frame["source"])
+    assert a.shape == (20, 30, 3) and np.all(a == 200)
+    assert b.shape == (16, 16, 3) and b.max() == 249  # 4000 / 4095 of full scale
+    assert c.shape == (10, 10, 3)
+
+
+def test_row_problems_are_all_reported_together(tmp_path):
+    (tmp_path / "train.csv").write_text("Image,Label\n1,4\n2,12\n1,3\n3,\n")
+    with pytest.raises(DataError) as caught:
+        read_dataset(tmp_path)
+    text = "\n".join(caught.value.lines)
+    assert "line 3 (Image 2): label 12 is outside 0..9" in text
+    assert "line 4: duplicate Image '1', first on line 2" in text
+    assert "line 5 (Image 3): no labels" in text
