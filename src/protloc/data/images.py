@@ -18,7 +18,7 @@ class ImageReadError(Exception):
     """An image file that cannot be decoded; the message says why, the caller adds where."""
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
@@ -62,7 +62,7 @@ def read_array(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"unexpected image shape {array.shape} (expected height x width with 1, 3 or 4 channels)")
     if array.shape[-1] == 2:
         array = array[:, :, :1]
-    return _to_uint8(array)
+    return to_uint8(array)
 
 
 def convert_channels(array: np.ndarray, channels: int) -> np.ndarray:

@@ -247,6 +247,8 @@ def detect_layout(path: Path) -> str:
         if all(column in header for column in LAYOUT_COLUMNS["hpa2018"]):
             return "hpa2018"
         return "z2g"
+    if (path / "sample_submission.csv").is_file():
+        return "hpa2018"
     if (path / "test").is_dir() and not list_images(path):
         return "z2g"
     return "folder"

@@ -1,0 +1,90 @@
+"""protloc predict RUN INPUT... --out FILE: label images with a trained run, in Kaggle submission format."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def threshold_value(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a probability strictly between 0 and 1")
+    return value
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run a model over images (predict, tune)."""
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes decoding images beside the model (default 2; 0 = decode in the main process; "
+                             "inputs of one batch always decode in the main process)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips and quarter turns of each image (8x slower)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")
+
+
+def register(subparsers) -> None:
+    from protloc.data.readers import LAYOUTS
+
+    parser = subparsers.add_parser(
+        "predict", help="predict localisations for images with a trained run",
+        description="Predict localisations with a trained run. INPUT is a dataset folder (its test images: "
+                    "Zero-to-GANs test/ in submission.csv order, or HPA 2018 sample_submission.csv ids), a CSV, "
+                    "a folder of images, or image files. Writes the input's Kaggle submission format: "
+                    "Image,Label (HPA 2018: Id,Predicted), labels as space-separated class numbers.")
+    parser.add_argument("run", help="run folder (config.json + model.safetensors) written by protloc train")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="dataset folder, CSV, image folder or image files")
+    parser.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
+    parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="write the id then one probability column per class (named by class) instead of labels")
+    parser.add_argument("--threshold", type=threshold_value, default=None,
+                        help="one threshold for every class instead of the run's tuned per-class thresholds")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="allow images with no label (default: each image gets at least its most likely class)")
+    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                        help="unreadable images: fail (exit 2, nothing written) or skip (left out of the file, each named)")
+    parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                        help="torch, or onnx (ONNX Runtime on RUN/model.onnx or --onnx FILE; see protloc export)")
+    parser.add_argument("--onnx", default=None, metavar="FILE", help="ONNX file for --engine onnx (default RUN/model.onnx)")
+    add_inference_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protloc.data.readers import read_inputs
+    from protloc.errors import DataError
+    from protloc.files import write_csv
+    from protloc.inference.predictor import describe_unreadable, find_missing_files, load_predictor
+    from protloc.inference.submission import output_layout, probability_frame, submission_frame
+
+    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx, precision=args.precision)
+    config = predictor.config
+    table = read_inputs(args.inputs, layout=args.format, split="test", label_set=predictor.label_set, channels=config.in_chans)
+    missing = find_missing_files(table) if args.on_error == "fail" else []
+    if missing:
+        raise DataError(*missing, f"{len(missing)} image files named by the input are missing; nothing written "
+                                  f"(--on-error skip writes the others)")
+    probabilities, ok = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers,
+                                                tta=args.tta, show_progress=True)
+    if not ok.all():
+        problems = describe_unreadable(table, ok, config.in_chans)
+        if args.on_error == "fail":
+            raise DataError(*problems, f"{len(problems)} of {len(table)} images could not be read; nothing written "
+                                       f"(--on-error skip writes the others)")
+        for line in problems:
+            print(f"protloc: warning: skipped {line}", file=sys.stderr)
+        print(f"protloc: warning: skipped {len(problems)} of {len(table)} images that could not be read", file=sys.stderr)
+
+    ids = table.frame["id"][ok].tolist()
+    layout = output_layout(table.layout, config.layout)
+    if args.probabilities:
+        frame = probability_frame(ids, probabilities[ok], config.label_names, layout)
+    else:
+        frame = submission_frame(ids, predictor.decide(probabilities[ok], threshold=args.threshold, allow_empty=args.allow_empty), layout)
+    write_csv(args.out, frame)
+    what = f"probabilities of {config.num_classes} classes" if args.probabilities else ",".join(frame.columns)
+    print(f"wrote {args.out}: {len(frame)} images ({what})")
+    return 0

@@ -1,0 +1,81 @@
+"""protloc tune RUN DATA: retune a run's per-class thresholds on other labelled data."""
+from __future__ import annotations
+
+import argparse
+
+from protloc.commands._options import add_dataset_options
+from protloc.commands.predict import add_inference_options
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tune", help="retune a run's per-class thresholds on labelled data",
+        description="Predict DATA (labelled) with the run, choose each class's threshold for the best F1, print macro F1 "
+                    "before and after, and write the thresholds into RUN/config.json. DATA's classes must be the run's.")
+    parser.add_argument("run", help="run folder (config.json + model.safetensors)")
+    parser.add_argument("data", help="labelled dataset folder or CSV")
+    add_dataset_options(parser)
+    # Channels are the run's; --channels is accepted only to catch a contradiction.
+    parser.set_defaults(channels=None)
+    add_inference_options(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print the table but leave config.json unchanged")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from protloc.commands._options import read_dataset_from_args
+    from protloc.errors import DataError, ProtlocError
+    from protloc.inference.predictor import describe_unreadable, find_missing_files, load_predictor
+    from protloc.inference.thresholds import apply_thresholds, tune_thresholds
+    from protloc.runs import save_config
+    from protloc.training.metrics import multilabel_scores
+
+    predictor = load_predictor(args.run, device=args.device, precision=args.precision)
+    config = predictor.config
+    if args.channels is not None and args.channels != config.in_chans:
+        raise ProtlocError(f"--channels {args.channels}: the run takes {config.in_chans}-channel images (leave --channels out)")
+    args.channels = config.in_chans
+    table = read_dataset_from_args(args, path=args.data, split="train")
+    if list(table.label_set.names) != list(config.label_names):
+        raise ProtlocError(
+            f"{args.data}: its labels are {table.label_set.name} ({len(table.label_set)} classes) but {args.run} predicts "
+            f"{config.label_set} ({config.num_classes} classes); tune on data labelled with the run's classes (see --labels)"
+        )
+    missing = find_missing_files(table)
+    if missing:
+        raise DataError(*missing, f"{len(missing)} image files named by {args.data} are missing; thresholds unchanged")
+    probabilities, ok = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers,
+                                                tta=args.tta, show_progress=True)
+    if not ok.all():
+        problems = describe_unreadable(table, ok, config.in_chans)
+        raise DataError(*problems, f"{len(problems)} of {len(table)} images could not be read; thresholds unchanged")
+
+    targets = table.targets
+    old = np.asarray(config.thresholds, dtype=np.float64)
+    new = tune_thresholds(targets, probabilities)
+    # Scored as predict labels images: at least one label each.
+    before = multilabel_scores(targets, apply_thresholds(probabilities, old))
+    after = multilabel_scores(targets, apply_thresholds(probabilities, new))
+    report = pd.DataFrame({
+        "class": config.label_names,
+        "threshold before": old, "threshold after": new,
+        "F1 before": before["f1_per_class"], "F1 after": after["f1_per_class"],
+    })
+    report.loc[len(report)] = ["macro F1", np.nan, np.nan, before["f1_macro"], after["f1_macro"]]
+    print(report.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep=""))
+
+    if args.dry_run:
+        print(f"dry run: {args.run}/config.json unchanged")
+        return 0
+    config.thresholds = [float(value) for value in new]
+    config.training["thresholds_tuned_on"] = {
+        "data": str(args.data), "images": len(table), "tta": bool(args.tta),
+        "f1_macro_before": before["f1_macro"], "f1_macro_after": after["f1_macro"],
+    }
+    save_config(args.run, config)
+    print(f"wrote {config.num_classes} thresholds into {args.run}/config.json "
+          f"(macro F1 on {len(table)} images: {before['f1_macro']:.3f} -> {after['f1_macro']:.3f})")
+    return 0

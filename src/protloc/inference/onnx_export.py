@@ -1,0 +1,90 @@
+"""ONNX export of a run: images (N, C, H, W) normalised as the run's config says -> probabilities (N, classes).
+
+The sigmoid is part of the graph, so an ONNX consumer gets probabilities and applies the run's thresholds
+(config.json) directly. The batch axis is dynamic; height and width are fixed at the run's image size.
+
+Exporter: the TorchScript-based one (`dynamo=False`). The torch.export-based exporter, the default since
+torch 2.9, needs the onnxscript package, which is not installed here; the legacy one handles these CNNs.
+Every export is checked with onnx.checker and compared with torch on a random batch before it is kept.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from protloc.errors import ProtlocError
+from protloc.files import atomic_path
+from protloc.runs import RunConfig
+
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+
+class ProbabilityModel(nn.Module):
+    """The classifier with its sigmoid: what the ONNX file computes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(images))
+
+
+def export_onnx(model: nn.Module, config: RunConfig, path: str | Path, *, opset: int = DEFAULT_OPSET, seed: int = 0) -> float:
+    """Write `path` (atomically) and return the largest |torch - ONNX Runtime| probability difference on a
+    random batch; raise ProtlocError, keeping no file, if the graph is invalid or the difference is over 1e-4."""
+    import onnx
+
+    wrapped = ProbabilityModel(model.float().cpu().to(memory_format=torch.contiguous_format)).eval()
+    example = torch.zeros(2, config.in_chans, config.image_size, config.image_size)
+    with atomic_path(path) as temp:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The legacy exporter announces its own deprecation and warns about traced shape arithmetic.
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    wrapped, (example,), str(temp), dynamo=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )
+            except Exception as error:  # the exporter raises many types for unsupported operators or opsets
+                raise ProtlocError(f"ONNX export of {config.backbone} at opset {opset} failed: {str(error).splitlines()[0]}") from None
+        graph = onnx.load(str(temp))
+        # The run's config travels with the file for deployments that have only the .onnx.
+        graph.metadata_props.add(key="protloc_config", value=json.dumps(config.to_dict()))
+        onnx.save(graph, str(temp))
+        try:
+            onnx.checker.check_model(str(temp), full_check=True)
+        except onnx.checker.ValidationError as error:
+            raise ProtlocError(f"{path}: the exported graph is not valid ONNX ({str(error).splitlines()[0]})") from None
+        difference = compare_with_torch(wrapped, temp, config, seed=seed)
+        if not difference <= PARITY_TOLERANCE:
+            raise ProtlocError(
+                f"{path}: ONNX Runtime and torch disagree by {difference:.2e} on a random batch "
+                f"(tolerance {PARITY_TOLERANCE:.0e}); nothing written. Try another --opset."
+            )
+    return difference
+
+
+def compare_with_torch(wrapped: nn.Module, onnx_path: str | Path, config: RunConfig, *, seed: int = 0, batch: int = 3) -> float:
+    """Max |difference| of probabilities on a random batch (of another size than the export's, to
+    exercise the dynamic batch axis)."""
+    import onnxruntime
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, config.in_chans, config.image_size, config.image_size, generator=generator)
+    with torch.no_grad():
+        expected = wrapped(images).numpy()
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    if actual.shape != expected.shape:
+        raise ProtlocError(f"{onnx_path}: ONNX output has shape {actual.shape}, torch {expected.shape}")
+    return float(np.abs(actual - expected).max())

@@ -1,0 +1,104 @@
+"""protloc.load: the Python door gives the same answers for paths, arrays and PIL images, and the CLI's."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import protloc
+from protloc.cli import main
+from protloc.errors import ProtlocError
+from protloc.labels import HPA10
+from protloc.models.classifier import build_model
+from protloc.runs import RunConfig, save_run
+
+
+def make_run(run_dir: Path) -> Path:
+    """A real run folder around an untrained tiny network."""
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 10, pretrained=False)
+    with torch.no_grad():
+        model.head[1].weight.mul_(30)  # spread the untrained model's probabilities so that labels differ between images
+    spec = model.backbone.spec
+    config = RunConfig(backbone="test_resnet", label_set="hpa10", label_names=list(HPA10.names), image_size=32,
+                       in_chans=3, mean=list(spec.mean), std=list(spec.std), thresholds=[0.4] * 10)
+    save_run(run_dir, config, model)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir):
+    return protloc.load(run_dir, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def image_paths(demo_data):
+    return sorted((demo_data / "test").glob("*.png"), key=lambda p: int(p.stem))[:3]
+
+
+def test_loaded_predictor_carries_the_run_config(predictor):
+    assert predictor.label_names == list(HPA10.names)
+    assert predictor.config.image_size == 32 and predictor.config.thresholds == [0.4] * 10
+
+
+def test_paths_arrays_and_pil_images_give_the_same_probabilities(predictor, image_paths):
+    from_paths = predictor.predict_proba(image_paths)
+    assert from_paths.shape == (3, 10) and from_paths.dtype == np.float32
+    assert np.abs(from_paths[0] - from_paths[1]).max() > 1e-3  # different images, different answers
+    arrays = [np.asarray(Image.open(path)) for path in image_paths]
+    variants = {
+        "str paths": [str(path) for path in image_paths],
+        "uint8 arrays": arrays,
+        "uint16 arrays": [array.astype(np.uint16) * 257 for array in arrays],
+        "float arrays": [array.astype(np.float32) / 255 for array in arrays],
+        "PIL images": [Image.open(path) for path in image_paths],
+        "stacked array": np.stack(arrays),
+    }
+    for name, images in variants.items():
+        np.testing.assert_allclose(predictor.predict_proba(images), from_paths, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(predictor.predict_proba(arrays[2]), from_paths[2:], atol=1e-6)  # one image alone
+
+
+def test_grayscale_and_four_channel_arrays_convert_like_files(predictor, image_paths, tmp_path):
+    array = np.asarray(Image.open(image_paths[0]))
+    gray, rgba = array[:, :, 1], np.dstack([array, array[:, :, :1]])
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    np.testing.assert_allclose(predictor.predict_proba([gray, rgba]),
+                               predictor.predict_proba([tmp_path / "gray.png", tmp_path / "rgba.png"]), atol=1e-6)
+
+
+def test_predict_labels_match_the_cli(predictor, run_dir, image_paths, tmp_path):
+    result = predictor.predict(image_paths)
+    assert result.ids == [path.stem for path in image_paths]
+    assert result.predicted.shape == (3, 10) and result.predicted.any(axis=1).all()
+    assert result.labels == [[HPA10.names[i] for i in indices] for indices in result.class_indices]
+    frame = result.to_frame()
+    assert list(frame.columns) == ["id", "labels", *HPA10.names] and len(frame) == 3
+    assert main(["predict", str(run_dir), *map(str, image_paths), "--out", str(tmp_path / "o.csv"),
+                 "--workers", "0", "--precision", "fp32"]) == 0
+    cli = pd.read_csv(tmp_path / "o.csv", dtype=str)
+    assert cli["Label"].tolist() == [" ".join(map(str, indices)) for indices in result.class_indices]
+
+    strict = predictor.predict(image_paths, threshold=0.999, allow_empty=True)
+    assert not strict.predicted.any() and strict.labels == [[], [], []]
+
+
+def test_bad_images_raise_protloc_errors(predictor, tmp_path):
+    with pytest.raises(ProtlocError, match="expected"):
+        predictor.predict_proba([np.zeros((8, 8, 5), dtype=np.uint8)])
+    broken = tmp_path / "broken.png"
+    broken.write_text("not a png")
+    with pytest.raises(ProtlocError, match="broken.png"):
+        predictor.predict_proba([broken])
+    with pytest.raises(ProtlocError, match="no such run folder"):
+        protloc.load(tmp_path / "missing-run")

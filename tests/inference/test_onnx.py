@@ -1,0 +1,91 @@
+"""protloc export: a valid ONNX file whose probabilities match torch's through `predict --engine onnx`."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+
+from protloc.cli import main
+from protloc.labels import HPA10
+from protloc.models.classifier import build_model
+from protloc.runs import RunConfig, load_config, save_config, save_run
+
+
+def make_run(run_dir: Path) -> Path:
+    """A real run folder around an untrained tiny network."""
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 10, pretrained=False)
+    with torch.no_grad():
+        model.head[1].weight.mul_(30)  # spread the untrained model's probabilities so that they differ between images
+    spec = model.backbone.spec
+    config = RunConfig(backbone="test_resnet", label_set="hpa10", label_names=list(HPA10.names), image_size=32,
+                       in_chans=3, mean=list(spec.mean), std=list(spec.std), thresholds=[0.5] * 10)
+    save_run(run_dir, config, model)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory):
+    """A run exported to its default place, RUN/model.onnx."""
+    run_dir = make_run(tmp_path_factory.mktemp("run"))
+    assert main(["export", str(run_dir)]) == 0
+    return run_dir
+
+
+def probabilities(run_dir, data, out, *engine_args) -> pd.DataFrame:
+    args = ["predict", str(run_dir), str(data), "--probabilities", "--out", str(out), "--workers", "0", "--precision", "fp32"]
+    assert main([*args, *engine_args]) == 0
+    return pd.read_csv(out, dtype={"Image": str})
+
+
+def test_export_writes_a_valid_graph_with_the_run_config(exported_run):
+    graph = onnx.load(str(exported_run / "model.onnx"))
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == ["image"] and [o.name for o in graph.graph.output] == ["probabilities"]
+    batch_axis = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_axis.dim_param and not batch_axis.dim_value  # dynamic
+    metadata = {prop.key: prop.value for prop in graph.metadata_props}
+    assert json.loads(metadata["protloc_config"])["label_names"] == list(HPA10.names)
+
+
+def test_onnx_and_torch_engines_agree_on_demo_images(exported_run, demo_data, tmp_path):
+    torch_probs = probabilities(exported_run, demo_data, tmp_path / "torch.csv")
+    onnx_probs = probabilities(exported_run, demo_data, tmp_path / "onnx.csv", "--engine", "onnx")
+    assert onnx_probs["Image"].tolist() == torch_probs["Image"].tolist() and len(onnx_probs) == 16
+    difference = np.abs(onnx_probs[list(HPA10.names)].to_numpy() - torch_probs[list(HPA10.names)].to_numpy())
+    assert difference.max() <= 1e-4
+    assert torch_probs[list(HPA10.names)].to_numpy().std(axis=0).min() > 1e-3  # a real comparison, not constants
+
+
+def test_export_to_a_named_file_and_api_onnx_engine(exported_run, demo_data, tmp_path):
+    import protloc
+
+    target = tmp_path / "elsewhere" / "net.onnx"
+    assert main(["export", str(exported_run), "--onnx", str(target), "--opset", "18"]) == 0
+    images = sorted((demo_data / "test").glob("*.png"))[:5]
+    from_onnx = protloc.load(exported_run, engine="onnx", onnx=target).predict_proba(images)
+    from_torch = protloc.load(exported_run, precision="fp32").predict_proba(images)
+    np.testing.assert_allclose(from_onnx, from_torch, atol=1e-4)
+    assert not list(target.parent.glob("*.part"))  # written atomically, no leftovers
+
+
+def test_missing_or_foreign_onnx_file_is_a_clear_error(exported_run, demo_data, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(exported_run), str(demo_data), "--out", str(out), "--engine", "onnx",
+                 "--onnx", str(tmp_path / "missing.onnx")]) == 2
+    assert "protloc export" in capsys.readouterr().err
+    # The same weights at another image size: the exported graph no longer fits the run.
+    other = tmp_path / "other-run"
+    shutil.copytree(exported_run, other)
+    config = load_config(other)
+    config.image_size = 48
+    save_config(other, config)
+    assert main(["predict", str(other), str(demo_data), "--out", str(out), "--engine", "onnx"]) == 2
+    assert "the run expects" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,209 @@
+"""protloc predict on real files: Kaggle formats, every kind of image, unreadable images, thresholds and TTA."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from protloc.cli import main
+from protloc.inference.thresholds import apply_thresholds
+from protloc.labels import HPA10, HPA28
+from protloc.models.classifier import build_model
+from protloc.runs import RunConfig, load_config, save_run
+
+THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.35, 0.45, 0.55, 0.65, 0.5]
+
+
+def make_run(run_dir: Path, *, in_chans: int = 3, label_set=HPA10, layout: str = "z2g", thresholds=None) -> Path:
+    """A real run folder around an untrained tiny network."""
+    torch.manual_seed(0)
+    model = build_model("test_resnet", len(label_set), pretrained=False, in_chans=in_chans)
+    with torch.no_grad():
+        model.head[1].weight.mul_(30)  # spread the untrained model's probabilities so that labels differ between images
+    mean, std = model.backbone.spec.normalization(in_chans)
+    config = RunConfig(backbone="test_resnet", label_set=label_set.name, label_names=list(label_set.names),
+                       image_size=32, in_chans=in_chans, mean=list(mean), std=list(std),
+                       thresholds=thresholds or [0.5] * len(label_set), layout=layout)
+    save_run(run_dir, config, model)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"), thresholds=THRESHOLDS)
+
+
+def predict(*args) -> int:
+    return main(["predict", *map(str, args), "--workers", "0", "--precision", "fp32"])
+
+
+def test_demo_test_folder_gives_one_kaggle_row_per_image(run_dir, demo_data, tmp_path):
+    out = tmp_path / "submission.csv"
+    assert predict(run_dir, demo_data, "--out", out) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "Image,Label"
+    expected_ids = pd.read_csv(demo_data / "submission.csv", dtype=str)["Image"].tolist()
+    assert sorted(expected_ids, key=int) == sorted((p.stem for p in (demo_data / "test").glob("*.png")), key=int)
+    ids, labels = zip(*(line.split(",") for line in lines[1:]))
+    assert list(ids) == expected_ids
+    for label in labels:
+        classes = [int(token) for token in label.split(" ")]  # single spaces, no empty tokens
+        assert classes and classes == sorted(set(classes)) and all(0 <= c < 10 for c in classes)
+    assert len(set(labels)) > 1  # the labels depend on the image
+
+
+def test_labels_are_the_probabilities_cut_at_the_run_thresholds(run_dir, demo_data, tmp_path):
+    assert predict(run_dir, demo_data, "--out", tmp_path / "labels.csv") == 0
+    assert predict(run_dir, demo_data, "--probabilities", "--out", tmp_path / "probs.csv") == 0
+    probs = pd.read_csv(tmp_path / "probs.csv", dtype={"Image": str})
+    assert list(probs.columns) == ["Image", *HPA10.names]
+    values = probs[list(HPA10.names)].to_numpy()
+    assert ((values >= 0) & (values <= 1)).all()
+    labels = pd.read_csv(tmp_path / "labels.csv", dtype=str)
+    assert labels["Image"].tolist() == probs["Image"].tolist()
+    expected = apply_thresholds(values, THRESHOLDS)
+    assert labels["Label"].tolist() == [" ".join(map(str, np.flatnonzero(row))) for row in expected]
+
+
+def test_threshold_override_and_allow_empty(run_dir, demo_data, tmp_path):
+    out = tmp_path / "high.csv"
+    assert predict(run_dir, demo_data, "--out", out, "--threshold", "0.999", "--allow-empty") == 0
+    empty = pd.read_csv(out, dtype=str, keep_default_na=False)["Label"]
+    assert (empty == "").all()
+    assert predict(run_dir, demo_data, "--out", out, "--threshold", "0.999") == 0
+    one_each = pd.read_csv(out, dtype=str, keep_default_na=False)["Label"]
+    assert [len(label.split()) for label in one_each] == [1] * len(one_each)
+
+
+def test_images_of_any_kind_size_depth_and_channels(run_dir, demo_data, real_data, tmp_path):
+    demo = np.asarray(Image.open(next((demo_data / "test").glob("*.png"))))
+    Image.fromarray(demo).resize((80, 56)).save(tmp_path / "photo.jpg", quality=90)
+    tifffile.imwrite(tmp_path / "deep.tif", demo[:48, :40].astype(np.uint16) * 257)
+    Image.fromarray(demo[:, :, 1]).save(tmp_path / "gray.png")
+    Image.fromarray(np.dstack([demo, demo[:, :, :1]])).save(tmp_path / "four.png")
+    real = Path(real_data) / "z2g-sample" / "10034.png"
+    inputs = [real, tmp_path / "photo.jpg", tmp_path / "deep.tif", tmp_path / "gray.png", tmp_path / "four.png"]
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, *inputs, "--out", out) == 0
+    written = pd.read_csv(out, dtype=str)
+    assert list(written.columns) == ["Image", "Label"]
+    assert written["Image"].tolist() == ["10034", "photo", "deep", "gray", "four"]
+    assert written["Label"].str.fullmatch(r"\d( \d)*").all()
+
+
+def test_image_folder_input(run_dir, demo_data, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(demo_data / "test", folder)
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, folder, "--out", out) == 0
+    assert pd.read_csv(out, dtype=str)["Image"].tolist() == sorted(p.stem for p in folder.glob("*.png"))
+
+
+def make_hpa2018_test_folder(real_data, root: Path, ids: list[str]) -> Path:
+    """A Kaggle HPA 2018 layout from the real single-stain sample files, four stains per new Id."""
+    sample = Path(real_data) / "hpa2018-sample" / "train"
+    (root / "test").mkdir(parents=True)
+    for number, identifier in enumerate(ids):
+        for stain in ("red", "green", "blue", "yellow"):
+            source = sorted(sample.glob(f"*_{stain}.png"))[number]
+            shutil.copy(source, root / "test" / f"{identifier}_{stain}.png")
+    (root / "train.csv").write_text("Id,Target\n")
+    (root / "sample_submission.csv").write_text("Id,Predicted\n" + "".join(f"{i},0\n" for i in ids))
+    return root
+
+
+def test_hpa2018_layout_writes_id_predicted(real_data, tmp_path):
+    run_dir = make_run(tmp_path / "run", in_chans=4, label_set=HPA28, layout="hpa2018")
+    ids = ["b-second", "a-first"]
+    data = make_hpa2018_test_folder(real_data, tmp_path / "hpa", ids)
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, data, "--out", out) == 0
+    written = pd.read_csv(out, dtype=str)
+    assert list(written.columns) == ["Id", "Predicted"] and written["Id"].tolist() == ids
+    assert all(0 <= int(c) < 28 for label in written["Predicted"] for c in label.split())
+    # Plain image files predicted by an HPA 2018 run come out in that run's format.
+    assert predict(run_dir, *sorted((data / "test").glob("*_green.png")), "--out", out) == 0
+    assert list(pd.read_csv(out, dtype=str).columns) == ["Id", "Predicted"]
+
+
+@pytest.fixture
+def folder_with_bad_images(demo_data, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in sorted((demo_data / "test").glob("*.png"))[:3]:
+        shutil.copy(path, folder / path.name)
+    good = sorted(folder.glob("*.png"))
+    truncated = good[1]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    (folder / "notes.png").write_text("not an image")
+    return folder, {truncated.name, "notes.png"}
+
+
+def test_on_error_fail_names_every_unreadable_image(run_dir, folder_with_bad_images, tmp_path, capsys):
+    folder, bad = folder_with_bad_images
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, folder, "--out", out) == 2
+    error = capsys.readouterr().err
+    for name in bad:
+        assert name in error
+    assert "2 of 4 images could not be read" in error
+    assert not out.exists()
+
+
+def test_on_error_skip_leaves_out_and_names_them(run_dir, folder_with_bad_images, tmp_path, capsys):
+    folder, bad = folder_with_bad_images
+    out = tmp_path / "out.csv"
+    # Small batches and worker processes: rows must still come back in input order.
+    assert predict(run_dir, folder, "--out", out, "--on-error", "skip", "--batch-size", "1", "--workers", "2") == 0
+    written = pd.read_csv(out, dtype=str)
+    assert written["Image"].tolist() == sorted(p.stem for p in folder.glob("*.png") if p.name not in bad)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert sorted(name for name in bad if any(name in line for line in warnings)) == sorted(bad)
+    assert "skipped 2 of 4 images" in warnings[-1]
+
+
+def test_tta_probabilities_are_invariant_under_flips_and_turns(run_dir, demo_data, tmp_path):
+    import protloc
+
+    # At the run's image size: resizing uint8 rounds between its two passes, so it commutes with flips but
+    # a quarter turn of a larger image moves a pixel by one grey level here and there.
+    image = np.asarray(Image.open(next((demo_data / "test").glob("*.png"))).resize((32, 32)))
+    views = [image, image[:, ::-1], image[::-1], np.rot90(image)]
+    predictor = protloc.load(run_dir, precision="fp32")
+    plain = predictor.predict_proba([np.ascontiguousarray(view) for view in views])
+    assert np.abs(plain - plain[0]).max() > 1e-3  # without TTA the model does see the difference
+    averaged = predictor.predict_proba([np.ascontiguousarray(view) for view in views], tta=True)
+    assert averaged.shape == (4, 10) and ((averaged > 0) & (averaged < 1)).all()
+    np.testing.assert_allclose(averaged, np.broadcast_to(averaged[0], averaged.shape), atol=1e-5)
+
+    out = tmp_path / "tta.csv"
+    assert predict(run_dir, demo_data, "--tta", "--probabilities", "--out", out) == 0
+    values = pd.read_csv(out).drop(columns="Image").to_numpy()
+    assert values.shape == (16, 10) and ((values >= 0) & (values <= 1)).all()
+
+
+def test_missing_inputs_and_runs_are_reported(run_dir, tmp_path, capsys):
+    assert predict(run_dir, tmp_path / "nope.png", tmp_path / "other.png", "--out", tmp_path / "o.csv") == 2
+    assert "nope.png" in capsys.readouterr().err
+    assert predict(tmp_path / "no-run", tmp_path, "--out", tmp_path / "o.csv") == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert load_config(run_dir).thresholds == THRESHOLDS
+
+
+def test_missing_test_image_of_a_dataset(run_dir, demo_data, tmp_path, capsys):
+    data = tmp_path / "z2g"
+    shutil.copytree(demo_data, data, ignore=shutil.ignore_patterns("train*"))
+    ids = pd.read_csv(data / "submission.csv", dtype=str)["Image"].tolist()
+    (data / "test" / f"{ids[3]}.png").unlink()
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, data, "--format", "z2g", "--out", out) == 2
+    assert f"{ids[3]}.png: file not found" in capsys.readouterr().err and not out.exists()
+    assert predict(run_dir, data, "--format", "z2g", "--out", out, "--on-error", "skip") == 0
+    assert pd.read_csv(out, dtype=str)["Image"].tolist() == ids[:3] + ids[4:]
+    assert f"{ids[3]}.png" in capsys.readouterr().err

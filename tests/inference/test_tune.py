@@ -1,0 +1,71 @@
+"""protloc tune: thresholds retuned on labelled data are written into the run's config.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import protloc
+from protloc.cli import main
+from protloc.data.readers import read_dataset
+from protloc.inference.thresholds import tune_thresholds
+from protloc.labels import HPA10
+from protloc.models.classifier import build_model
+from protloc.runs import RunConfig, load_config, save_run
+
+
+def make_run(run_dir: Path) -> Path:
+    """A real run folder around an untrained tiny network."""
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 10, pretrained=False)
+    with torch.no_grad():
+        model.head[1].weight.mul_(30)  # spread the untrained model's probabilities so that they differ between images
+    spec = model.backbone.spec
+    config = RunConfig(backbone="test_resnet", label_set="hpa10", label_names=list(HPA10.names), image_size=32,
+                       in_chans=3, mean=list(spec.mean), std=list(spec.std), thresholds=[0.5] * 10,
+                       training={"epochs": 3})
+    save_run(run_dir, config, model)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path / "run")
+
+
+def tune(*args) -> int:
+    return main(["tune", *map(str, args), "--workers", "0", "--precision", "fp32"])
+
+
+def test_tune_writes_the_f1_best_thresholds_into_the_config(run_dir, demo_data, capsys):
+    table = read_dataset(demo_data)
+    probabilities = protloc.load(run_dir, precision="fp32").predict_table(table)[0]
+    expected = tune_thresholds(table.targets, probabilities)
+    assert not np.allclose(expected, 0.5)  # the data moves them, so the check below means something
+
+    assert tune(run_dir, demo_data) == 0
+    config = load_config(run_dir)
+    np.testing.assert_allclose(config.thresholds, expected)
+    assert config.training["epochs"] == 3 and config.training["thresholds_tuned_on"]["images"] == len(table)
+    report = capsys.readouterr().out
+    assert "macro F1" in report and all(name in report for name in HPA10.names)
+    tuned = config.training["thresholds_tuned_on"]
+    assert tuned["f1_macro_after"] >= tuned["f1_macro_before"]
+
+
+def test_dry_run_leaves_the_config_alone(run_dir, demo_data):
+    before = (run_dir / "config.json").read_text()
+    assert tune(run_dir, demo_data, "--dry-run") == 0
+    assert (run_dir / "config.json").read_text() == before
+
+
+def test_label_set_mismatch_is_refused(run_dir, demo_data, capsys):
+    before = (run_dir / "config.json").read_text()
+    assert tune(run_dir, demo_data, "--labels", "hpa28") == 2
+    error = capsys.readouterr().err
+    assert "hpa28 (28 classes)" in error and "hpa10 (10 classes)" in error
+    assert tune(run_dir, demo_data, "--channels", "4") == 2
+    assert "3-channel" in capsys.readouterr().err
+    assert (run_dir / "config.json").read_text() == before
