@@ -1,0 +1,49 @@
+"""`protloc embed RUN DATA --out FILE.parquet`: the backbone's features per image, and a 2-D map of them."""
+from __future__ import annotations
+
+import argparse
+
+from protloc.commands.evaluate import add_data_options
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "embed", help="pooled backbone features per image (Parquet) and a 2-D map coloured by label",
+        description="Write one row per image (id, f0..fN-1 as float32, labels when DATA has them) to FILE and "
+                    "a PCA or UMAP map to FILE's stem + _map.png.",
+    )
+    parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
+    parser.add_argument("data", metavar="DATA", help="dataset folder, CSV file or folder of images")
+    parser.add_argument("--out", required=True, metavar="FILE", help="Parquet file to write, e.g. features.parquet")
+    parser.add_argument("--method", choices=("auto", "pca", "umap"), default="auto",
+                        help="2-D map: umap (needs umap-learn), pca, or auto = umap when installed, else pca")
+    parser.add_argument("--split", choices=("train", "test"), default="train",
+                        help="which part of a Kaggle layout to read (default: train)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes decoding images beside the model (default 2; 0 = decode in the main process)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")
+    add_data_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protloc.data.readers import read_dataset
+    from protloc.labels import get_label_set
+    from protloc.reports.embed import embed_table, resolve_method
+    from protloc.runs import load_config, load_run
+
+    config = load_config(args.run)
+    method = resolve_method(args.method)  # before the slow part: a missing umap-learn fails fast
+    label_set = get_label_set(args.labels) if args.labels else None
+    table = read_dataset(args.data, layout=args.format, split=args.split, label_set=label_set, channels=config.in_chans)
+    config, model = load_run(args.run, device=args.device)
+    features, map_file = embed_table(model, config, table, args.out, method=method, batch_size=args.batch_size,
+                                     workers=args.workers, device=args.device, precision=args.precision,
+                                     seed=args.seed, data_name=str(args.data))
+    where = f" and {map_file}" if map_file else " (too few images for a map)"
+    print(f"{features.shape[0]} images x {features.shape[1]} features written to {args.out}{where}")
+    return 0

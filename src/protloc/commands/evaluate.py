@@ -1,0 +1,59 @@
+"""`protloc evaluate RUN DATA --out DIR`: how well a run labels a labelled dataset, class by class."""
+from __future__ import annotations
+
+import argparse
+
+from protloc.commands.predict import add_inference_options, threshold_value
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--format and --labels for DATA; channels come from the run's config, so there is no --channels."""
+    from protloc.data.readers import LAYOUTS
+
+    parser.add_argument("--format", choices=LAYOUTS, default=None, help="dataset layout (default: detected from DATA)")
+    parser.add_argument("--labels", default=None, metavar="SET",
+                        help="label set of DATA: hpa10, hpa28 or a file with one class name per line "
+                             "(default: from the layout); must be the run's")
+
+
+def read_run_data(args: argparse.Namespace, config, path):
+    """DATA read with the run's channel count."""
+    from protloc.data.readers import read_dataset
+    from protloc.labels import get_label_set
+
+    label_set = get_label_set(args.labels) if args.labels else None
+    return read_dataset(path, layout=args.format, label_set=label_set, channels=config.in_chans)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="per-class precision/recall/F1, PR curves and frequent mistakes on labelled data",
+        description="Predict labelled DATA with RUN's model and write metrics.json, predictions.csv, "
+                    "PNG plots and index.html into DIR.",
+    )
+    parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
+    parser.add_argument("data", metavar="DATA", help="labelled dataset (folder or CSV) with the run's classes")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the evaluation")
+    parser.add_argument("--threshold", type=threshold_value, default=None, metavar="T",
+                        help="one threshold for every class instead of the run's per-class thresholds")
+    add_inference_options(parser)
+    add_data_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protloc.reports.evaluate import check_label_names, evaluate_run
+    from protloc.runs import load_config, load_run
+
+    config = load_config(args.run)
+    table = read_run_data(args, config, args.data)
+    check_label_names(table, config, str(args.data))  # before loading the model: fail fast
+    config, model = load_run(args.run, device=args.device)
+    evaluation = evaluate_run(model, config, table, args.out, threshold=args.threshold, tta=args.tta,
+                              batch_size=args.batch_size, workers=args.workers, device=args.device,
+                              precision=args.precision, data_name=str(args.data))
+    scores = evaluation.scores["thresholds"]
+    print(f"{len(table)} images: macro F1 {scores['f1_macro']:.4f}, micro F1 {scores['f1_micro']:.4f}, "
+          f"course F-score {scores['fscore_course']:.4f} ({evaluation.threshold_source}); "
+          f"open {args.out}/index.html")
+    return 0

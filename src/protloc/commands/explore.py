@@ -1,0 +1,35 @@
+"""`protloc explore DATA --out DIR`: plots and tables that describe a dataset before training on it."""
+from __future__ import annotations
+
+import argparse
+
+from protloc.commands._options import add_dataset_options, read_dataset_from_args
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "explore", help="plot a dataset's class balance, label co-occurrence, samples and channel statistics",
+        description="Write PNG plots, summary.json, channel_stats.json and index.html describing DATA.",
+    )
+    parser.add_argument("data", metavar="DATA", help="dataset folder, CSV file or folder of images")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the plots and index.html")
+    parser.add_argument("--split", choices=("train", "test"), default="train",
+                        help="which part of a Kaggle layout to read (default: train)")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N",
+                        help="compute channel statistics on a random sample of N images (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the sample images and --max-images sample")
+    add_dataset_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protloc.errors import ProtlocError
+    from protloc.reports.explore import explore_dataset
+
+    if args.max_images is not None and args.max_images < 1:
+        raise ProtlocError(f"--max-images must be at least 1, got {args.max_images}")
+    table = read_dataset_from_args(args, split=args.split)
+    summary = explore_dataset(table, args.out, channels=args.channels, max_images=args.max_images,
+                              seed=args.seed, source_name=str(args.data))
+    print(f"{summary['images']} images explored; open {args.out}/index.html")
+    return 0

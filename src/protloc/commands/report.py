@@ -1,0 +1,41 @@
+"""`protloc report RUN [--data DATA]`: one HTML page with everything about a run."""
+from __future__ import annotations
+
+import argparse
+
+from protloc.commands.evaluate import add_data_options
+from protloc.commands.predict import add_inference_options
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="one HTML page for a run: config, curves, evaluation, sample Grad-CAMs",
+        description="Write RUN/report.html (or --out): the run's config and training curves and, with --data, "
+                    "its evaluation on DATA and Grad-CAMs of DATA's first images (files in RUN/report/).",
+    )
+    parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
+    parser.add_argument("--data", default=None, metavar="DATA",
+                        help="dataset to evaluate on and take sample images from (labelled for an evaluation)")
+    parser.add_argument("--out", default=None, metavar="FILE", help="the page to write (default: RUN/report.html)")
+    parser.add_argument("--samples", type=int, default=6, metavar="N",
+                        help="sample images with Grad-CAMs, the first N of DATA (default: 6)")
+    add_inference_options(parser)
+    add_data_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protloc.commands.evaluate import read_run_data
+    from protloc.errors import ProtlocError
+    from protloc.reports.run_report import build_report
+    from protloc.runs import load_config
+
+    if args.samples < 0:
+        raise ProtlocError(f"--samples {args.samples}: expected 0 or more")
+    config = load_config(args.run)
+    table = read_run_data(args, config, args.data) if args.data else None
+    page = build_report(args.run, table=table, data_name=str(args.data or ""), out_file=args.out,
+                        samples=args.samples, tta=args.tta, batch_size=args.batch_size, workers=args.workers,
+                        device=args.device, precision=args.precision)
+    print(f"report written: {page}")
+    return 0

@@ -1,0 +1,130 @@
+"""Image embeddings: the backbone's pooled features per image, as a Parquet table and a 2-D map.
+
+The map is drawn as small multiples, one panel per class with that class's images highlighted over the
+grey cloud of all images. Colouring each point by a single label would hide that most images carry two
+or three classes and would need ten or more distinguishable colours; small multiples show every label
+of every image and keep each panel readable.
+"""
+from __future__ import annotations
+
+import importlib.util
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from protloc.errors import ProtlocError  # noqa: E402
+from protloc.files import atomic_path, save_figure  # noqa: E402
+
+METHODS = ("auto", "pca", "umap")
+MAP_COLUMNS = 5
+MIN_IMAGES_FOR_MAP = 3
+HIGHLIGHT = "#d62728"  # one colour in every panel: the panel title already says which class it is
+
+
+def has_umap() -> bool:
+    return importlib.util.find_spec("umap") is not None
+
+
+def resolve_method(method: str) -> str:
+    """'auto' -> UMAP when umap-learn is installed, else PCA."""
+    if method == "auto":
+        return "umap" if has_umap() else "pca"
+    if method == "umap" and not has_umap():
+        raise ProtlocError("--method umap needs the package umap-learn (pip install umap-learn), or use --method pca")
+    return method
+
+
+def project_2d(features: np.ndarray, method: str, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(N, F) features -> (N, 2) map coordinates and the axis label prefix."""
+    if method == "umap":
+        import umap
+
+        neighbours = max(2, min(15, len(features) - 1))
+        return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(features), "UMAP"
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=2, random_state=seed)
+    coords = pca.fit_transform(features.astype(np.float64))
+    explained = pca.explained_variance_ratio_
+    return coords, f"PCA ({explained[0]:.0%} / {explained[1]:.0%} of variance)"
+
+
+def plot_embedding_map(coords: np.ndarray, targets: np.ndarray | None, names: list[str], title: str):
+    """One panel per class (its images in colour over all images in grey); one panel when unlabelled."""
+    panels = len(names) if targets is not None else 1
+    columns = min(MAP_COLUMNS, panels)
+    rows = int(np.ceil(panels / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.0 * rows + 0.4), squeeze=False,
+                                sharex=True, sharey=True)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[panels:]:
+        ax.axis("off")
+    size = max(2.0, min(20.0, 3000 / len(coords)))
+    for index, ax in enumerate(axes.flat[:panels]):
+        ax.scatter(coords[:, 0], coords[:, 1], s=size, color="#d0d0d0", linewidths=0)
+        if targets is None:
+            ax.scatter(coords[:, 0], coords[:, 1], s=size, color="#4c72b0", linewidths=0)
+            ax.set_title(f"all images (n={len(coords)}, unlabelled)", fontsize=9)
+            continue
+        members = targets[:, index] > 0.5
+        ax.scatter(coords[members, 0], coords[members, 1], s=size * 1.5, color=HIGHLIGHT,
+                   linewidths=0)
+        ax.set_title(textwrap.fill(f"{names[index]} (n={int(members.sum())})", 28), fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def write_embeddings(path: str | Path, ids: list[str], features: np.ndarray, labels: list[list[str]] | None) -> None:
+    """Parquet: id, f0..f{F-1} (float32), and labels (a list of class names) when the data is labelled."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = np.asarray(features, dtype=np.float32)
+    columns = {"id": pa.array([str(i) for i in ids], type=pa.string())}
+    columns.update({f"f{j}": pa.array(features[:, j]) for j in range(features.shape[1])})
+    if labels is not None:
+        columns["labels"] = pa.array(labels, type=pa.list_(pa.string()))
+    with atomic_path(path) as temp:
+        pq.write_table(pa.table(columns), str(temp))
+
+
+def map_path(parquet_path: str | Path) -> Path:
+    parquet_path = Path(parquet_path)
+    return parquet_path.with_name(parquet_path.stem + "_map.png")
+
+
+def write_embedding_map(parquet_path: str | Path, features: np.ndarray, targets: np.ndarray | None,
+                        names: list[str], method: str, seed: int = 0, data_name: str = "") -> Path | None:
+    """The 2-D map beside the Parquet file; None when there are too few images to project."""
+    if len(features) < MIN_IMAGES_FOR_MAP:
+        return None
+    coords, axis_name = project_2d(features, method, seed)
+    where = f" of {data_name}" if data_name else ""
+    figure = plot_embedding_map(coords, targets, names, f"Image features{where}: {axis_name}")
+    path = map_path(parquet_path)
+    save_figure(path, figure)
+    return path
+
+
+def embed_table(model, config, table, out_file: str | Path, *, method: str = "auto", batch_size: int = 32,
+                workers: int = 0, device: str = "cpu", precision: str = "auto", seed: int = 0, data_name: str = "",
+                show_progress: bool = True) -> tuple[np.ndarray, Path | None]:
+    """Write the features of every image of `table` to `out_file` (Parquet) and the map beside it."""
+    from protloc.inference.predictor import embed_features
+
+    method = resolve_method(method)
+    features = embed_features(model, table, config, batch_size=batch_size, workers=workers,
+                              show_progress=show_progress, device=device, precision=precision)
+    names = list(table.label_set.names)
+    labels = [[names[i] for i in row] for row in table.frame["labels"]] if table.labelled else None
+    write_embeddings(out_file, list(table.frame["id"]), features, labels)
+    targets = table.targets if table.labelled else None
+    return features, write_embedding_map(out_file, features, targets, names, method, seed, data_name)

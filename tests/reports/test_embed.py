@@ -1,0 +1,90 @@
+"""`protloc embed`: one Parquet row of pooled backbone features per image, and a map beside it."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from protloc.cli import main
+from protloc.labels import HPA10_NAMES
+
+
+def make_run(run_dir):
+    from protloc.models.classifier import build_model
+    from protloc.runs import RunConfig, save_run
+
+    torch.manual_seed(0)
+    config = RunConfig(backbone="efficientnet_lite0", label_set="hpa10", label_names=list(HPA10_NAMES),
+                       image_size=64, in_chans=3, mean=[0.5] * 3, std=[0.5] * 3, thresholds=[0.5] * 10)
+    save_run(run_dir, config, build_model("efficientnet_lite0", 10, pretrained=False))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run") / "run")
+
+
+def test_one_row_per_image_with_features_and_labels(run_dir, demo_data, tmp_path):
+    from protloc.reports.explain import read_model_input
+    from protloc.runs import load_run
+
+    out = tmp_path / "features.parquet"
+    assert main(["embed", str(run_dir), str(demo_data), "--out", str(out), "--method", "pca", "--workers", "0"]) == 0
+    table = pd.read_parquet(out)
+    train = pd.read_csv(demo_data / "train.csv", dtype=str)
+    config, model = load_run(run_dir)
+    features = model.backbone.num_features
+    assert len(table) == len(train)
+    assert list(table.columns) == ["id", *(f"f{i}" for i in range(features)), "labels"]
+    assert all(table[f"f{i}"].dtype == np.float32 for i in (0, features - 1))
+    assert table["id"].tolist() == train["Image"].tolist()
+    expected = [sorted(HPA10_NAMES[int(t)] for t in text.split()) for text in train["Label"]]
+    assert [sorted(labels) for labels in table["labels"]] == expected
+    # The row is the model's pooled feature vector (model.embed) of that image.
+    image = read_model_input(str(demo_data / "train" / f"{train['Image'][0]}.png"), config)
+    with torch.no_grad():  # channels-last only for speed: this CPU's default-layout path is slow
+        model = model.to(memory_format=torch.channels_last)
+        first = model.embed(image.contiguous(memory_format=torch.channels_last))[0]
+    np.testing.assert_allclose(table.iloc[0, 1:features + 1].to_numpy(np.float32), first.numpy(), rtol=1e-3, atol=1e-4)
+    assert (tmp_path / "features_map.png").stat().st_size > 1000
+
+
+def test_unlabelled_folder_has_no_labels_column(run_dir, demo_data, tmp_path):
+    out = tmp_path / "test.parquet"
+    assert main(["embed", str(run_dir), str(demo_data / "test"), "--out", str(out), "--method", "pca", "--workers", "0"]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == len(list((demo_data / "test").glob("*.png")))
+    assert "labels" not in table.columns
+    assert (tmp_path / "test_map.png").is_file()
+
+
+def test_map_panels_show_each_class(demo_data):
+    from protloc.data.readers import read_dataset
+    from protloc.reports.embed import plot_embedding_map
+
+    table = read_dataset(demo_data)
+    coords = np.random.default_rng(0).normal(size=(len(table), 2))
+    figure = plot_embedding_map(coords, table.targets, list(HPA10_NAMES), "map")
+    titles = [ax.get_title().replace("\n", " ") for ax in figure.axes if ax.get_title()]
+    counts = table.targets.sum(axis=0).astype(int)
+    assert titles == [f"{name} (n={n})" for name, n in zip(HPA10_NAMES, counts)]
+    # Each panel highlights exactly the images carrying its class, over all images in grey.
+    panels = figure.axes[:len(HPA10_NAMES)]
+    assert [len(ax.collections[0].get_offsets()) for ax in panels] == [len(table)] * len(HPA10_NAMES)
+    assert [len(ax.collections[1].get_offsets()) for ax in panels] == counts.tolist()
+    plt.close(figure)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("umap") is not None, reason="umap-learn is installed")
+def test_umap_without_umap_learn_exits_2(run_dir, demo_data, tmp_path, capsys):
+    assert main(["embed", str(run_dir), str(demo_data), "--out", str(tmp_path / "f.parquet"), "--method", "umap"]) == 2
+    assert "umap-learn" in capsys.readouterr().err
+    assert not (tmp_path / "f.parquet").exists()
+
+
+def test_missing_run_folder_exits_2(demo_data, tmp_path, capsys):
+    assert main(["embed", str(tmp_path / "nope"), str(demo_data), "--out", str(tmp_path / "f.parquet")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
