@@ -1,0 +1,126 @@
+"""The data of a training run, as a LightningDataModule: one table, split by rows into training and validation.
+
+Which images an epoch visits, in which order, and how each is augmented are functions of (seed, epoch,
+image) alone: not of the number of DataLoader workers, of prefetching, of the device count, or of whether
+the run was stopped and resumed in between. That is what lets a resumed run end bit-identical to an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from protloc.data.dataset import ImageDataset
+from protloc.data.readers import DatasetTable
+from protloc.data.transforms import eval_transforms, train_transforms
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class EpochSeededSampler(DistributedSampler):
+    """A DistributedSampler (one replica on a single device) that yields (row, augmentation seed) pairs.
+
+    `first_epoch` shifts the epoch count so each phase of the run gets its own orders and augmentations.
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, first_epoch: int = 0):
+        # DistributedSampler shuffles with seed + epoch: offsetting the seed offsets the epoch.
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed + first_epoch)
+        self.base_seed = seed
+        self.first_epoch = first_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.first_epoch + self.epoch
+        for index in super().__iter__():
+            yield index, sample_seed(self.base_seed, epoch, index)
+
+
+class SeededAugmentation(Dataset):
+    """Items of `dataset` fetched by (row, seed): the augmentation draws from that seed, in whatever process."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        # Leaves the process's own RNG untouched: the model's dropout draws stay independent of data loading.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class LocalisationData(L.LightningDataModule):
+    def __init__(
+        self,
+        table: DatasetTable,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        *,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels: int,
+        batch_size: int,
+        workers: int,
+        seed: int,
+    ):
+        super().__init__()
+        self.train_table = table.subset(train_rows)
+        self.val_table = table.subset(val_rows)
+        self.image_size = image_size
+        self.mean, self.std = list(mean), list(std)
+        self.channels = channels
+        self.batch_size = batch_size
+        self.workers = workers
+        self.seed = seed
+        self.first_epoch = 0  # the run-wide number of the current phase's first epoch; set per phase
+
+    def _dataset(self, table: DatasetTable, transform) -> ImageDataset:
+        return ImageDataset(table, channels=self.channels, transform=transform, image_size=self.image_size)
+
+    def _replicas(self) -> tuple[int, int]:
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+
+    def _loader(self, dataset, sampler, drop_last: bool) -> DataLoader:
+        on_gpu = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        return DataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers, drop_last=drop_last,
+            pin_memory=on_gpu,
+            # Workers may live across epochs (no fork per epoch, which cost a third of the speed on 2 cores):
+            # augmentation seeds come with the indices, so a worker's own RNG state never matters.
+            persistent_workers=self.workers > 0,
+            # The loader draws its workers' base seed from this, not from the process RNG that dropout uses.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        images = self._dataset(self.train_table, train_transforms(image_size=self.image_size, mean=self.mean, std=self.std))
+        world_size, rank = self._replicas()
+        sampler = EpochSeededSampler(images, num_replicas=world_size, rank=rank, seed=self.seed, first_epoch=self.first_epoch)
+        if self.trainer is not None:
+            # Lightning sets the sampler's epoch only when an epoch starts, but a loader with workers draws its first
+            # indices when created; a resumed fit creates it for an epoch past 0, so set the epoch now.
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        # A last batch of one image cannot train BatchNorm; like fastai and timm, drop the ragged end.
+        return self._loader(SeededAugmentation(images), sampler, drop_last=len(sampler) >= self.batch_size)
+
+    def train_steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch on each device. Counted here rather than by `Trainer.estimated_stepping_batches`,
+        which would build the training iterator before a checkpoint's progress is restored."""
+        return len(self.train_dataloader())
+
+    def val_dataloader(self) -> DataLoader:
+        images = self._dataset(self.val_table, eval_transforms(image_size=self.image_size, mean=self.mean, std=self.std))
+        world_size, rank = self._replicas()
+        # Shards are padded with repeats to equal length; the module gathers them and drops the repeats.
+        sampler = DistributedSampler(images, num_replicas=world_size, rank=rank, shuffle=False)
+        return self._loader(images, sampler, drop_last=False)

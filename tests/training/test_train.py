@@ -1,0 +1,177 @@
+"""protloc train and protloc compare end to end, on the small generated dataset (64 px images, trained at 32 px)."""
+from __future__ import annotations
+
+import shutil
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from protloc.cli import main
+from protloc.models.backbones import backbone_spec
+from protloc.runs import load_config, load_run
+
+# Tiny and quick: random weights, 32 px, one frozen and one fine-tuning epoch, no worker processes.
+TINY = ["--no-pretrained", "--image-size", "32", "--epochs-frozen", "1", "--epochs", "1", "--batch-size", "16",
+        "--workers", "0"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two compute threads on two shared cores stall each other whenever anything else runs beside the tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def default_run(demo_data, tmp_path_factory):
+    """The default recipe (efficientnet_lite0, mask split) through the CLI."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    assert main(["train", str(demo_data), "--out", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_split_run(demo_data, tmp_path_factory):
+    """The non-default options of the recipe, all at once, on a small timm backbone."""
+    out = tmp_path_factory.mktemp("train") / "random"
+    args = ["train", str(demo_data), "--out", str(out), *TINY, "--backbone", "mobilenetv3_small_050",
+            "--split", "random", "--normalize", "dataset", "--loss", "focal", "--pos-weight", "auto",
+            "--optimizer", "adamw", "--grad-clip", "1.0", "--grad-clip-mode", "norm", "--dropout", "0.2"]
+    assert main(args) == 0
+    return out
+
+
+def test_train_writes_a_complete_run_folder(default_run):
+    for name in ("config.json", "model.safetensors", "metrics.csv", "lr.csv", "curves.png", "lr.png"):
+        assert (default_run / name).is_file(), name
+    config, model = load_run(default_run)
+    assert config.backbone == "efficientnet_lite0" and config.image_size == 32 and config.in_chans == 3
+    assert config.label_set == "hpa10" and len(config.label_names) == 10 and config.layout == "z2g"
+    assert config.mean == [0.5, 0.5, 0.5] and config.std == [0.5, 0.5, 0.5]  # the backbone's, as recorded
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert len(config.thresholds) == 10 and all(0 < t < 1 for t in config.thresholds)
+    training = config.training
+    assert training["split"] == "mask" and training["n_train"] + training["n_val"] == 96
+    assert set(training["images_per_second"]) == {"frozen", "finetune"}
+    assert all(speed > 0 for speed in training["images_per_second"].values())
+    assert set(training["val_tuned"]) >= {"f1_macro", "f1_micro", "f1_samples", "fscore_course", "f1_per_class"}
+
+
+def test_metrics_csv_has_one_row_per_epoch_with_every_score(default_run):
+    metrics = pd.read_csv(default_run / "metrics.csv")
+    config = load_config(default_run)
+    expected = ["epoch", "phase", "train_loss", "val_loss", "val_f1_macro", "val_f1_micro", "val_f1_samples",
+                "val_fscore_course", "lr", "images_per_second"] + [f"f1_{name}" for name in config.label_names]
+    assert list(metrics.columns) == expected
+    assert metrics["epoch"].tolist() == [1, 2] and metrics["phase"].tolist() == ["frozen", "finetune"]
+    assert metrics[expected[2:]].notna().all().all()
+
+
+def test_saved_model_is_the_best_epoch(default_run):
+    """The weights saved are those of the best epoch: predicting validation again reproduces its score."""
+    metrics = pd.read_csv(default_run / "metrics.csv")
+    training = load_config(default_run).training
+    best = metrics.loc[metrics["val_f1_macro"].idxmax()]
+    assert training["best_epoch"] == best["epoch"] and training["best_phase"] == best["phase"]
+    assert training["val_at_0.5"]["f1_macro"] == pytest.approx(best["val_f1_macro"], abs=1e-9)
+
+
+def test_one_cycle_learning_rate_is_stepped_every_batch(default_run):
+    training = load_config(default_run).training
+    steps = pd.read_csv(default_run / "lr.csv")
+    steps_per_epoch = training["n_train"] // 16  # the ragged last batch is dropped
+    assert steps["step"].tolist() == list(range(1, len(steps) + 1))
+    for phase, peak in (("frozen", 1e-2), ("finetune", 1e-3)):
+        lr = steps.loc[steps["phase"] == phase, "lr"].to_numpy()
+        assert len(lr) == steps_per_epoch
+        top = int(np.argmax(lr))
+        assert 0 < top < len(lr) - 1
+        assert np.all(np.diff(lr[: top + 1]) > 0) and np.all(np.diff(lr[top:]) < 0)
+        assert lr.max() <= peak and lr.max() > peak / 2 and lr[0] < peak / 10 and lr[-1] < lr[0]
+
+
+def test_plots_are_written(default_run):
+    for name in ("curves.png", "lr.png"):
+        assert (default_run / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_recipe_options_reach_the_run(random_split_run):
+    config = load_config(random_split_run)
+    assert config.backbone == "mobilenetv3_small_050" and config.dropout == 0.2
+    training = config.training
+    assert training["split"] == "random" and training["n_val"] == 10  # exactly ceil(96 * 0.1)
+    assert (training["loss"], training["pos_weight"], training["optimizer"]) == ("focal", "auto", "adamw")
+    # --normalize dataset: measured on the training images (dark fluorescence fields), not the backbone's.
+    backbone_mean, _ = backbone_spec("mobilenetv3_small_050").normalization(3)
+    assert config.mean != list(backbone_mean)
+    assert all(0 < m < 0.5 for m in config.mean) and all(0 < s < 0.5 for s in config.std)
+
+
+def test_kfold_trains_one_complete_run_per_fold(demo_data, tmp_path):
+    out = tmp_path / "cv"
+    args = ["train", str(demo_data), "--out", str(out), *TINY, "--backbone", "mobilenetv3_small_050",
+            "--epochs-frozen", "0", "--folds", "2", "--split", "stratified"]
+    assert main(args) == 0
+    summary = pd.read_csv(out / "folds.csv")
+    assert summary["fold"].tolist() == [0, 1]
+    n_val = []
+    for fold in (0, 1):
+        config, _model = load_run(out / f"fold-{fold}")
+        assert config.training["best_epoch"] == 1
+        assert summary.loc[fold, "best_val_f1_macro"] == pytest.approx(config.training["val_at_0.5"]["f1_macro"])
+        n_val.append(config.training["n_val"])
+    assert sum(n_val) == 96  # the two validation folds partition the data
+
+
+def test_compare_plots_several_runs(default_run, random_split_run, tmp_path, capsys):
+    plot = tmp_path / "compare.png"
+    assert main(["compare", str(default_run), str(random_split_run), "--out", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+    assert main(["compare", str(default_run), str(tmp_path), "--out", str(plot), "--metric", "val_nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'val_nonsense'" in err and f"{tmp_path}: no metrics.csv" in err
+
+
+def test_missing_pretrained_weights_fail_short(demo_data, tmp_path, monkeypatch, capsys):
+    """resnet18's ImageNet weights are a download; offline and not cached, training stops with exit 2 at once."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    out = tmp_path / "run"
+    assert main(["train", str(demo_data), "--out", str(out), "--backbone", "resnet18", "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("protloc: error: ") and "ImageNet weights" in err and "--no-pretrained" in err
+    assert not out.exists()
+
+
+def test_unreadable_images_are_all_reported_before_training(demo_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    images = sorted((data / "train").glob("*.png"))
+    images[0].write_bytes(b"not a png")
+    images[1].write_bytes(images[1].read_bytes()[:100])  # truncated
+    images[2].unlink()
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for image in images[:3]:
+        assert str(image) in err
+    assert "3 image problem(s)" in err
+    assert not out.exists()
+
+
+def test_an_existing_run_is_not_overwritten(default_run, demo_data, capsys):
+    assert main(["train", str(demo_data), "--out", str(default_run), *TINY]) == 2
+    assert "already holds a run: add --resume" in capsys.readouterr().err
