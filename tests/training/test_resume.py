@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.training.train import TrainConfig, train
 
@@ -38,7 +39,9 @@ def test_stopped_and_resumed_run_ends_identical(demo_data, tmp_path):
     assert not (tmp_path / "stopped" / "config.json").exists()
     assert len(pd.read_csv(tmp_path / "stopped" / "metrics.csv")) == 1
     train(dataclasses.replace(stopped, stop_after=2, resume=True))
-    resumed = train(dataclasses.replace(stopped, resume=True))
+    # The last leg through the CLI's short form, which reads the data and options back from the run folder.
+    assert main(["train", "--resume", stopped.out, "--workers", "1"]) == 0
+    resumed = tmp_path / "stopped"
 
     expected, actual = final_state(straight), final_state(resumed)
     assert expected.keys() == actual.keys()
@@ -64,3 +67,5 @@ def test_resume_refuses_changed_options_and_missing_runs(demo_data, tmp_path):
     assert "--lr: 0.001 in the stopped run, 0.5 now" in message and "--seed: 42 in the stopped run, 7 now" in message
     with pytest.raises(ProtlocError, match="holds no stopped run"):
         train(dataclasses.replace(recipe, out=str(tmp_path / "elsewhere"), resume=True))
+    assert main(["train", "--resume", str(tmp_path / "elsewhere")]) == 2
+    assert main(["train", str(demo_data)]) == 2  # neither --out nor --resume

@@ -34,8 +34,8 @@ def register(subparsers) -> None:
                     "is kept and per-class thresholds are tuned on validation. RUN gets config.json, model.safetensors, "
                     "metrics.csv, lr.csv, curves.png, lr.png and checkpoints/ (for --resume).")
     d = TrainConfig  # the defaults live in the dataclass, typed once
-    parser.add_argument("data", help="labelled dataset: folder or CSV (see --format)")
-    parser.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    parser.add_argument("data", nargs="?", help="labelled dataset: folder or CSV (see --format)")
+    parser.add_argument("--out", metavar="RUN", help="run folder to write")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=d.backbone,
                        help="ImageNet backbone: efficientnet_lite0 (weights work offline), resnet18, or any timm or "
@@ -77,9 +77,10 @@ def register(subparsers) -> None:
                              "MASTER_PORT and NODE_RANK (torchrun, SLURM) (default %(default)s)")
     engine.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                         help="auto: bf16-mixed on GPUs that have it (else 16-mixed) and on CPUs with native bf16; 32-true elsewhere")
-    engine.add_argument("--resume", action="store_true",
-                        help="continue the stopped run in RUN from its last checkpoint: the same command again plus --resume "
-                             "(--stop-after, --workers, --devices, --num-nodes, --accelerator and --precision may change)")
+    engine.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                        help="continue a stopped run from its last checkpoint: `protloc train --resume RUN` (its data and "
+                             "options are read back from RUN), or the same command again plus --resume; only --stop-after, "
+                             "--workers, --devices, --num-nodes, --accelerator and --precision may change")
     engine.add_argument("--stop-after", type=positive_int, default=None, metavar="EPOCHS",
                         help="stop after this many epochs of the run (frozen + fine-tuning); --resume continues it exactly")
     parser.set_defaults(handler=run)
@@ -94,16 +95,42 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         optimizer=args.optimizer, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         grad_clip_mode=args.grad_clip_mode, loss=args.loss, pos_weight=args.pos_weight, batch_size=args.batch_size,
         workers=args.workers, dropout=args.dropout, devices=args.devices, num_nodes=args.num_nodes,
-        accelerator=args.accelerator, precision=args.precision, resume=args.resume, stop_after=args.stop_after,
+        accelerator=args.accelerator, precision=args.precision, resume=bool(args.resume), stop_after=args.stop_after,
     )
+
+
+def resumed_config(args: argparse.Namespace) -> TrainConfig:
+    """`--resume RUN`: the stopped run's own options, with the ones that may change taken from the command line."""
+    import dataclasses
+    from pathlib import Path
+
+    from protloc.errors import ProtlocError
+    from protloc.training.train import read_recipe, recipe_path
+
+    run_dir = Path(args.resume)
+    recipe = read_recipe(run_dir) or read_recipe(run_dir / "fold-0")
+    if recipe is None:
+        raise ProtlocError(f"--resume {run_dir}: holds no stopped run (expected {recipe_path(run_dir)} from protloc train --out {run_dir})")
+    saved = {key: value for key, value in recipe["config"].items() if key in {f.name for f in dataclasses.fields(TrainConfig)}}
+    changes = {"resume": True, "out": str(run_dir), "stop_after": args.stop_after, "devices": args.devices,
+               "num_nodes": args.num_nodes, "accelerator": args.accelerator, "precision": args.precision}
+    if args.workers is not None:
+        changes["workers"] = args.workers
+    return dataclasses.replace(TrainConfig(**saved), **changes)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from protloc.errors import ProtlocError
     from protloc.training.train import rank, train
 
-    config = config_from_args(args)
+    if isinstance(args.resume, str):
+        config = resumed_config(args)
+    elif not args.data or not args.out:
+        raise ProtlocError("protloc train needs DATA and --out RUN (or --resume RUN to continue a stopped run)")
+    else:
+        config = config_from_args(args)
     out = train(config)
     if rank() != 0:
         return 0
@@ -119,8 +146,7 @@ def print_run(run_dir, config) -> None:
     from protloc.training.train import CURVES_FILE, LR_PLOT_FILE, METRICS_FILE
 
     if not (run_dir / CONFIG_FILE).is_file():
-        print(f"stopped after epoch {config.stop_after}; continue with the same command plus --resume "
-              f"(checkpoints in {run_dir / 'checkpoints'})")
+        print(f"stopped after epoch {config.stop_after}; continue with: protloc train --resume {run_dir}")
         return
     training = load_config(run_dir).training
     speed = ", ".join(f"{phase} {value:.1f}" for phase, value in training["images_per_second"].items())
