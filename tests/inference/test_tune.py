@@ -66,6 +66,4 @@ def test_label_set_mismatch_is_refused(run_dir, demo_data, capsys):
     assert tune(run_dir, demo_data, "--labels", "hpa28") == 2
     error = capsys.readouterr().err
     assert "hpa28 (28 classes)" in error and "hpa10 (10 classes)" in error
-    assert tune(run_dir, demo_data, "--channels", "4") == 2
-    assert "3-channel" in capsys.readouterr().err
     assert (run_dir / "config.json").read_text() == before

@@ -18,3 +18,37 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
 def read_dataset_from_args(args: argparse.Namespace, path=None, split: str = "train") -> DatasetTable:
     label_set = get_label_set(args.labels) if args.labels else None
     return read_dataset(path or args.data, layout=args.format, split=split, label_set=label_set, channels=args.channels)
+
+
+def add_run_data_options(parser: argparse.ArgumentParser) -> None:
+    """--format and --labels for DATA; channels come from the run's config, so there is no --channels."""
+    parser.add_argument("--format", choices=LAYOUTS, default=None, help="dataset layout (default: detected from DATA)")
+    parser.add_argument("--labels", default=None, metavar="SET",
+                        help="label set of DATA: hpa10, hpa28 or a file with one class name per line "
+                             "(default: from the layout); must be the run's")
+
+
+def read_run_dataset(args: argparse.Namespace, config, path):
+    """DATA read with the run's channel count."""
+    label_set = get_label_set(args.labels) if args.labels else None
+    return read_dataset(path, layout=args.format, label_set=label_set, channels=config.in_chans)
+
+
+def threshold_value(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a probability strictly between 0 and 1")
+    return value
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run a model over images (predict, tune)."""
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes decoding images beside the model (default 2; 0 = decode in the main process; "
+                             "inputs of one batch always decode in the main process)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips and quarter turns of each image (8x slower)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands.evaluate import add_data_options
+from protloc.commands._options import add_run_data_options
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")
-    add_data_options(parser)
+    add_run_data_options(parser)
     parser.set_defaults(handler=run)
 
 

@@ -3,26 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands.predict import add_inference_options, threshold_value
-
-
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """--format and --labels for DATA; channels come from the run's config, so there is no --channels."""
-    from protloc.data.readers import LAYOUTS
-
-    parser.add_argument("--format", choices=LAYOUTS, default=None, help="dataset layout (default: detected from DATA)")
-    parser.add_argument("--labels", default=None, metavar="SET",
-                        help="label set of DATA: hpa10, hpa28 or a file with one class name per line "
-                             "(default: from the layout); must be the run's")
-
-
-def read_run_data(args: argparse.Namespace, config, path):
-    """DATA read with the run's channel count."""
-    from protloc.data.readers import read_dataset
-    from protloc.labels import get_label_set
-
-    label_set = get_label_set(args.labels) if args.labels else None
-    return read_dataset(path, layout=args.format, label_set=label_set, channels=config.in_chans)
+from protloc.commands._options import add_inference_options, add_run_data_options, read_run_dataset, threshold_value
 
 
 def register(subparsers) -> None:
@@ -37,7 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--threshold", type=threshold_value, default=None, metavar="T",
                         help="one threshold for every class instead of the run's per-class thresholds")
     add_inference_options(parser)
-    add_data_options(parser)
+    add_run_data_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -46,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.runs import load_config, load_run
 
     config = load_config(args.run)
-    table = read_run_data(args, config, args.data)
+    table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast
     config, model = load_run(args.run, device=args.device)
     evaluation = evaluate_run(model, config, table, args.out, threshold=args.threshold, tta=args.tta,

@@ -4,25 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def threshold_value(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text}: expected a probability strictly between 0 and 1")
-    return value
-
-
-def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by the commands that run a model over images (predict, tune)."""
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes decoding images beside the model (default 2; 0 = decode in the main process; "
-                             "inputs of one batch always decode in the main process)")
-    parser.add_argument("--tta", action="store_true",
-                        help="average over the 8 flips and quarter turns of each image (8x slower)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")
+from protloc.commands._options import add_inference_options, threshold_value
 
 
 def register(subparsers) -> None:

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands.evaluate import add_data_options
-from protloc.commands.predict import add_inference_options
+from protloc.commands._options import add_inference_options, add_run_data_options
 
 
 def register(subparsers) -> None:
@@ -20,12 +19,12 @@ def register(subparsers) -> None:
     parser.add_argument("--samples", type=int, default=6, metavar="N",
                         help="sample images with Grad-CAMs, the first N of DATA (default: 6)")
     add_inference_options(parser)
-    add_data_options(parser)
+    add_run_data_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from protloc.commands.evaluate import read_run_data
+    from protloc.commands._options import read_run_dataset
     from protloc.errors import ProtlocError
     from protloc.reports.run_report import build_report
     from protloc.runs import load_config
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 0:
         raise ProtlocError(f"--samples {args.samples}: expected 0 or more")
     config = load_config(args.run)
-    table = read_run_data(args, config, args.data) if args.data else None
+    table = read_run_dataset(args, config, args.data) if args.data else None
     page = build_report(args.run, table=table, data_name=str(args.data or ""), out_file=args.out,
                         samples=args.samples, tta=args.tta, batch_size=args.batch_size, workers=args.workers,
                         device=args.device, precision=args.precision)

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_dataset_options
-from protloc.commands.predict import add_inference_options
+from protloc.commands._options import add_inference_options, add_run_data_options
 
 
 def register(subparsers) -> None:
@@ -14,9 +13,7 @@ def register(subparsers) -> None:
                     "before and after, and write the thresholds into RUN/config.json. DATA's classes must be the run's.")
     parser.add_argument("run", help="run folder (config.json + model.safetensors)")
     parser.add_argument("data", help="labelled dataset folder or CSV")
-    add_dataset_options(parser)
-    # Channels are the run's; --channels is accepted only to catch a contradiction.
-    parser.set_defaults(channels=None)
+    add_run_data_options(parser)
     add_inference_options(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the table but leave config.json unchanged")
     parser.set_defaults(handler=run)
@@ -26,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from protloc.commands._options import read_dataset_from_args
+    from protloc.commands._options import read_run_dataset
     from protloc.errors import DataError, ProtlocError
     from protloc.inference.predictor import describe_unreadable, find_missing_files, load_predictor
     from protloc.inference.thresholds import apply_thresholds, tune_thresholds
@@ -35,10 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.run, device=args.device, precision=args.precision)
     config = predictor.config
-    if args.channels is not None and args.channels != config.in_chans:
-        raise ProtlocError(f"--channels {args.channels}: the run takes {config.in_chans}-channel images (leave --channels out)")
-    args.channels = config.in_chans
-    table = read_dataset_from_args(args, path=args.data, split="train")
+    table = read_run_dataset(args, config, args.data)
     if list(table.label_set.names) != list(config.label_names):
         raise ProtlocError(
             f"{args.data}: its labels are {table.label_set.name} ({len(table.label_set)} classes) but {args.run} predicts "
