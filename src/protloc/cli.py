@@ -13,6 +13,15 @@ from protloc.data.images import ImageReadError
 from protloc.errors import ProtlocError
 
 
+# --help lists commands in the order of a user's work; a new command module not named here comes last.
+WORKFLOW_ORDER = ("demo_data", "check", "explore", "convert", "train", "compare", "predict", "tune",
+                  "evaluate", "explain", "embed", "export", "report")
+
+
+def _workflow_position(name: str) -> tuple[int, str]:
+    return (WORKFLOW_ORDER.index(name) if name in WORKFLOW_ORDER else len(WORKFLOW_ORDER), name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protloc",
@@ -20,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"protloc {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_info in sorted(pkgutil.iter_modules(protloc.commands.__path__), key=lambda m: m.name):
+    for module_info in sorted(pkgutil.iter_modules(protloc.commands.__path__), key=lambda m: _workflow_position(m.name)):
         if not module_info.name.startswith("_"):
             importlib.import_module(f"protloc.commands.{module_info.name}").register(subparsers)
     return parser

@@ -8,13 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+TEMP_SUFFIX = ".part"  # of the temporary files atomic_path writes: `.NAME.RANDOM.part` beside NAME
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(handle)
     temp = Path(temp_name)
     # mkstemp makes owner-only files; outputs get the usual permissions (what the umask allows).

@@ -1,38 +1,22 @@
 """protloc.load: the Python door gives the same answers for paths, arrays and PIL images, and the CLI's."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 import protloc
 from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.labels import HPA10
-from protloc.models.classifier import build_model
-from protloc.runs import RunConfig, save_run
-
-
-def make_run(run_dir: Path) -> Path:
-    """A real run folder around an untrained tiny network."""
-    torch.manual_seed(0)
-    model = build_model("test_resnet", 10, pretrained=False)
-    with torch.no_grad():
-        model.head[1].weight.mul_(30)  # spread the untrained model's probabilities so that labels differ between images
-    spec = model.backbone.spec
-    config = RunConfig(backbone="test_resnet", label_set="hpa10", label_names=list(HPA10.names), image_size=32,
-                       in_chans=3, mean=list(spec.mean), std=list(spec.std), thresholds=[0.4] * 10)
-    save_run(run_dir, config, model)
-    return run_dir
+from tests.untrained_runs import make_untrained_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run"))
+    # Spread probabilities, so that labels differ between images.
+    return make_untrained_run(tmp_path_factory.mktemp("run"), thresholds=[0.4] * 10, spread=30)
 
 
 @pytest.fixture(scope="module")

@@ -3,37 +3,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pandas as pd
 import pytest
-import torch
 
 from protloc.cli import main
 from protloc.labels import HPA10
-from protloc.models.classifier import build_model
-from protloc.runs import RunConfig, load_config, save_config, save_run
-
-
-def make_run(run_dir: Path) -> Path:
-    """A real run folder around an untrained tiny network."""
-    torch.manual_seed(0)
-    model = build_model("test_resnet", 10, pretrained=False)
-    with torch.no_grad():
-        model.head[1].weight.mul_(30)  # spread the untrained model's probabilities so that they differ between images
-    spec = model.backbone.spec
-    config = RunConfig(backbone="test_resnet", label_set="hpa10", label_names=list(HPA10.names), image_size=32,
-                       in_chans=3, mean=list(spec.mean), std=list(spec.std), thresholds=[0.5] * 10)
-    save_run(run_dir, config, model)
-    return run_dir
+from protloc.runs import load_config, save_config
+from tests.untrained_runs import make_untrained_run
 
 
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory):
     """A run exported to its default place, RUN/model.onnx."""
-    run_dir = make_run(tmp_path_factory.mktemp("run"))
+    # Spread probabilities, so that they differ between images.
+    run_dir = make_untrained_run(tmp_path_factory.mktemp("run"), spread=30)
     assert main(["export", str(run_dir)]) == 0
     return run_dir
 

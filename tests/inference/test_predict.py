@@ -8,35 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from protloc.cli import main
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import HPA10, HPA28
-from protloc.models.classifier import build_model
-from protloc.runs import RunConfig, load_config, save_run
+from protloc.runs import load_config
+from tests.untrained_runs import make_untrained_run
 
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.35, 0.45, 0.55, 0.65, 0.5]
-
-
-def make_run(run_dir: Path, *, in_chans: int = 3, label_set=HPA10, layout: str = "z2g", thresholds=None) -> Path:
-    """A real run folder around an untrained tiny network."""
-    torch.manual_seed(0)
-    model = build_model("test_resnet", len(label_set), pretrained=False, in_chans=in_chans)
-    with torch.no_grad():
-        model.head[1].weight.mul_(30)  # spread the untrained model's probabilities so that labels differ between images
-    mean, std = model.backbone.spec.normalization(in_chans)
-    config = RunConfig(backbone="test_resnet", label_set=label_set.name, label_names=list(label_set.names),
-                       image_size=32, in_chans=in_chans, mean=list(mean), std=list(std),
-                       thresholds=thresholds or [0.5] * len(label_set), layout=layout)
-    save_run(run_dir, config, model)
-    return run_dir
+SPREAD = 30  # spreads the untrained model's probabilities, so that labels differ between images
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run"), thresholds=THRESHOLDS)
+    return make_untrained_run(tmp_path_factory.mktemp("run"), thresholds=THRESHOLDS, spread=SPREAD)
 
 
 def predict(*args) -> int:
@@ -119,7 +105,7 @@ def make_hpa2018_test_folder(real_data, root: Path, ids: list[str]) -> Path:
 
 
 def test_hpa2018_layout_writes_id_predicted(real_data, tmp_path):
-    run_dir = make_run(tmp_path / "run", in_chans=4, label_set=HPA28, layout="hpa2018")
+    run_dir = make_untrained_run(tmp_path / "run", in_chans=4, label_set=HPA28, layout="hpa2018", spread=SPREAD)
     ids = ["b-second", "a-first"]
     data = make_hpa2018_test_folder(real_data, tmp_path / "hpa", ids)
     out = tmp_path / "out.csv"

@@ -37,7 +37,7 @@ def test_tuned_thresholds_find_systematically_low_probabilities():
     rng = np.random.default_rng(3)
     targets = (rng.random((300, 4)) < 0.2).astype(int)
     probabilities = np.where(targets == 1, rng.normal(0.3, 0.03, targets.shape), rng.normal(0.1, 0.03, targets.shape))
-    thresholds = tune_thresholds(torch.from_numpy(targets), torch.from_numpy(probabilities))
+    thresholds = tune_thresholds(torch.from_numpy(targets), torch.from_numpy(probabilities), shrinkage=0)
     assert ((thresholds > 0.12) & (thresholds < 0.28)).all()
     tuned = f1_score(targets, probabilities >= thresholds, average="macro", zero_division=0)
     default = f1_score(targets, probabilities >= 0.5, average="macro", zero_division=0)
@@ -49,13 +49,37 @@ def test_class_without_positives_keeps_half_and_ties_prefer_half():
     probabilities = rng.random((50, 2))
     targets = np.zeros((50, 2))
     targets[:, 1] = probabilities[:, 1] > 0.7  # perfectly separable anywhere in (max negative, min positive]
-    thresholds = tune_thresholds(targets, probabilities)
+    thresholds = tune_thresholds(targets, probabilities, shrinkage=0)
     assert thresholds[0] == 0.5
     # Every cut in the gap gives F1 = 1; the one nearest 0.5 is the gap's lower end.
     gap_low = probabilities[targets[:, 1] == 0, 1].max()
     gap_high = probabilities[targets[:, 1] == 1, 1].min()
     assert gap_low < thresholds[1] <= gap_high
     assert thresholds[1] - gap_low <= 0.01 + 1e-9
+
+
+def test_thresholds_fitted_to_few_positives_stay_near_half():
+    rng = np.random.default_rng(5)
+    n = 400
+    targets = np.zeros((n, 2), dtype=int)
+    targets[:4, 0] = 1  # 4 positives
+    targets[:200, 1] = 1  # 200 positives
+    probabilities = np.where(targets == 1, rng.uniform(0.15, 0.25, targets.shape), rng.uniform(0.0, 0.1, targets.shape))
+    optimum = tune_thresholds(targets, probabilities, shrinkage=0)
+    shrunk = tune_thresholds(targets, probabilities, shrinkage=20)
+    assert (optimum < 0.16).all()
+    # Both classes have the same optimum; the class with 4 positives moves 4/24 of the way, the other 200/220.
+    assert abs(shrunk[0] - (0.5 + (optimum[0] - 0.5) * 4 / 24)) <= 0.01 + 1e-9
+    assert abs(shrunk[1] - (0.5 + (optimum[1] - 0.5) * 200 / 220)) <= 0.01 + 1e-9
+    # A pulled cut that scores below 0.5 on the data falls back to 0.5. Optimum 0.2 (F1 8/9); pulled to
+    # 0.5 - 0.3 * 4/24 = 0.45, where the negative at 0.47 gets in (F1 4/7) while 0.5 keeps it out (F1 4/6).
+    column = np.array([[0.2], [0.2], [0.55], [0.55], [0.47]] + [[0.05]] * 20)
+    truth = np.zeros_like(column)
+    truth[:4] = 1
+    assert tune_thresholds(truth, column, shrinkage=0)[0] == 0.2
+    assert tune_thresholds(truth, column, shrinkage=20)[0] == 0.5
+    with pytest.raises(ProtlocError, match="shrinkage"):
+        tune_thresholds(targets, probabilities, shrinkage=-1)
 
 
 def test_custom_grid_is_used_and_validated():

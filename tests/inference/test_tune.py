@@ -1,38 +1,22 @@
 """protloc tune: thresholds retuned on labelled data are written into the run's config.json."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
 import protloc
 from protloc.cli import main
 from protloc.data.readers import read_dataset
 from protloc.inference.thresholds import tune_thresholds
 from protloc.labels import HPA10
-from protloc.models.classifier import build_model
-from protloc.runs import RunConfig, load_config, save_run
-
-
-def make_run(run_dir: Path) -> Path:
-    """A real run folder around an untrained tiny network."""
-    torch.manual_seed(0)
-    model = build_model("test_resnet", 10, pretrained=False)
-    with torch.no_grad():
-        model.head[1].weight.mul_(30)  # spread the untrained model's probabilities so that they differ between images
-    spec = model.backbone.spec
-    config = RunConfig(backbone="test_resnet", label_set="hpa10", label_names=list(HPA10.names), image_size=32,
-                       in_chans=3, mean=list(spec.mean), std=list(spec.std), thresholds=[0.5] * 10,
-                       training={"epochs": 3})
-    save_run(run_dir, config, model)
-    return run_dir
+from protloc.runs import load_config
+from tests.untrained_runs import make_untrained_run
 
 
 @pytest.fixture
 def run_dir(tmp_path):
-    return make_run(tmp_path / "run")
+    # Spread probabilities, so that they differ between images.
+    return make_untrained_run(tmp_path / "run", training={"epochs": 3}, spread=30)
 
 
 def tune(*args) -> int:

@@ -9,22 +9,12 @@ import torch
 
 from protloc.cli import main
 from protloc.labels import HPA10_NAMES
-
-
-def make_run(run_dir):
-    from protloc.models.classifier import build_model
-    from protloc.runs import RunConfig, save_run
-
-    torch.manual_seed(0)
-    config = RunConfig(backbone="efficientnet_lite0", label_set="hpa10", label_names=list(HPA10_NAMES),
-                       image_size=64, in_chans=3, mean=[0.5] * 3, std=[0.5] * 3, thresholds=[0.5] * 10)
-    save_run(run_dir, config, build_model("efficientnet_lite0", 10, pretrained=False))
-    return run_dir
+from tests.untrained_runs import make_untrained_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run") / "run")
+    return make_untrained_run(tmp_path_factory.mktemp("run") / "run", backbone="efficientnet_lite0", image_size=64)
 
 
 def test_one_row_per_image_with_features_and_labels(run_dir, demo_data, tmp_path):

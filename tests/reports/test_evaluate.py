@@ -8,29 +8,20 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from protloc.cli import main
 from protloc.inference.thresholds import apply_thresholds
-from protloc.labels import HPA10_NAMES
+from protloc.labels import HPA10, HPA10_NAMES, LabelSet
 from protloc.training.metrics import multilabel_scores
+from tests.untrained_runs import make_untrained_run
 
 # Per-class thresholds that differ from 0.5, so "at thresholds" and "at 0.5" are two real evaluations.
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.45, 0.55, 0.35, 0.65, 0.5, 0.52]
 
 
-def make_run(run_dir, label_names=HPA10_NAMES, thresholds=THRESHOLDS, weights=True):
-    from protloc.models.classifier import build_model
-    from protloc.runs import RunConfig, save_config, save_run
-
-    config = RunConfig(backbone="efficientnet_lite0", label_set="hpa10", label_names=list(label_names),
-                       image_size=64, in_chans=3, mean=[0.5] * 3, std=[0.5] * 3, thresholds=list(thresholds))
-    if not weights:
-        save_config(run_dir, config)
-        return run_dir
-    torch.manual_seed(0)
-    save_run(run_dir, config, build_model("efficientnet_lite0", len(label_names), pretrained=False))
-    return run_dir
+def make_run(run_dir, *, label_set=HPA10, thresholds=THRESHOLDS, weights=True):
+    return make_untrained_run(run_dir, backbone="efficientnet_lite0", image_size=64, label_set=label_set,
+                              thresholds=thresholds, weights=weights)
 
 
 def multi_hot(column: pd.Series, classes: int) -> np.ndarray:
@@ -97,7 +88,8 @@ def test_most_frequent_mistakes_are_counted_by_label_set():
 
 
 def test_label_set_mismatch_exits_2(demo_data, tmp_path, capsys):
-    run_dir = make_run(tmp_path / "run", label_names=["Nucleus", "Cytoplasm"], thresholds=[0.5, 0.5], weights=False)
+    run_dir = make_run(tmp_path / "run", label_set=LabelSet("custom", ("Nucleus", "Cytoplasm")), thresholds=[0.5, 0.5],
+                       weights=False)
     assert main(["evaluate", str(run_dir), str(demo_data), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert "are not the run's" in error and "Traceback" not in error

@@ -6,32 +6,20 @@ import re
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import torch
 
 from protloc.cli import main
 from protloc.labels import HPA10_NAMES
+from tests.untrained_runs import make_untrained_run
 
 IMAGE_SIZE = 64  # the smallest size at which efficientnet_lite0's last feature map is more than 1x1
-
-
-def make_run(run_dir, thresholds=None):
-    from protloc.models.classifier import build_model
-    from protloc.runs import RunConfig, save_run
-
-    torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", len(HPA10_NAMES), pretrained=False)
-    config = RunConfig(backbone="efficientnet_lite0", label_set="hpa10", label_names=list(HPA10_NAMES),
-                       image_size=IMAGE_SIZE, in_chans=3, mean=[0.5] * 3, std=[0.5] * 3,
-                       thresholds=thresholds or [0.5] * len(HPA10_NAMES))
-    save_run(run_dir, config, model)
-    return run_dir
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     # High thresholds: with random weights every probability is near 0.5, and one predicted label per image
     # keeps the figures small.
-    return make_run(tmp_path_factory.mktemp("run") / "run", thresholds=[0.9] * len(HPA10_NAMES))
+    return make_untrained_run(tmp_path_factory.mktemp("run") / "run", backbone="efficientnet_lite0",
+                              image_size=IMAGE_SIZE, thresholds=[0.9] * len(HPA10_NAMES))
 
 
 @pytest.fixture(scope="module")

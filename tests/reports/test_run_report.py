@@ -7,21 +7,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
-import torch
 
 from protloc.cli import main
-from protloc.labels import HPA10_NAMES
+from tests.untrained_runs import make_untrained_run
 
 
 def make_run(run_dir):
-    from protloc.models.classifier import build_model
-    from protloc.runs import RunConfig, save_run
-
-    torch.manual_seed(0)
-    config = RunConfig(backbone="efficientnet_lite0", label_set="hpa10", label_names=list(HPA10_NAMES),
-                       image_size=64, in_chans=3, mean=[0.5] * 3, std=[0.5] * 3, thresholds=[0.9] * 10,
+    """An untrained run with the files training leaves beside the model: curves.png and metrics.csv."""
+    make_untrained_run(run_dir, backbone="efficientnet_lite0", image_size=64, thresholds=[0.9] * 10,
                        training={"epochs": 2, "lr": 0.001})
-    save_run(run_dir, config, build_model("efficientnet_lite0", 10, pretrained=False))
     figure, axes = plt.subplots()
     axes.plot([0, 1], [1, 0])
     figure.savefig(run_dir / "curves.png")

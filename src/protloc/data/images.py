@@ -33,6 +33,16 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return (np.clip(array / full_scale, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def pil_to_array(image: Image.Image) -> np.ndarray:
+    """A PIL image as (H, W) for one-channel modes, else (H, W, 3|4): palettes expanded, LA made L, other colour
+    modes RGB. Files (read_array) and the Python API's PIL images both pass here, so they convert alike."""
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode in ("LA", "CMYK", "YCbCr", "HSV", "1"):
+        image = image.convert("RGB" if image.mode != "LA" else "L")
+    return np.asarray(image)
+
+
 def read_array(path: str | Path) -> np.ndarray:
     """One file -> uint8 array (H, W, C) with C in 1, 3, 4. Raises ImageReadError."""
     path = Path(path)
@@ -47,15 +57,17 @@ def read_array(path: str | Path) -> np.ndarray:
         else:
             with Image.open(path) as image:
                 image.load()
-                if image.mode == "P":
-                    image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-                elif image.mode in ("LA", "CMYK", "YCbCr", "HSV", "1"):
-                    image = image.convert("RGB" if image.mode != "LA" else "L")
-                array = np.asarray(image)
+                array = pil_to_array(image)
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageReadError(f"not a readable image ({type(error).__name__}: {error})") from None
+    return to_image_array(array)
+
+
+def to_image_array(array: np.ndarray) -> np.ndarray:
+    """A decoded (H, W) or (H, W, 1..4) array of any depth -> uint8 (H, W, C) with C in 1, 3, 4; a second
+    channel (gray + alpha) is dropped. Raises ImageReadError for other shapes."""
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):

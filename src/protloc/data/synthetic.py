@@ -23,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 
 from protloc.errors import ProtlocError
+from protloc.files import TEMP_SUFFIX, atomic_path
 from protloc.labels import HPA10_NAMES
 
 __all__ = [
@@ -630,8 +631,6 @@ def render_image(labels: tuple[int, ...], size: int, rng: np.random.Generator) -
 # Writing a dataset
 # ---------------------------------------------------------------------------------------------
 
-_TMP_SUFFIX = ".part"
-
 
 def _image_seed(seed: int, index: int) -> np.random.SeedSequence:
     # The index-th child of SeedSequence(seed).spawn(2)[1], built directly.
@@ -639,17 +638,9 @@ def _image_seed(seed: int, index: int) -> np.random.SeedSequence:
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name("." + path.name + _TMP_SUFFIX)
-    try:
+    with atomic_path(path) as temp:
         # Fixed settings and no metadata: the bytes depend on the pixels only.
-        Image.fromarray(array, mode="RGB").save(tmp, format="PNG", compress_level=6, optimize=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+        Image.fromarray(array, mode="RGB").save(temp, format="PNG", compress_level=6, optimize=False)
 
 
 def _render_job(job: tuple[str, int, int, tuple[int, ...], int, int]) -> int:
@@ -659,18 +650,10 @@ def _render_job(job: tuple[str, int, int, tuple[int, ...], int, int]) -> int:
     return image_id
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name("." + path.name + _TMP_SUFFIX)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temp:
+        # "\n" line ends on every platform, so that the same seed gives the same bytes.
+        temp.write_text(text, encoding="utf-8", newline="\n")
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -761,9 +744,9 @@ def write_demo_dataset(
             pool.terminate()
         if progress is not None:
             progress.close()
-        # Leftovers of interrupted writes.
+        # Leftovers of writes in workers that terminate() stopped before they could clean up.
         for folder in (train_dir, test_dir):
-            for tmp in folder.glob("." + "*" + _TMP_SUFFIX):
+            for tmp in folder.glob(".*" + TEMP_SUFFIX):
                 try:
                     tmp.unlink()
                 except OSError:
@@ -771,8 +754,8 @@ def write_demo_dataset(
 
     train_rows = sorted((int(ids[i]), label_sets[i]) for i in range(n_train))
     test_ids = sorted(int(ids[i]) for i in range(n_train, total))
-    _write_text_atomic(
+    _write_text(
         out / "train.csv",
         "Image,Label\n" + "".join(f"{i},{' '.join(map(str, ls))}\n" for i, ls in train_rows),
     )
-    _write_text_atomic(out / "submission.csv", "Image,Label\n" + "".join(f"{i},0\n" for i in test_ids))
+    _write_text(out / "submission.csv", "Image,Label\n" + "".join(f"{i},0\n" for i in test_ids))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from protloc.data.dataset import ImageDataset
-from protloc.data.images import ImageReadError, to_uint8, convert_channels, load_image, read_array
+from protloc.data.images import ImageReadError, convert_channels, load_image, pil_to_array, read_array, to_image_array
 from protloc.data.readers import DatasetTable
 from protloc.data.transforms import eval_transforms
 from protloc.errors import DataError, ProtlocError
@@ -138,25 +138,16 @@ def predict_batch(engine, images: torch.Tensor, tta: bool = False) -> torch.Tens
 # ---------------------------------------------------------------- inputs
 
 
-def pil_to_array(image) -> np.ndarray:
-    """A PIL image as read_array would see the same image saved to a file."""
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif image.mode in ("LA", "CMYK", "YCbCr", "HSV", "1"):
-        image = image.convert("RGB" if image.mode != "LA" else "L")
-    return np.asarray(image)
-
-
 def memory_image_to_array(image, channels: int) -> np.ndarray:
     """A numpy array (H, W[, C]) or PIL image -> uint8 (H, W, channels), converted as files are."""
     array = pil_to_array(image) if hasattr(image, "getbands") else np.asarray(image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise ProtlocError(f"image array of shape {array.shape}: expected (height, width) or (height, width, 1|3|4)")
-    if array.shape[-1] == 2:
-        array = array[:, :, :1]
-    return convert_channels(to_uint8(array), channels)
+    try:
+        converted = to_image_array(array)
+    except ImageReadError:
+        raise ProtlocError(
+            f"image array of shape {array.shape}: expected (height, width) or (height, width, 1|3|4)"
+        ) from None
+    return convert_channels(converted, channels)
 
 
 class InputImages(Dataset):
@@ -217,6 +208,34 @@ def _progress(total: int, show: bool, desc: str):
 # ---------------------------------------------------------------- the core
 
 
+def _run_batches(
+    run_batch: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    *,
+    width: int | None = None,
+    batch_size: int,
+    workers: int,
+    show_progress: bool,
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs (N, width) float32, ok (N,) bool): `run_batch` on each batch of images, rows in `dataset` order.
+
+    width=None: the width of the first batch's outputs (0 for an empty dataset), for outputs such as
+    features whose width only the model knows.
+    """
+    outputs = None if width is None else np.zeros((len(dataset), width), dtype=np.float32)
+    ok = np.zeros(len(dataset), dtype=bool)
+    with _progress(len(dataset), show_progress, desc) as bar:
+        for images, _targets, rows, batch_ok in _loader(dataset, batch_size, workers):
+            batch = run_batch(images).numpy()
+            if outputs is None:
+                outputs = np.zeros((len(dataset), batch.shape[1]), dtype=np.float32)
+            outputs[rows.numpy()] = batch
+            ok[rows.numpy()] = batch_ok.numpy()
+            bar.update(len(rows))
+    return (outputs if outputs is not None else np.zeros((0, 0), dtype=np.float32)), ok
+
+
 def predict_probabilities(
     model_or_session,
     data: DatasetTable | Dataset,
@@ -236,15 +255,9 @@ def predict_probabilities(
     ImageDataset-shaped items.
     """
     engine = make_engine(model_or_session, device=device, precision=precision)
-    dataset = _as_dataset(data, config)
-    probabilities = np.zeros((len(dataset), config.num_classes), dtype=np.float32)
-    ok = np.zeros(len(dataset), dtype=bool)
-    with _progress(len(dataset), show_progress, "predict") as bar:
-        for images, _targets, rows, batch_ok in _loader(dataset, batch_size, workers):
-            probabilities[rows.numpy()] = predict_batch(engine, images, tta).numpy()
-            ok[rows.numpy()] = batch_ok.numpy()
-            bar.update(len(rows))
-    return probabilities, ok
+    return _run_batches(lambda images: predict_batch(engine, images, tta), _as_dataset(data, config),
+                        width=config.num_classes, batch_size=batch_size, workers=workers,
+                        show_progress=show_progress, desc="predict")
 
 
 def embed_features(
@@ -262,19 +275,11 @@ def embed_features(
     engine = make_engine(model, device=device, precision=precision)
     if not isinstance(engine, TorchEngine):
         raise ProtlocError("features need the torch model (ONNX files hold only the probabilities)")
-    dataset = _as_dataset(data, config)
-    features, ok = None, np.zeros(len(dataset), dtype=bool)
-    with _progress(len(dataset), show_progress, "embed") as bar:
-        for images, _targets, rows, batch_ok in _loader(dataset, batch_size, workers):
-            batch = engine.embed(images).numpy()
-            if features is None:
-                features = np.zeros((len(dataset), batch.shape[1]), dtype=np.float32)
-            features[rows.numpy()] = batch
-            ok[rows.numpy()] = batch_ok.numpy()
-            bar.update(len(rows))
+    features, ok = _run_batches(engine.embed, _as_dataset(data, config), batch_size=batch_size, workers=workers,
+                                show_progress=show_progress, desc="embed")
     if not ok.all() and isinstance(data, DatasetTable):
         raise DataError(*describe_unreadable(data, ok, config.in_chans))
-    return features if features is not None else np.zeros((0, 0), dtype=np.float32)
+    return features
 
 
 def find_missing_files(table: DatasetTable) -> list[str]:

@@ -26,17 +26,27 @@ def _default_grid() -> np.ndarray:
     return np.linspace(0.05, 0.95, 91)
 
 
-def tune_thresholds(targets, probabilities, grid=None) -> np.ndarray:
-    """One threshold per class maximising that class's F1 on (targets, probabilities).
+# How many positives a class needs before its tuned threshold moves halfway from 0.5 to its F1 optimum.
+# Fitted to few positives, the optimum is mostly noise: on the demo data, unshrunk thresholds tuned on a
+# 145-image validation split (2 positives for the rarest class) lost 0.03 macro F1 on held-out images
+# against a plain 0.5, while shrunk ones gained.
+DEFAULT_SHRINKAGE = 20.0
 
-    The grid (default 0.05, 0.06, ..., 0.95) always includes 0.5, so no class does worse on this data
-    than with the default cut. Among equally good thresholds the one closest to 0.5 wins: a flat F1
-    plateau says nothing, and the middle of it moves least when the data changes.
+
+def tune_thresholds(targets, probabilities, grid=None, shrinkage: float = DEFAULT_SHRINKAGE) -> np.ndarray:
+    """One threshold per class for that class's F1 on (targets, probabilities).
+
+    Each class's F1-optimal cut on the grid (default 0.05, 0.06, ..., 0.95, always with 0.5) is pulled
+    towards 0.5 by n / (n + shrinkage) for a class with n positives, then kept only if it scores at least
+    as well as 0.5 on this data. Among equally good cuts the one closest to 0.5 wins: a flat F1 plateau
+    says nothing, and the middle of it moves least when the data changes.
     """
     actual = _to_numpy(targets, "targets") > 0.5
     probs = _to_numpy(probabilities, "probabilities")
     if actual.shape != probs.shape:
         raise ProtlocError(f"targets have shape {actual.shape} but probabilities have shape {probs.shape}")
+    if shrinkage < 0:
+        raise ProtlocError(f"threshold shrinkage: expected 0 or more, got {shrinkage}")
     candidates = _default_grid() if grid is None else np.asarray(grid, dtype=np.float64).ravel()
     if candidates.size == 0 or not ((candidates > 0) & (candidates < 1)).all():
         raise ProtlocError("threshold grid: expected one or more values strictly between 0 and 1")
@@ -53,11 +63,14 @@ def tune_thresholds(targets, probabilities, grid=None) -> np.ndarray:
 
     is_best = f1 >= f1.max(axis=0) - 1e-12
     distance = np.where(is_best, np.abs(candidates - DEFAULT_THRESHOLD)[:, None], np.inf)
-    thresholds = candidates[np.argmin(distance, axis=0)]
-    # With no positives F1 is 0 at every cut: the data says nothing about this class, so keep the default
-    # rather than a cut fitted to noise.
-    thresholds[~actual.any(axis=0)] = DEFAULT_THRESHOLD
-    return thresholds
+    optimum = candidates[np.argmin(distance, axis=0)]
+    positives = actual.sum(axis=0)
+    # With no positives the weight is 0: F1 is 0 at every cut and the data says nothing, so 0.5 stays.
+    pulled = DEFAULT_THRESHOLD + (optimum - DEFAULT_THRESHOLD) * positives / (positives + shrinkage + 1e-12)
+    rows = np.abs(candidates[:, None] - pulled[None, :]).argmin(axis=0)
+    classes = np.arange(actual.shape[1])
+    at_default = f1[np.flatnonzero(candidates == DEFAULT_THRESHOLD)[0]]
+    return np.where(f1[rows, classes] >= at_default, candidates[rows], DEFAULT_THRESHOLD)
 
 
 def apply_thresholds(probabilities, thresholds, allow_empty: bool = False) -> np.ndarray:

@@ -16,7 +16,8 @@ from protloc.errors import ProtlocError
 _COURSE_EPSILON = 1e-12
 
 
-def _to_numpy(values, name: str) -> np.ndarray:
+def as_class_matrix(values, name: str) -> np.ndarray:
+    """An (images, classes) numpy array from an array-like or tensor; a ProtlocError naming `name` otherwise."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     array = np.asarray(values)
@@ -26,7 +27,7 @@ def _to_numpy(values, name: str) -> np.ndarray:
 
 
 def _to_binary(values, name: str) -> np.ndarray:
-    array = _to_numpy(values, name)
+    array = as_class_matrix(values, name)
     if not np.isin(array, (0, 1)).all():
         raise ProtlocError(f"{name}: expected only 0/1 values")
     return array.astype(bool)
@@ -78,8 +79,8 @@ def scores_at_threshold(targets, probabilities, thresholds=0.5) -> dict:
 
     Plain thresholding: an image may end up with no label here, unlike `apply_thresholds(allow_empty=False)`.
     """
-    actual = _to_numpy(targets, "targets")
-    probs = _to_numpy(probabilities, "probabilities").astype(np.float64)
+    actual = as_class_matrix(targets, "targets")
+    probs = as_class_matrix(probabilities, "probabilities").astype(np.float64)
     _check_same_shape(actual, probs, "probabilities")
     cutoffs = np.asarray(thresholds, dtype=np.float64)
     if cutoffs.ndim > 1 or (cutoffs.ndim == 1 and cutoffs.shape[0] != probs.shape[1]):

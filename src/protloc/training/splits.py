@@ -7,11 +7,11 @@ rare compartments a random split can leave out of validation entirely.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 from sklearn.model_selection import KFold, train_test_split
 
 from protloc.errors import ProtlocError
+from protloc.training.metrics import as_class_matrix
 
 SPLIT_METHODS = ("mask", "random", "stratified")
 
@@ -26,15 +26,6 @@ def _check_rows(n: int) -> None:
 def _check_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise ProtlocError(f"validation fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-
-
-def _to_targets(targets) -> np.ndarray:
-    if isinstance(targets, torch.Tensor):
-        targets = targets.detach().cpu().numpy()
-    array = np.asarray(targets)
-    if array.ndim != 2:
-        raise ProtlocError(f"targets: expected a 2-D (images, classes) array, got shape {array.shape}")
-    return array
 
 
 def _sorted_pair(train, val) -> Split:
@@ -70,7 +61,7 @@ def split_random(n: int, val_fraction: float, seed: int) -> Split:
 
 def split_stratified(targets, val_fraction: float, seed: int) -> Split:
     """Iterative multi-label stratification: each class's validation share stays close to `val_fraction`."""
-    labels = _to_targets(targets)
+    labels = as_class_matrix(targets, "targets")
     _check_rows(labels.shape[0])
     _check_fraction(val_fraction)
     splitter = MultilabelStratifiedShuffleSplit(
@@ -86,7 +77,7 @@ def kfold_splits(targets, k: int, seed: int, method: str = "stratified") -> list
     "stratified" uses multi-label stratified K-fold; "random" and "mask" both use a shuffled K-fold, since
     an independent mask cannot make K disjoint folds.
     """
-    labels = _to_targets(targets)
+    labels = as_class_matrix(targets, "targets")
     n = labels.shape[0]
     if method not in SPLIT_METHODS:
         raise ProtlocError(f"unknown split method {method!r}: expected one of {', '.join(SPLIT_METHODS)}")
@@ -101,7 +92,7 @@ def kfold_splits(targets, k: int, seed: int, method: str = "stratified") -> list
 
 def make_split(method: str, targets, val_fraction: float, seed: int) -> Split:
     """Split the rows of `targets` (images, classes) by the named method: "mask", "random" or "stratified"."""
-    labels = _to_targets(targets)
+    labels = as_class_matrix(targets, "targets")
     if method == "mask":
         return split_by_mask(labels.shape[0], val_fraction, seed)
     if method == "random":
