@@ -499,8 +499,10 @@ def finish_run(config: TrainConfig, table, data, model, history, run_dir: Path, 
         "precision_used": str(trainer.precision) if trainer is not None else None,
         "world_size": trainer.world_size if trainer is not None else 1,
         "images_per_second": {phase: float(value) for phase, value in speed.items()},
-        # Plain cut at 0.5, as in metrics.csv; tuned: as predict labels (each image at least one class).
+        # The plain 0.5 cut, as in metrics.csv; then 0.5 and the tuned thresholds as predict labels (each image
+        # at least one class), which compare like for like.
         "val_at_0.5": scores_at_threshold(targets, probabilities, 0.5),
+        "val_at_0.5_predicted": multilabel_scores(targets, apply_thresholds(probabilities, 0.5)),
         "val_tuned": multilabel_scores(targets, apply_thresholds(probabilities, thresholds)),
     }
     save_run(run_dir, run_config, model)
