@@ -11,14 +11,6 @@ from protloc.training.splits import make_split
 from protloc.training.train import Phase, TrainConfig, build_initial_model, fit_phase, read_training_table
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
 

@@ -13,14 +13,6 @@ from protloc.errors import ProtlocError
 from protloc.training.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def final_state(run_dir) -> dict[str, torch.Tensor]:
     """The weights after the last epoch (model.safetensors holds the best epoch's, which may be earlier)."""
     checkpoint = torch.load(run_dir / "checkpoints" / "finetune" / "last.ckpt", map_location="cpu", weights_only=True)

@@ -19,15 +19,6 @@ TINY = ["--no-pretrained", "--image-size", "32", "--epochs-frozen", "1", "--epoc
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two compute threads on two shared cores stall each other whenever anything else runs beside the tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def default_run(demo_data, tmp_path_factory):
     """The default recipe (efficientnet_lite0, mask split) through the CLI."""
