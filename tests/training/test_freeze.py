@@ -1,7 +1,6 @@
 """The frozen phase really freezes: the backbone's weights and BatchNorm statistics come out bit-identical."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from protloc.training.callbacks import TrainingHistory
