@@ -22,7 +22,9 @@ def test_one_row_per_image_with_features_and_labels(run_dir, demo_data, tmp_path
     from protloc.runs import load_run
 
     out = tmp_path / "features.parquet"
-    assert main(["embed", str(run_dir), str(demo_data), "--out", str(out), "--method", "pca", "--workers", "0"]) == 0
+    # fp32: the comparison below is exact to 1e-4, which bf16 (auto on CPUs that have it natively) is not.
+    assert main(["embed", str(run_dir), str(demo_data), "--out", str(out), "--method", "pca", "--workers", "0",
+                 "--precision", "fp32"]) == 0
     table = pd.read_parquet(out)
     train = pd.read_csv(demo_data / "train.csv", dtype=str)
     config, model = load_run(run_dir)
