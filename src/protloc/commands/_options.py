@@ -41,14 +41,19 @@ def threshold_value(text: str) -> float:
     return value
 
 
-def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by the commands that run a model over images (predict, tune)."""
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """How a model runs over images: batch size, decoding workers, device, precision."""
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes decoding images beside the model (default 2; 0 = decode in the main process; "
                              "inputs of one batch always decode in the main process)")
-    parser.add_argument("--tta", action="store_true",
-                        help="average over the 8 flips and quarter turns of each image (8x slower)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that predict labels (predict, tune, evaluate, report)."""
+    add_engine_options(parser)
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips and quarter turns of each image (8x slower)")

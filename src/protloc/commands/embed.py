@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_run_data_options
+from protloc.commands._options import add_engine_options, add_run_data_options
 
 
 def register(subparsers) -> None:
@@ -20,12 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", choices=("train", "test"), default="train",
                         help="which part of a Kaggle layout to read (default: train)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes decoding images beside the model (default 2; 0 = decode in the main process)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")
+    add_engine_options(parser)
     add_run_data_options(parser)
     parser.set_defaults(handler=run)
 
