@@ -13,8 +13,32 @@ from pathlib import Path
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path, write_json
 
+# Every file a run folder holds is named here, once; all other modules import these names.
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"  # written by `protloc export`, read by `--engine onnx`
+METRICS_FILE = "metrics.csv"  # one row per epoch
+LR_FILE = "lr.csv"  # the learning rate at every step
+CURVES_FILE = "curves.png"
+LR_PLOT_FILE = "lr.png"
+REPORT_FILE = "report.html"
+CHECKPOINT_DIR = "checkpoints"  # Lightning checkpoints, one folder per phase, for --resume
+RECIPE_FILE = "recipe.json"  # in CHECKPOINT_DIR: the config and normalisation a resumed run must share
+LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"
+FOLDS_FILE = "folds.csv"  # in a K-fold folder: one row per fold
+FOLD_PREFIX = "fold-"  # a K-fold folder holds fold-0 ... fold-(K-1), each a run folder
+
+
+def fold_dir(out: str | Path, fold: int) -> Path:
+    return Path(out) / f"{FOLD_PREFIX}{fold}"
+
+
+def fold_number(folder: str | Path) -> int | None:
+    """k for a folder named fold-k, else None."""
+    name = Path(folder).name
+    suffix = name.removeprefix(FOLD_PREFIX)
+    return int(suffix) if name.startswith(FOLD_PREFIX) and suffix.isdigit() else None
 
 
 @dataclass
@@ -42,7 +66,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config.json") -> "RunConfig":
+    def from_dict(cls, data: dict, source: str = CONFIG_FILE) -> "RunConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - set(data))

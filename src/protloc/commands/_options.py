@@ -41,15 +41,31 @@ def threshold_value(text: str) -> float:
     return value
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """How a model runs over images: batch size, decoding workers, device, precision."""
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes decoding images beside the model (default 2; 0 = decode in the main process; "
-                             "inputs of one batch always decode in the main process)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")
+# One engine vocabulary for every command that runs a model (train included: it maps these onto Lightning's
+# accelerator and precision names inside).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_KINDS = ("auto", "cpu", "cuda")
+
+
+def device_name(text: str) -> str:
+    """auto, cpu, cuda or cuda:N."""
+    kind, _, index = text.partition(":")
+    if kind not in DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text}: expected auto, cpu, cuda or cuda:N")
+    return text
+
+
+def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32) -> None:
+    """How a model runs: device, precision, batch size, loader workers. Train adds its own --devices count."""
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--device", type=device_name, default="auto",
+                        help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N (default %(default)s)")
+    engine.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 on GPUs that have it (else fp16) and fp32 on CPUs, so CPU probabilities are "
+                             "the same on every machine; bf16/fp16 trade exactness for speed (default %(default)s)")
+    engine.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass (default %(default)s)")
+    engine.add_argument("--workers", type=int, default=2,
+                        help="processes decoding images beside the model; 0 = decode in the main process (default %(default)s)")
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
