@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -11,12 +12,18 @@ from PIL import Image
 from scipy import ndimage
 
 from protloc.data.synthetic import (
+    MASK_MASS_SHARE,
+    PATTERNS,
+    pattern,
+    pattern_mask,
+    render_field_with_masks,
     render_image,
     render_image_with_masks,
     sample_label_sets,
     write_demo_dataset,
 )
 from protloc.errors import ProtlocError
+from protloc.labels import HPA10_NAMES
 
 CLASS_SHARES = [0.108, 0.091, 0.132, 0.103, 0.469, 0.057, 0.299, 0.137, 0.054, 0.068]
 
@@ -215,3 +222,103 @@ def test_labels_add_up():
     cyto = m["cytoplasm"] & ~ndimage.binary_dilation(m["nucleus"], iterations=3)
     # Adding cytosol brightens the green of the cytoplasm.
     assert both[..., 1][cyto].mean() > 2 * one[..., 1][cyto].mean() + 5
+
+
+def test_the_pixels_have_not_changed():
+    # Every dataset's bytes rest on the order of the generator's draws: a change here changes every
+    # demo dataset, benchmark and tuned test threshold, so it must be deliberate. (The hash is of the
+    # raw pixels, not of PNG files, so a zlib upgrade cannot move it.)
+    digest = hashlib.sha256()
+    for labels in [(c,) for c in range(10)] + [tuple(range(10))]:
+        digest.update(render_image(labels, 48, np.random.default_rng(11)).tobytes())
+    assert digest.hexdigest() == "2e79207933c503a81be6548f20a66ea0dcae72c7988151fd83b654e2ea4fc1ec"
+
+
+def test_every_hpa10_class_has_exactly_one_pattern():
+    assert sorted(PATTERNS) == sorted(HPA10_NAMES)
+    assert len(set(PATTERNS.values())) == len(HPA10_NAMES)
+    with pytest.raises(ValueError, match="not an hpa10 class"):
+        pattern("Microtubules")
+
+
+def _compartments(masks: dict) -> dict[str, np.ndarray]:
+    """Where each class's pattern belongs, a little generous at the edges that blur crosses."""
+    nucleus, nucleoli = masks["nucleus"], masks["nucleoli"]
+    perinuclear = ndimage.binary_dilation(nucleus, iterations=8) & ~nucleus
+
+    def grown(mask, by):
+        return ndimage.binary_dilation(mask, iterations=by)
+
+    return {
+        "Mitochondria": grown(masks["cytoplasm"], 1),
+        "Nuclear bodies": grown(nucleus, 1),
+        "Nucleoli": grown(nucleoli, 1),
+        "Golgi apparatus": perinuclear,
+        "Nucleoplasm": nucleus & ~nucleoli,
+        "Nucleoli fibrillar center": grown(nucleoli, 1),
+        "Cytosol": masks["cytoplasm"],
+        "Plasma membrane": grown(masks["rim"], 2),
+        "Centrosome": perinuclear,
+        "Nuclear speckles": nucleus,
+    }
+
+
+# The least share of a class's mask in its compartment (the rim band is narrow next to the blur).
+_MIN_IN_COMPARTMENT = {"Golgi apparatus": 0.8, "Centrosome": 0.75, "Plasma membrane": 0.6}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_pattern_lies_in_its_compartment_and_its_mask_is_where_the_green_is(seed):
+    size = 96
+    # The same generator state gives the same field of cells whatever the labels.
+    field_masks = render_image_with_masks((0,), size, np.random.default_rng(seed))[1]
+    compartments = _compartments(field_masks)
+    cells = field_masks["cells"] >= 0
+    for c, name in enumerate(HPA10_NAMES):
+        img, class_masks = render_field_with_masks((c,), size, np.random.default_rng(seed))
+        assert list(class_masks) == [name]
+        mask = class_masks[name]
+        assert mask.dtype == bool and mask.shape == (size, size) and mask.any(), name
+        inside = (mask & compartments[name]).sum() / mask.sum()
+        assert inside >= _MIN_IN_COMPARTMENT.get(name, 0.9), (name, inside)
+        green = img[..., 1].astype(np.float64)
+        assert green[mask].mean() > 2.5 * green[cells & ~mask].mean(), name
+
+
+def test_field_masks_leave_the_image_as_it_was():
+    labels = (0, 3, 6, 9)
+    img, class_masks = render_field_with_masks(labels, 64, np.random.default_rng(4))
+    assert np.array_equal(img, render_image(labels, 64, np.random.default_rng(4)))
+    assert list(class_masks) == [HPA10_NAMES[c] for c in labels]
+    # Cytosol is diffuse, the Golgi compact.
+    assert class_masks["Cytosol"].sum() > 3 * class_masks["Golgi apparatus"].sum()
+
+
+def test_pattern_mask_holds_its_share_of_the_mass():
+    pat = np.array([[4.0, 3.0], [2.0, 1.0]], dtype=np.float32)
+    assert pattern_mask(pat, 0.5).tolist() == [[True, True], [False, False]]
+    assert pattern_mask(pat, 0.75).tolist() == [[True, True], [True, False]]
+    assert pattern_mask(pat).sum() == 3  # 80% of 10 needs 4 + 3 + 2
+    assert MASK_MASS_SHARE == 0.8
+    assert not pattern_mask(np.zeros((3, 3), dtype=np.float32)).any()
+
+
+def test_image_green_follows_each_label():
+    size = 96
+    rendered = {c: render_image_with_masks((c,), size, np.random.default_rng(5)) for c in (0, 1, 3, 6, 9)}
+    masks = rendered[0][1]
+    perinuclear = ndimage.binary_dilation(masks["nucleus"], iterations=6) & ~masks["nucleus"]
+
+    def frac(c, region):
+        return _green_fraction(rendered[c][0], masks, region)
+
+    # Mitochondria: in the cytoplasm, not the nucleus.
+    assert frac(0, ndimage.binary_dilation(masks["cytoplasm"], iterations=1)) > 0.75
+    assert frac(0, masks["nucleus"]) < 0.2
+    # Golgi apparatus: next to the nucleus, more than the cytosol there.
+    assert frac(3, perinuclear) > 0.45 and frac(3, perinuclear) > 1.5 * frac(3, masks["nucleus"])
+    assert frac(3, perinuclear) > frac(6, perinuclear)
+    # Nuclear speckles and bodies: in the nucleus, far more than cytosol.
+    assert frac(9, masks["nucleus"]) > 0.45
+    assert frac(1, masks["nucleus"]) > 4 * frac(6, masks["nucleus"])
+    assert frac(9, masks["nucleus"]) > 4 * frac(6, masks["nucleus"])

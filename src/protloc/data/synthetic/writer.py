@@ -1,0 +1,158 @@
+"""Writing a synthetic dataset in the Kaggle "Zero to GANs" layout, in parallel and reproducibly."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from protloc.data.synthetic.label_sets import sample_label_sets
+from protloc.data.synthetic.render import render_image
+from protloc.errors import ProtlocError
+from protloc.files import TEMP_SUFFIX, atomic_path
+
+RenderJob = tuple[str, int, int, tuple[int, ...], int, int]  # path, image id, index, labels, size, seed
+
+
+def write_demo_dataset(
+    out_dir,
+    *,
+    n_train: int,
+    n_test: int,
+    size: int = 256,
+    seed: int = 0,
+    show_progress: bool = True,
+    workers: int | None = None,
+) -> None:
+    """Write a synthetic dataset in the Kaggle "Zero to GANs" layout under ``out_dir``.
+
+    ``train.csv`` (``Image,Label``), ``train/<Image>.png``, ``test/<Image>.png`` and
+    ``submission.csv`` (``Image,Label`` with a placeholder label ``0``). Image ids are a
+    seeded shuffle of ``0..n_train+n_test-1``; the CSVs list them in increasing order. The
+    same seed gives byte-identical files whatever ``workers`` is. Existing files of the same
+    names are replaced; other files in ``out_dir`` are left alone.
+    """
+    n_train = _check_int("n_train", n_train, 1)
+    n_test = _check_int("n_test", n_test, 0)
+    size = _check_int("size", size, 32)
+    seed = _check_int("seed", seed, 0)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = _check_int("workers", workers, 1)
+    if size > 4096:
+        raise ProtlocError(f"size must be at most 4096, got {size}")
+
+    out = Path(out_dir)
+    train_dir, test_dir = _make_folders(out)
+    label_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    total = n_train + n_test
+    label_sets = sample_label_sets(total, label_rng)
+    ids = label_rng.permutation(total)
+
+    jobs = []
+    for index in range(total):
+        folder = train_dir if index < n_train else test_dir
+        image_id = int(ids[index])
+        jobs.append((str(folder / f"{image_id}.png"), image_id, index, label_sets[index], size, seed))
+    _render_all(jobs, workers, show_progress, (train_dir, test_dir))
+
+    train_rows = sorted((int(ids[i]), label_sets[i]) for i in range(n_train))
+    test_ids = sorted(int(ids[i]) for i in range(n_train, total))
+    _write_text(
+        out / "train.csv",
+        "Image,Label\n" + "".join(f"{i},{' '.join(map(str, ls))}\n" for i, ls in train_rows),
+    )
+    _write_text(out / "submission.csv", "Image,Label\n" + "".join(f"{i},0\n" for i in test_ids))
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ProtlocError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ProtlocError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _make_folders(out: Path) -> tuple[Path, Path]:
+    if out.exists() and not out.is_dir():
+        raise ProtlocError(f"{out} exists and is not a folder")
+    train_dir, test_dir = out / "train", out / "test"
+    try:
+        train_dir.mkdir(parents=True, exist_ok=True)
+        test_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProtlocError(f"cannot create {out}: {exc.strerror or exc}") from None
+    return train_dir, test_dir
+
+
+def _render_all(jobs: list[RenderJob], workers: int, show_progress: bool, folders: tuple[Path, ...]) -> None:
+    """Render and write every job's image, in worker processes when there are several."""
+    total = len(jobs)
+    pool = None
+    progress = None
+    try:
+        if workers > 1 and total > 1:
+            # Workers only need numpy, scipy and PIL: fork where the platform has it (quick to
+            # start, and no re-import of the caller's __main__). The pool is made before the
+            # progress bar, whose monitor thread a fork should not copy.
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            pool = ctx.Pool(min(workers, total))
+        if show_progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=total, desc="synthetic images", unit="img")
+        if pool is None:
+            results = map(_render_job, jobs)
+        else:
+            # Small chunks keep the workers evenly loaded and the progress bar moving.
+            chunk = max(1, min(16, total // (workers * 8)))
+            results = pool.imap_unordered(_render_job, jobs, chunksize=chunk)
+        for _ in results:
+            if progress is not None:
+                progress.update(1)
+        if pool is not None:
+            pool.close()
+            pool.join()
+    finally:
+        if pool is not None:
+            pool.terminate()
+        if progress is not None:
+            progress.close()
+        _remove_leftovers(folders)
+
+
+def _remove_leftovers(folders: tuple[Path, ...]) -> None:
+    """Temporary files of writes in workers that terminate() stopped before they could clean up."""
+    for folder in folders:
+        for tmp in folder.glob(".*" + TEMP_SUFFIX):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _image_seed(seed: int, index: int) -> np.random.SeedSequence:
+    # The index-th child of SeedSequence(seed).spawn(2)[1], built directly.
+    return np.random.SeedSequence(seed, spawn_key=(1, index))
+
+
+def _render_job(job: RenderJob) -> int:
+    path, image_id, index, labels, size, seed = job
+    rng = np.random.default_rng(_image_seed(seed, index))
+    _write_png(Path(path), render_image(labels, size, rng))
+    return image_id
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as temp:
+        # Fixed settings and no metadata: the bytes depend on the pixels only.
+        Image.fromarray(array, mode="RGB").save(temp, format="PNG", compress_level=6, optimize=False)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temp:
+        # "\n" line ends on every platform, so that the same seed gives the same bytes.
+        temp.write_text(text, encoding="utf-8", newline="\n")
