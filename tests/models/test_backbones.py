@@ -208,6 +208,21 @@ def test_one_and_four_channel_stems_derive_from_rgb(lite0_checkpoint):
     assert resnet.eval()(torch.zeros(1, 4, 64, 64)).shape == (1, 512)
 
 
+def test_extra_channels_are_normalised_with_the_rgb_average():
+    # adapt_stem makes a grey or yellow kernel from the RGB ones; the statistics follow the same rule.
+    spec = backbone_spec("resnet18")
+    mean_avg, std_avg = sum(IMAGENET_MEAN) / 3, sum(backbones.IMAGENET_STD) / 3
+    assert spec.normalization(1) == ((mean_avg,), (std_avg,))
+    assert spec.normalization(3) == (IMAGENET_MEAN, backbones.IMAGENET_STD)
+    assert spec.normalization(4) == (IMAGENET_MEAN + (mean_avg,), backbones.IMAGENET_STD + (std_avg,))
+
+
+def test_public_names_stay_importable_from_the_package():
+    for name in backbones.__all__:
+        assert getattr(backbones, name) is not None, name
+    assert backbones.DEFAULT_BACKBONE in list_backbones()
+
+
 def test_generic_torchvision_model_drops_its_classifier():
     backbone = load_backbone("torchvision:mobilenet_v3_small", pretrained=False)
     assert backbone.num_features == 1024

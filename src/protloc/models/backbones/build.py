@@ -1,0 +1,126 @@
+"""Building a backbone: the network from its library, its weights, its head removed, its stem and Grad-CAM layer."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from protloc.errors import ProtlocError, WeightsUnavailableError
+from protloc.models.backbones.channels import adapt_stem
+from protloc.models.backbones.registry import DEFAULT_BACKBONE, BackboneSpec, backbone_spec, offline_backbones
+from protloc.models.backbones.weights import load_state, read_state_dict
+
+
+class Backbone(nn.Module):
+    """An ImageNet network without its classifier: (N, in_chans, H, W) -> pooled features (N, num_features)."""
+
+    def __init__(
+        self, net: nn.Module, spec: BackboneSpec, num_features: int, in_chans: int, cam_layer_name: str | None
+    ):
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        self.num_features = num_features
+        self.in_chans = in_chans
+        self.cam_layer_name = cam_layer_name  # dotted path inside `net`
+
+    @property
+    def cam_layer(self) -> nn.Module | None:
+        """The last spatial feature map's module, Grad-CAM's target; None for token-based networks (ViT)."""
+        # Looked up, not stored: a second reference would put the layer twice in state_dict().
+        return self.net.get_submodule(self.cam_layer_name) if self.cam_layer_name is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def load_backbone(
+    name: str = DEFAULT_BACKBONE,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    in_chans: int = 3,
+) -> Backbone:
+    """Build backbone `name`; weights from `weights` (a state dict file) if given, else ImageNet if `pretrained`."""
+    if in_chans < 1:
+        raise ProtlocError(f"in_chans must be at least 1, got {in_chans}.")
+    spec = backbone_spec(name)
+    if weights is None and pretrained and spec.pretrained_state is None:
+        raise WeightsUnavailableError(
+            f"No ImageNet weights are available for backbone {name!r}.",
+            f"Use --weights FILE (a state dict for {spec.library} {spec.arch}), --no-pretrained,",
+            f"or a backbone with offline weights ({', '.join(offline_backbones())}).",
+        )
+    # Weights first: a missing file or an offline download fails before the network is built.
+    if weights is not None:
+        state, source = read_state_dict(weights), f"--weights {weights}"
+    elif pretrained:
+        state, source = spec.pretrained_state(), f"ImageNet weights for {name}"
+    else:
+        state = source = None
+    net, head = _create(spec)
+    if state is not None:
+        load_state(net, head, state, source)
+    num_features = _remove_head(net, head, spec.library)
+    if in_chans != 3:
+        adapt_stem(net, in_chans)
+    cam_layer = spec.cam_layer_name or _find_cam_layer(net, in_chans, spec.input_size)
+    return Backbone(net, spec, num_features, in_chans, cam_layer)
+
+
+def _create(spec: BackboneSpec) -> tuple[nn.Module, str]:
+    """The full ImageNet classifier (random init) and the dotted name of its final classifier layer."""
+    if spec.library == "timm":
+        import timm
+
+        net = timm.create_model(spec.arch, pretrained=False)
+        return net, net.pretrained_cfg.get("classifier") or "classifier"
+    import torchvision.models as tvm
+
+    net = tvm.get_model(spec.arch, weights=None)
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ProtlocError(f"Backbone {spec.name!r} has no Linear classifier to remove; choose another model.")
+    return net, linears[-1]
+
+
+def _remove_head(net: nn.Module, head: str, library: str) -> int:
+    if library == "timm":
+        net.reset_classifier(0)  # timm keeps its global pooling, so the output is (N, F)
+        return getattr(net, "head_hidden_size", None) or net.num_features
+    num_features = net.get_submodule(head).in_features
+    net.set_submodule(head, nn.Identity())
+    return num_features
+
+
+def _find_cam_layer(net: nn.Module, in_chans: int, size: int) -> str | None:
+    """The name of the module that last outputs a spatial map (N, C, h, w), h, w > 1: what the global pooling reduces.
+
+    None when the network goes on with tokens (3-D outputs) after its last map, as vision transformers do.
+    Identity and pooling modules are skipped: they only pass on or shrink the map another layer made.
+    """
+    last: list[str] = []
+
+    def hook(module, _inputs, output):
+        if not isinstance(output, torch.Tensor) or isinstance(module, nn.Identity) or "Pool" in type(module).__name__:
+            return
+        if output.ndim == 4 and min(output.shape[-2:]) > 1:
+            last[:] = [names[module]]
+        elif output.ndim == 3:
+            last.clear()
+
+    names = {m: n for n, m in net.named_modules() if m is not net}
+    handles = [m.register_forward_hook(hook) for m in names]
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, in_chans, size, size))
+    except Exception as e:  # a probe failure should not make the backbone unusable
+        warnings.warn(f"could not locate a Grad-CAM layer: {e}", stacklevel=3)
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    return last[0] if last else None
