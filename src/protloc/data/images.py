@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -107,6 +107,8 @@ def decode_image(source: bytes | str | Path) -> np.ndarray:
         raise ImageReadError("file not found") from None
     except Image.DecompressionBombError as error:
         raise ImageReadError(f"too many pixels to decode ({error})") from None
+    except UnidentifiedImageError:  # its message holds the path or a BytesIO's address, neither of use here
+        raise ImageReadError("not a readable image (not PNG, JPEG, TIFF or another format PIL knows)") from None
     except Exception as error:  # decoders raise many types for corrupt input (OSError, ValueError, struct.error...)
         raise ImageReadError(f"not a readable image ({type(error).__name__}: {error})") from None
     return to_image_array(array)

@@ -100,7 +100,7 @@ def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: 
 def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_file: str | Path | None = None,
                  samples: int = DEFAULT_SAMPLES, tta: bool = False, batch_size: int = 32, workers: int = 0,
                  device: str = "auto", precision: str = "auto", show_progress: bool = True) -> Path:
-    """Write the run's page (default RUN/REPORT_FILE); `table` adds the evaluation and sample predictions."""
+    """Write the run's page (default: REPORT_FILE in the run folder); `table` adds the evaluation and samples."""
     from protloc.inference.predictor import load_predictor
     from protloc.reports.evaluate import check_label_names
     from protloc.runs import load_config
