@@ -22,7 +22,7 @@ DEMO_TRAIN_FLAGS := --image-size 128 --epochs-frozen 1 --epochs 4
 demo: install $(DEMO_RUN)/config.json
 	$(BIN)/protloc predict $(DEMO_RUN) $(DEMO_DATA) --out $(DEMO_RUN)/submission.csv
 	$(BIN)/protloc evaluate $(DEMO_RUN) $(DEMO_EVAL) --out $(DEMO_RUN)/evaluation
-	$(BIN)/protloc export $(DEMO_RUN) --onnx $(DEMO_RUN)/model.onnx
+	$(BIN)/protloc export $(DEMO_RUN) --out $(DEMO_RUN)/model.onnx
 	$(BIN)/protloc embed $(DEMO_RUN) $(DEMO_EVAL) --out $(DEMO_RUN)/embeddings.parquet
 	$(BIN)/protloc report $(DEMO_RUN) --data $(DEMO_EVAL)
 	@echo
@@ -34,12 +34,12 @@ demo: install $(DEMO_RUN)/config.json
 	@echo "  run report         $(DEMO_RUN)/report.html"
 
 $(DEMO_DATA)/train.csv: | install
-	$(BIN)/protloc demo-data $(DEMO_DATA) --n-train 1500 --n-test 300 --size 128 --seed 1
+	$(BIN)/protloc demo-data --out $(DEMO_DATA) --n-train 1500 --n-test 300 --size 128 --seed 1
 	$(BIN)/protloc check $(DEMO_DATA)
 	$(BIN)/protloc explore $(DEMO_DATA) --out reports/explore
 
 $(DEMO_EVAL)/train.csv: | install
-	$(BIN)/protloc demo-data $(DEMO_EVAL) --n-train 300 --n-test 0 --size 128 --seed 2
+	$(BIN)/protloc demo-data --out $(DEMO_EVAL) --n-train 300 --n-test 0 --size 128 --seed 2
 
 $(DEMO_RUN)/config.json: $(DEMO_DATA)/train.csv $(DEMO_EVAL)/train.csv
 	rm -rf $(DEMO_RUN)

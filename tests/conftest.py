@@ -34,6 +34,64 @@ def real_data():
     return path
 
 
+# ---------------------------------------------------------------- untrained runs and a pretrained backbone
+# For the tests of what reads a run back (predict, tune, evaluate, explain, embed, serve, report) and of the model.
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory):
+    """make(run_dir=None, **options) -> a run folder around an untrained network; without `run_dir`, a new
+    folder named run. See `make` for the options."""
+
+    def make(run_dir: Path | None = None, *, backbone: str = "test_resnet", label_set=None, in_chans: int = 3,
+             image_size: int = 32, thresholds: list[float] | None = None, layout: str = "z2g",
+             training: dict | None = None, spread: float | None = None, weights: bool = True) -> Path:
+        """config.json (normalisation from the backbone's spec; the default threshold for every class unless
+        given; label set hpa10 unless given) and, with `weights`, the seeded network's model.safetensors.
+
+        `spread` scales the head's weights: an untrained head gives every image probabilities near 0.5, so
+        tests whose labels must differ between images spread them out.
+        """
+        import torch
+
+        from protloc.inference.thresholds import DEFAULT_THRESHOLD
+        from protloc.labels import HPA10
+        from protloc.models.classifier import build_model
+        from protloc.runs import RunConfig, save_config, save_run
+
+        run_dir = Path(run_dir) if run_dir else tmp_path_factory.mktemp("untrained") / "run"
+        label_set = label_set or HPA10
+        torch.manual_seed(0)
+        model = build_model(backbone, len(label_set), pretrained=False, in_chans=in_chans)
+        if spread is not None:
+            with torch.no_grad():
+                model.head[1].weight.mul_(spread)
+        mean, std = model.backbone.spec.normalization(in_chans)
+        config = RunConfig(backbone=backbone, label_set=label_set.name, label_names=list(label_set.names),
+                           image_size=image_size, in_chans=in_chans, mean=list(mean), std=list(std),
+                           thresholds=list(thresholds) if thresholds is not None else [DEFAULT_THRESHOLD] * len(label_set),
+                           layout=layout, training=dict(training or {}))
+        if weights:
+            save_run(run_dir, config, model)
+        else:
+            save_config(run_dir, config)
+        return run_dir
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pretrained_efficientnet():
+    """efficientnet_lite0 with its ImageNet weights, 5 classes, dropout 0.2: built once (seconds each time).
+    Tests that change it take a copy.deepcopy."""
+    import torch
+
+    from protloc.models.classifier import build_model
+
+    torch.manual_seed(0)
+    return build_model("efficientnet_lite0", 5, pretrained=True, dropout=0.2)
+
+
 @pytest.fixture
 def assemble_hpa2018(real_data):
     """Build an HPA-2018-layout folder of complete Ids from real single-stain files.

@@ -16,11 +16,12 @@ if TYPE_CHECKING:
     from protloc.inference.predictor import Predictor
 
 
-def load(run: str | Path, *, device: str = "cpu", engine: str = "torch", onnx: str | Path | None = None,
+def load(run: str | Path, *, device: str = "auto", engine: str = "torch", onnx: str | Path | None = None,
          precision: str = "auto") -> "Predictor":
-    """A Predictor on a run folder. engine="onnx" uses ONNX Runtime on RUN/model.onnx (or `onnx`).
+    """A Predictor on a run folder. engine="onnx" uses ONNX Runtime on the run's export (or the file `onnx`).
 
-    precision: "auto" (bfloat16 only where the hardware has it natively), "fp32" or "bf16".
+    device: "auto" (a CUDA GPU if there is one, else the CPU), "cpu", "cuda" or "cuda:N".
+    precision: "auto" (fp32 on the CPU; bf16, or fp16 where bf16 is missing, on a GPU), "fp32", "bf16" or "fp16".
     """
     # Imported here so that `import protloc` does not import torch.
     from protloc.inference.predictor import load_predictor

@@ -132,3 +132,11 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
             f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
         )
     return config, model.to(device).eval()
+
+
+def eval_preset(config: RunConfig):
+    """The run's eval transforms (resize, normalise with its mean/std): what prediction, evaluation,
+    explanation, embedding and serving apply to every image."""
+    from protloc.data.transforms import eval_transforms  # here: reading a config should not import torchvision
+
+    return eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)

@@ -136,7 +136,7 @@ def test_convert_reads_through_the_same_validation(tmp_path, capsys, bad):
     root = tmp_path / "src"
     root.mkdir()
     (root / "train.csv").write_text("Id,Target\nabc,28\n" if bad == "label" else "Id,Targets\nabc,1\n")
-    code = main(["convert", "hpa2018-to-hpa10", str(root), str(tmp_path / "out")])
+    code = main(["convert", "hpa2018-to-hpa10", str(root), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and ("label 28 is outside 0..27" in err if bad == "label" else "wrong columns" in err)
     assert not (tmp_path / "out").exists()

@@ -32,7 +32,7 @@ def test_cli_converts_real_stains_to_rgb_z2g_layout(assemble_hpa2018, tmp_path):
     src = tmp_path / "src"
     assemble_hpa2018(src, n_ids=3)  # labels "0 25", "1 25", "2 25"
     out = tmp_path / "out"
-    assert main(["convert", "hpa2018-to-hpa10", str(src), str(out)]) == 0
+    assert main(["convert", "hpa2018-to-hpa10", str(src), "--out", str(out)]) == 0
     converted = read_dataset(out)
     assert converted.layout == "z2g"
     # 0 -> Nucleoplasm (4), 25 -> Cytosol (6); 1 (nuclear membrane) is not among the 10 and is dropped.
@@ -44,7 +44,7 @@ def test_cli_converts_real_stains_to_rgb_z2g_layout(assemble_hpa2018, tmp_path):
 
 def test_missing_stains_fail_with_exit_2_and_nothing_written(real_data, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["convert", "hpa2018-to-hpa10", str(Path(real_data) / "hpa2018-sample"), str(out)])
+    code = main(["convert", "hpa2018-to-hpa10", str(Path(real_data) / "hpa2018-sample"), "--out", str(out)])
     assert code == 2
     err = capsys.readouterr().err
     assert "stain image not found" in err and "--labels-only" in err

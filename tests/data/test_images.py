@@ -1,14 +1,34 @@
+import io
+import struct
+import zlib
+
 import numpy as np
 import pytest
+import tifffile
+import torch
 from PIL import Image
 
-from protloc.data.images import ImageReadError, convert_channels, read_array
+from protloc.data import images
+from protloc.data.dataset import ImageDataset
+from protloc.data.images import ImageReadError, convert_channels, decode_image, load_image, to_chw_tensor
+from protloc.data.readers import read_inputs
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that announces width x height grayscale pixels and holds none: decoding it would fail, so only a
+    check of the header can give the pixel-count error."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def test_sixteen_bit_png_scales_to_eight_bit(tmp_path):
     data = np.array([[0, 32768, 65535]], dtype=np.uint16)
     Image.fromarray(data).save(tmp_path / "x.png")
-    assert read_array(tmp_path / "x.png")[0, :, 0].tolist() == [0, 128, 255]
+    assert decode_image(tmp_path / "x.png")[0, :, 0].tolist() == [0, 128, 255]
 
 
 def test_channel_conversions_follow_hpa_order():
@@ -24,4 +44,79 @@ def test_truncated_png_is_an_image_read_error(tmp_path):
     data = (tmp_path / "x.png").read_bytes()
     (tmp_path / "x.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError):
-        read_array(tmp_path / "x.png")
+        decode_image(tmp_path / "x.png")
+    with pytest.raises(ImageReadError, match="file not found"):
+        decode_image(tmp_path / "missing.png")
+
+
+def test_bytes_and_paths_decode_alike_tiff_by_its_signature(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    # A 16-bit channel-first stack under a name that does not say TIFF.
+    tifffile.imwrite(tmp_path / "stack.data", np.moveaxis(rgb, -1, 0).astype(np.uint16) * 257)
+    for path in (tmp_path / "x.png", tmp_path / "stack.data"):
+        from_path, from_bytes = decode_image(path), decode_image(path.read_bytes())
+        np.testing.assert_array_equal(from_path, rgb)
+        np.testing.assert_array_equal(from_bytes, rgb)
+
+
+def test_to_chw_tensor():
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    tensor = to_chw_tensor(array)
+    assert tensor.shape == (4, 2, 3) and tensor.dtype == torch.uint8 and tensor.is_contiguous()
+    assert tensor[:, 1, 2].tolist() == array[1, 2].tolist()
+
+
+def test_pixel_count_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
+    # 12,000 x 10,000: over protloc's limit, under the size at which PIL refuses by itself.
+    (tmp_path / "big.png").write_bytes(png_header_only(12_000, 10_000))
+    with pytest.raises(ImageReadError, match="10000 x 12000 x 1 image: 120,000,000 pixels, more than the limit of 100,000,000"):
+        decode_image(tmp_path / "big.png")
+    with pytest.raises(ImageReadError, match="more than the limit"):
+        decode_image((tmp_path / "big.png").read_bytes())
+    # Far over PIL's own limit: its DecompressionBombError becomes an ImageReadError too.
+    with pytest.raises(ImageReadError, match="too many pixels"):
+        decode_image(png_header_only(20_000, 20_000))
+
+
+def test_pixel_limit_is_settable_in_code_and_by_environment(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((10, 20, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    tiff = io.BytesIO()
+    tifffile.imwrite(tiff, np.zeros((10, 20, 3), dtype=np.uint8))
+    (tmp_path / "x.tif").write_bytes(tiff.getvalue()[: len(tiff.getvalue()) // 2])  # pixels cut off: header only
+    monkeypatch.setattr(images, "MAX_PIXELS", 599)
+    for path in (tmp_path / "x.png", tmp_path / "x.tif"):
+        with pytest.raises(ImageReadError, match="600 pixels, more than the limit of 599"):
+            decode_image(path)
+    monkeypatch.setattr(images, "MAX_PIXELS", 600)
+    assert decode_image(tmp_path / "x.png").shape == (10, 20, 3)
+    monkeypatch.setenv("PROTLOC_MAX_PIXELS", "100")
+    with pytest.raises(ImageReadError, match="more than the limit of 100 "):
+        decode_image(tmp_path / "x.png")
+    monkeypatch.setenv("PROTLOC_MAX_PIXELS", "many")
+    with pytest.raises(ImageReadError, match="PROTLOC_MAX_PIXELS='many': expected a whole number"):
+        decode_image(tmp_path / "x.png")
+
+
+def test_dataset_items_carry_why_an_image_was_unreadable(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    table = read_inputs([str(tmp_path / "good.png"), str(tmp_path / "bad.png")])
+    dataset = ImageDataset(table, channels=3, transform=lambda image: image.float(), image_size=8, strict=False)
+    image, _, _, problem = dataset[0]
+    assert problem == "" and image.shape == (3, 8, 8)
+    image, _, index, problem = dataset[1]
+    assert index == 1 and image.abs().sum() == 0
+    assert problem.startswith(f"{tmp_path / 'bad.png'}: not a readable image")
+    with pytest.raises(ImageReadError, match="bad.png: not a readable image"):
+        ImageDataset(table, channels=3, transform=lambda image: image, image_size=8)[1]
+
+
+def test_an_unreadable_stain_is_named(tmp_path):
+    stains = [tmp_path / f"a_{stain}.png" for stain in ("red", "green", "blue")]
+    for path in stains:
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(path)
+    stains[1].write_bytes(b"broken")
+    with pytest.raises(ImageReadError) as caught:
+        load_image(tuple(map(str, stains)), 3)
+    assert caught.value.path == str(stains[1])

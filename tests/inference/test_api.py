@@ -10,13 +10,12 @@ import protloc
 from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.labels import HPA10
-from tests.untrained_runs import make_untrained_run
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(untrained_run):
     # Spread probabilities, so that labels differ between images.
-    return make_untrained_run(tmp_path_factory.mktemp("run"), thresholds=[0.4] * 10, spread=30)
+    return untrained_run(thresholds=[0.4] * 10, spread=30)
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ import pytest
 from protloc.cli import main
 from protloc.labels import HPA10
 from protloc.runs import load_config, save_config
-from tests.untrained_runs import make_untrained_run
 
 
 @pytest.fixture(scope="module")
-def exported_run(tmp_path_factory):
+def exported_run(untrained_run):
     """A run exported to its default place, RUN/model.onnx."""
     # Spread probabilities, so that they differ between images.
-    run_dir = make_untrained_run(tmp_path_factory.mktemp("run"), spread=30)
+    run_dir = untrained_run(spread=30)
     assert main(["export", str(run_dir)]) == 0
     return run_dir
 
@@ -53,7 +52,7 @@ def test_export_to_a_named_file_and_api_onnx_engine(exported_run, demo_data, tmp
     import protloc
 
     target = tmp_path / "elsewhere" / "net.onnx"
-    assert main(["export", str(exported_run), "--onnx", str(target), "--opset", "18"]) == 0
+    assert main(["export", str(exported_run), "--out", str(target), "--opset", "18"]) == 0
     images = sorted((demo_data / "test").glob("*.png"))[:5]
     from_onnx = protloc.load(exported_run, engine="onnx", onnx=target).predict_proba(images)
     from_torch = protloc.load(exported_run, precision="fp32").predict_proba(images)
@@ -74,4 +73,25 @@ def test_missing_or_foreign_onnx_file_is_a_clear_error(exported_run, demo_data, 
     save_config(other, config)
     assert main(["predict", str(other), str(demo_data), "--out", str(out), "--engine", "onnx"]) == 2
     assert "the run expects" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_evaluate_with_the_onnx_engine_matches_torch(exported_run, demo_data, tmp_path):
+    import json
+
+    for engine in ("torch", "onnx"):
+        assert main(["evaluate", str(exported_run), str(demo_data), "--out", str(tmp_path / engine), "--engine", engine,
+                     "--workers", "0", "--precision", "fp32"]) == 0
+    columns = [f"p_{name}" for name in HPA10.names]
+    torch_probs, onnx_probs = (pd.read_csv(tmp_path / engine / "predictions.csv")[columns].to_numpy()
+                               for engine in ("torch", "onnx"))
+    assert torch_probs.shape == (96, 10) and np.abs(onnx_probs - torch_probs).max() <= 1e-4
+    assert json.loads((tmp_path / "onnx" / "metrics.json").read_text())["images"] == 96
+
+
+@pytest.mark.parametrize("setting", [["--device", "cuda"], ["--precision", "bf16"]])
+def test_the_onnx_engine_refuses_gpu_and_low_precision_settings(exported_run, demo_data, tmp_path, setting, capsys):
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(exported_run), str(demo_data), "--out", str(out), "--engine", "onnx", *setting]) == 2
+    assert "--engine onnx runs on the CPU in fp32" in capsys.readouterr().err
     assert not out.exists()

@@ -14,15 +14,14 @@ from protloc.cli import main
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import HPA10, HPA28
 from protloc.runs import load_config
-from tests.untrained_runs import make_untrained_run
 
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.35, 0.45, 0.55, 0.65, 0.5]
 SPREAD = 30  # spreads the untrained model's probabilities, so that labels differ between images
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_untrained_run(tmp_path_factory.mktemp("run"), thresholds=THRESHOLDS, spread=SPREAD)
+def run_dir(untrained_run):
+    return untrained_run(thresholds=THRESHOLDS, spread=SPREAD)
 
 
 def predict(*args) -> int:
@@ -104,8 +103,8 @@ def make_hpa2018_test_folder(real_data, root: Path, ids: list[str]) -> Path:
     return root
 
 
-def test_hpa2018_layout_writes_id_predicted(real_data, tmp_path):
-    run_dir = make_untrained_run(tmp_path / "run", in_chans=4, label_set=HPA28, layout="hpa2018", spread=SPREAD)
+def test_hpa2018_layout_writes_id_predicted(untrained_run, real_data, tmp_path):
+    run_dir = untrained_run(tmp_path / "run", in_chans=4, label_set=HPA28, layout="hpa2018", spread=SPREAD)
     ids = ["b-second", "a-first"]
     data = make_hpa2018_test_folder(real_data, tmp_path / "hpa", ids)
     out = tmp_path / "out.csv"

@@ -10,13 +10,12 @@ from protloc.data.readers import read_dataset
 from protloc.inference.thresholds import tune_thresholds
 from protloc.labels import HPA10
 from protloc.runs import load_config
-from tests.untrained_runs import make_untrained_run
 
 
 @pytest.fixture
-def run_dir(tmp_path):
-    # Spread probabilities, so that they differ between images.
-    return make_untrained_run(tmp_path / "run", training={"epochs": 3}, spread=30)
+def run_dir(untrained_run, tmp_path):
+    # Spread probabilities, so that they differ between images. A run per test: tune rewrites its config.
+    return untrained_run(tmp_path / "run", training={"epochs": 3}, spread=30)
 
 
 def tune(*args) -> int:
@@ -25,7 +24,7 @@ def tune(*args) -> int:
 
 def test_tune_writes_the_f1_best_thresholds_into_the_config(run_dir, demo_data, capsys):
     table = read_dataset(demo_data)
-    probabilities = protloc.load(run_dir, precision="fp32").predict_table(table)[0]
+    probabilities = protloc.load(run_dir, precision="fp32").predict_table(table).outputs
     expected = tune_thresholds(table.targets, probabilities)
     assert not np.allclose(expected, 0.5)  # the data moves them, so the check below means something
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -8,9 +10,8 @@ from protloc.models.classifier import ProtlocNet, build_model, freeze_backbone, 
 
 
 @pytest.fixture
-def model() -> ProtlocNet:
-    torch.manual_seed(0)
-    return build_model("efficientnet_lite0", 5, pretrained=True, dropout=0.2)
+def model(pretrained_efficientnet) -> ProtlocNet:
+    return copy.deepcopy(pretrained_efficientnet)  # the tests freeze and train it
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

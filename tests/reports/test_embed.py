@@ -9,17 +9,15 @@ import torch
 
 from protloc.cli import main
 from protloc.labels import HPA10_NAMES
-from tests.untrained_runs import make_untrained_run
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_untrained_run(tmp_path_factory.mktemp("run") / "run", backbone="efficientnet_lite0", image_size=64)
+def run_dir(untrained_run):
+    return untrained_run(backbone="efficientnet_lite0", image_size=64)
 
 
 def test_one_row_per_image_with_features_and_labels(run_dir, demo_data, tmp_path):
-    from protloc.reports.explain import read_model_input
-    from protloc.runs import load_run
+    import protloc
 
     out = tmp_path / "features.parquet"
     # fp32: the comparison below is exact to 1e-4, which bf16 (auto on CPUs that have it natively) is not.
@@ -27,7 +25,8 @@ def test_one_row_per_image_with_features_and_labels(run_dir, demo_data, tmp_path
                  "--precision", "fp32"]) == 0
     table = pd.read_parquet(out)
     train = pd.read_csv(demo_data / "train.csv", dtype=str)
-    config, model = load_run(run_dir)
+    predictor = protloc.load(run_dir, precision="fp32")
+    model = predictor.model
     features = model.backbone.num_features
     assert len(table) == len(train)
     assert list(table.columns) == ["id", *(f"f{i}" for i in range(features)), "labels"]
@@ -36,9 +35,8 @@ def test_one_row_per_image_with_features_and_labels(run_dir, demo_data, tmp_path
     expected = [sorted(HPA10_NAMES[int(t)] for t in text.split()) for text in train["Label"]]
     assert [sorted(labels) for labels in table["labels"]] == expected
     # The row is the model's pooled feature vector (model.embed) of that image.
-    image = read_model_input(str(demo_data / "train" / f"{train['Image'][0]}.png"), config)
+    image = predictor.prepare(demo_data / "train" / f"{train['Image'][0]}.png")[None]
     with torch.no_grad():  # channels-last only for speed: this CPU's default-layout path is slow
-        model = model.to(memory_format=torch.channels_last)
         first = model.embed(image.contiguous(memory_format=torch.channels_last))[0]
     np.testing.assert_allclose(table.iloc[0, 1:features + 1].to_numpy(np.float32), first.numpy(), rtol=1e-3, atol=1e-4)
     assert (tmp_path / "features_map.png").stat().st_size > 1000

@@ -11,17 +11,11 @@ import pytest
 
 from protloc.cli import main
 from protloc.inference.thresholds import apply_thresholds
-from protloc.labels import HPA10, HPA10_NAMES, LabelSet
+from protloc.labels import HPA10_NAMES, LabelSet
 from protloc.training.metrics import multilabel_scores
-from tests.untrained_runs import make_untrained_run
 
 # Per-class thresholds that differ from 0.5, so "at thresholds" and "at 0.5" are two real evaluations.
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.45, 0.55, 0.35, 0.65, 0.5, 0.52]
-
-
-def make_run(run_dir, *, label_set=HPA10, thresholds=THRESHOLDS, weights=True):
-    return make_untrained_run(run_dir, backbone="efficientnet_lite0", image_size=64, label_set=label_set,
-                              thresholds=thresholds, weights=weights)
 
 
 def multi_hot(column: pd.Series, classes: int) -> np.ndarray:
@@ -32,8 +26,8 @@ def multi_hot(column: pd.Series, classes: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def evaluated(demo_data, tmp_path_factory):
-    run_dir = make_run(tmp_path_factory.mktemp("run") / "run")
+def evaluated(untrained_run, demo_data, tmp_path_factory):
+    run_dir = untrained_run(backbone="efficientnet_lite0", image_size=64, thresholds=THRESHOLDS)
     out = tmp_path_factory.mktemp("evaluation")
     assert main(["evaluate", str(run_dir), str(demo_data), "--out", str(out), "--batch-size", "40", "--workers", "0"]) == 0
     return out
@@ -87,17 +81,16 @@ def test_most_frequent_mistakes_are_counted_by_label_set():
     assert evaluation.per_class["precision"].tolist() == pytest.approx([1.0, 1 / 4, 0.0])
 
 
-def test_label_set_mismatch_exits_2(demo_data, tmp_path, capsys):
-    run_dir = make_run(tmp_path / "run", label_set=LabelSet("custom", ("Nucleus", "Cytoplasm")), thresholds=[0.5, 0.5],
-                       weights=False)
+def test_label_set_mismatch_exits_2(untrained_run, demo_data, tmp_path, capsys):
+    run_dir = untrained_run(tmp_path / "run", label_set=LabelSet("custom", ("Nucleus", "Cytoplasm")), weights=False)
     assert main(["evaluate", str(run_dir), str(demo_data), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert "are not the run's" in error and "Traceback" not in error
     assert not (tmp_path / "out").exists()
 
 
-def test_unlabelled_data_exits_2(demo_data, tmp_path, capsys):
-    run_dir = make_run(tmp_path / "run", weights=False)
+def test_unlabelled_data_exits_2(untrained_run, demo_data, tmp_path, capsys):
+    run_dir = untrained_run(tmp_path / "run", weights=False)
     assert main(["evaluate", str(run_dir), str(demo_data / "test"), "--out", str(tmp_path / "out")]) == 2
     assert "has no labels" in capsys.readouterr().err
 

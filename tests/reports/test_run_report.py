@@ -9,13 +9,13 @@ import matplotlib.pyplot as plt
 import pytest
 
 from protloc.cli import main
-from tests.untrained_runs import make_untrained_run
 
 
-def make_run(run_dir):
+@pytest.fixture(scope="module")
+def run_dir(untrained_run):
     """An untrained run with the files training leaves beside the model: curves.png and metrics.csv."""
-    make_untrained_run(run_dir, backbone="efficientnet_lite0", image_size=64, thresholds=[0.9] * 10,
-                       training={"epochs": 2, "lr": 0.001})
+    run_dir = untrained_run(backbone="efficientnet_lite0", image_size=64, thresholds=[0.9] * 10,
+                            training={"epochs": 2, "lr": 0.001})
     figure, axes = plt.subplots()
     axes.plot([0, 1], [1, 0])
     figure.savefig(run_dir / "curves.png")
@@ -26,11 +26,6 @@ def make_run(run_dir):
 
 def links(page: Path) -> list[str]:
     return re.findall(r'(?:src|href)="([^"]+)"', page.read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run") / "run")
 
 
 def test_without_data_the_page_says_how_to_add_an_evaluation(run_dir, capsys):

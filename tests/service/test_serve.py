@@ -24,16 +24,15 @@ from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.labels import HPA10
 from protloc.service.app import make_server
-from tests.untrained_runs import make_untrained_run
 
 THRESHOLD = 0.4
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, whatever http_proxy says
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(untrained_run):
     # Spread probabilities, so that a threshold can split the classes.
-    return make_untrained_run(tmp_path_factory.mktemp("serve") / "run", thresholds=[THRESHOLD] * 10, spread=30)
+    return untrained_run(thresholds=[THRESHOLD] * 10, spread=30)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
-"""Options shared by the commands that read datasets."""
+"""Options shared by commands: reading datasets, and the one engine vocabulary of every command that runs a model."""
 from __future__ import annotations
 
 import argparse
 
 from protloc.data.readers import LAYOUTS, DatasetTable, read_dataset
+from protloc.inference import ENGINES
 from protloc.labels import get_label_set
+from protloc.runs import ONNX_FILE
 
 
 def add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -12,7 +14,8 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default=None, metavar="SET",
                         help="label set: hpa10, hpa28 or a file with one class name per line (default: from the layout)")
     parser.add_argument("--channels", type=int, choices=(1, 3, 4), default=3,
-                        help="image channels: 3 = RGB composite, 4 = with the HPA yellow (ER) stain")
+                        help="image channels: 3 = RGB composite, 4 = with the HPA yellow (ER) stain, 1 = the protein (green) "
+                             "alone (default %(default)s)")
 
 
 def read_dataset_from_args(args: argparse.Namespace, path=None, split: str = "train") -> DatasetTable:
@@ -55,21 +58,33 @@ def device_name(text: str) -> str:
     return text
 
 
-def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32) -> None:
-    """How a model runs: device, precision, batch size, loader workers. Train adds its own --devices count."""
+def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32, batches: bool = True) -> None:
+    """How a model runs: device, precision and, with `batches`, batch size and loader workers (commands that take
+    one image at a time, serve and explain, have no batches). Train adds its own --devices count."""
     engine = parser.add_argument_group("engine")
     engine.add_argument("--device", type=device_name, default="auto",
                         help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N (default %(default)s)")
     engine.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 on GPUs that have it (else fp16) and fp32 on CPUs, so CPU probabilities are "
                              "the same on every machine; bf16/fp16 trade exactness for speed (default %(default)s)")
-    engine.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass (default %(default)s)")
-    engine.add_argument("--workers", type=int, default=2,
-                        help="processes decoding images beside the model; 0 = decode in the main process (default %(default)s)")
+    if batches:
+        engine.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass (default %(default)s)")
+        engine.add_argument("--workers", type=int, default=2,
+                            help="processes decoding images beside the model; 0 = decode in the main process (default %(default)s)")
 
 
-def add_inference_options(parser: argparse.ArgumentParser) -> None:
+def add_engine_choice(parser: argparse.ArgumentParser) -> None:
+    """--engine torch|onnx and --onnx FILE, for the commands that need only probabilities."""
+    parser.add_argument("--engine", choices=ENGINES, default="torch",
+                        help=f"torch, or onnx: ONNX Runtime (CPU, fp32) on the run's {ONNX_FILE} or --onnx FILE, written "
+                             "by protloc export (default %(default)s)")
+    parser.add_argument("--onnx", default=None, metavar="FILE", help=f"ONNX file for --engine onnx (default RUN/{ONNX_FILE})")
+
+
+def add_inference_options(parser: argparse.ArgumentParser, *, engine_choice: bool = True) -> None:
     """Options shared by the commands that predict labels (predict, tune, evaluate, report)."""
     add_engine_options(parser)
+    if engine_choice:
+        add_engine_choice(parser)
     parser.add_argument("--tta", action="store_true",
                         help="average over the 8 flips and quarter turns of each image (8x slower)")

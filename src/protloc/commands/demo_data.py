@@ -1,4 +1,4 @@
-"""protloc demo-data OUT: a synthetic HPA-like dataset in the Zero-to-GANs layout."""
+"""protloc demo-data --out DIR: a synthetic HPA-like dataset in the Zero-to-GANs layout."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +9,15 @@ def register(subparsers) -> None:
         "demo-data", help="generate a synthetic HPA-like dataset (Zero-to-GANs layout)",
         description="Write train.csv, train/, test/ and submission.csv with synthetic cell images whose green "
                     "channel shows the patterns of their labels. Deterministic for a given seed.")
-    parser.add_argument("out", help="output folder")
-    parser.add_argument("--n-train", type=int, default=1500)
-    parser.add_argument("--n-test", type=int, default=300)
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--n-train", type=int, default=1500, metavar="N",
+                        help="labelled images, in train/ and train.csv (default %(default)s)")
+    parser.add_argument("--n-test", type=int, default=300, metavar="N",
+                        help="unlabelled images, in test/ and submission.csv (default %(default)s)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the images and their labels: the same seed writes the same files (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, help="processes drawing images (default: all cores)")
     parser.set_defaults(handler=run)
 
 

@@ -16,10 +16,11 @@ def register(subparsers) -> None:
     parser.add_argument("data", metavar="DATA", help="dataset folder, CSV file or folder of images")
     parser.add_argument("--out", required=True, metavar="FILE", help="Parquet file to write, e.g. features.parquet")
     parser.add_argument("--method", choices=("auto", "pca", "umap"), default="auto",
-                        help="2-D map: umap (needs umap-learn), pca, or auto = umap when installed, else pca")
-    parser.add_argument("--split", choices=("train", "test"), default="train",
-                        help="which part of a Kaggle layout to read (default: train)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection")
+                        help="2-D map: umap (needs umap-learn), pca, or auto = umap when installed, else pca "
+                             "(default %(default)s)")
+    parser.add_argument("--subset", choices=("train", "test"), default="train",
+                        help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
     add_engine_options(parser)
     add_run_data_options(parser)
     parser.set_defaults(handler=run)
@@ -27,18 +28,18 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_dataset
+    from protloc.inference.predictor import load_predictor
     from protloc.labels import get_label_set
     from protloc.reports.embed import embed_table, resolve_method
-    from protloc.runs import load_config, load_run
+    from protloc.runs import load_config
 
     config = load_config(args.run)
     method = resolve_method(args.method)  # before the slow part: a missing umap-learn fails fast
     label_set = get_label_set(args.labels) if args.labels else None
-    table = read_dataset(args.data, layout=args.format, split=args.split, label_set=label_set, channels=config.in_chans)
-    config, model = load_run(args.run, device=args.device)
-    features, map_file = embed_table(model, config, table, args.out, method=method, batch_size=args.batch_size,
-                                     workers=args.workers, device=args.device, precision=args.precision,
-                                     seed=args.seed, data_name=str(args.data))
+    table = read_dataset(args.data, layout=args.format, split=args.subset, label_set=label_set, channels=config.in_chans)
+    predictor = load_predictor(args.run, device=args.device, precision=args.precision)
+    features, map_file = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size,
+                                     workers=args.workers, seed=args.seed, data_name=str(args.data))
     where = f" and {map_file}" if map_file else " (too few images for a map)"
     print(f"{features.shape[0]} images x {features.shape[1]} features written to {args.out}{where}")
     return 0

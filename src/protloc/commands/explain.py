@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from protloc.commands._options import add_engine_options
+
 
 def register(subparsers) -> None:
     from protloc.data.readers import LAYOUTS
@@ -17,22 +19,23 @@ def register(subparsers) -> None:
                         help="image files, a folder of images, or a dataset (its test images)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the figures and index.html")
     parser.add_argument("--target-classes", default="predicted", metavar="WHICH",
-                        help="predicted (default), all, or class names/numbers separated by commas")
+                        help="predicted, all, or class names/numbers separated by commas (default %(default)s)")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="layout of a dataset given as IMAGE")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_engine_options(parser, batches=False)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
+    from protloc.inference.predictor import load_predictor
     from protloc.reports.explain import explain_table, parse_target_classes, write_explanation_page
-    from protloc.runs import load_config, load_run
+    from protloc.runs import load_config
 
     config = load_config(args.run)
-    targets = parse_target_classes(args.target_classes, config.label_names)
+    targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
     table = read_inputs(args.images, layout=args.format, channels=config.in_chans)
-    config, model = load_run(args.run, device=args.device)
-    explanations = explain_table(model, config, table, args.out, targets)
-    write_explanation_page(explanations, config, args.out)
+    predictor = load_predictor(args.run, device=args.device, precision=args.precision)
+    explanations = explain_table(predictor, table, args.out, targets)
+    write_explanation_page(explanations, predictor.config, args.out)
     print(f"{len(explanations)} explanations written; open {args.out}/index.html")
     return 0

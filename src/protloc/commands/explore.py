@@ -13,11 +13,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("data", metavar="DATA", help="dataset folder, CSV file or folder of images")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the plots and index.html")
-    parser.add_argument("--split", choices=("train", "test"), default="train",
-                        help="which part of a Kaggle layout to read (default: train)")
+    parser.add_argument("--subset", choices=("train", "test"), default="train",
+                        help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
     parser.add_argument("--max-images", type=int, default=None, metavar="N",
                         help="compute channel statistics on a random sample of N images (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the sample images and --max-images sample")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for the sample images and --max-images sample (default %(default)s)")
     add_dataset_options(parser)
     parser.set_defaults(handler=run)
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_images is not None and args.max_images < 1:
         raise ProtlocError(f"--max-images must be at least 1, got {args.max_images}")
-    table = read_dataset_from_args(args, split=args.split)
+    table = read_dataset_from_args(args, split=args.subset)
     summary = explore_dataset(table, args.out, channels=args.channels, max_images=args.max_images,
                               seed=args.seed, source_name=str(args.data))
     print(f"{summary['images']} images explored; open {args.out}/index.html")

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
                     "Zero-to-GANs test/ in submission.csv order, or HPA 2018 sample_submission.csv ids), a CSV, "
                     "a folder of images, or image files. Writes the input's Kaggle submission format: "
                     "Image,Label (HPA 2018: Id,Predicted), labels as space-separated class numbers.")
-    parser.add_argument("run", help="run folder (config.json + model.safetensors) written by protloc train")
+    parser.add_argument("run", help="run folder written by protloc train")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="dataset folder, CSV, image folder or image files")
     parser.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
@@ -27,10 +27,8 @@ def register(subparsers) -> None:
     parser.add_argument("--allow-empty", action="store_true",
                         help="allow images with no label (default: each image gets at least its most likely class)")
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                        help="unreadable images: fail (exit 2, nothing written) or skip (left out of the file, each named)")
-    parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
-                        help="torch, or onnx (ONNX Runtime on RUN/model.onnx or --onnx FILE; see protloc export)")
-    parser.add_argument("--onnx", default=None, metavar="FILE", help="ONNX file for --engine onnx (default RUN/model.onnx)")
+                        help="unreadable images: fail (exit 2, nothing written) or skip (left out of the file, each "
+                             "named) (default %(default)s)")
     add_inference_options(parser)
     parser.set_defaults(handler=run)
 
@@ -39,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
     from protloc.errors import DataError
     from protloc.files import write_csv
-    from protloc.inference.predictor import describe_unreadable, find_missing_files, load_predictor
+    from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.submission import output_layout, probability_frame, submission_frame
 
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx, precision=args.precision)
@@ -49,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise DataError(*missing, f"{len(missing)} image files named by the input are missing; nothing written "
                                   f"(--on-error skip writes the others)")
-    probabilities, ok = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers,
-                                                tta=args.tta, show_progress=True)
-    if not ok.all():
-        problems = describe_unreadable(table, ok, config.in_chans)
+    result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
+                                     show_progress=True)
+    probabilities, ok, problems = result.outputs, result.ok, result.unreadable
+    if problems:
         if args.on_error == "fail":
             raise DataError(*problems, f"{len(problems)} of {len(table)} images could not be read; nothing written "
                                        f"(--on-error skip writes the others)")

@@ -4,21 +4,23 @@ from __future__ import annotations
 import argparse
 
 from protloc.commands._options import add_inference_options, add_run_data_options
+from protloc.runs import REPORT_FILE
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report", help="one HTML page for a run: config, curves, evaluation, sample Grad-CAMs",
-        description="Write RUN/report.html (or --out): the run's config and training curves and, with --data, "
+        description=f"Write RUN/{REPORT_FILE} (or --out): the run's config and training curves and, with --data, "
                     "its evaluation on DATA and Grad-CAMs of DATA's first images (files in RUN/report/).",
     )
     parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
     parser.add_argument("--data", default=None, metavar="DATA",
                         help="dataset to evaluate on and take sample images from (labelled for an evaluation)")
-    parser.add_argument("--out", default=None, metavar="FILE", help="the page to write (default: RUN/report.html)")
+    parser.add_argument("--out", default=None, metavar="FILE", help=f"the page to write (default: RUN/{REPORT_FILE})")
     parser.add_argument("--samples", type=int, default=6, metavar="N",
-                        help="sample images with Grad-CAMs, the first N of DATA (default: 6)")
-    add_inference_options(parser)
+                        help="sample images with Grad-CAMs, the first N of DATA (default %(default)s)")
+    # No --engine onnx: the sample Grad-CAMs need the torch model.
+    add_inference_options(parser, engine_choice=False)
     add_run_data_options(parser)
     parser.set_defaults(handler=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from protloc.commands._options import add_engine_choice, add_engine_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,19 +15,16 @@ def register(subparsers) -> None:
                     "body (PNG, JPEG or TIFF) with optional ?tta=1&threshold=0.4&allow_empty=1 and answers JSON "
                     '{"labels": [...], "probabilities": {class: p}, "thresholds": {class: t}}. '
                     "Example: curl --data-binary @cell.png -H 'Content-Type: image/png' http://127.0.0.1:8000/predict")
-    parser.add_argument("run", help="run folder (config.json + model.safetensors) written by protloc train")
+    parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
-                        help="torch, or onnx (ONNX Runtime on RUN/model.onnx or --onnx FILE; see protloc export)")
-    parser.add_argument("--onnx", default=None, metavar="FILE", help="ONNX file for --engine onnx (default RUN/model.onnx)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bfloat16 where the hardware has it natively, else fp32 (default auto)")
+                        help="address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 every interface "
+                             "(default %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default %(default)s)")
     # The literal, not service.app's DEFAULT_MAX_BYTES: importing that module loads torch, too slow for --help.
     parser.add_argument("--max-bytes", type=int, default=50 * 1024 * 1024, metavar="BYTES",
-                        help="largest image upload accepted, in bytes; larger ones get 413 (default 50 MiB)")
+                        help="largest image upload accepted, in bytes; larger ones get 413 (default %(default)s = 50 MiB)")
+    add_engine_options(parser, batches=False)
+    add_engine_choice(parser)
     parser.set_defaults(handler=run)
 
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 import argparse
 
 from protloc.commands._options import add_inference_options, add_run_data_options
+from protloc.runs import CONFIG_FILE
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "tune", help="retune a run's per-class thresholds on labelled data",
         description="Predict DATA (labelled) with the run, choose each class's threshold for the best F1, print macro F1 "
-                    "before and after, and write the thresholds into RUN/config.json. DATA's classes must be the run's.")
-    parser.add_argument("run", help="run folder (config.json + model.safetensors)")
-    parser.add_argument("data", help="labelled dataset folder or CSV")
+                    f"before and after, and write the thresholds into RUN/{CONFIG_FILE}. DATA's classes must be the run's.")
+    parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
+    parser.add_argument("data", metavar="DATA", help="labelled dataset folder or CSV")
     add_run_data_options(parser)
     add_inference_options(parser)
-    parser.add_argument("--dry-run", action="store_true", help="print the table but leave config.json unchanged")
+    parser.add_argument("--dry-run", action="store_true", help=f"print the table but leave {CONFIG_FILE} unchanged")
     parser.set_defaults(handler=run)
 
 
@@ -25,12 +26,13 @@ def run(args: argparse.Namespace) -> int:
 
     from protloc.commands._options import read_run_dataset
     from protloc.errors import DataError, ProtlocError
-    from protloc.inference.predictor import describe_unreadable, find_missing_files, load_predictor
+    from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.thresholds import apply_thresholds, tune_thresholds
     from protloc.runs import save_config
     from protloc.training.metrics import multilabel_scores
 
-    predictor = load_predictor(args.run, device=args.device, precision=args.precision)
+    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
+                               precision=args.precision)
     config = predictor.config
     table = read_run_dataset(args, config, args.data)
     if list(table.label_set.names) != list(config.label_names):
@@ -41,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
     missing = find_missing_files(table)
     if missing:
         raise DataError(*missing, f"{len(missing)} image files named by {args.data} are missing; thresholds unchanged")
-    probabilities, ok = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers,
-                                                tta=args.tta, show_progress=True)
-    if not ok.all():
-        problems = describe_unreadable(table, ok, config.in_chans)
-        raise DataError(*problems, f"{len(problems)} of {len(table)} images could not be read; thresholds unchanged")
+    result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
+                                     show_progress=True)
+    if result.unreadable:
+        raise DataError(*result.unreadable,
+                        f"{len(result.unreadable)} of {len(table)} images could not be read; thresholds unchanged")
+    probabilities = result.outputs
 
     targets = table.targets
     old = np.asarray(config.thresholds, dtype=np.float64)
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     print(report.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep=""))
 
     if args.dry_run:
-        print(f"dry run: {args.run}/config.json unchanged")
+        print(f"dry run: {args.run}/{CONFIG_FILE} unchanged")
         return 0
     config.thresholds = [float(value) for value in new]
     config.training["thresholds_tuned_on"] = {
@@ -70,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
         "f1_macro_before": before["f1_macro"], "f1_macro_after": after["f1_macro"],
     }
     save_config(args.run, config)
-    print(f"wrote {config.num_classes} thresholds into {args.run}/config.json "
+    print(f"wrote {config.num_classes} thresholds into {args.run}/{CONFIG_FILE} "
           f"(macro F1 on {len(table)} images: {before['f1_macro']:.3f} -> {after['f1_macro']:.3f})")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from protloc.data.images import ImageReadError, read_array
+from protloc.data.images import ImageReadError, decode_image
 from protloc.data.readers import DatasetTable, read_dataset
 from protloc.errors import DataError
 from protloc.labels import LabelSet
@@ -34,7 +34,7 @@ class CheckReport:
 def _probe(path: str) -> tuple[str, tuple[int, ...] | None, str | None]:
     """Decode one file fully (a truncated PNG only fails on full decode) -> (path, shape, error)."""
     try:
-        return path, read_array(path).shape, None
+        return path, decode_image(path).shape, None
     except ImageReadError as error:
         return path, None, str(error)
 

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from protloc.data.images import ImageReadError, load_image
+from protloc.data.images import ImageReadError, describe_read_error, load_image, to_chw_tensor
 from protloc.data.readers import DatasetTable
 
 
 class ImageDataset(Dataset):
-    """Items are (image tensor, target vector, row index, ok).
+    """Items are (image tensor, target vector, row index, problem).
 
-    `ok` is False when the image could not be read; the image is then zeros of the expected size so a
-    batch can still be formed, and the caller reports that row by name (predict's --on-error).
+    `problem` is "" for an image that was read, else 'PATH: why' it could not be: the reason travels with
+    the item (out of loader worker processes too), so nobody opens the file again to learn it. The image
+    is then zeros of the expected size so a batch can still be formed (predict's --on-error).
     With strict=True an unreadable image raises instead (training: data should be checked first).
     """
 
@@ -31,15 +31,14 @@ class ImageDataset(Dataset):
         return len(self.sources)
 
     def read(self, index: int) -> torch.Tensor:
-        array = load_image(self.sources[index], self.channels)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        return to_chw_tensor(load_image(self.sources[index], self.channels))
 
     def __getitem__(self, index: int):
         try:
-            image, ok = self.transform(self.read(index)), True
+            image, problem = self.transform(self.read(index)), ""
         except ImageReadError as error:
+            problem = describe_read_error(self.sources[index], error)
             if self.strict:
-                source = self.sources[index]
-                raise ImageReadError(f"{source if isinstance(source, str) else source[0]}: {error}") from None
-            image, ok = torch.zeros(self.channels, self.image_size, self.image_size), False
-        return image, self.targets[index], index, ok
+                raise ImageReadError(problem) from None
+            image = torch.zeros(self.channels, self.image_size, self.image_size)
+        return image, self.targets[index], index, problem

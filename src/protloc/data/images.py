@@ -1,10 +1,16 @@
 """Reading microscope images of any common kind into one form: uint8, height x width x channels.
 
-PNG, JPEG and TIFF; 8- or 16-bit; 1, 3 or 4 channels; any size. The HPA-2018 layout stores one
-grayscale file per stain, which `load_image` composes when given several paths.
+PNG, JPEG and TIFF; 8- or 16-bit; 1, 3 or 4 channels; any size. `decode_image` is the one decoder, for
+files and for uploaded bytes alike. The HPA-2018 layout stores one grayscale file per stain, which
+`load_image` composes when given several paths.
 """
 from __future__ import annotations
 
+import io
+import math
+import os
+import threading
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -12,10 +18,52 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+# The most pixels one image may have, counted as height x width x channels and read from the file's header
+# before anything is decoded: a small compressed file can otherwise expand to gigabytes. Well above a
+# 4096 x 4096 four-stain image (67 million). The environment variable, when set, takes precedence.
+MAX_PIXELS = 100_000_000
+MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
+
+# warnings.catch_warnings changes process-wide state: threads (the HTTP service) take turns around it.
+# Only Image.open runs under it, which reads the header alone.
+_PIL_OPEN_LOCK = threading.Lock()
 
 
 class ImageReadError(Exception):
-    """An image file that cannot be decoded; the message says why, the caller adds where."""
+    """An image that cannot be decoded; the message says why. `path` names the failing file where the caller
+    could not know it (one stain of a stain set); otherwise the caller adds where."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+def describe_read_error(source: str | Path | Sequence[str | Path], error: ImageReadError) -> str:
+    """'PATH: why' for an image source (a file, or one file per stain) that could not be read."""
+    where = error.path or (source if isinstance(source, (str, Path)) else source[0])
+    return f"{where}: {error}"
+
+
+def pixel_limit() -> int:
+    """PROTLOC_MAX_PIXELS when set, else MAX_PIXELS."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise ImageReadError(f"{MAX_PIXELS_VARIABLE}={text!r}: expected a whole number of pixels, 1 or more")
+    return int(text)
+
+
+def check_pixel_count(shape: Sequence[int]) -> None:
+    """Refuse an image whose header announces more pixels (height x width x channels) than the limit."""
+    count, limit = math.prod(shape), pixel_limit()
+    if count > limit:
+        raise ImageReadError(
+            f"{' x '.join(map(str, shape))} image: {count:,} pixels, more than the limit of {limit:,} "
+            f"(raise it with {MAX_PIXELS_VARIABLE} or protloc.data.images.MAX_PIXELS)"
+        )
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
@@ -35,7 +83,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
 def pil_to_array(image: Image.Image) -> np.ndarray:
     """A PIL image as (H, W) for one-channel modes, else (H, W, 3|4): palettes expanded, LA made L, other colour
-    modes RGB. Files (read_array) and the Python API's PIL images both pass here, so they convert alike."""
+    modes RGB. Files (decode_image) and the Python API's PIL images both pass here, so they convert alike."""
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif image.mode in ("LA", "CMYK", "YCbCr", "HSV", "1"):
@@ -43,26 +91,66 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def read_array(path: str | Path) -> np.ndarray:
-    """One file -> uint8 array (H, W, C) with C in 1, 3, 4. Raises ImageReadError."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+def decode_image(source: bytes | str | Path) -> np.ndarray:
+    """An image file, by path or as its bytes -> uint8 (H, W, C) with C in 1, 3, 4. Raises ImageReadError.
 
-            array = np.asarray(tifffile.imread(path))
-            # Channel-first TIFF stacks (C, H, W) are common in microscopy.
-            if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-                array = np.moveaxis(array, 0, -1)
-        else:
-            with Image.open(path) as image:
-                image.load()
-                array = pil_to_array(image)
+    TIFF (known by its signature, whatever the file is called) goes through tifffile: 16-bit, multi-channel
+    and channel-first stacks; everything else through PIL. The pixel count comes from the header and is
+    checked before the pixels are decoded.
+    """
+    file = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
+    try:
+        array = _decode_tiff(file) if _is_tiff(file) else _decode_with_pil(file)
+    except ImageReadError:
+        raise
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(f"too many pixels to decode ({error})") from None
+    except UnidentifiedImageError:  # its message holds the path or a BytesIO's address, neither of use here
+        raise ImageReadError("not a readable image (not PNG, JPEG, TIFF or another format PIL knows)") from None
+    except Exception as error:  # decoders raise many types for corrupt input (OSError, ValueError, struct.error...)
         raise ImageReadError(f"not a readable image ({type(error).__name__}: {error})") from None
     return to_image_array(array)
+
+
+def _is_tiff(file: io.BytesIO | Path) -> bool:
+    if isinstance(file, io.BytesIO):
+        return bytes(file.getbuffer()[:4]) in TIFF_SIGNATURES
+    with open(file, "rb") as stream:
+        return stream.read(4) in TIFF_SIGNATURES
+
+
+def _decode_tiff(file: io.BytesIO | Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(file) as tiff:
+        if not tiff.series:
+            raise ImageReadError("a TIFF file without image data")
+        check_pixel_count(tiff.series[0].shape)
+        array = np.asarray(tiff.asarray())
+    # Channel-first TIFF stacks (C, H, W) are common in microscopy.
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    return array
+
+
+def _decode_with_pil(file: io.BytesIO | Path) -> np.ndarray:
+    with _PIL_OPEN_LOCK, warnings.catch_warnings():
+        # PIL warns from its own, lower, built-in limit; check_pixel_count below is the one that decides.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(file)  # the header only
+    with image:
+        check_pixel_count((image.height, image.width, len(image.getbands())))
+        image.load()
+        return pil_to_array(image)
+
+
+def to_chw_tensor(array: np.ndarray):
+    """uint8 (H, W, C) -> a (C, H, W) torch tensor, the layout the presets and models take."""
+    import torch  # here, so that reading images (and `protloc --help`) does not import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
 def to_image_array(array: np.ndarray) -> np.ndarray:
@@ -98,10 +186,17 @@ def convert_channels(array: np.ndarray, channels: int) -> np.ndarray:
 
 
 def load_image(source: str | Path | Sequence[str | Path], channels: int = 3) -> np.ndarray:
-    """A file, or one grayscale file per stain (r, g, b[, y]), -> uint8 (H, W, channels)."""
+    """A file, or one grayscale file per stain (r, g, b[, y]), -> uint8 (H, W, channels).
+
+    An unreadable stain raises ImageReadError with that stain's `path`."""
     if isinstance(source, (str, Path)):
-        return convert_channels(read_array(source), channels)
-    planes = [read_array(path)[:, :, 0] for path in source]
+        return convert_channels(decode_image(source), channels)
+    planes = []
+    for path in source:
+        try:
+            planes.append(decode_image(path)[:, :, 0])
+        except ImageReadError as error:
+            raise ImageReadError(str(error), path=path) from None
     shapes = {plane.shape for plane in planes}
     if len(shapes) != 1:
         raise ImageReadError(f"stain images differ in size: {sorted(shapes)}")

@@ -1,7 +1,7 @@
 """ONNX export of a run: images (N, C, H, W) normalised as the run's config says -> probabilities (N, classes).
 
 The sigmoid is part of the graph, so an ONNX consumer gets probabilities and applies the run's thresholds
-(config.json) directly. The batch axis is dynamic; height and width are fixed at the run's image size.
+(from its config) directly. The batch axis is dynamic; height and width are fixed at the run's image size.
 
 Exporter: the TorchScript-based one (`dynamo=False`). The torch.export-based exporter, the default since
 torch 2.9, needs the onnxscript package, which is not installed here; the legacy one handles these CNNs.

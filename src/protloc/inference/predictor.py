@@ -1,21 +1,16 @@
-"""Probabilities from a trained run: the one core behind `protloc predict`, `protloc tune` and `protloc.load`.
+"""Probabilities and labels from a trained run: the one door from images to them, for every command that
+runs a model (predict, tune, evaluate, explain, embed, serve, report) and for the Python API (`protloc.load`).
 
 Images flow one way: table or in-memory images -> dataset (the run's eval preset) -> DataLoader ->
-engine (torch model or ONNX Runtime session) -> sigmoid probabilities -> labels by the run's thresholds.
-Everything about the model (label names, image size, channels, mean/std, thresholds) comes from the run's
-config.json.
-
-Precision: "auto" uses bfloat16 autocast only where the hardware computes in bf16 natively (CPUs with
-AVX512-BF16 or AMX, CUDA GPUs that support it). Elsewhere oneDNN emulates bf16: on an AVX2-only CPU it was
-3x (resnet18) to 15x (efficientnet_lite0) slower than fp32, so "auto" means fp32 there. bf16 moved
-probabilities by up to 5e-3 (efficientnet_lite0), enough to flip a label that sits on its threshold; use
-"fp32" where outputs must match exactly (ONNX parity, tests).
+engine (torch model or ONNX Runtime session; see engines.py) -> sigmoid probabilities -> labels by the run's
+thresholds. Everything about the model (label names, image size, channels, mean/std, thresholds) comes from
+the run's config.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,115 +19,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from protloc.data.dataset import ImageDataset
-from protloc.data.images import ImageReadError, convert_channels, load_image, pil_to_array, read_array, to_image_array
+from protloc.data.images import (ImageReadError, convert_channels, describe_read_error, load_image, pil_to_array,
+                                 to_chw_tensor, to_image_array)
 from protloc.data.readers import DatasetTable
-from protloc.data.transforms import eval_transforms
+from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
+from protloc.inference import ENGINES
+from protloc.inference.engines import OnnxEngine, TorchEngine, make_engine, open_onnx_session, predict_batch  # noqa: F401
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import LabelSet
-from protloc.runs import RunConfig, load_run
-
-PRECISIONS = ("auto", "fp32", "bf16")
-ENGINES = ("torch", "onnx")
-ONNX_FILE = "model.onnx"
-
-
-# ---------------------------------------------------------------- engines: a batch in, probabilities out
-
-
-def bf16_is_native(device: str) -> bool:
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private oneDNN query that older or CPU-limited builds may lack
-        return False
-
-
-class TorchEngine:
-    """A ProtlocNet in eval mode. Converts the model to channels_last in place (faster convolutions on CPU)."""
-
-    def __init__(self, model: nn.Module, *, device: str = "cpu", precision: str = "auto"):
-        if precision not in PRECISIONS:
-            raise ProtlocError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-        self.device = device
-        self.model = model.to(device, memory_format=torch.channels_last).eval()
-        self.bf16 = precision == "bf16" or (precision == "auto" and bf16_is_native(device))
-
-    def _run(self, method, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, memory_format=torch.channels_last)
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            return method(images).float().cpu()
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self._run(self.model, images))
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self._run(self.model.embed, images)
-
-
-class OnnxEngine:
-    """An ONNX Runtime session over a `protloc export` file, whose output already is probabilities."""
-
-    def __init__(self, session):
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        (probabilities,) = self.session.run(None, {self.input_name: images.float().numpy()})
-        return torch.from_numpy(probabilities)
-
-
-def make_engine(model_or_session, *, device: str = "cpu", precision: str = "auto"):
-    """A torch model, an ONNX Runtime session or an engine -> an engine."""
-    if isinstance(model_or_session, (TorchEngine, OnnxEngine)):
-        return model_or_session
-    if isinstance(model_or_session, nn.Module):
-        return TorchEngine(model_or_session, device=device, precision=precision)
-    return OnnxEngine(model_or_session)
-
-
-def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path = "RUN"):
-    """An ONNX Runtime session on `path`, checked against the run's config."""
-    import onnxruntime
-
-    path = Path(path)
-    if not path.is_file():
-        raise ProtlocError(f"{path}: ONNX model not found; run `protloc export {run_dir} --onnx {path}` first")
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT raises its own exception types for unreadable or invalid files
-        raise ProtlocError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
-    shape = session.get_inputs()[0].shape  # [batch, channels, height, width]; batch is a name
-    expected = [config.in_chans, config.image_size, config.image_size]
-    outputs = session.get_outputs()[0].shape
-    if list(shape[1:]) != expected or outputs[-1] != config.num_classes:
-        raise ProtlocError(
-            f"{path}: takes images {shape[1:]} and gives {outputs[-1]} outputs, but the run expects "
-            f"{expected} and {config.num_classes} classes (exported from another run? run `protloc export {run_dir} --onnx {path}`)"
-        )
-    return session
-
-
-# ---------------------------------------------------------------- test-time augmentation
-
-
-def dihedral_views(images: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The 8 symmetries of the square: 4 quarter turns, with and without a horizontal flip.
-
-    A microscope field has no up or left, so each is as valid a view as the original; these are exact
-    (no interpolation), and as a group they make the average invariant under any flip or quarter turn.
-    """
-    for view in (images, images.flip(-1)):
-        for turns in range(4):
-            yield torch.rot90(view, turns, dims=(-2, -1))
-
-
-def predict_batch(engine, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    if not tta:
-        return engine(images)
-    return torch.stack([engine(view.contiguous()) for view in dihedral_views(images)]).mean(dim=0)
+from protloc.runs import ONNX_FILE, RunConfig, eval_preset, load_config, load_run
 
 
 # ---------------------------------------------------------------- inputs
@@ -150,8 +46,24 @@ def memory_image_to_array(image, channels: int) -> np.ndarray:
     return convert_channels(converted, channels)
 
 
+def _is_file_source(image) -> bool:
+    """A path, or a stain set: a tuple of paths, one grayscale file per stain."""
+    return isinstance(image, (str, Path)) or (
+        isinstance(image, tuple) and len(image) > 0 and all(isinstance(part, (str, Path)) for part in image))
+
+
+def read_input(image, channels: int) -> np.ndarray:
+    """A path, a stain set, a numpy array or a PIL image -> uint8 (H, W, channels). Raises ProtlocError."""
+    if not _is_file_source(image):
+        return memory_image_to_array(image, channels)
+    try:
+        return load_image(image, channels)
+    except ImageReadError as error:
+        raise ProtlocError(describe_read_error(image, error)) from None
+
+
 class InputImages(Dataset):
-    """Paths, numpy arrays and PIL images for the Python API; items are shaped like ImageDataset's."""
+    """Paths, stain sets, numpy arrays and PIL images for the Python API; items are shaped like ImageDataset's."""
 
     def __init__(self, images: Sequence, *, channels: int, transform):
         self.images = list(images)
@@ -162,124 +74,13 @@ class InputImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        image = self.images[index]
-        if isinstance(image, (str, Path)):
-            try:
-                array = load_image(image, self.channels)
-            except ImageReadError as error:
-                raise ProtlocError(f"{image}: {error}") from None
-        else:
-            array = memory_image_to_array(image, self.channels)
-        tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-        return self.transform(tensor), torch.zeros(0), index, True
+        tensor = to_chw_tensor(read_input(self.images[index], self.channels))
+        return self.transform(tensor), torch.zeros(0), index, ""
 
 
 def image_ids(images: Sequence) -> list[str]:
     """File names without extension for paths, the position for in-memory images."""
     return [Path(image).stem if isinstance(image, (str, Path)) else str(index) for index, image in enumerate(images)]
-
-
-def make_dataset(table: DatasetTable, config: RunConfig) -> ImageDataset:
-    """The run's eval preset over a table; unreadable images come back with ok=False, not an exception."""
-    transform = eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)
-    return ImageDataset(table, channels=config.in_chans, transform=transform, image_size=config.image_size, strict=False)
-
-
-def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
-    if batch_size < 1:
-        raise ProtlocError(f"batch size {batch_size}: expected 1 or more")
-    if workers < 0:
-        raise ProtlocError(f"workers {workers}: expected 0 or more")
-    if len(dataset) <= batch_size:
-        workers = 0  # one batch: nothing to overlap with, so starting worker processes only costs time
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
-
-
-def _as_dataset(data, config: RunConfig) -> Dataset:
-    return make_dataset(data, config) if isinstance(data, DatasetTable) else data
-
-
-def _progress(total: int, show: bool, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not show, leave=False)
-
-
-# ---------------------------------------------------------------- the core
-
-
-def _run_batches(
-    run_batch: Callable[[torch.Tensor], torch.Tensor],
-    dataset: Dataset,
-    *,
-    width: int | None = None,
-    batch_size: int,
-    workers: int,
-    show_progress: bool,
-    desc: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(outputs (N, width) float32, ok (N,) bool): `run_batch` on each batch of images, rows in `dataset` order.
-
-    width=None: the width of the first batch's outputs (0 for an empty dataset), for outputs such as
-    features whose width only the model knows.
-    """
-    outputs = None if width is None else np.zeros((len(dataset), width), dtype=np.float32)
-    ok = np.zeros(len(dataset), dtype=bool)
-    with _progress(len(dataset), show_progress, desc) as bar:
-        for images, _targets, rows, batch_ok in _loader(dataset, batch_size, workers):
-            batch = run_batch(images).numpy()
-            if outputs is None:
-                outputs = np.zeros((len(dataset), batch.shape[1]), dtype=np.float32)
-            outputs[rows.numpy()] = batch
-            ok[rows.numpy()] = batch_ok.numpy()
-            bar.update(len(rows))
-    return (outputs if outputs is not None else np.zeros((0, 0), dtype=np.float32)), ok
-
-
-def predict_probabilities(
-    model_or_session,
-    data: DatasetTable | Dataset,
-    config: RunConfig,
-    *,
-    batch_size: int = 32,
-    workers: int = 0,
-    tta: bool = False,
-    show_progress: bool = True,
-    device: str = "cpu",
-    precision: str = "auto",
-) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N, C) float32, ok (N,) bool) in the order of `data`.
-
-    Rows whose image could not be read have ok=False and meaningless probabilities; `describe_unreadable`
-    says which file and why. `data` is a DatasetTable (read with the run's eval preset) or a Dataset with
-    ImageDataset-shaped items.
-    """
-    engine = make_engine(model_or_session, device=device, precision=precision)
-    return _run_batches(lambda images: predict_batch(engine, images, tta), _as_dataset(data, config),
-                        width=config.num_classes, batch_size=batch_size, workers=workers,
-                        show_progress=show_progress, desc="predict")
-
-
-def embed_features(
-    model,
-    data: DatasetTable | Dataset,
-    config: RunConfig,
-    *,
-    batch_size: int = 32,
-    workers: int = 0,
-    show_progress: bool = True,
-    device: str = "cpu",
-    precision: str = "auto",
-) -> np.ndarray:
-    """Pooled backbone features (N, F) float32 via model.embed. Unreadable images raise a DataError naming them."""
-    engine = make_engine(model, device=device, precision=precision)
-    if not isinstance(engine, TorchEngine):
-        raise ProtlocError("features need the torch model (ONNX files hold only the probabilities)")
-    features, ok = _run_batches(engine.embed, _as_dataset(data, config), batch_size=batch_size, workers=workers,
-                                show_progress=show_progress, desc="embed")
-    if not ok.all() and isinstance(data, DatasetTable):
-        raise DataError(*describe_unreadable(data, ok, config.in_chans))
-    return features
 
 
 def find_missing_files(table: DatasetTable) -> list[str]:
@@ -293,29 +94,58 @@ def find_missing_files(table: DatasetTable) -> list[str]:
     return lines
 
 
-def describe_unreadable(table: DatasetTable, ok: np.ndarray, channels: int) -> list[str]:
-    """'PATH: why' for each row with ok=False; for stain sets, the stain file that failed."""
-    lines = []
-    for row in np.flatnonzero(~np.asarray(ok)):
-        source = table.frame["source"].iloc[row]
-        paths = [source] if isinstance(source, str) else list(source)
-        name, reason = paths[0], "could not be read"
-        for path in paths:
-            try:
-                read_array(path)
-            except ImageReadError as error:
-                name, reason = path, str(error)
-                break
-        else:
-            try:
-                load_image(source, channels)
-            except (ImageReadError, ValueError) as error:
-                reason = str(error)
-        lines.append(f"{name}: {reason}")
-    return lines
+# ---------------------------------------------------------------- batches
 
 
-# ---------------------------------------------------------------- the Python API's object
+class TableResult(NamedTuple):
+    """Per row of a dataset, in its order: the model's outputs and why an image could not be read."""
+
+    outputs: np.ndarray  # (N, width) float32: probabilities or features; meaningless where a problem is
+    problems: list[str]  # "" for an image that was read, else 'PATH: why'
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([not problem for problem in self.problems], dtype=bool)
+
+    @property
+    def unreadable(self) -> list[str]:
+        return [problem for problem in self.problems if problem]
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
+    if batch_size < 1:
+        raise ProtlocError(f"batch size {batch_size}: expected 1 or more")
+    if workers < 0:
+        raise ProtlocError(f"workers {workers}: expected 0 or more")
+    if len(dataset) <= batch_size:
+        workers = 0  # one batch: nothing to overlap with, so starting worker processes only costs time
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
+
+
+def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, *, width: int | None,
+                 batch_size: int, workers: int, show_progress: bool, desc: str) -> TableResult:
+    """`run_batch` on each batch of images, rows in `dataset` order.
+
+    width=None: the width of the first batch's outputs (0 for an empty dataset), for outputs such as
+    features whose width only the model knows.
+    """
+    from tqdm import tqdm
+
+    outputs = None if width is None else np.zeros((len(dataset), width), dtype=np.float32)
+    problems = [""] * len(dataset)
+    with tqdm(total=len(dataset), desc=desc, unit="img", disable=not show_progress, leave=False) as bar:
+        for images, _targets, rows, batch_problems in _loader(dataset, batch_size, workers):
+            batch = run_batch(images).numpy()
+            if outputs is None:
+                outputs = np.zeros((len(dataset), batch.shape[1]), dtype=np.float32)
+            outputs[rows.numpy()] = batch
+            for row, problem in zip(rows.tolist(), batch_problems):
+                problems[row] = problem
+            bar.update(len(rows))
+    return TableResult(outputs if outputs is not None else np.zeros((0, 0), dtype=np.float32), problems)
+
+
+# ---------------------------------------------------------------- the door
 
 
 @dataclass
@@ -345,11 +175,12 @@ class Prediction:
 
 
 class Predictor:
-    """A loaded run: `predict` / `predict_proba` on images, `predict_table` on datasets."""
+    """A loaded run: `predict` / `predict_proba` on images, `predict_table` / `embed_table` on datasets."""
 
-    def __init__(self, config: RunConfig, engine, *, device: str = "cpu", precision: str = "auto"):
+    def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto"):
         self.config = config
         self.engine = make_engine(engine, device=device, precision=precision)
+        self.transform = eval_preset(config)
 
     @property
     def label_names(self) -> list[str]:
@@ -359,18 +190,52 @@ class Predictor:
     def label_set(self) -> LabelSet:
         return LabelSet(self.config.label_set, tuple(self.config.label_names))
 
-    def predict_table(self, table: DatasetTable | Dataset, *, batch_size: int = 32, workers: int = 0,
-                      tta: bool = False, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        return predict_probabilities(self.engine, table, self.config, batch_size=batch_size, workers=workers,
-                                     tta=tta, show_progress=show_progress)
+    @property
+    def model(self) -> nn.Module:
+        """The torch model, for what needs more than probabilities (Grad-CAM)."""
+        return self._torch_engine().model
+
+    def _torch_engine(self) -> TorchEngine:
+        if not isinstance(self.engine, TorchEngine):
+            raise ProtlocError("this needs the torch model (an ONNX file holds only the probabilities); use --engine torch")
+        return self.engine
+
+    def dataset(self, table: DatasetTable) -> ImageDataset:
+        """The run's eval preset over a table; unreadable images come back with their problem, not an exception."""
+        return ImageDataset(table, channels=self.config.in_chans, transform=self.transform,
+                            image_size=self.config.image_size, strict=False)
+
+    def prepare(self, image) -> torch.Tensor:
+        """One image (path, stain set, array or PIL image) as the model takes it: (C, H, W) float, the eval preset
+        applied. Raises ProtlocError naming an unreadable file."""
+        return self.transform(to_chw_tensor(read_input(image, self.config.in_chans)))
+
+    def probabilities(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
+        """(N, C) probabilities of a prepared batch (N, C, H, W)."""
+        return predict_batch(self.engine, batch, tta).numpy()
+
+    def predict_table(self, data: DatasetTable | Dataset, *, batch_size: int = 32, workers: int = 0,
+                      tta: bool = False, show_progress: bool = False) -> TableResult:
+        """Probabilities of every image of a table (or of a Dataset with ImageDataset-shaped items)."""
+        dataset = self.dataset(data) if isinstance(data, DatasetTable) else data
+        return _run_batches(lambda images: predict_batch(self.engine, images, tta), dataset,
+                            width=self.config.num_classes, batch_size=batch_size, workers=workers,
+                            show_progress=show_progress, desc="predict")
+
+    def embed_table(self, table: DatasetTable, *, batch_size: int = 32, workers: int = 0,
+                    show_progress: bool = False) -> np.ndarray:
+        """Pooled backbone features (N, F) float32 via model.embed. Unreadable images raise a DataError naming them."""
+        engine = self._torch_engine()  # before any image is read
+        result = _run_batches(engine.embed, self.dataset(table), width=None, batch_size=batch_size,
+                              workers=workers, show_progress=show_progress, desc="embed")
+        if result.unreadable:
+            raise DataError(*result.unreadable)
+        return result.outputs
 
     def predict_proba(self, images: Sequence, *, tta: bool = False, batch_size: int = 32) -> np.ndarray:
         """(N, C) probabilities for paths, numpy arrays (H, W[, C]; uint8, uint16 or 0..1 float) or PIL images."""
-        images = _as_list(images)
-        transform = eval_transforms(image_size=self.config.image_size, mean=self.config.mean, std=self.config.std)
-        dataset = InputImages(images, channels=self.config.in_chans, transform=transform)
-        probabilities, _ok = self.predict_table(dataset, batch_size=batch_size, tta=tta)
-        return probabilities
+        dataset = InputImages(_as_list(images), channels=self.config.in_chans, transform=self.transform)
+        return self.predict_table(dataset, batch_size=batch_size, tta=tta).outputs
 
     def decide(self, probabilities: np.ndarray, *, threshold: float | None = None, allow_empty: bool = False) -> np.ndarray:
         """Boolean labels (N, C): the run's per-class thresholds, or one `threshold` for all classes."""
@@ -394,16 +259,25 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def load_predictor(run_dir: str | Path, *, device: str = "cpu", engine: str = "torch",
+def predict_probabilities(model_or_session, data: DatasetTable | Dataset, config: RunConfig, *, batch_size: int = 32,
+                          workers: int = 0, tta: bool = False, show_progress: bool = True, device: str = "cpu",
+                          precision: str = "auto") -> TableResult:
+    """Predictor(config, model).predict_table(data): for code that holds a model rather than a run folder."""
+    predictor = Predictor(config, model_or_session, device=device, precision=precision)
+    return predictor.predict_table(data, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress)
+
+
+def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
                    onnx_path: str | Path | None = None, precision: str = "auto") -> Predictor:
-    """A Predictor on a run folder; engine "onnx" runs RUN/model.onnx (or `onnx_path`) with ONNX Runtime."""
+    """A Predictor on a run folder; engine "onnx" runs the run's ONNX export (or `onnx_path`) with ONNX Runtime."""
     if engine not in ENGINES:
         raise ProtlocError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "onnx":
-        from protloc.runs import load_config
-
+        if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
+            raise ProtlocError(f"--engine onnx runs on the CPU in fp32 (ONNX Runtime's CPU provider), not "
+                               f"--device {device} --precision {precision}; use --engine torch for those")
         config = load_config(run_dir)
-        session = open_onnx_session(onnx_path or Path(run_dir) / ONNX_FILE, config, run_dir)
-        return Predictor(config, session)
+        return Predictor(config, open_onnx_session(onnx_path or Path(run_dir) / ONNX_FILE, config, run_dir))
+    device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
     return Predictor(config, model, device=device, precision=precision)

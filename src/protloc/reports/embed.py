@@ -114,15 +114,11 @@ def write_embedding_map(parquet_path: str | Path, features: np.ndarray, targets:
     return path
 
 
-def embed_table(model, config, table, out_file: str | Path, *, method: str = "auto", batch_size: int = 32,
-                workers: int = 0, device: str = "cpu", precision: str = "auto", seed: int = 0, data_name: str = "",
-                show_progress: bool = True) -> tuple[np.ndarray, Path | None]:
+def embed_table(predictor, table, out_file: str | Path, *, method: str = "auto", batch_size: int = 32,
+                workers: int = 0, seed: int = 0, data_name: str = "", show_progress: bool = True) -> tuple[np.ndarray, Path | None]:
     """Write the features of every image of `table` to `out_file` (Parquet) and the map beside it."""
-    from protloc.inference.predictor import embed_features
-
     method = resolve_method(method)
-    features = embed_features(model, table, config, batch_size=batch_size, workers=workers,
-                              show_progress=show_progress, device=device, precision=precision)
+    features = predictor.embed_table(table, batch_size=batch_size, workers=workers, show_progress=show_progress)
     names = list(table.label_set.names)
     labels = [[names[i] for i in row] for row in table.frame["labels"]] if table.labelled else None
     write_embeddings(out_file, list(table.frame["id"]), features, labels)

@@ -2,7 +2,7 @@
 curves with each class's operating point, and the label sets the model gets wrong most often.
 
 `score_predictions` is pure (probabilities in, tables out); `write_evaluation` writes metrics.json,
-predictions.csv, the plots and index.html; `evaluate_run` predicts with a run folder's model first.
+predictions.csv, the plots and index.html; `evaluate_run` predicts with a run's Predictor first.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import pandas as pd  # noqa: E402
 
 from protloc.errors import ProtlocError  # noqa: E402
 from protloc.files import save_figure, write_csv, write_json  # noqa: E402
-from protloc.inference.thresholds import apply_thresholds  # noqa: E402
+from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds  # noqa: E402
 from protloc.reports import html  # noqa: E402
 from protloc.training.metrics import multilabel_scores  # noqa: E402
 
-DEFAULT_CUT = 0.5
+AT_DEFAULT = f"{DEFAULT_THRESHOLD:g}"  # names the scores at the default threshold: "0.5"
 TOP_MISTAKES = 15
 F1_VARIANTS = ("f1_macro", "f1_micro", "f1_samples", "fscore_course")
 PLOTS = {"f1": "f1_per_class.png", "pr": "precision_recall.png"}
@@ -36,8 +36,8 @@ class Evaluation:
     label_names: list[str]
     thresholds: list[float]
     threshold_source: str
-    per_class: pd.DataFrame  # class, threshold, precision, recall, f1, f1 at 0.5, support, average precision
-    scores: dict  # {"thresholds": multilabel_scores, "0.5": multilabel_scores}
+    per_class: pd.DataFrame  # class, threshold, precision, recall, f1, f1 at the default, support, average precision
+    scores: dict  # {"thresholds": multilabel_scores, AT_DEFAULT: multilabel_scores}
     mistakes: pd.DataFrame  # true labels, predicted labels, images
     predictions: pd.DataFrame  # one row per image, as predictions.csv
     targets: np.ndarray
@@ -53,7 +53,7 @@ class Evaluation:
             "threshold_source": self.threshold_source,
             "tta": self.tta,
             "at_thresholds": self.scores["thresholds"],
-            "at_0.5": self.scores["0.5"],
+            f"at_{AT_DEFAULT}": self.scores[AT_DEFAULT],
             "exact_match": self.exact_match,
             # JSON has no NaN: a class without positives has no average precision.
             "per_class": self.per_class.astype(object).where(self.per_class.notna(), None).to_dict(orient="records"),
@@ -96,12 +96,12 @@ def score_predictions(ids: list[str], targets: np.ndarray, probabilities: np.nda
     probabilities = np.asarray(probabilities, dtype=np.float64)
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(label_names),)).copy()
     predicted = apply_thresholds(probabilities, thresholds)
-    predicted_at_default = apply_thresholds(probabilities, DEFAULT_CUT)
+    predicted_at_default = apply_thresholds(probabilities, DEFAULT_THRESHOLD)
     precision, recall, f1, support = precision_recall_fscore_support(targets, predicted, zero_division=0)
-    scores = {"thresholds": multilabel_scores(targets, predicted), "0.5": multilabel_scores(targets, predicted_at_default)}
+    scores = {"thresholds": multilabel_scores(targets, predicted), AT_DEFAULT: multilabel_scores(targets, predicted_at_default)}
     per_class = pd.DataFrame({
         "class": label_names, "threshold": thresholds, "precision": precision, "recall": recall, "f1": f1,
-        "f1 at 0.5": scores["0.5"]["f1_per_class"], "support": support.astype(int),
+        f"f1 at {AT_DEFAULT}": scores[AT_DEFAULT]["f1_per_class"], "support": support.astype(int),
         "average precision": average_precisions(targets, probabilities),
     })
     predictions = pd.DataFrame({
@@ -129,7 +129,7 @@ def plot_f1_per_class(evaluation: Evaluation):
     figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(table) + 2), 4.5))
     tuned = axes.bar(positions - width / 2, table["f1"], width, label=evaluation.threshold_source,
                      color="#4c72b0")
-    axes.bar(positions + width / 2, table["f1 at 0.5"], width, label="threshold 0.5", color="#c7c7c7")
+    axes.bar(positions + width / 2, table[f"f1 at {AT_DEFAULT}"], width, label=f"threshold {AT_DEFAULT}", color="#c7c7c7")
     axes.bar_label(tuned, fmt="%.2f", padding=2, fontsize=7)
     axes.set_xticks(positions, [f"{name} (n={n})" for name, n in zip(table["class"], table["support"])],
                     rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
@@ -190,7 +190,7 @@ def scores_table(evaluation: Evaluation) -> pd.DataFrame:
     return pd.DataFrame({
         "score": list(F1_VARIANTS),
         f"at {evaluation.threshold_source}": [evaluation.scores["thresholds"][k] for k in F1_VARIANTS],
-        "at 0.5": [evaluation.scores["0.5"][k] for k in F1_VARIANTS],
+        f"at {AT_DEFAULT}": [evaluation.scores[AT_DEFAULT][k] for k in F1_VARIANTS],
     })
 
 
@@ -210,7 +210,7 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
         html.table(scores_table(evaluation), float_digits=4),
         html.heading("Per class", 3),
         html.table(per_class),
-        html.image(prefix + PLOTS["f1"], f"F1 per class at {evaluation.threshold_source} and at 0.5; "
+        html.image(prefix + PLOTS["f1"], f"F1 per class at {evaluation.threshold_source} and at {AT_DEFAULT}; "
                    "n = images carrying the class."),
         html.image(prefix + PLOTS["pr"], "Precision-recall curves; AP = average precision."),
         html.heading("Most frequent wrong label sets", 3),
@@ -236,17 +236,17 @@ def check_label_names(table, config, data_name: str) -> None:
         raise ProtlocError(
             f"{data_name}: its classes ({table.label_set.name}, {len(table.label_set)} classes) are not the run's "
             f"({config.label_set}, {len(config.label_names)} classes)",
-            "pass --labels with the run's label set (see the run's config.json) or evaluate on data of that set",
+            "pass --labels with the run's label set (see the run's config) or evaluate on data of that set",
         )
 
 
-def evaluate_run(model, config, table, out_dir: str | Path, *, threshold: float | None = None, tta: bool = False,
-                 batch_size: int = 32, workers: int = 0, device: str = "cpu", precision: str = "auto",
-                 data_name: str = "", show_progress: bool = True) -> Evaluation:
-    """Predict `table` with the run's model, score it and write the evaluation into `out_dir`."""
+def evaluate_run(predictor, table, out_dir: str | Path, *, threshold: float | None = None, tta: bool = False,
+                 batch_size: int = 32, workers: int = 0, data_name: str = "", show_progress: bool = True) -> Evaluation:
+    """Predict `table` with the run's Predictor, score it and write the evaluation into `out_dir`."""
     from protloc.errors import DataError
-    from protloc.inference.predictor import describe_unreadable, find_missing_files, predict_probabilities
+    from protloc.inference.predictor import find_missing_files
 
+    config = predictor.config
     data_name = data_name or str(table.root)
     check_label_names(table, config, data_name)
     if threshold is not None and not 0 < threshold < 1:
@@ -254,13 +254,12 @@ def evaluate_run(model, config, table, out_dir: str | Path, *, threshold: float 
     missing = find_missing_files(table)  # before the slow part
     if missing:
         raise DataError(*missing, f"{len(missing)} image files named by {data_name} are missing")
-    probabilities, ok = predict_probabilities(model, table, config, batch_size=batch_size, workers=workers, tta=tta,
-                                              show_progress=show_progress, device=device, precision=precision)
-    if not ok.all():
-        raise DataError(*describe_unreadable(table, ok, config.in_chans))
+    result = predictor.predict_table(table, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress)
+    if result.unreadable:
+        raise DataError(*result.unreadable)
     thresholds = config.thresholds if threshold is None else threshold
     source = "config thresholds" if threshold is None else f"threshold {threshold:g}"
-    evaluation = score_predictions(list(table.frame["id"].astype(str)), table.targets, probabilities, thresholds,
+    evaluation = score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
                                    list(config.label_names), source, tta)
     write_evaluation(evaluation, out_dir, f"Evaluation on {data_name}")
     return evaluation

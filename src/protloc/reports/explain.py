@@ -18,14 +18,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from protloc.data.images import ImageReadError, load_image  # noqa: E402
 from protloc.data.readers import DatasetTable  # noqa: E402
-from protloc.data.transforms import eval_transforms  # noqa: E402
 from protloc.errors import ProtlocError  # noqa: E402
 from protloc.files import save_figure  # noqa: E402
-from protloc.inference.thresholds import apply_thresholds  # noqa: E402
+from protloc.inference.predictor import Predictor  # noqa: E402
 from protloc.reports import html  # noqa: E402
-from protloc.reports.explore import describe_source, rgb_view  # noqa: E402
+from protloc.reports.explore import rgb_view  # noqa: E402
 
 PANEL_COLUMNS = 4
 TARGET_MODES = ("predicted", "all")
@@ -54,7 +52,7 @@ def parse_target_classes(spec: str, label_names: list[str]) -> str | list[int]:
             indices.append(lowered[token.lower()])
         else:
             raise ProtlocError(f"--target-classes: {token!r} is not a class of this run "
-                               f"(predicted, all, or names/numbers 0..{len(label_names) - 1} from its config.json)")
+                               f"(predicted, all, or names/numbers 0..{len(label_names) - 1} from its config)")
     if not indices:
         raise ProtlocError("--target-classes: expected predicted, all, or class names separated by commas")
     return list(dict.fromkeys(indices))
@@ -63,16 +61,6 @@ def parse_target_classes(spec: str, label_names: list[str]) -> str | list[int]:
 def safe_file_name(identifier: str) -> str:
     """An image id (which may be a path) as a file name."""
     return re.sub(r"[^\w.-]+", "_", identifier).strip("._") or "image"
-
-
-def read_model_input(source, config) -> torch.Tensor:
-    """One image, preprocessed exactly as prediction does: (1, C, H, W) float."""
-    try:
-        array = load_image(source, config.in_chans)
-    except ImageReadError as error:
-        raise ProtlocError(f"{describe_source(source)}: {error}") from None
-    transform = eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)
-    return transform(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))[None]
 
 
 def displayed_image(tensor: torch.Tensor, config) -> np.ndarray:
@@ -101,26 +89,20 @@ def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.nd
         return cam(input_tensor=batch, targets=targets)
 
 
-def class_probabilities(model, tensor: torch.Tensor, precision: str = "auto") -> np.ndarray:
-    """The probabilities `protloc predict` gives for this input (same engine and precision)."""
-    from protloc.inference.predictor import make_engine, predict_batch
-
-    device = str(next(model.parameters()).device)
-    return predict_batch(make_engine(model, device=device, precision=precision), tensor)[0].numpy()
-
-
-def explain_image(model, config, identifier: str, source, targets: str | list[int]) -> tuple[Explanation, object]:
-    """The explanation of one image and its figure (not yet saved)."""
-    tensor = read_model_input(source, config)
-    probabilities = class_probabilities(model, tensor)
-    predicted = np.flatnonzero(apply_thresholds(probabilities[None], config.thresholds)[0]).tolist()
+def explain_image(predictor: Predictor, identifier: str, source, targets: str | list[int]) -> tuple[Explanation, object]:
+    """The explanation of one image and its figure (not yet saved): the input, probabilities and labels come
+    from the predictor, as `protloc predict` gets them; the Grad-CAM maps from its torch model."""
+    config = predictor.config
+    tensor = predictor.prepare(source)[None]
+    probabilities = predictor.probabilities(tensor)[0]
+    predicted = np.flatnonzero(predictor.decide(probabilities[None])[0]).tolist()
     if targets == "predicted":
         chosen = predicted
     elif targets == "all":
         chosen = list(range(config.num_classes))
     else:
         chosen = list(targets)
-    cams = compute_cams(model, tensor, chosen)
+    cams = compute_cams(predictor.model, tensor, chosen)
     explanation = Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams)
     return explanation, plot_explanation(explanation, displayed_image(tensor, config), config)
 
@@ -164,8 +146,8 @@ def plot_explanation(explanation: Explanation, image: np.ndarray, config):
     return figure
 
 
-def explain_table(model, config, table: DatasetTable, out_dir: str | Path, targets: str | list[int] = "predicted",
-                  show_progress: bool = True) -> list[Explanation]:
+def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path,
+                  targets: str | list[int] = "predicted", show_progress: bool = True) -> list[Explanation]:
     """One PNG per image of `table` in `out_dir`; returns what each shows."""
     from tqdm import tqdm
 
@@ -174,7 +156,7 @@ def explain_table(model, config, table: DatasetTable, out_dir: str | Path, targe
     explanations, used = [], set()
     rows = zip(table.frame["id"], table.frame["source"])
     for identifier, source in tqdm(rows, total=len(table), desc="Grad-CAM", unit="image", disable=not show_progress):
-        explanation, figure = explain_image(model, config, str(identifier), source, targets)
+        explanation, figure = explain_image(predictor, str(identifier), source, targets)
         while explanation.figure in used:  # two ids that sanitise to one name
             explanation.figure = explanation.figure.replace(".png", "_.png")
         used.add(explanation.figure)

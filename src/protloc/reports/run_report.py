@@ -1,7 +1,7 @@
 """One HTML page for a run: its config, training curves, evaluation on a dataset and sample Grad-CAMs.
 
 The evaluation and the sample figures are written into RUN/report/; the page links them (and the run's
-curves.png and lr.png) by paths relative to the page, so the run folder can be moved whole.
+training plots) by paths relative to the page, so the run folder can be moved whole.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from protloc.reports import html
+from protloc.runs import CURVES_FILE, LR_PLOT_FILE, METRICS_FILE, REPORT_FILE
 
 REPORT_DIR = "report"
 SAMPLES_DIR = "samples"
-DEFAULT_PAGE = "report.html"
 DEFAULT_SAMPLES = 6
 METRICS_ROWS_SHOWN = 5
 
@@ -50,10 +50,10 @@ def config_table(config) -> pd.DataFrame:
 
 def training_blocks(run_dir: Path, page: Path, label_names: list[str]) -> list[str]:
     blocks = []
-    for name, caption in (("curves.png", "Loss and F1 per epoch"), ("lr.png", "Learning rate schedule")):
+    for name, caption in ((CURVES_FILE, "Loss and F1 per epoch"), (LR_PLOT_FILE, "Learning rate schedule")):
         if (run_dir / name).is_file():
             blocks.append(html.image(relative_link(run_dir / name, page), caption))
-    metrics = run_dir / "metrics.csv"
+    metrics = run_dir / METRICS_FILE
     if metrics.is_file():
         try:
             frame = pd.read_csv(metrics)
@@ -64,48 +64,50 @@ def training_blocks(run_dir: Path, page: Path, label_names: list[str]) -> list[s
             overall = [c for c in frame.columns if not any(name in str(c) for name in label_names)]
             shown = frame[overall].tail(METRICS_ROWS_SHOWN).astype(object)
             shown = shown.apply(lambda column: column.map(format_setting))
-            blocks += [html.paragraph(f"Last {len(shown)} of {len(frame)} rows of metrics.csv (per-class "
+            blocks += [html.paragraph(f"Last {len(shown)} of {len(frame)} rows of {METRICS_FILE} (per-class "
                                       "columns left out):"), html.table(shown)]
     if not blocks:
-        blocks.append(html.note(f"{run_dir} holds no curves.png, lr.png or metrics.csv (protloc train writes them)."))
+        blocks.append(html.note(f"{run_dir} holds no {CURVES_FILE}, {LR_PLOT_FILE} or {METRICS_FILE} "
+                                "(protloc train writes them)."))
     return blocks
 
 
-def evaluation_section(model, config, table, report_dir: Path, page: Path, data_name: str, **prediction) -> list[str]:
+def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name: str, **prediction) -> list[str]:
     if not table.labelled:
         return [html.note(f"{data_name} has no labels, so there is no evaluation; samples are shown below.")]
     from protloc.reports.evaluate import evaluate_run, evaluation_blocks
 
-    evaluation = evaluate_run(model, config, table, report_dir, data_name=data_name, **prediction)
+    evaluation = evaluate_run(predictor, table, report_dir, data_name=data_name, **prediction)
     prefix = relative_link(report_dir, page) + "/"
     return [html.paragraph_with_link(f"On {data_name}; the evaluation on its own page:", prefix + "index.html",
                                      "evaluation"), *evaluation_blocks(evaluation, prefix)]
 
 
-def samples_section(model, config, table, samples_dir: Path, page: Path, data_name: str, samples: int,
+def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: str, samples: int,
                     show_progress: bool) -> list[str]:
     from protloc.reports.explain import explain_table, explanation_blocks
 
     shown = table.subset(range(min(samples, len(table))))
     if not len(shown):
         return [html.note("No samples asked for (--samples 0).")]
-    explanations = explain_table(model, config, shown, samples_dir, "predicted", show_progress=show_progress)
+    explanations = explain_table(predictor, shown, samples_dir, "predicted", show_progress=show_progress)
     names = list(table.label_set.names)
     true_labels = [", ".join(names[i] for i in labels) for labels in shown.frame["labels"]] if table.labelled else None
     return [html.paragraph(f"The first {len(shown)} images of {data_name}, with a Grad-CAM map per predicted class."),
-            *explanation_blocks(explanations, config, relative_link(samples_dir, page) + "/", true_labels)]
+            *explanation_blocks(explanations, predictor.config, relative_link(samples_dir, page) + "/", true_labels)]
 
 
 def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_file: str | Path | None = None,
                  samples: int = DEFAULT_SAMPLES, tta: bool = False, batch_size: int = 32, workers: int = 0,
-                 device: str = "cpu", precision: str = "auto", show_progress: bool = True) -> Path:
-    """Write the run's page (default RUN/report.html); `table` adds the evaluation and sample predictions."""
+                 device: str = "auto", precision: str = "auto", show_progress: bool = True) -> Path:
+    """Write the run's page (default: REPORT_FILE in the run folder); `table` adds the evaluation and samples."""
+    from protloc.inference.predictor import load_predictor
     from protloc.reports.evaluate import check_label_names
-    from protloc.runs import load_config, load_run
+    from protloc.runs import load_config
 
     run_dir = Path(run_dir)
     config = load_config(run_dir)
-    page = Path(out_file) if out_file else run_dir / DEFAULT_PAGE
+    page = Path(out_file) if out_file else run_dir / REPORT_FILE
     report_dir = run_dir / REPORT_DIR
     if table is not None and table.labelled:
         check_label_names(table, config, data_name)  # before the slow part
@@ -124,13 +126,12 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
             html.heading("Sample predictions"), html.note("No sample predictions without --data."),
         ]
     else:
-        config, model = load_run(run_dir, device=device)
-        prediction = dict(tta=tta, batch_size=batch_size, workers=workers, device=device, precision=precision,
-                          show_progress=show_progress)
+        predictor = load_predictor(run_dir, device=device, precision=precision)
+        prediction = dict(tta=tta, batch_size=batch_size, workers=workers, show_progress=show_progress)
         blocks += [html.heading("Evaluation"),
-                   *evaluation_section(model, config, table, report_dir, page, data_name, **prediction),
+                   *evaluation_section(predictor, table, report_dir, page, data_name, **prediction),
                    html.heading("Sample predictions"),
-                   *samples_section(model, config, table, report_dir / SAMPLES_DIR, page, data_name, samples,
+                   *samples_section(predictor, table, report_dir / SAMPLES_DIR, page, data_name, samples,
                                     show_progress)]
     html.write_page(page, f"Run {run_dir.resolve().name}", blocks)
     return page

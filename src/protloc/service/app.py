@@ -6,14 +6,13 @@
                    -> {"labels": [...], "probabilities": {name: p}, "thresholds": {name: t}}
 
 Errors are JSON {"error": "..."} with a 4xx status (5xx only for a fault of the server itself), never a
-traceback. Requests decode their images in parallel threads; the model runs one request at a time under
-a lock, because one loaded network is shared. Everything about the model comes from the run's config.json
-through the Predictor, exactly as for `protloc predict` and `protloc.load`.
+traceback. Requests decode their images in parallel threads, with the decoder files go through; the model
+runs one request at a time under a lock, because one loaded network is shared. Everything about the model
+comes from the run's config through the Predictor, exactly as for `protloc predict` and `protloc.load`.
 """
 from __future__ import annotations
 
 import html
-import io
 import json
 import socket
 import sys
@@ -26,9 +25,8 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import numpy as np
-from PIL import Image
 
-from protloc.data.images import ImageReadError, pil_to_array, to_image_array
+from protloc.data.images import ImageReadError, decode_image
 from protloc.errors import ProtlocError
 from protloc.inference.predictor import Predictor, load_predictor
 
@@ -38,7 +36,6 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DRAIN_LIMIT = 64 * 1024 * 1024
 JSON_TYPE = "application/json"
 HTML_TYPE = "text/html; charset=utf-8"
-TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on", ""), ("0", "false", "no", "off")
 
 
@@ -52,30 +49,6 @@ class RequestError(Exception):
 
 
 # ---------------------------------------------------------------- request parts -> values
-
-
-def decode_image(body: bytes) -> np.ndarray:
-    """An uploaded image file -> uint8 (H, W, C), converted as `protloc predict` converts files.
-
-    TIFF goes through tifffile (16-bit, multi-channel and channel-first stacks, as in data/images.py),
-    everything else through PIL. Raises ImageReadError.
-    """
-    try:
-        if body[:4] in TIFF_SIGNATURES:
-            import tifffile
-
-            array = np.asarray(tifffile.imread(io.BytesIO(body)))
-            if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-                array = np.moveaxis(array, 0, -1)
-        else:
-            with Image.open(io.BytesIO(body)) as image:
-                image.load()
-                array = pil_to_array(image)
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(f"image too large ({error})") from None
-    except Exception as error:  # decoders raise many types for corrupt input; the client only needs to know
-        raise ImageReadError(f"not a readable PNG, JPEG or TIFF image ({type(error).__name__})") from None
-    return to_image_array(array)
 
 
 @dataclass(frozen=True)
@@ -299,12 +272,9 @@ class RequestHandler(BaseHTTPRequestHandler):
 
 
 def make_server(run_dir: str | Path, host: str, port: int, *, engine: str = "torch", onnx_path: str | Path | None = None,
-                device: str = "cpu", precision: str = "auto", max_bytes: int = DEFAULT_MAX_BYTES) -> PredictionServer:
-    """Load the run, then bind host:port (0 picks a free port; see .server_address). Call serve_forever() to serve.
-
-    The run is loaded first, so that a missing or broken run folder fails with a ProtlocError before any
-    port is taken.
-    """
+                device: str = "auto", precision: str = "auto", max_bytes: int = DEFAULT_MAX_BYTES) -> PredictionServer:
+    """Load the run, then bind host:port (0 picks a free port; see .server_address); serve with serve_forever().
+    Loading first makes a missing or broken run folder fail with a ProtlocError before any port is taken."""
     if max_bytes < 1:
         raise ProtlocError(f"max bytes {max_bytes}: expected 1 or more")
     if not 0 <= port <= 65535:

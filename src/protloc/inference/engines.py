@@ -1,0 +1,107 @@
+"""Engines: a batch of preprocessed images (N, C, H, W) in, probabilities (N, classes) out.
+
+A torch model (TorchEngine) or an ONNX Runtime session on a `protloc export` file (OnnxEngine). Device and
+precision come from protloc.devices: "auto" precision is fp32 on the CPU, so CPU probabilities are the same
+on every machine, and bf16 (fp16 where bf16 is missing) on a GPU. bf16 moved probabilities by up to 5e-3
+(efficientnet_lite0), enough to flip a label that sits on its threshold; use fp32 where outputs must match
+exactly (ONNX parity, tests).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from protloc.devices import resolve_device, resolve_precision
+from protloc.errors import ProtlocError
+from protloc.runs import RunConfig
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TorchEngine:
+    """A ProtlocNet in eval mode. Converts the model to channels_last in place (faster convolutions on CPU)."""
+
+    def __init__(self, model: nn.Module, *, device: str = "cpu", precision: str = "auto"):
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+
+    def _run(self, method, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, memory_format=torch.channels_last)
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            return method(images).float().cpu()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self._run(self.model, images))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(self.model.embed, images)
+
+
+class OnnxEngine:
+    """An ONNX Runtime session over a `protloc export` file, whose output already is probabilities."""
+
+    def __init__(self, session):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        (probabilities,) = self.session.run(None, {self.input_name: images.float().numpy()})
+        return torch.from_numpy(probabilities)
+
+
+def make_engine(model_or_session, *, device: str = "cpu", precision: str = "auto"):
+    """A torch model, an ONNX Runtime session or an engine -> an engine."""
+    if isinstance(model_or_session, (TorchEngine, OnnxEngine)):
+        return model_or_session
+    if isinstance(model_or_session, nn.Module):
+        return TorchEngine(model_or_session, device=device, precision=precision)
+    return OnnxEngine(model_or_session)
+
+
+def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path = "RUN"):
+    """An ONNX Runtime session on `path`, checked against the run's config."""
+    import onnxruntime
+
+    path = Path(path)
+    export = f"protloc export {run_dir} --out {path}"
+    if not path.is_file():
+        raise ProtlocError(f"{path}: ONNX model not found; run `{export}` first")
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own exception types for unreadable or invalid files
+        raise ProtlocError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+    shape = session.get_inputs()[0].shape  # [batch, channels, height, width]; batch is a name
+    expected = [config.in_chans, config.image_size, config.image_size]
+    outputs = session.get_outputs()[0].shape
+    if list(shape[1:]) != expected or outputs[-1] != config.num_classes:
+        raise ProtlocError(
+            f"{path}: takes images {shape[1:]} and gives {outputs[-1]} outputs, but the run expects "
+            f"{expected} and {config.num_classes} classes (exported from another run? run `{export}`)"
+        )
+    return session
+
+
+# ---------------------------------------------------------------- test-time augmentation
+
+
+def dihedral_views(images: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The 8 symmetries of the square: 4 quarter turns, with and without a horizontal flip.
+
+    A microscope field has no up or left, so each is as valid a view as the original; these are exact
+    (no interpolation), and as a group they make the average invariant under any flip or quarter turn.
+    """
+    for view in (images, images.flip(-1)):
+        for turns in range(4):
+            yield torch.rot90(view, turns, dims=(-2, -1))
+
+
+def predict_batch(engine, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    if not tta:
+        return engine(images)
+    return torch.stack([engine(view.contiguous()) for view in dihedral_views(images)]).mean(dim=0)

@@ -1,0 +1,99 @@
+"""The command line speaks one vocabulary: the same engine options wherever a model runs, help for every option."""
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from protloc.cli import build_parser
+
+# Every command that runs a model. train takes the shared engine options too once it uses add_engine_options.
+MODEL_COMMANDS = ("predict", "tune", "evaluate", "explain", "embed", "serve", "report", "train")
+NO_DEFAULT_TO_SHOW = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
+                      argparse._VersionAction)
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    subparsers = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    return dict(subparsers.choices)
+
+
+def option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | None:
+    return next((action for action in parser._actions if flag in action.option_strings), None)
+
+
+def engine_vocabulary(parser: argparse.ArgumentParser) -> dict:
+    """What --device and --precision accept and default to."""
+    device, precision = option(parser, "--device"), option(parser, "--precision")
+    return {flag: None if action is None else (action.type, action.choices, action.default)
+            for flag, action in (("--device", device), ("--precision", precision))}
+
+
+def shows_default(action: argparse.Action) -> bool:
+    """The help says the default: through %(default)s, or spelt out as "default VALUE"."""
+    return "%(default)" in action.help or re.search(rf"default:? {re.escape(str(action.default))}\b", action.help) is not None
+
+
+def reference_vocabulary() -> dict:
+    from protloc.commands._options import add_engine_options
+
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    return engine_vocabulary(parser)
+
+
+@pytest.mark.parametrize("name", MODEL_COMMANDS)
+def test_every_command_that_runs_a_model_takes_the_same_device_and_precision(name):
+    parser = commands()[name]
+    assert engine_vocabulary(parser) == reference_vocabulary()
+    for value in ("auto", "cpu", "cuda", "cuda:1"):
+        assert option(parser, "--device").type(value) == value
+    with pytest.raises(argparse.ArgumentTypeError):
+        option(parser, "--device").type("gpu")
+    assert option(parser, "--precision").choices == ("auto", "fp32", "bf16", "fp16")
+
+
+@pytest.mark.parametrize("name", list(commands()))
+def test_every_option_has_help_and_shows_its_default(name):
+    parser = commands()[name]
+    shows_defaults = issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
+    missing_help, hidden_default = [], []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        where = "/".join(action.option_strings) or action.dest
+        if not action.help or action.help == argparse.SUPPRESS:
+            missing_help.append(where)
+        elif (action.default is not None and not isinstance(action, NO_DEFAULT_TO_SHOW)
+              and not shows_defaults and not shows_default(action)):
+            hidden_default.append(where)
+    assert missing_help == []
+    assert hidden_default == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo-data", "--out", "D"],
+    ["convert", "hpa2018-to-hpa10", "SRC", "--out", "D"],
+    ["export", "RUN", "--out", "f.onnx"],
+    ["explore", "DATA", "--out", "D", "--subset", "test"],
+    ["embed", "RUN", "DATA", "--out", "f.parquet", "--subset", "test"],
+])
+def test_outputs_are_named_by_out_and_train_or_test_by_subset(argv):
+    args = build_parser().parse_args(argv)
+    assert args.out in ("D", "f.onnx", "f.parquet")
+    if "--subset" in argv:
+        assert args.subset == "test"
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo-data", "D"],
+    ["convert", "hpa2018-to-hpa10", "SRC", "D"],
+    ["export", "RUN", "--onnx", "f.onnx"],
+    ["explore", "DATA", "--out", "D", "--split", "test"],
+])
+def test_the_old_spellings_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    assert "usage:" in capsys.readouterr().err
