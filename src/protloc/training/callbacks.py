@@ -158,15 +158,26 @@ class RunProgressBar(TQDMProgressBar):
     def __init__(self, run_epochs: int):
         super().__init__(leave=True)
         self.run_epochs = run_epochs
+        self._validated = False  # whether this epoch's validation scores exist yet
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module) -> dict:
+        # Until this epoch validates, the scores Lightning holds are the previous epoch's: not shown on this one.
+        metrics = super().get_metrics(trainer, pl_module)
+        return metrics if self._validated else {key: value for key, value in metrics.items() if not key.startswith("val_")}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._validated = True
+        super().on_validation_end(trainer, pl_module)
 
     def on_train_start(self, *_) -> None:
         # Each epoch opens its own bar (leave=True); an opening one here would be left over, empty.
         self.train_progress_bar = Tqdm(disable=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._validated = False
         # Opened with its final description and length, so that its first line already says which epoch it is.
         self.train_progress_bar = Tqdm(
             desc=f"epoch {pl_module.global_epoch + 1}/{self.run_epochs} {pl_module.phase}",
