@@ -12,6 +12,7 @@ from pathlib import Path
 
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path, write_json
+from protloc.training.outcome import TrainingOutcome
 
 # Every file a run folder holds is named here, once; all other modules import these names.
 CONFIG_FILE = "config.json"
@@ -55,15 +56,19 @@ class RunConfig:
     # Layout of the training data: predict writes that layout's Kaggle submission format by default.
     layout: str = "z2g"
     # The recipe and what came of it (split, seed, best epoch...), for the record; nothing reads it back
-    # to rebuild the model.
-    training: dict = field(default_factory=dict)
+    # to rebuild the model. A dict (as config.json holds it) is read into a TrainingOutcome.
+    training: TrainingOutcome = field(default_factory=TrainingOutcome)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.training, dict):
+            self.training = TrainingOutcome.from_dict(self.training)
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "training": self.training.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = CONFIG_FILE) -> "RunConfig":

@@ -31,10 +31,10 @@ def test_tune_writes_the_f1_best_thresholds_into_the_config(run_dir, demo_data, 
     assert tune(run_dir, demo_data) == 0
     config = load_config(run_dir)
     np.testing.assert_allclose(config.thresholds, expected)
-    assert config.training["epochs"] == 3 and config.training["thresholds_tuned_on"]["images"] == len(table)
+    assert config.training.recipe["epochs"] == 3 and config.training.thresholds_tuned_on["images"] == len(table)
     report = capsys.readouterr().out
     assert "macro F1" in report and all(name in report for name in HPA10.names)
-    tuned = config.training["thresholds_tuned_on"]
+    tuned = config.training.thresholds_tuned_on
     assert tuned["f1_macro_after"] >= tuned["f1_macro_before"]
 
 

@@ -16,24 +16,23 @@ from protloc.runs import load_run
 BATCH = 8
 
 
-def test_two_process_ddp_on_cpu_writes_a_run(demo_data, tmp_path):
+def test_two_process_ddp_on_cpu_writes_a_run(demo_data, tiny_recipe, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "protloc", "train", str(demo_data), "--out", str(out),
-               "--backbone", "mobilenetv3_small_050", "--no-pretrained", "--image-size", "32",
-               "--epochs-frozen", "1", "--epochs", "1", "--batch-size", str(BATCH), "--workers", "0",
-               "--accelerator", "cpu", "--devices", "2"]
+               *tiny_recipe.args(batch_size=BATCH), "--backbone", "mobilenetv3_small_050", "--devices", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "best epoch" in result.stdout and result.stdout.count("run: ") == 1  # rank 0 alone reports
+    assert result.stdout.count(": training on device cpu") == 1 and "2 processes" in result.stdout  # one engine line
 
     config, _model = load_run(out)
     training = config.training
-    assert training["world_size"] == 2
-    assert training["n_train"] + training["n_val"] == 96
+    assert training.world_size == 2
+    assert training.n_train + training.n_val == 96
     # Each rank trains on its own half of the training images: an epoch takes half the steps one device would.
     steps = pd.read_csv(out / "lr.csv").groupby("phase")["step"].count()
-    per_rank = math.ceil(training["n_train"] / 2) // BATCH
+    per_rank = math.ceil(training.n_train / 2) // BATCH
     assert steps.to_dict() == {"frozen": per_rank, "finetune": per_rank}
-    assert per_rank < training["n_train"] // BATCH
+    assert per_rank < training.n_train // BATCH
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["epoch"].tolist() == [1, 2] and metrics["val_f1_macro"].notna().all()

@@ -10,35 +10,34 @@ import pytest
 import torch
 
 from protloc.cli import main
+from protloc.commands.compare import read_histories
+from protloc.devices import bf16_is_native
 from protloc.models.backbones import backbone_spec
 from protloc.runs import load_config, load_run
 
-# Tiny and quick: random weights, 32 px, one frozen and one fine-tuning epoch, no worker processes.
-TINY = ["--no-pretrained", "--image-size", "32", "--epochs-frozen", "1", "--epochs", "1", "--batch-size", "16",
-        "--workers", "0"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def default_run(demo_data, tmp_path_factory):
-    """The default recipe (efficientnet_lite0, mask split) through the CLI."""
+def default_run(demo_data, tiny_recipe, tmp_path_factory):
+    """The default recipe (efficientnet_lite0, mask split), made tiny, through the CLI."""
     out = tmp_path_factory.mktemp("train") / "run"
-    assert main(["train", str(demo_data), "--out", str(out), *TINY]) == 0
+    assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args()]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def random_split_run(demo_data, tmp_path_factory):
+def random_split_run(demo_data, tiny_recipe, tmp_path_factory):
     """The non-default options of the recipe, all at once, on a small timm backbone."""
     out = tmp_path_factory.mktemp("train") / "random"
-    args = ["train", str(demo_data), "--out", str(out), *TINY, "--backbone", "mobilenetv3_small_050",
-            "--split", "random", "--normalize", "dataset", "--loss", "focal", "--pos-weight", "auto",
+    args = ["train", str(demo_data), "--out", str(out), *tiny_recipe.args(), "--backbone", "mobilenetv3_small_050",
+            "--validation-split", "random", "--normalize", "dataset", "--loss", "focal", "--pos-weight", "auto",
             "--optimizer", "adamw", "--grad-clip", "1.0", "--grad-clip-mode", "norm", "--dropout", "0.2"]
     assert main(args) == 0
     return out
 
 
-def test_train_writes_a_complete_run_folder(default_run):
+def test_train_writes_a_complete_run_folder(default_run, demo_data):
     for name in ("config.json", "model.safetensors", "metrics.csv", "lr.csv", "curves.png", "lr.png"):
         assert (default_run / name).is_file(), name
     config, model = load_run(default_run)
@@ -49,12 +48,14 @@ def test_train_writes_a_complete_run_folder(default_run):
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert len(config.thresholds) == 10 and all(0 < t < 1 for t in config.thresholds)
     training = config.training
-    assert training["split"] == "mask" and training["n_train"] + training["n_val"] == 96
-    assert set(training["images_per_second"]) == {"frozen", "finetune"}
-    assert all(speed > 0 for speed in training["images_per_second"].values())
-    assert set(training["val_tuned"]) >= {"f1_macro", "f1_micro", "f1_samples", "fscore_course", "f1_per_class"}
+    assert training.validation_split == "mask" and training.n_train + training.n_val == 96
+    assert training.recipe["data"] == str(demo_data.resolve()) and training.world_size == 1
+    assert training.precision_used == ("bf16" if bf16_is_native("cpu") else "fp32")  # auto, on the CPU
+    assert set(training.images_per_second) == {"frozen", "finetune"}
+    assert all(speed > 0 for speed in training.images_per_second.values())
+    assert set(training.val_tuned) >= {"f1_macro", "f1_micro", "f1_samples", "fscore_course", "f1_per_class"}
     # Tuning may only help on the data it was tuned on, compared under the same labelling rule.
-    assert training["val_tuned"]["f1_macro"] >= training["val_at_0.5_predicted"]["f1_macro"] - 1e-12
+    assert training.val_tuned["f1_macro"] >= training.val_at_05_predicted["f1_macro"] - 1e-12
 
 
 def test_metrics_csv_has_one_row_per_epoch_with_every_score(default_run):
@@ -72,14 +73,14 @@ def test_saved_model_is_the_best_epoch(default_run):
     metrics = pd.read_csv(default_run / "metrics.csv")
     training = load_config(default_run).training
     best = metrics.loc[metrics["val_f1_macro"].idxmax()]
-    assert training["best_epoch"] == best["epoch"] and training["best_phase"] == best["phase"]
-    assert training["val_at_0.5"]["f1_macro"] == pytest.approx(best["val_f1_macro"], abs=1e-9)
+    assert training.best_epoch == best["epoch"] and training.best_phase == best["phase"]
+    assert training.val_at_05["f1_macro"] == pytest.approx(best["val_f1_macro"], abs=1e-9)
 
 
 def test_one_cycle_learning_rate_is_stepped_every_batch(default_run):
     training = load_config(default_run).training
     steps = pd.read_csv(default_run / "lr.csv")
-    steps_per_epoch = training["n_train"] // 16  # the ragged last batch is dropped
+    steps_per_epoch = training.n_train // 16  # the ragged last batch is dropped
     assert steps["step"].tolist() == list(range(1, len(steps) + 1))
     for phase, peak in (("frozen", 1e-2), ("finetune", 1e-3)):
         lr = steps.loc[steps["phase"] == phase, "lr"].to_numpy()
@@ -99,34 +100,20 @@ def test_recipe_options_reach_the_run(random_split_run):
     config = load_config(random_split_run)
     assert config.backbone == "mobilenetv3_small_050" and config.dropout == 0.2
     training = config.training
-    assert training["split"] == "random" and training["n_val"] == 10  # exactly ceil(96 * 0.1)
-    assert (training["loss"], training["pos_weight"], training["optimizer"]) == ("focal", "auto", "adamw")
+    assert training.validation_split == "random" and training.n_val == 10  # exactly ceil(96 * 0.1)
+    assert (training.recipe["loss"], training.recipe["pos_weight"], training.recipe["optimizer"]) == ("focal", "auto", "adamw")
     # --normalize dataset: measured on the training images (dark fluorescence fields), not the backbone's.
     backbone_mean, _ = backbone_spec("mobilenetv3_small_050").normalization(3)
     assert config.mean != list(backbone_mean)
     assert all(0 < m < 0.5 for m in config.mean) and all(0 < s < 0.5 for s in config.std)
 
 
-def test_kfold_trains_one_complete_run_per_fold(demo_data, tmp_path):
-    out = tmp_path / "cv"
-    args = ["train", str(demo_data), "--out", str(out), *TINY, "--backbone", "mobilenetv3_small_050",
-            "--epochs-frozen", "0", "--folds", "2", "--split", "stratified"]
-    assert main(args) == 0
-    summary = pd.read_csv(out / "folds.csv")
-    assert summary["fold"].tolist() == [0, 1]
-    n_val = []
-    for fold in (0, 1):
-        config, _model = load_run(out / f"fold-{fold}")
-        assert config.training["best_epoch"] == 1
-        assert summary.loc[fold, "best_val_f1_macro"] == pytest.approx(config.training["val_at_0.5"]["f1_macro"])
-        n_val.append(config.training["n_val"])
-    assert sum(n_val) == 96  # the two validation folds partition the data
-
-
 def test_compare_plots_several_runs(default_run, random_split_run, tmp_path, capsys):
     plot = tmp_path / "compare.png"
     assert main(["compare", str(default_run), str(random_split_run), "--out", str(plot)]) == 0
     assert plot.read_bytes()[:8] == PNG_MAGIC
+    labels = [label for label, _metrics in read_histories([str(default_run), str(random_split_run)], "val_f1_macro")]
+    assert labels == ["run (mask split)", "random (random split)"]
     assert main(["compare", str(default_run), str(tmp_path), "--out", str(plot), "--metric", "val_nonsense"]) == 2
     err = capsys.readouterr().err
     assert "no column 'val_nonsense'" in err and f"{tmp_path}: no metrics.csv" in err
@@ -148,7 +135,7 @@ def test_missing_pretrained_weights_fail_short(demo_data, tmp_path, monkeypatch,
     assert not out.exists()
 
 
-def test_unreadable_images_are_all_reported_before_training(demo_data, tmp_path, capsys):
+def test_unreadable_images_are_all_reported_before_training(demo_data, tiny_recipe, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(demo_data, data)
     images = sorted((data / "train").glob("*.png"))
@@ -156,7 +143,7 @@ def test_unreadable_images_are_all_reported_before_training(demo_data, tmp_path,
     images[1].write_bytes(images[1].read_bytes()[:100])  # truncated
     images[2].unlink()
     out = tmp_path / "run"
-    assert main(["train", str(data), "--out", str(out), *TINY]) == 2
+    assert main(["train", str(data), "--out", str(out), *tiny_recipe.args()]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     for image in images[:3]:
@@ -165,6 +152,6 @@ def test_unreadable_images_are_all_reported_before_training(demo_data, tmp_path,
     assert not out.exists()
 
 
-def test_an_existing_run_is_not_overwritten(default_run, demo_data, capsys):
-    assert main(["train", str(demo_data), "--out", str(default_run), *TINY]) == 2
+def test_an_existing_run_is_not_overwritten(default_run, demo_data, tiny_recipe, capsys):
+    assert main(["train", str(demo_data), "--out", str(default_run), *tiny_recipe.args()]) == 2
     assert "already holds a run: add --resume" in capsys.readouterr().err

@@ -58,19 +58,26 @@ def device_name(text: str) -> str:
     return text
 
 
-def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32, batches: bool = True) -> None:
+def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32, workers: int | None = 2,
+                       batches: bool = True, help_texts: dict[str, str] | None = None) -> argparse._ArgumentGroup:
     """How a model runs: device, precision and, with `batches`, batch size and loader workers (commands that take
-    one image at a time, serve and explain, have no batches). Train adds its own --devices count."""
+    one image at a time, serve and explain, have no batches). Returns the "engine" group, where train adds its
+    --devices count. `help_texts` replaces the text of options that mean more for a command (by dest name)."""
+    texts = {
+        "device": "auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N (default %(default)s)",
+        "precision": "auto: bf16 on GPUs that have it (else fp16) and fp32 on CPUs, so CPU probabilities are the "
+                     "same on every machine; bf16/fp16 trade exactness for speed (default %(default)s)",
+        "batch_size": "images per forward pass (default %(default)s)",
+        "workers": "processes decoding images beside the model; 0 = decode in the main process (default %(default)s)",
+        **(help_texts or {}),
+    }
     engine = parser.add_argument_group("engine")
-    engine.add_argument("--device", type=device_name, default="auto",
-                        help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N (default %(default)s)")
-    engine.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bf16 on GPUs that have it (else fp16) and fp32 on CPUs, so CPU probabilities are "
-                             "the same on every machine; bf16/fp16 trade exactness for speed (default %(default)s)")
+    engine.add_argument("--device", type=device_name, default="auto", help=texts["device"])
+    engine.add_argument("--precision", choices=PRECISIONS, default="auto", help=texts["precision"])
     if batches:
-        engine.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass (default %(default)s)")
-        engine.add_argument("--workers", type=int, default=2,
-                            help="processes decoding images beside the model; 0 = decode in the main process (default %(default)s)")
+        engine.add_argument("--batch-size", type=int, default=batch_size, help=texts["batch_size"])
+        engine.add_argument("--workers", type=int, default=workers, help=texts["workers"])
+    return engine
 
 
 def add_engine_choice(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
+
 from protloc.errors import ProtlocError
+from protloc.files import save_figure
+from protloc.runs import CONFIG_FILE, FOLD_PREFIX, METRICS_FILE, fold_number, load_config
+from protloc.training.resume import read_recipe
 
 
 def register(subparsers) -> None:
@@ -22,18 +27,16 @@ def register(subparsers) -> None:
 
 def run_folders(run: Path) -> list[Path]:
     """The run itself, or the folds of a K-fold folder."""
-    if (run / "metrics.csv").is_file():
+    if (run / METRICS_FILE).is_file():
         return [run]
-    folds = sorted(run.glob("fold-*/metrics.csv"), key=lambda path: int(path.parent.name.split("-")[1]))
+    folds = [path.parent for path in run.glob(f"{FOLD_PREFIX}*/{METRICS_FILE}") if fold_number(path.parent) is not None]
     if folds:
-        return [path.parent for path in folds]
-    raise ProtlocError(f"{run}: no metrics.csv (expected a run folder written by protloc train)")
+        return sorted(folds, key=fold_number)
+    raise ProtlocError(f"{run}: no {METRICS_FILE} (expected a run folder written by protloc train)")
 
 
 def read_histories(runs: list[str], metric: str) -> list:
     """(legend label, metrics frame) per run: the folder's name and its split method."""
-    import pandas as pd
-
     histories, problems = [], []
     for run in runs:
         try:
@@ -42,10 +45,10 @@ def read_histories(runs: list[str], metric: str) -> list:
             problems.extend(error.lines)
             continue
         for folder in folders:
-            metrics = pd.read_csv(folder / "metrics.csv")
+            metrics = pd.read_csv(folder / METRICS_FILE)
             if metric not in metrics.columns or "epoch" not in metrics.columns:
                 numeric = [c for c in metrics.columns if c not in ("epoch", "phase")]
-                problems.append(f"{folder / 'metrics.csv'}: no column {metric!r} (choose --metric from {', '.join(numeric[:9])}, ...)")
+                problems.append(f"{folder / METRICS_FILE}: no column {metric!r} (choose --metric from {', '.join(numeric[:9])}, ...)")
                 continue
             histories.append((f"{folder_label(folder)} ({split_method(folder)} split)", metrics))
     if problems:
@@ -54,24 +57,20 @@ def read_histories(runs: list[str], metric: str) -> list:
 
 
 def folder_label(folder: Path) -> str:
-    return f"{folder.parent.name}/{folder.name}" if folder.name.startswith("fold-") else folder.name
+    return f"{folder.parent.name}/{folder.name}" if fold_number(folder) is not None else folder.name
 
 
 def split_method(folder: Path) -> str:
-    import json
-
-    for path in (folder / "config.json", folder / "checkpoints" / "recipe.json"):
-        if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            settings = data.get("training") or data.get("config") or {}
-            if "split" in settings:
-                return settings["split"]
-    return "unknown"
+    """The run's validation split; a run still in training (no config.json yet) has it in its recipe."""
+    if (folder / CONFIG_FILE).is_file():
+        split = load_config(folder).training.validation_split
+    else:
+        split = (read_recipe(folder) or {"config": {}})["config"].get("validation_split")
+    return split or "unknown"
 
 
 def run(args: argparse.Namespace) -> int:
-    from protloc.files import save_figure
-    from protloc.training.plots import plot_run_comparison
+    from protloc.training.plots import plot_run_comparison  # matplotlib loads only when plotting
 
     histories = read_histories(args.runs, args.metric)
     save_figure(args.out, plot_run_comparison(histories, args.metric))

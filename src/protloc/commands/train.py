@@ -1,14 +1,27 @@
-"""protloc train DATA --out RUN: transfer-learn a localisation classifier (frozen head phase, then fine-tuning)."""
+"""protloc train DATA --out RUN: transfer-learn a localisation classifier (frozen head phase, then fine-tuning).
+
+Each option's dest is the name of its TrainConfig field and its default is the field's: the config is filled
+from the parsed options field by field.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from pathlib import Path
 
-from protloc.commands._options import add_dataset_options
+import pandas as pd
+
+from protloc.commands._options import add_dataset_options, add_engine_options
+from protloc.errors import ProtlocError
+from protloc.runs import CONFIG_FILE, CURVES_FILE, FOLDS_FILE, LR_PLOT_FILE, METRICS_FILE, load_config
 # Light at import (no torch, no Lightning): `protloc --help` stays fast.
-from protloc.training.train import (
-    ACCELERATORS, GRAD_CLIP_MODES, LOSSES, NORMALIZATIONS, OPTIMIZERS, POS_WEIGHTS, PRECISIONS, SPLITS, TrainConfig,
+from protloc.training.config import (
+    GRAD_CLIP_MODES, LOSSES, NORMALIZATIONS, OPTIMIZERS, POS_WEIGHTS, VALIDATION_SPLITS, TrainConfig, option,
 )
+from protloc.training.resume import RESUMABLE_CHANGES, resumed_config
+
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
 
 def positive_int(text: str) -> int:
@@ -25,6 +38,11 @@ def count(text: str) -> int:
     return value
 
 
+def add(group, name: str, help: str, **kwargs) -> None:
+    """--NAME for the TrainConfig field `name`, its default shown at the end of `help`."""
+    group.add_argument(option(name), dest=name, default=DEFAULTS[name], help=f"{help} (default %(default)s)", **kwargs)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a classifier on a labelled dataset",
@@ -33,100 +51,93 @@ def register(subparsers) -> None:
                     "its own one-cycle learning rate, stepped every batch. The epoch with the best validation macro F1 "
                     "is kept and per-class thresholds are tuned on validation. RUN gets config.json, model.safetensors, "
                     "metrics.csv, lr.csv, curves.png, lr.png and checkpoints/ (for --resume).")
-    d = TrainConfig  # the defaults live in the dataclass, typed once
     parser.add_argument("data", nargs="?", help="labelled dataset: folder or CSV (see --format)")
-    parser.add_argument("--out", metavar="RUN", help="run folder to write")
-    model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default=d.backbone,
-                       help="ImageNet backbone: efficientnet_lite0 (weights work offline), resnet18, or any timm or "
-                            "torchvision model name (default %(default)s)")
-    model.add_argument("--weights", default=None, metavar="FILE", help="backbone state dict (.pth or .safetensors) instead of ImageNet weights")
-    model.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="start from random weights")
-    model.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the head (default %(default)s)")
+    parser.add_argument("--out", metavar="RUN", help="run folder to write (no default: needed unless --resume RUN)")
+    add_model_options(parser.add_argument_group("model"))
     add_dataset_options(parser)
-    data = parser.add_argument_group("data")
-    data.add_argument("--image-size", type=int, default=None, help="square input size in pixels (default: the backbone's, 224 for efficientnet_lite0)")
-    data.add_argument("--split", choices=SPLITS, default=d.split,
-                      help="validation split: mask (each image independently, like the seed), random (exact size, like "
-                           "train_test_split) or stratified (multi-label stratified) (default %(default)s)")
-    data.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of images for validation (default %(default)s)")
-    data.add_argument("--folds", type=positive_int, default=d.folds,
-                      help="K >= 2: K-fold cross-validation, RUN/fold-0 ... fold-K-1 and RUN/folds.csv (default 1: one split)")
-    data.add_argument("--normalize", choices=NORMALIZATIONS, default=d.normalize,
-                      help="input mean/std: the backbone's, or measured per channel on the training images (default %(default)s)")
-    data.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per batch and device (default %(default)s)")
-    data.add_argument("--workers", type=count, default=None, help=f"DataLoader worker processes (default min(4, CPUs) = {min(4, os.cpu_count() or 1)})")
-    recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the head, shuffling and augmentation (default %(default)s)")
-    recipe.add_argument("--epochs-frozen", type=count, default=d.epochs_frozen, help="epochs training only the head, backbone frozen (default %(default)s)")
-    recipe.add_argument("--epochs", type=count, default=d.epochs, help="epochs training everything, after the frozen ones (default %(default)s)")
-    recipe.add_argument("--lr-frozen", type=float, default=d.lr_frozen, help="peak one-cycle learning rate of the frozen phase (default %(default)s)")
-    recipe.add_argument("--lr", type=float, default=d.lr, help="peak one-cycle learning rate of fine-tuning (default %(default)s)")
-    recipe.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="default %(default)s, as the seed")
-    recipe.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
-    recipe.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient clipping threshold, 0 = off (default %(default)s, as the seed)")
-    recipe.add_argument("--grad-clip-mode", choices=GRAD_CLIP_MODES, default=d.grad_clip_mode,
-                        help="clip each gradient value (the seed) or the gradients' total norm (default %(default)s)")
-    recipe.add_argument("--loss", choices=LOSSES, default=d.loss, help="default %(default)s")
-    recipe.add_argument("--pos-weight", choices=POS_WEIGHTS, default=d.pos_weight,
-                        help="auto: weight each class's positives by negatives/positives on the training split (default %(default)s)")
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--accelerator", choices=ACCELERATORS, default=d.accelerator, help="default %(default)s: a GPU if there is one")
-    engine.add_argument("--devices", type=positive_int, default=d.devices, help="devices (processes) per node; 2 or more trains with DDP (default %(default)s)")
-    engine.add_argument("--num-nodes", type=positive_int, default=d.num_nodes, help="machines for DDP, each running this command under a launcher that sets MASTER_ADDR, "
-                             "MASTER_PORT and NODE_RANK (torchrun, SLURM) (default %(default)s)")
-    engine.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                        help="auto: bf16-mixed on GPUs that have it (else 16-mixed) and on CPUs with native bf16; 32-true elsewhere")
-    engine.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                        help="continue a stopped run from its last checkpoint: `protloc train --resume RUN` (its data and "
-                             "options are read back from RUN), or the same command again plus --resume; only --stop-after, "
-                             "--workers, --devices, --num-nodes, --accelerator and --precision may change")
-    engine.add_argument("--stop-after", type=positive_int, default=None, metavar="EPOCHS",
-                        help="stop after this many epochs of the run (frozen + fine-tuning); --resume continues it exactly")
+    add_data_options(parser.add_argument_group("data"))
+    add_recipe_options(parser.add_argument_group("recipe"))
+    add_training_engine_options(parser)
     parser.set_defaults(handler=run)
 
 
+def add_model_options(model) -> None:
+    add(model, "backbone", "ImageNet backbone: efficientnet_lite0 (weights work offline), resnet18, or any timm or "
+                           "torchvision model name")
+    model.add_argument("--weights", default=DEFAULTS["weights"], metavar="FILE",
+                       help="backbone state dict (.pth or .safetensors) instead of ImageNet weights (default: none)")
+    model.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=DEFAULTS["pretrained"],
+                       help="start from random weights (default: ImageNet weights)")
+    add(model, "dropout", "dropout before the head", type=float)
+
+
+def add_data_options(data) -> None:
+    data.add_argument("--image-size", dest="image_size", type=int, default=DEFAULTS["image_size"],
+                      help="square input size in pixels (default: the backbone's, 224 for efficientnet_lite0)")
+    add(data, "validation_split", "mask (each image independently, like the seed), random (exact size, like "
+                                  "train_test_split) or stratified (multi-label stratified)", choices=VALIDATION_SPLITS)
+    add(data, "val_fraction", "share of images for validation", type=float)
+    add(data, "folds", "K >= 2: K-fold cross-validation, RUN/fold-0 ... fold-K-1 and RUN/folds.csv; 1: one split",
+        type=positive_int)
+    add(data, "normalize", "input mean/std: the backbone's, or measured per channel on the training images",
+        choices=NORMALIZATIONS)
+
+
+def add_recipe_options(recipe) -> None:
+    add(recipe, "seed", "seed of the split, the head, shuffling and augmentation", type=int)
+    add(recipe, "epochs_frozen", "epochs training only the head, backbone frozen", type=count)
+    add(recipe, "epochs", "epochs training everything, after the frozen ones", type=count)
+    add(recipe, "lr_frozen", "peak one-cycle learning rate of the frozen phase", type=float)
+    add(recipe, "lr", "peak one-cycle learning rate of fine-tuning", type=float)
+    add(recipe, "optimizer", "adam (as the seed) or adamw", choices=OPTIMIZERS)
+    add(recipe, "weight_decay", "the optimiser's weight decay", type=float)
+    add(recipe, "grad_clip", "gradient clipping threshold (the seed's: 0.1); 0 = off", type=float)
+    add(recipe, "grad_clip_mode", "clip each gradient value (the seed) or the gradients' total norm", choices=GRAD_CLIP_MODES)
+    add(recipe, "loss", "binary cross-entropy or focal loss", choices=LOSSES)
+    add(recipe, "pos_weight", "auto: weight each class's positives by negatives/positives on the training split",
+        choices=POS_WEIGHTS)
+
+
+def add_training_engine_options(parser) -> None:
+    engine = add_engine_options(parser, batch_size=DEFAULTS["batch_size"], workers=DEFAULTS["workers"], help_texts={
+        "precision": "auto: bf16 on GPUs that have it (else fp16) and on CPUs that compute bf16 natively; fp32 on "
+                     "other CPUs, where bf16 is emulated and slow (default %(default)s)",
+        "batch_size": "images per batch and process (default %(default)s)",
+        "workers": f"DataLoader processes per training process (default min(4, CPUs) = {min(4, os.cpu_count() or 1)})",
+    })
+    add(engine, "devices", "processes per node, one per device; 2 or more train with DDP (gloo on the CPU)", type=positive_int)
+    add(engine, "num_nodes", "machines for DDP, each running this command under a launcher that sets MASTER_ADDR, "
+                             "MASTER_PORT and NODE_RANK (torchrun, SLURM)", type=positive_int)
+    engine.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                        help="continue a stopped run from its last checkpoint: `protloc train --resume RUN` (its data and "
+                             "options are read back from RUN), or the same command again plus --resume; only --stop-after, "
+                             "--device, --precision, --workers, --devices and --num-nodes may change (default: a new run)")
+    engine.add_argument("--stop-after", dest="stop_after", type=positive_int, default=DEFAULTS["stop_after"], metavar="EPOCHS",
+                        help="stop after this many epochs of the run (frozen + fine-tuning); --resume continues it "
+                             "exactly (default: train to the end)")
+    engine.add_argument("--verbose", action="store_true", default=DEFAULTS["verbose"],
+                        help="also show Lightning's own messages: device banners, model summaries (default: one line "
+                             "per run naming the device, precision, processes and workers)")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, pretrained=args.pretrained,
-        layout=args.format, labels=args.labels, channels=args.channels, image_size=args.image_size,
-        split=args.split, val_fraction=args.val_fraction, seed=args.seed, folds=args.folds, normalize=args.normalize,
-        epochs_frozen=args.epochs_frozen, epochs=args.epochs, lr_frozen=args.lr_frozen, lr=args.lr,
-        optimizer=args.optimizer, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-        grad_clip_mode=args.grad_clip_mode, loss=args.loss, pos_weight=args.pos_weight, batch_size=args.batch_size,
-        workers=args.workers, dropout=args.dropout, devices=args.devices, num_nodes=args.num_nodes,
-        accelerator=args.accelerator, precision=args.precision, resume=bool(args.resume), stop_after=args.stop_after,
-    )
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig) if hasattr(args, field.name)}
+    return TrainConfig(**{**values, "resume": bool(args.resume)})
 
 
-def resumed_config(args: argparse.Namespace) -> TrainConfig:
+def resumed_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """`--resume RUN`: the stopped run's own options, with the ones that may change taken from the command line."""
-    import dataclasses
-    from pathlib import Path
-
-    from protloc.errors import ProtlocError
-    from protloc.training.train import read_recipe, recipe_path
-
-    run_dir = Path(args.resume)
-    recipe = read_recipe(run_dir) or read_recipe(run_dir / "fold-0")
-    if recipe is None:
-        raise ProtlocError(f"--resume {run_dir}: holds no stopped run (expected {recipe_path(run_dir)} from protloc train --out {run_dir})")
-    saved = {key: value for key, value in recipe["config"].items() if key in {f.name for f in dataclasses.fields(TrainConfig)}}
-    changes = {"resume": True, "out": str(run_dir), "stop_after": args.stop_after, "devices": args.devices,
-               "num_nodes": args.num_nodes, "accelerator": args.accelerator, "precision": args.precision}
-    if args.workers is not None:
-        changes["workers"] = args.workers
-    return dataclasses.replace(TrainConfig(**saved), **changes)
+    changes = {name: getattr(args, name) for name in RESUMABLE_CHANGES if name not in ("out", "resume") and hasattr(args, name)}
+    return resumed_config(Path(args.resume), **changes)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from protloc.errors import ProtlocError
-    from protloc.training.train import rank, train
+    # Torch and Lightning load only when training starts.
+    from protloc.training.engine import rank
+    from protloc.training.train import train
 
     if isinstance(args.resume, str):
-        config = resumed_config(args)
+        config = resumed_config_from_args(args)
     elif not args.data or not args.out:
         raise ProtlocError("protloc train needs DATA and --out RUN (or --resume RUN to continue a stopped run)")
     else:
@@ -141,31 +152,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_run(run_dir, config) -> None:
-    from protloc.runs import CONFIG_FILE, load_config
-    from protloc.training.train import CURVES_FILE, LR_PLOT_FILE, METRICS_FILE
-
+def print_run(run_dir: Path, config: TrainConfig) -> None:
     if not (run_dir / CONFIG_FILE).is_file():
         print(f"stopped after epoch {config.stop_after}; continue with: protloc train --resume {run_dir}")
         return
     training = load_config(run_dir).training
-    speed = ", ".join(f"{phase} {value:.1f}" for phase, value in training["images_per_second"].items())
+    speed = ", ".join(f"{phase} {value:.1f}" for phase, value in training.images_per_second.items())
     print(f"run: {run_dir} (config.json, model.safetensors)")
     print(f"plots: {run_dir / CURVES_FILE}, {run_dir / LR_PLOT_FILE}; per-epoch scores: {run_dir / METRICS_FILE}")
-    print(f"best epoch {training['best_epoch']} ({training['best_phase']}): val macro F1 "
-          f"{training['val_at_0.5']['f1_macro']:.4f} at 0.5; labelled as predict does, "
-          f"{training['val_at_0.5_predicted']['f1_macro']:.4f} at 0.5 and {training['val_tuned']['f1_macro']:.4f} with tuned thresholds")
+    print(f"best epoch {training.best_epoch} ({training.best_phase}): val macro F1 "
+          f"{training.val_at_05['f1_macro']:.4f} at 0.5; labelled as predict does, "
+          f"{training.val_at_05_predicted['f1_macro']:.4f} at 0.5 and {training.val_tuned['f1_macro']:.4f} with tuned thresholds")
     print(f"training speed (images/s, training loop only): {speed}")
 
 
-def print_folds(out) -> None:
-    import pandas as pd
-
-    from protloc.training.train import FOLDS_FILE
-
+def print_folds(out: Path) -> None:
     path = out / FOLDS_FILE
     if not path.is_file():
-        print(f"stopped; continue with the same command plus --resume (runs in {out})")
+        print(f"stopped; continue with: protloc train --resume {out}")
         return
     folds = pd.read_csv(path)
     for row in folds.itertuples():

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dry run: {args.run}/{CONFIG_FILE} unchanged")
         return 0
     config.thresholds = [float(value) for value in new]
-    config.training["thresholds_tuned_on"] = {
+    config.training.thresholds_tuned_on = {
         "data": str(args.data), "images": len(table), "tta": bool(args.tta),
         "f1_macro_before": before["f1_macro"], "f1_macro_after": after["f1_macro"],
     }

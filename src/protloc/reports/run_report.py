@@ -44,7 +44,7 @@ def config_table(config) -> pd.DataFrame:
         ("dropout", config.dropout),
         ("training data layout", config.layout),
     ]
-    rows += [(f"training: {key}", value) for key, value in config.training.items()]
+    rows += [(f"training: {key}", value) for key, value in config.training.to_dict().items()]
     return pd.DataFrame({"setting": [key for key, _ in rows], "value": [format_setting(v) for _, v in rows]})
 
 

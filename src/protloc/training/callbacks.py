@@ -1,7 +1,10 @@
-"""Cross-cutting parts of training: reseeding each epoch, and the history behind metrics.csv, curves.png and lr.png."""
+"""Cross-cutting parts of training: reseeding each epoch, the history behind metrics.csv, curves.png and lr.png,
+checkpoints that survive a moved run folder, and a progress bar of one line per epoch."""
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +12,11 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
+
+from protloc.files import write_csv
+
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
@@ -96,8 +104,6 @@ class TrainingHistory(L.Callback):
             row[f"f1_{name}"] = float(value)
         self.rows.append(row)
         if self.metrics_path is not None and trainer.is_global_zero:
-            from protloc.files import write_csv
-
             write_csv(self.metrics_path, self.metrics_frame())
 
     def metrics_frame(self) -> pd.DataFrame:
@@ -107,3 +113,74 @@ class TrainingHistory(L.Callback):
         frame = pd.DataFrame(self.learning_rates, columns=["phase", "lr"])
         frame.insert(0, "step", np.arange(1, len(frame) + 1))
         return frame
+
+
+class RelocatableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose state still applies after the run folder was moved or copied.
+
+    Lightning's keeps its record (best score, checkpoint paths) only when the folder is where it was; elsewhere
+    it forgets the best score, and the next epoch overwrites best.ckpt whatever its score (a moved run then
+    ended with other weights than one never moved). Here the recorded paths move along with the folder.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        before, now = state_dict.get("dirpath"), self.dirpath
+        if before and now and before != now:
+            state_dict = relocate(state_dict, before, now)
+        super().load_state_dict(state_dict)
+
+    def _generate_state_key(self, **kwargs) -> str:
+        # Keyed as a plain ModelCheckpoint: checkpoints written before this class existed resume too.
+        return f"ModelCheckpoint{kwargs!r}"
+
+
+def relocate(state: dict, before: str, now: str) -> dict:
+    """A ModelCheckpoint state with the paths under `before` moved under `now`."""
+
+    def move(path):
+        if isinstance(path, str) and (path == before or path.startswith(before + os.sep)):
+            return now + path[len(before):]
+        return path
+
+    state = {key: move(value) for key, value in state.items()}
+    if isinstance(state.get("best_k_models"), dict):
+        state["best_k_models"] = {move(path): score for path, score in state["best_k_models"].items()}
+    return state
+
+
+class RunProgressBar(TQDMProgressBar):
+    """One line per epoch, numbered over the whole run ("epoch 2/6 finetune"), ending with its validation scores.
+
+    Validation gets no bar of its own: a second bar under the first leaves residue in logs, and validation
+    is short beside an epoch of training.
+    """
+
+    def __init__(self, run_epochs: int):
+        super().__init__(leave=True)
+        self.run_epochs = run_epochs
+        self._validated = False  # whether this epoch's validation scores exist yet
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module) -> dict:
+        # Until this epoch validates, the scores Lightning holds are the previous epoch's: not shown on this one.
+        metrics = super().get_metrics(trainer, pl_module)
+        return metrics if self._validated else {key: value for key, value in metrics.items() if not key.startswith("val_")}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._validated = True
+        super().on_validation_end(trainer, pl_module)
+
+    def on_train_start(self, *_) -> None:
+        # Each epoch opens its own bar (leave=True); an opening one here would be left over, empty.
+        self.train_progress_bar = Tqdm(disable=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._validated = False
+        # Opened with its final description and length, so that its first line already says which epoch it is.
+        self.train_progress_bar = Tqdm(
+            desc=f"epoch {pl_module.global_epoch + 1}/{self.run_epochs} {pl_module.phase}",
+            total=convert_inf(self.total_train_batches), disable=self.is_disabled, leave=True, dynamic_ncols=True,
+            file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT,
+        )

@@ -12,8 +12,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from protloc.errors import ProtlocError
-
-LOSS_NAMES = ("bce", "focal")
+from protloc.training.config import LOSSES
 
 
 class FocalLoss(nn.Module):
@@ -67,4 +66,4 @@ def make_loss(name: str, pos_weight: torch.Tensor | None = None, *, gamma: float
         return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     if name == "focal":
         return FocalLoss(gamma=gamma, pos_weight=pos_weight)
-    raise ProtlocError(f"unknown loss {name!r}: expected one of {', '.join(LOSS_NAMES)}")
+    raise ProtlocError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}")

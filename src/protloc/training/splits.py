@@ -11,9 +11,8 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStrati
 from sklearn.model_selection import KFold, train_test_split
 
 from protloc.errors import ProtlocError
+from protloc.training.config import VALIDATION_SPLITS
 from protloc.training.metrics import as_class_matrix
-
-SPLIT_METHODS = ("mask", "random", "stratified")
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -79,8 +78,8 @@ def kfold_splits(targets, k: int, seed: int, method: str = "stratified") -> list
     """
     labels = as_class_matrix(targets, "targets")
     n = labels.shape[0]
-    if method not in SPLIT_METHODS:
-        raise ProtlocError(f"unknown split method {method!r}: expected one of {', '.join(SPLIT_METHODS)}")
+    if method not in VALIDATION_SPLITS:
+        raise ProtlocError(f"unknown split method {method!r}: expected one of {', '.join(VALIDATION_SPLITS)}")
     if not 2 <= k <= n:
         raise ProtlocError(f"number of folds must be between 2 and the number of images ({n}), got {k}")
     if method == "stratified":
@@ -99,4 +98,4 @@ def make_split(method: str, targets, val_fraction: float, seed: int) -> Split:
         return split_random(labels.shape[0], val_fraction, seed)
     if method == "stratified":
         return split_stratified(labels, val_fraction, seed)
-    raise ProtlocError(f"unknown split method {method!r}: expected one of {', '.join(SPLIT_METHODS)}")
+    raise ProtlocError(f"unknown split method {method!r}: expected one of {', '.join(VALIDATION_SPLITS)}")

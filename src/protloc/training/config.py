@@ -1,0 +1,120 @@
+"""What a training run is asked to do: `TrainConfig`, the names its options accept, and `check_config`.
+
+Light on purpose (no torch): the command line builds its options from this module, and `protloc --help`
+must stay fast. The losses and split methods are named here, once; losses.py and splits.py import them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from protloc.errors import ProtlocError
+
+VALIDATION_SPLITS = ("mask", "random", "stratified")
+NORMALIZATIONS = ("backbone", "dataset")
+OPTIMIZERS = ("adam", "adamw")
+LOSSES = ("bce", "focal")
+POS_WEIGHTS = ("none", "auto")
+GRAD_CLIP_MODES = ("value", "norm")
+
+# Recipe keys written by earlier versions, and their names now: their stopped runs still resume.
+RENAMED_KEYS = {"split": "validation_split", "layout": "format"}
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    pretrained: bool = True
+    format: str | None = None  # dataset layout; None: detected
+    labels: str | None = None  # label set; None: the layout's
+    channels: int = 3
+    image_size: int | None = None  # None: the backbone's native input size
+    validation_split: str = "mask"
+    val_fraction: float = 0.1
+    seed: int = 42
+    folds: int = 1  # K >= 2: K-fold cross-validation, one run per fold in OUT/fold-<k>
+    normalize: str = "backbone"  # or "dataset": per-channel mean/std of the training images
+    epochs_frozen: int = 1
+    epochs: int = 5
+    lr_frozen: float = 1e-2
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1  # 0: no clipping
+    grad_clip_mode: str = "value"
+    loss: str = "bce"
+    pos_weight: str = "none"
+    dropout: float = 0.0
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    precision: str = "auto"  # auto, fp32, bf16 or fp16
+    batch_size: int = 32
+    workers: int | None = None  # None: min(4, CPU count)
+    devices: int = 1  # processes per node; 2 or more train with DDP
+    num_nodes: int = 1
+    resume: bool = False
+    stop_after: int | None = None  # stop after this many epochs of the run (both phases); resume continues
+    verbose: bool = False  # Lightning's own messages (device banners, model summary) too
+    show_progress: bool = True
+
+
+def check_config(config: TrainConfig) -> None:
+    """Every problem with the options at once, before any work. (--device and --precision are checked where
+    they are resolved, in protloc.devices.)"""
+    problems = []
+
+    def expect(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    for name, allowed in (("validation_split", VALIDATION_SPLITS), ("normalize", NORMALIZATIONS),
+                          ("optimizer", OPTIMIZERS), ("loss", LOSSES), ("pos_weight", POS_WEIGHTS),
+                          ("grad_clip_mode", GRAD_CLIP_MODES)):
+        value = getattr(config, name)
+        expect(value in allowed, f"{option(name)} {value}: expected one of {', '.join(allowed)}")
+    expect(config.epochs_frozen >= 0 and config.epochs >= 0, "--epochs and --epochs-frozen: expected 0 or more")
+    expect(config.epochs_frozen + config.epochs > 0, "--epochs-frozen and --epochs are both 0: nothing to train")
+    expect(config.lr > 0 and config.lr_frozen > 0, "--lr and --lr-frozen: expected positive learning rates")
+    expect(config.weight_decay >= 0, f"--weight-decay {config.weight_decay}: expected 0 or more")
+    expect(config.grad_clip >= 0, f"--grad-clip {config.grad_clip}: expected 0 (off) or a positive value")
+    expect(config.batch_size >= 1, f"--batch-size {config.batch_size}: expected 1 or more")
+    expect(config.workers is None or config.workers >= 0, f"--workers {config.workers}: expected 0 or more")
+    expect(0.0 <= config.dropout < 1.0, f"--dropout {config.dropout}: expected a probability in [0, 1)")
+    expect(0.0 < config.val_fraction < 1.0, f"--val-fraction {config.val_fraction}: expected a fraction between 0 and 1")
+    expect(config.folds >= 1, f"--folds {config.folds}: expected 2 or more folds (1 = a single split)")
+    expect(config.image_size is None or config.image_size >= 16, f"--image-size {config.image_size}: expected 16 or more pixels")
+    expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
+    expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
+    expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
+    if problems:
+        raise ProtlocError(*problems)
+
+
+def option(field_name: str) -> str:
+    """The command-line option of a TrainConfig field."""
+    return "--" + field_name.replace("_", "-")
+
+
+def recipe_of(config: TrainConfig) -> dict:
+    """The config as a run records it: data and weights as absolute paths, so that a run resumed from another
+    directory, or after its folder moved, finds them and compares them as what they are."""
+    values = dataclasses.asdict(config)
+    for key in ("data", "weights"):
+        if values[key]:
+            values[key] = str(Path(values[key]).resolve())
+    return values
+
+
+def upgrade_recipe(values: dict) -> dict:
+    """A recorded recipe with today's key names (earlier versions said "split" and "layout")."""
+    return {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+
+
+def config_from_recipe(values: dict, **changes) -> TrainConfig:
+    """A TrainConfig from a recorded recipe (keys it no longer knows are dropped), with `changes` applied."""
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    known = {key: value for key, value in upgrade_recipe(values).items() if key in names}
+    return TrainConfig(**{**known, **changes})

@@ -1,0 +1,152 @@
+"""The machinery under training: where it runs, in what precision, in how many processes, as a Lightning Trainer.
+
+The user speaks the one engine vocabulary of every command (--device auto|cpu|cuda|cuda:N, --precision
+auto|fp32|bf16|fp16; protloc.devices resolves it); this module turns it into Lightning's names. Lightning's
+own messages (device banners, tips, model summaries) are left out unless --verbose.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.strategies import DDPStrategy
+
+from protloc.devices import bf16_is_native, resolve_device, resolve_precision
+from protloc.errors import ProtlocError
+from protloc.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
+from protloc.training.callbacks import RelocatableCheckpoint, RunProgressBar
+from protloc.training.config import TrainConfig
+
+LIGHTNING_PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+# Where Lightning logs its banners ("GPU available: ...", the litlogger tip, "`Trainer.fit` stopped").
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+def rank() -> int:
+    """This process's global rank; 0 outside distributed training. Known before any Trainer exists because
+    Lightning's launcher starts the other ranks with their rank in the environment."""
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+def worker_count(config: TrainConfig) -> int:
+    return min(4, os.cpu_count() or 1) if config.workers is None else config.workers
+
+
+def training_precision(precision: str, device: str) -> str:
+    """fp32, bf16 or fp16 for training on `device`. auto: mixed precision where the hardware computes in it
+    natively, i.e. bf16 on GPUs that have it (else fp16) and on CPUs with native bf16 (AVX512-BF16 or AMX);
+    elsewhere bf16 is emulated, several times slower than fp32, so auto means fp32 there."""
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return "bf16" if bf16_is_native(device) else "fp16"
+        return "bf16" if bf16_is_native("cpu") else "fp32"
+    return resolve_precision(precision, device)
+
+
+@dataclass(frozen=True)
+class Engine:
+    device: str  # cpu, cuda or cuda:N
+    precision: str  # fp32, bf16 or fp16
+    processes: int  # per node
+    num_nodes: int
+    workers: int  # DataLoader processes per training process
+
+    @property
+    def accelerator(self) -> str:
+        return "gpu" if self.device.startswith("cuda") else "cpu"
+
+    @property
+    def lightning_devices(self) -> int | list[int]:
+        index = self.device.partition(":")[2]
+        return [int(index)] if index else self.processes
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * self.num_nodes
+
+    def describe(self) -> str:
+        nodes = f" x {self.num_nodes} nodes" if self.num_nodes > 1 else ""
+        processes = f"{self.processes} process{'es' if self.processes > 1 else ''}{nodes}"
+        return (f"device {self.device}, precision {self.precision} ({LIGHTNING_PRECISIONS[self.precision]}), "
+                f"{processes}, {self.workers} loader worker{'s' if self.workers != 1 else ''} each")
+
+
+def resolve_engine(config: TrainConfig) -> Engine:
+    """The engine `config` asks for on this machine, "auto" resolved; a ProtlocError if it cannot be had."""
+    if config.device.partition(":")[2] and config.devices > 1:
+        raise ProtlocError(f"--device {config.device} --devices {config.devices}: cuda:N names one GPU; "
+                           f"for {config.devices} processes use --device cuda (GPUs 0 to {config.devices - 1})")
+    device = resolve_device(config.device)
+    return Engine(device=device, precision=training_precision(config.precision, device), processes=config.devices,
+                  num_nodes=config.num_nodes, workers=worker_count(config))
+
+
+def make_trainer(config: TrainConfig, engine: Engine, *, max_epochs: int, checkpoint_dir: Path, callbacks: list) -> L.Trainer:
+    distributed = engine.world_size > 1
+    strategy = DDPStrategy(process_group_backend="gloo" if engine.accelerator == "cpu" else "nccl") if distributed else "auto"
+    # Best first: the "last" checkpoint written after it then holds its updated state, so a resumed run knows
+    # the best score so far. Both save after validation *and* the history callback (train epoch end), so
+    # last.ckpt holds the epoch's history row.
+    best = RelocatableCheckpoint(
+        dirpath=checkpoint_dir, filename=Path(BEST_CHECKPOINT).stem, monitor="val_f1_macro", mode="max", save_top_k=1,
+        save_weights_only=True, auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=True,
+    )
+    # Not save_last: Lightning 2.x refreshes last.ckpt only when a top-k checkpoint is saved, i.e. when the
+    # score improved; resuming needs every epoch's.
+    last = RelocatableCheckpoint(
+        dirpath=checkpoint_dir, filename=Path(LAST_CHECKPOINT).stem, monitor=None, save_top_k=1,
+        enable_version_counter=False, save_on_train_epoch_end=True,
+    )
+    run_epochs = config.epochs_frozen + config.epochs
+    progress = [RunProgressBar(run_epochs)] if config.show_progress else []
+    try:
+        return L.Trainer(
+            accelerator=engine.accelerator, devices=engine.lightning_devices, num_nodes=engine.num_nodes,
+            strategy=strategy, precision=LIGHTNING_PRECISIONS[engine.precision], max_epochs=max_epochs,
+            gradient_clip_val=config.grad_clip or None, gradient_clip_algorithm=config.grad_clip_mode,
+            callbacks=[*callbacks, best, last, *progress], logger=False, default_root_dir=checkpoint_dir,
+            # Our samplers shard and reshuffle by (seed, epoch) themselves.
+            use_distributed_sampler=False, num_sanity_val_steps=0,
+            enable_progress_bar=config.show_progress, enable_model_summary=config.verbose,
+        )
+    except MisconfigurationException as error:  # e.g. more --devices than the machine has
+        raise ProtlocError(f"--device {config.device} --devices {config.devices} --precision {config.precision}: {error}") from None
+
+
+@contextlib.contextmanager
+def lightning_output(verbose: bool) -> Iterator[None]:
+    """Lightning's banners and tips (INFO logs) only when `verbose`."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    if not verbose:
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def expected_warnings_ignored() -> Iterator[None]:
+    """Lightning's warnings about what training does on purpose, left out even when verbose."""
+    with warnings.catch_warnings():
+        # The frozen backbone's BatchNorm layers are in eval mode on purpose.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+        # Resuming writes into the phase's own checkpoint folder, on purpose.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # --device cpu on a machine with a GPU is the user's choice.
+        warnings.filterwarnings("ignore", message=r"GPU available but not used")
+        # Lightning 2.6's own uses of torch APIs that torch 2.14 deprecates; nothing to act on here.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+        yield

@@ -1,0 +1,164 @@
+"""One training run on one split: the frozen phase, fine-tuning, then the run folder.
+
+Two phases, each its own `Trainer.fit`: "frozen" trains the new head over a frozen ImageNet backbone, then
+"finetune" trains everything; each phase has a fresh optimiser and its own one-cycle schedule. The best
+epoch by validation macro F1 (at 0.5) is kept, per-class thresholds are tuned on validation, and the run
+folder gets config.json, model.safetensors, metrics.csv, lr.csv, curves.png and lr.png.
+
+Shuffling and augmentation follow (seed, epoch, image) and the model's randomness is reseeded from (seed,
+epoch) each epoch, so a run stopped (`stop_after`, Ctrl-C) and resumed ends with the same weights as one
+trained in one go (see resume.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from protloc.data.readers import DatasetTable
+from protloc.files import save_figure, write_csv
+from protloc.inference.predictor import predict_probabilities
+from protloc.inference.thresholds import apply_thresholds, tune_thresholds
+from protloc.models.backbones import backbone_spec
+from protloc.models.classifier import ProtlocNet, build_model
+from protloc.runs import BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, RunConfig, save_run
+from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
+from protloc.training.config import TrainConfig, recipe_of
+from protloc.training.datamodule import LocalisationData
+from protloc.training.engine import Engine, expected_warnings_ignored, make_trainer, rank
+from protloc.training.losses import auto_pos_weight, make_loss
+from protloc.training.metrics import multilabel_scores, scores_at_threshold
+from protloc.training.module import LocalisationModule
+from protloc.training.normalization import run_normalization
+from protloc.training.outcome import TrainingOutcome
+from protloc.training.plots import plot_learning_rate, plot_training_curves
+from protloc.training.resume import phase_checkpoint, resume_point
+
+
+@dataclass
+class Phase:
+    name: str
+    first_epoch: int  # 0-based, run-wide
+    epochs: int
+    lr: float
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    phases = []
+    if config.epochs_frozen:
+        phases.append(Phase("frozen", 0, config.epochs_frozen, config.lr_frozen))
+    if config.epochs:
+        phases.append(Phase("finetune", config.epochs_frozen, config.epochs, config.lr))
+    return phases
+
+
+def build_initial_model(config: TrainConfig, num_classes: int) -> ProtlocNet:
+    """The network before training: ImageNet (or --weights) backbone and a head initialised from the seed."""
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    return build_model(config.backbone, num_classes, pretrained=config.pretrained, weights=config.weights,
+                       in_chans=config.channels, dropout=config.dropout)
+
+
+def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, engine: Engine, phase: Phase, *,
+              run_dir: Path, loss, label_names: list[str], history: TrainingHistory, max_epochs: int | None = None,
+              ckpt_path: Path | None = None) -> None:
+    """Train `model` in place for one phase (or its first `max_epochs` epochs), from `ckpt_path` if given."""
+    module = LocalisationModule(
+        model, phase=phase.name, first_epoch=phase.first_epoch, phase_epochs=phase.epochs, lr=phase.lr,
+        optimizer=config.optimizer, weight_decay=config.weight_decay, loss=loss, label_names=label_names,
+        # channels_last: faster convolutions on GPUs and, via oneDNN, on CPUs too (efficientnet_lite0 at 128 px,
+        # 2 cores, fp32: 1.25x to 1.5x in both phases, measured).
+        channels_last=True,
+    )
+    data.first_epoch = phase.first_epoch
+    with expected_warnings_ignored():
+        trainer = make_trainer(config, engine, max_epochs=max_epochs or phase.epochs,
+                               checkpoint_dir=Path(run_dir) / CHECKPOINT_DIR / phase.name,
+                               callbacks=[SeedEachEpoch(config.seed), history])
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    model.to(memory_format=torch.contiguous_format)
+
+
+def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: ProtlocNet, train_rows: np.ndarray,
+              val_rows: np.ndarray, run_dir: Path) -> bool:
+    """Train `model` on one split into `run_dir`: True when the run finished (rank 0 has written the run
+    folder), False when it stopped early (`stop_after`; resume continues it)."""
+    if config.show_progress and rank() == 0:
+        print(f"{run_dir}: training on {engine.describe()}", flush=True)
+    image_size = config.image_size or backbone_spec(config.backbone).input_size
+    mean, std = run_normalization(config, table.subset(train_rows), run_dir, image_size=image_size, workers=engine.workers)
+    data = LocalisationData(table, train_rows, val_rows, image_size=image_size, mean=mean, std=std,
+                            channels=config.channels, batch_size=config.batch_size, workers=engine.workers,
+                            seed=config.seed)
+    pos_weight = auto_pos_weight(table.targets[train_rows]) if config.pos_weight == "auto" else None
+    history = TrainingHistory(run_dir / METRICS_FILE)
+    fit = dict(run_dir=run_dir, loss=make_loss(config.loss, pos_weight), label_names=list(table.label_set.names),
+               history=history)
+    phases = plan_phases(config)
+    points = resume_point(run_dir, [phase.name for phase in phases], config.resume)
+    for phase in phases:
+        if points[phase.name] == "skip":
+            continue
+        max_epochs = phase.epochs
+        if config.stop_after is not None:
+            max_epochs = min(phase.epochs, config.stop_after - phase.first_epoch)
+        if max_epochs <= 0:
+            break
+        fit_phase(model, data, config, engine, phase, max_epochs=max_epochs, ckpt_path=points[phase.name], **fit)
+    if len(history.rows) < config.epochs_frozen + config.epochs:
+        return False
+    if rank() == 0:
+        finish_run(config, engine, table, data, model, history, run_dir, image_size=image_size, mean=mean, std=std)
+    return True
+
+
+def load_best_weights(model: ProtlocNet, run_dir: Path, phase: str) -> None:
+    """Put the best epoch's weights into `model`: its phase's best.ckpt (loaded without unpickling code)."""
+    checkpoint = torch.load(phase_checkpoint(run_dir, phase, BEST_CHECKPOINT), map_location="cpu", weights_only=True)
+    state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
+    model.load_state_dict(state, strict=True)
+
+
+def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: LocalisationData, model: ProtlocNet,
+               history: TrainingHistory, run_dir: Path, *, image_size: int, mean: list[float], std: list[float]) -> None:
+    """Best weights, thresholds tuned on validation, and the run folder."""
+    metrics = history.metrics_frame()
+    best = metrics.loc[metrics["val_f1_macro"].idxmax()]  # the first of equals, as ModelCheckpoint keeps it
+    load_best_weights(model, run_dir, best["phase"])
+    label_names = list(table.label_set.names)
+    run_config = RunConfig(
+        backbone=config.backbone, label_set=table.label_set.name, label_names=label_names, image_size=image_size,
+        in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[0.5] * len(label_names),
+        dropout=config.dropout, layout=table.layout,
+    )
+    probabilities, _ok = predict_probabilities(
+        model, data.val_table, run_config, batch_size=config.batch_size, workers=engine.workers,
+        show_progress=False, device=engine.device, precision="fp32",
+    )
+    model.to("cpu", memory_format=torch.contiguous_format)
+    targets = data.val_table.targets
+    thresholds = tune_thresholds(targets, probabilities)
+    run_config.thresholds = [float(t) for t in thresholds]
+    speed = metrics.groupby("phase", sort=False)["images_per_second"].mean()
+    run_config.training = TrainingOutcome(
+        recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),
+        best_epoch=int(best["epoch"]), best_phase=str(best["phase"]), precision_used=engine.precision,
+        world_size=engine.world_size, images_per_second={phase: float(value) for phase, value in speed.items()},
+        val_at_05=scores_at_threshold(targets, probabilities, 0.5),
+        val_at_05_predicted=multilabel_scores(targets, apply_thresholds(probabilities, 0.5)),
+        val_tuned=multilabel_scores(targets, apply_thresholds(probabilities, thresholds)),
+    )
+    write_run_folder(run_dir, run_config, model, history)
+
+
+def write_run_folder(run_dir: Path, run_config: RunConfig, model: ProtlocNet, history: TrainingHistory) -> None:
+    save_run(run_dir, run_config, model)
+    metrics = history.metrics_frame()
+    write_csv(run_dir / METRICS_FILE, metrics)
+    learning_rates = history.learning_rate_frame()
+    write_csv(run_dir / LR_FILE, learning_rates)
+    save_figure(run_dir / CURVES_FILE, plot_training_curves(metrics))
+    save_figure(run_dir / LR_PLOT_FILE, plot_learning_rate(learning_rates))

@@ -1,0 +1,83 @@
+"""The engine under training: the shared --device/--precision vocabulary in Lightning's terms, and a quiet log."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from protloc.devices import bf16_is_native
+from protloc.errors import ProtlocError
+from protloc.training.engine import LIGHTNING_PRECISIONS, Engine, resolve_engine, training_precision
+from protloc.training.train import train
+
+
+def test_precision_names_map_to_lightnings():
+    assert LIGHTNING_PRECISIONS == {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+    assert training_precision("fp32", "cpu") == "fp32" and training_precision("bf16", "cpu") == "bf16"
+    # Training's own auto: bf16 wherever the hardware computes it natively, the CPU included.
+    assert training_precision("auto", "cpu") == ("bf16" if bf16_is_native("cpu") else "fp32")
+    with pytest.raises(ProtlocError, match="--precision fp16: needs a CUDA device"):
+        training_precision("fp16", "cpu")
+    with pytest.raises(ProtlocError, match="--precision 32-true: expected auto, fp32, bf16 or fp16"):
+        training_precision("32-true", "cpu")
+
+
+def test_devices_map_to_lightnings_accelerator_and_devices():
+    one_gpu = Engine(device="cuda:1", precision="bf16", processes=1, num_nodes=1, workers=4)
+    assert (one_gpu.accelerator, one_gpu.lightning_devices, one_gpu.world_size) == ("gpu", [1], 1)
+    ddp = Engine(device="cpu", precision="fp32", processes=2, num_nodes=3, workers=0)
+    assert (ddp.accelerator, ddp.lightning_devices, ddp.world_size) == ("cpu", 2, 6)
+    assert ddp.describe() == "device cpu, precision fp32 (32-true), 2 processes x 3 nodes, 0 loader workers each"
+
+
+def test_engine_requests_that_cannot_be_had_are_refused(tiny_recipe):
+    with pytest.raises(ProtlocError, match="cuda:N names one GPU"):
+        resolve_engine(tiny_recipe.config("d", "o", device="cuda:0", devices=2))
+    if not torch.cuda.is_available():
+        with pytest.raises(ProtlocError, match="--device cuda: no CUDA GPU is visible"):
+            resolve_engine(tiny_recipe.config("d", "o", device="cuda"))
+    with pytest.raises(ProtlocError, match="--device gpu: expected auto, cpu, cuda or cuda:N"):
+        resolve_engine(tiny_recipe.config("d", "o", device="gpu"))
+
+
+class Messages(logging.Handler):
+    """Lightning's log messages, wherever its own handler would print them."""
+
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def lightning_messages():
+    handler = Messages()
+    logger = logging.getLogger("lightning")
+    logger.addHandler(handler)
+    yield handler.lines
+    logger.removeHandler(handler)
+
+
+def test_training_log_is_one_engine_line_and_a_line_per_epoch(demo_data, tiny_recipe, tmp_path, capsys, lightning_messages):
+    train(tiny_recipe.config(demo_data, tmp_path / "run", backbone="mobilenetv3_small_050", show_progress=True))
+    out, err = capsys.readouterr()
+    log = (out + err).replace("\r", "\n")
+    assert [line for line in log.splitlines() if ": training on " in line] == [
+        f"{tmp_path / 'run'}: training on device cpu, precision {training_precision('auto', 'cpu')} "
+        f"({LIGHTNING_PRECISIONS[training_precision('auto', 'cpu')]}), 1 process, 0 loader workers each"]
+    assert "epoch 1/2 frozen: 100%" in log and "epoch 2/2 finetune: 100%" in log and "val_f1_macro=" in log
+    # No validation bars, no second "Epoch 0" per phase, no model summary tables, no banners or tips.
+    for noise in ("Validation", "Epoch 0", "Training:", "Params", "GPU available", "litlogger", "Trainer.fit"):
+        assert noise not in log, noise
+    assert lightning_messages == []
+
+
+def test_verbose_shows_lightnings_own_messages(demo_data, tiny_recipe, tmp_path, capsys, lightning_messages):
+    train(tiny_recipe.config(demo_data, tmp_path / "run", backbone="mobilenetv3_small_050", epochs=0, verbose=True))
+    assert any(line.startswith("GPU available:") for line in lightning_messages)
+    assert any("litlogger" in line for line in lightning_messages)
+    assert "Trainable params" in capsys.readouterr().out  # the model summary
+    assert logging.getLogger("lightning.pytorch").level == logging.INFO  # as Lightning left it, after quiet runs too
