@@ -108,7 +108,7 @@ def add_training_engine_options(parser) -> None:
     add(engine, "devices", "processes per node, one per device; 2 or more train with DDP (gloo on the CPU)", type=positive_int)
     add(engine, "num_nodes", "machines for DDP, each running this command under a launcher that sets MASTER_ADDR, "
                              "MASTER_PORT and NODE_RANK (torchrun, SLURM)", type=positive_int)
-    engine.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+    engine.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
                         help="continue a stopped run from its last checkpoint: `protloc train --resume RUN` (its data and "
                              "options are read back from RUN), or the same command again plus --resume; only --stop-after, "
                              "--device, --precision, --workers, --devices and --num-nodes may change (default: a new run)")
