@@ -64,7 +64,7 @@ def test_default_backbone_is_lite0_with_offline_weights(lite0_checkpoint):
     assert backbone.spec.mean == backbone.spec.std == (0.5, 0.5, 0.5)
     assert torch.equal(backbone.net.conv_stem.weight, lite0_checkpoint["_conv_stem.weight"])
     assert torch.equal(backbone.net.bn2.running_var, lite0_checkpoint["_bn1.running_var"])
-    assert backbone.cam_layer_name == "bn2" and backbone.cam_layer is backbone.net.bn2
+    assert backbone.cam_layer_name == "blocks.2" and backbone.cam_layer is backbone.net.blocks[2]
     assert not any(k.startswith("cam_layer") for k in backbone.state_dict())
     assert backbone.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, backbone.num_features) == (2, 1280)
 
@@ -92,7 +92,7 @@ def test_resnet18_loads_a_torchvision_state_dict_file(tmp_path, suffix):
     assert sorted(loaded) == sorted(k for k in state if not k.startswith("fc."))
     assert all(torch.equal(loaded[k], state[k]) for k in loaded)
     assert backbone.spec.mean == IMAGENET_MEAN
-    assert backbone.cam_layer is backbone.net.layer4
+    assert backbone.cam_layer is backbone.net.layer2
     assert backbone.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
 
 

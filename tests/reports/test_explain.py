@@ -1,4 +1,5 @@
-"""`protloc explain`: one Grad-CAM figure per image, maps that vary over the image, and clear errors."""
+"""`protloc explain`: one figure per image, maps fine enough to separate cells, drawn over visible stains,
+missed true classes shown, and clear errors."""
 from __future__ import annotations
 
 import re
@@ -6,6 +7,7 @@ import re
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
 from protloc.cli import main
 from protloc.labels import HPA10_NAMES
@@ -77,3 +79,83 @@ def test_missing_run_folder_exits_2(demo_data, tmp_path, capsys):
     image = str(sorted((demo_data / "test").glob("*.png"))[0])
     assert main(["explain", str(tmp_path / "no-run"), image, "--out", str(tmp_path / "out")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_maps_have_at_least_16x16_cells_at_the_demo_size(backbone):
+    from protloc.models.classifier import build_model
+    from protloc.reports.explain import cam_grid, compute_cams
+
+    model = build_model(backbone, len(HPA10_NAMES), pretrained=False).eval()
+    rows, columns = cam_grid(model, 128)
+    assert rows >= 16 and columns >= 16
+    maps = compute_cams(model, torch.randn(1, 3, 128, 128), [0, 4])
+    assert maps.shape == (2, 128, 128)
+
+
+def test_hottest_area_holds_its_share_of_the_map():
+    from protloc.reports.explain import hottest_area
+
+    cam = np.random.default_rng(0).random((64, 64)) ** 4
+    area = hottest_area(cam, 0.5)
+    assert cam[area].sum() >= 0.5 * cam.sum()
+    assert cam[area].min() >= cam[~area].max()  # the hottest pixels, not any that add up
+    assert area.mean() < 0.3  # a peaky map: half its mass in under a third of the pixels
+    assert not hottest_area(np.zeros((8, 8)), 0.5).any()
+
+
+def test_overlay_leaves_every_pixel_outside_the_hot_area_as_the_input():
+    from protloc.data.synthetic import render_image
+    from protloc.reports.explain import MAP_MASS_SHARES, OUTLINE_COLOURS, hottest_area, overlay_map
+
+    image = render_image((0, 4), 128, np.random.default_rng(0)).astype(np.float32) / 255
+    yy, xx = np.mgrid[:128, :128]
+    cam = np.exp(-((yy - 40) ** 2 + (xx - 80) ** 2) / (2 * 15.0 ** 2))  # one hot spot
+    shown = overlay_map(image, cam)
+    hot = hottest_area(cam, MAP_MASS_SHARES[0])
+    assert 0.02 < hot.mean() < 0.5
+    np.testing.assert_array_equal(shown[~hot], image[~hot])
+    assert (shown[hot] != image[hot]).any(axis=-1).all()
+    core = hottest_area(cam, MAP_MASS_SHARES[1])
+    assert np.isclose(shown[core], OUTLINE_COLOURS[1]).all(axis=-1).any()  # the core is outlined in white
+
+
+def test_the_figure_draws_the_maps_over_the_input_and_shows_the_protein_alone(predictor, demo_data):
+    from protloc.reports.explain import MAP_MASS_SHARES, explain_image, hottest_area
+
+    source = str(sorted((demo_data / "train").glob("*.png"))[0])
+    explanation, figure = explain_image(predictor, "x", source, [4])
+    pictures = [axes.images[0].get_array() for axes in figure.axes if axes.images]
+    plt.close(figure)
+    rgb, protein, overlay = (np.asarray(picture) for picture in pictures)
+    assert protein.ndim == 2 and np.allclose(protein, rgb[:, :, 1])
+    cold = ~hottest_area(explanation.cams[0], MAP_MASS_SHARES[0])
+    assert cold.mean() > 0.3
+    np.testing.assert_array_equal(overlay[cold], rgb[cold])
+    assert not np.array_equal(overlay, rgb)
+
+
+def test_a_missed_true_class_gets_a_panel(predictor, demo_data):
+    from protloc.reports.explain import explain_image
+
+    source = str(sorted((demo_data / "train").glob("*.png"))[0])
+    explanation, figure = explain_image(predictor, "x", source, "predicted", true=[0, 9])
+    titles = [axes.get_title() for axes in figure.axes]
+    plt.close(figure)
+    (predicted,) = explanation.predicted  # thresholds of 0.9: the most probable class only
+    missed = [c for c in (0, 9) if c != predicted]
+    assert explanation.missed == missed
+    assert explanation.targets == [predicted, *missed] and explanation.cams.shape[0] == len(explanation.targets)
+    for c in missed:
+        assert any(title.startswith(HPA10_NAMES[c]) and "MISSED" in title for title in titles)
+
+
+def test_explain_on_a_labelled_dataset_lists_missed_classes(run_dir, demo_data, tmp_path):
+    images = sorted((demo_data / "test").glob("*.png"))[:2]
+    data = tmp_path / "data.csv"
+    data.write_text("path,labels\n" + "".join(f"{path.resolve()},Mitochondria|Nuclear speckles\n" for path in images))
+    out = tmp_path / "explain"
+    assert main(["explain", str(run_dir), str(data), "--format", "generic", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "<th>missed</th>" in page
+    assert page.count("missed Mitochondria") + page.count("missed Nuclear speckles") >= 2

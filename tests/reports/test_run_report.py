@@ -11,11 +11,26 @@ import pytest
 from protloc.cli import main
 
 
+# What protloc train records, internals and nested scores included.
+TRAINING_RECORD = {
+    "data": "demo", "out": "runs/demo", "backbone": "efficientnet_lite0", "weights": None, "pretrained": True,
+    "image_size": 64, "split": "mask", "val_fraction": 0.1, "seed": 0, "epochs_frozen": 1, "epochs": 1,
+    "lr_frozen": 0.01, "lr": 0.001, "weight_decay": 0.0001, "batch_size": 32, "workers": 2,
+    "precision": "auto", "resume": False, "stop_after": None, "show_progress": True,
+    "n_train": 86, "n_val": 10, "best_epoch": 2, "best_phase": "finetune", "precision_used": "32-true",
+    "images_per_second": {"frozen": 7.286949399304256, "finetune": 2.153843929016448},
+    "val_at_0.5": {"f1_macro": 0.4396997929606625, "f1_micro": 0.7814569536423841, "f1_samples": 0.7487654320987652,
+                   "f1_per_class": [0.5714285714285714] * 10},
+    "val_tuned": {"f1_macro": 0.4313097702849255, "f1_micro": 0.7692307692307693, "f1_samples": 0.758024691358024,
+                  "f1_per_class": [0.25] * 10},
+}
+
+
 @pytest.fixture(scope="module")
 def run_dir(untrained_run):
     """An untrained run with the files training leaves beside the model: curves.png and metrics.csv."""
     run_dir = untrained_run(backbone="efficientnet_lite0", image_size=64, thresholds=[0.9] * 10,
-                            training={"epochs": 2, "lr": 0.001})
+                            training=TRAINING_RECORD)
     figure, axes = plt.subplots()
     axes.plot([0, 1], [1, 0])
     figure.savefig(run_dir / "curves.png")
@@ -28,6 +43,11 @@ def links(page: Path) -> list[str]:
     return re.findall(r'(?:src|href)="([^"]+)"', page.read_text(encoding="utf-8"))
 
 
+def position(text: str, piece: str) -> int:
+    assert piece in text, piece
+    return text.index(piece)
+
+
 def test_without_data_the_page_says_how_to_add_an_evaluation(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     page = run_dir / "report.html"
@@ -35,9 +55,23 @@ def test_without_data_the_page_says_how_to_add_an_evaluation(run_dir, capsys):
     assert "--data DATA" in text
     assert "efficientnet_lite0" in text and "val_f1_macro" in text
     assert links(page) == ["curves.png"]  # lr.png is absent from this run, so not linked
+    # Results first: validation scores, per-class table and curves, then the configuration.
+    assert (position(text, "<h2>Validation during training</h2>") < position(text, "0.431")
+            < position(text, "<h3>Per class (validation)</h3>") < position(text, 'src="curves.png"')
+            < position(text, "<h2>Configuration</h2>") < position(text, "efficientnet_lite0"))
+    config = text[text.index("<h2>Configuration</h2>"):]
+    for group in ("Model", "Data", "Recipe", "Engine"):
+        assert f"<h3>{group}</h3>" in config
+    assert "frozen: 7.287; fine-tuning: 2.154" in config
+    for internal in ("show_progress", "resume", "stop_after", "runs/demo", "{", "val_tuned"):
+        assert internal not in config, internal
+    assert not re.search(r"\d\.\d{6,}", text)  # no 16-digit floats anywhere
 
 
 def test_with_data_every_link_resolves_from_a_page_elsewhere(run_dir, demo_data, tmp_path):
+    # An embedding map in the run folder, as `protloc embed` writes it, is a figure the page must link.
+    assert main(["embed", str(run_dir), str(demo_data), "--out", str(run_dir / "features.parquet"),
+                 "--method", "pca", "--workers", "0", "--device", "cpu"]) == 0
     page = tmp_path / "pages" / "run.html"
     assert main(["report", str(run_dir), "--data", str(demo_data), "--out", str(page),
                  "--samples", "2", "--workers", "0"]) == 0
@@ -48,8 +82,16 @@ def test_with_data_every_link_resolves_from_a_page_elsewhere(run_dir, demo_data,
     assert len(samples) == 2
     linked = {(page.parent / link).resolve() for link in found}
     assert {path.resolve() for path in samples} <= linked
-    assert (run_dir / "curves.png").resolve() in linked
-    assert (run_dir / "report" / "precision_recall.png").resolve() in linked
+    run_figures = {path.resolve() for path in run_dir.rglob("*.png")}
+    assert (run_dir / "features_map.png").resolve() in run_figures
+    assert run_figures <= linked  # every figure of the run folder, the report's own included
+    text = page.read_text()
+    # Results (evaluation, validation, curves, samples with true and predicted labels) before the configuration.
+    assert (position(text, "<h2>Evaluation on") < position(text, "<h3>F1 scores</h3>")
+            < position(text, "<h2>Validation during training</h2>") < position(text, "curves.png")
+            < position(text, "<h2>Sample explanations</h2>") < position(text, "<th>true</th>")
+            < position(text, "<th>predicted</th>") < position(text, samples[0].name)
+            < position(text, "features_map.png") < position(text, "<h2>Configuration</h2>"))
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     assert metrics["images"] == len(list((demo_data / "train").glob("*.png")))
 

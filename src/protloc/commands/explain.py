@@ -1,7 +1,8 @@
-"""`protloc explain RUN IMAGE... --out DIR`: Grad-CAM heatmaps of where the model saw each class."""
+"""`protloc explain RUN IMAGE... --out DIR`: class-activation maps of where the model saw each class."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from protloc.commands._options import add_engine_options
 
@@ -10,9 +11,11 @@ def register(subparsers) -> None:
     from protloc.data.readers import LAYOUTS
 
     parser = subparsers.add_parser(
-        "explain", help="Grad-CAM heatmaps for each predicted label of some images",
-        description="One PNG per image: the input, a Grad-CAM overlay per target class with its probability, "
-                    "and all class probabilities against the run's thresholds; plus index.html.",
+        "explain", help="class-activation maps for each predicted (and each missed true) label of some images",
+        description="One PNG per image: the input, its protein stain alone, the map of each target class "
+                    "outlined over the input with its probability, and all class probabilities against the "
+                    "run's thresholds; plus index.html. On a labelled dataset, true classes the model missed "
+                    "get a map too.",
     )
     parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
     parser.add_argument("images", metavar="IMAGE", nargs="+",
@@ -21,6 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--target-classes", default="predicted", metavar="WHICH",
                         help="predicted, all, or class names/numbers separated by commas (default %(default)s)")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="layout of a dataset given as IMAGE")
+    parser.add_argument("--subset", choices=("train", "test"), default="test",
+                        help="which part of a Kaggle layout to read: train has labels, so missed classes are shown "
+                             "(default %(default)s)")
     add_engine_options(parser, batches=False)
     parser.set_defaults(handler=run)
 
@@ -28,14 +34,23 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
     from protloc.inference.predictor import load_predictor
-    from protloc.reports.explain import explain_table, parse_target_classes, write_explanation_page
+    from protloc.reports.explain import (
+        describe_maps,
+        explain_table,
+        parse_target_classes,
+        true_classes,
+        write_explanation_page,
+    )
     from protloc.runs import load_config
 
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
-    table = read_inputs(args.images, layout=args.format, channels=config.in_chans)
+    table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans)
     predictor = load_predictor(args.run, device=args.device, precision=args.precision)
+    if table.labelled and true_classes(table, predictor.config) is None:
+        print(f"note: the labels of {' '.join(args.images)} are not in the run's classes; "
+              "true and missed classes are not shown", file=sys.stderr)
     explanations = explain_table(predictor, table, args.out, targets)
-    write_explanation_page(explanations, predictor.config, args.out)
+    write_explanation_page(explanations, predictor.config, args.out, describe_maps(predictor.model, predictor.config))
     print(f"{len(explanations)} explanations written; open {args.out}/index.html")
     return 0

@@ -9,17 +9,18 @@ from protloc.runs import REPORT_FILE
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "report", help="one HTML page for a run: config, curves, evaluation, sample Grad-CAMs",
-        description=f"Write RUN/{REPORT_FILE} (or --out): the run's config and training curves and, with --data, "
-                    "its evaluation on DATA and Grad-CAMs of DATA's first images (files in RUN/report/).",
+        "report", help="one HTML page for a run: scores, curves, sample class maps, then its configuration",
+        description=f"Write RUN/{REPORT_FILE} (or --out): the run's validation scores and training curves and, "
+                    "with --data, its evaluation on DATA and class-activation maps of DATA's first images "
+                    "(files in RUN/report/); every figure of the run folder; its configuration last.",
     )
     parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
     parser.add_argument("--data", default=None, metavar="DATA",
                         help="dataset to evaluate on and take sample images from (labelled for an evaluation)")
     parser.add_argument("--out", default=None, metavar="FILE", help=f"the page to write (default: RUN/{REPORT_FILE})")
     parser.add_argument("--samples", type=int, default=6, metavar="N",
-                        help="sample images with Grad-CAMs, the first N of DATA (default %(default)s)")
-    # No --engine onnx: the sample Grad-CAMs need the torch model.
+                        help="sample images with class-activation maps, the first N of DATA (default %(default)s)")
+    # No --engine onnx: the sample maps need the torch model.
     add_inference_options(parser, engine_choice=False)
     add_run_data_options(parser)
     parser.set_defaults(handler=run)
@@ -27,6 +28,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protloc.commands._options import read_run_dataset
+    from protloc.devices import resolve_device
     from protloc.errors import ProtlocError
     from protloc.reports.run_report import build_report
     from protloc.runs import load_config
@@ -37,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
     table = read_run_dataset(args, config, args.data) if args.data else None
     page = build_report(args.run, table=table, data_name=str(args.data or ""), out_file=args.out,
                         samples=args.samples, tta=args.tta, batch_size=args.batch_size, workers=args.workers,
-                        device=args.device, precision=args.precision)
+                        device=resolve_device(args.device), precision=args.precision)
     print(f"report written: {page}")
     return 0

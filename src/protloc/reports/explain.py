@@ -1,7 +1,14 @@
-"""Grad-CAM explanations: where in the image the model looked for each class it predicts.
+"""Class-activation maps: where in the image the model found each class it predicts, or missed.
 
-One figure per image: the input as the model saw it (RGB), one Grad-CAM overlay per target class
-titled with its probability, and a bar chart of every class probability with the run's thresholds.
+One figure per image: the input as the model saw it (RGB), its protein (green) channel alone, one panel
+per target class with the map drawn as outlines over the stains, titled with the class's probability
+and whether it is predicted, true or missed; then a bar chart of every class probability against the
+run's thresholds.
+
+The map is HiResCAM on the layer the backbone's spec names (``cam_layer_name``): a stride-8 feature map
+for the registered backbones, 16x16 cells at 128 px, fine enough to tell cells apart. The last
+feature map (4x4 at 128 px) gave blobs over several cells; benchmarks/bench_cam_localisation.py
+measured how much of each map falls inside the true pattern.
 """
 from __future__ import annotations
 
@@ -27,6 +34,14 @@ from protloc.reports.explore import rgb_view  # noqa: E402
 
 PANEL_COLUMNS = 4
 TARGET_MODES = ("predicted", "all")
+CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by benchmarks/bench_cam_localisation.py
+# Outlines around the hottest pixels holding these shares of the map's mass, as the ground-truth masks
+# of the synthetic patterns are defined: a peaky map gets small outlines, a diffuse one large ones, and
+# a few extreme pixels cannot hide the rest as a fraction-of-maximum level would. The outer one bounds
+# the lightly tinted hot area; every other pixel is the input's own, so the stains stay readable.
+MAP_MASS_SHARES = (0.5, 0.2)
+HOT_TINT = 0.25
+OUTLINE_COLOURS = ((0.7, 0.7, 0.7), (1.0, 1.0, 1.0))  # grey and white: apart from the stains' hues
 
 
 @dataclass
@@ -37,6 +52,21 @@ class Explanation:
     predicted: list[int]
     targets: list[int]
     cams: np.ndarray  # (targets, H, W), each scaled to 0..1
+    true: list[int] | None = None  # the image's true classes, when its dataset has labels
+
+    @property
+    def missed(self) -> list[int]:
+        """True classes that were not predicted."""
+        return [c for c in self.true or [] if c not in self.predicted]
+
+    def status(self, index: int) -> str:
+        """How class `index` stands: predicted or not, and against the truth when it is known."""
+        predicted = index in self.predicted
+        if self.true is None:
+            return "predicted" if predicted else "not predicted"
+        if index in self.true:
+            return "predicted, true" if predicted else "MISSED: true, not predicted"
+        return "predicted, not true" if predicted else "not predicted, not true"
 
 
 def parse_target_classes(spec: str, label_names: list[str]) -> str | list[int]:
@@ -63,100 +93,191 @@ def safe_file_name(identifier: str) -> str:
     return re.sub(r"[^\w.-]+", "_", identifier).strip("._") or "image"
 
 
-def displayed_image(tensor: torch.Tensor, config) -> np.ndarray:
-    """The model input un-normalised back to 0..1, (H, W, 3) float32: what the model saw, as RGB."""
+def model_view(tensor: torch.Tensor, config) -> np.ndarray:
+    """The model input un-normalised back to 0..1, (H, W, channels) float32: what the model saw."""
     mean = torch.tensor(config.mean).view(-1, 1, 1)
     std = torch.tensor(config.std).view(-1, 1, 1)
-    image = (tensor[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-    return rgb_view(image).astype(np.float32)
+    return (tensor[0].cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32)
 
 
-def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
-    """Grad-CAM maps (len(class_indices), H, W), one backward pass for all classes (the input is repeated)."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+def protein_channel(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> the protein stain alone: green in an RGB(Y) composite, the only channel of a grey image."""
+    return image[:, :, 1] if image.shape[-1] >= 3 else image[:, :, 0]
 
+
+def cam_layer(model) -> torch.nn.Module:
     layer = getattr(model.backbone, "cam_layer", None)
     if layer is None:
         raise ProtlocError(f"backbone {model.backbone.spec.name}: no layer with a spatial map was found for Grad-CAM")
+    return layer
+
+
+def cam_grid(model, image_size: int) -> tuple[int, int]:
+    """(rows, columns) of the map before it is upsampled to the image: the CAM layer's output at `image_size`."""
+    shapes = []
+    handle = cam_layer(model).register_forward_hook(lambda _module, _inputs, output: shapes.append(output.shape))
+    parameter = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, model.backbone.in_chans, image_size, image_size,
+                              dtype=parameter.dtype, device=parameter.device))
+    finally:
+        handle.remove()
+    return int(shapes[0][-2]), int(shapes[0][-1])
+
+
+def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
+    """Class-activation maps (len(class_indices), H, W) scaled to 0..1, one backward pass for all classes.
+
+    `tensor` is one image (1, C, H, W), mapped for every class, or one image per class. A function of
+    the model, the input and the classes only, so that maps of several models (folds) can be averaged.
+    """
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if not class_indices:
+        return np.zeros((0, *tensor.shape[-2:]), dtype=np.float32)
+    layer = cam_layer(model)
     targets = [ClassifierOutputTarget(index) for index in class_indices]
     # Channels-last model and input: on CPU the backward pass through depthwise convolutions is
     # an order of magnitude faster than in the default layout (measured: 4 s -> 0.2 s per 64 px image).
     model = model.to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
-    batch = tensor.repeat(len(class_indices), 1, 1, 1).to(device).contiguous(memory_format=torch.channels_last)
-    with GradCAM(model=model, target_layers=[layer]) as cam:
+    batch = tensor if len(tensor) == len(class_indices) else tensor.repeat(len(class_indices), 1, 1, 1)
+    batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+    with getattr(pytorch_grad_cam, CAM_METHOD)(model=model, target_layers=[layer]) as cam:
         return cam(input_tensor=batch, targets=targets)
 
 
-def explain_image(predictor: Predictor, identifier: str, source, targets: str | list[int]) -> tuple[Explanation, object]:
-    """The explanation of one image and its figure (not yet saved): the input, probabilities and labels come
-    from the predictor, as `protloc predict` gets them; the Grad-CAM maps from its torch model."""
+def choose_targets(targets: str | list[int], predicted: list[int], true: list[int] | None,
+                   num_classes: int) -> list[int]:
+    """The classes to map: 'predicted' adds the true classes that were missed, so a miss is shown too."""
+    if targets == "predicted":
+        return predicted + [c for c in true or [] if c not in predicted]
+    if targets == "all":
+        return list(range(num_classes))
+    return list(targets)
+
+
+def explain_image(predictor: Predictor, identifier: str, source, targets: str | list[int],
+                  true: list[int] | None = None) -> tuple[Explanation, object]:
+    """The explanation of one image and its figure (not yet saved); `true`: its true classes, when known. The
+    input, probabilities and labels come from the predictor, as `protloc predict` gets them; the maps from its
+    torch model."""
     config = predictor.config
     tensor = predictor.prepare(source)[None]
     probabilities = predictor.probabilities(tensor)[0]
     predicted = np.flatnonzero(predictor.decide(probabilities[None])[0]).tolist()
-    if targets == "predicted":
-        chosen = predicted
-    elif targets == "all":
-        chosen = list(range(config.num_classes))
-    else:
-        chosen = list(targets)
+    chosen = choose_targets(targets, predicted, true, config.num_classes)
     cams = compute_cams(predictor.model, tensor, chosen)
-    explanation = Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams)
-    return explanation, plot_explanation(explanation, displayed_image(tensor, config), config)
+    explanation = Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams,
+                              None if true is None else list(true))
+    return explanation, plot_explanation(explanation, model_view(tensor, config), config)
 
 
-def plot_probabilities(ax, probabilities: np.ndarray, thresholds: list[float], names: list[str], predicted: list[int]):
+def outline(region: np.ndarray, width: int) -> np.ndarray:
+    """The pixels of boolean `region` within `width` pixels of its edge."""
+    from scipy.ndimage import binary_erosion
+
+    return region & ~binary_erosion(region, iterations=width, border_value=1)
+
+
+def hottest_area(cam: np.ndarray, share: float) -> np.ndarray:
+    """Boolean mask of the hottest pixels of `cam` that together hold `share` of its mass."""
+    values = np.sort(cam.ravel())[::-1]
+    total = values.sum()
+    if total <= 0:
+        return np.zeros(cam.shape, dtype=bool)
+    cut = values[min(np.searchsorted(np.cumsum(values), share * total), len(values) - 1)]
+    return cam >= cut
+
+
+def overlay_map(image: np.ndarray, cam: np.ndarray, shares: tuple[float, ...] = MAP_MASS_SHARES) -> np.ndarray:
+    """RGB `image` (H, W, 3) in 0..1 with `cam`'s hottest areas outlined, the largest lightly tinted.
+
+    Pixels outside the largest area are the input's own, so the stains stay readable.
+    """
+    shown = image.copy()
+    hot = hottest_area(cam, shares[0])
+    shown[hot] = (1 - HOT_TINT) * shown[hot] + HOT_TINT
+    width = max(1, round(max(cam.shape) / 128))  # lines about as thick on screen whatever the image size
+    for share, colour in zip(shares, OUTLINE_COLOURS):
+        shown[outline(hottest_area(cam, share), width)] = colour
+    return shown
+
+
+def plot_probabilities(ax, explanation: Explanation, thresholds: list[float], names: list[str]):
+    probabilities, predicted, true = explanation.probabilities, explanation.predicted, explanation.true
     positions = np.arange(len(names))
     colours = ["#dd4444" if i in predicted else "#9fb4d6" for i in positions]
-    ax.bar(positions, probabilities, color=colours, width=0.7)
+    bars = ax.bar(positions, probabilities, color=colours, width=0.7)
     ax.hlines(thresholds, positions - 0.4, positions + 0.4, colors="black", linewidth=1.5)
     ax.set_xticks(positions, names, rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
+    title = "Class probabilities (red: predicted; black ticks: thresholds"
+    if true is not None:
+        for index in true:
+            bars[index].set_edgecolor("black")
+            bars[index].set_linewidth(1.5)
+            ax.get_xticklabels()[index].set_fontweight("bold")
+        title += "; bold, outlined: true classes"
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("probability")
-    ax.set_title("Class probabilities (red: predicted; black ticks: thresholds)", fontsize=9)
+    ax.set_title(title + ")", fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def plot_explanation(explanation: Explanation, image: np.ndarray, config):
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+def image_panel(figure, cell, picture: np.ndarray, title: str, **imshow):
+    axes = figure.add_subplot(cell)
+    axes.imshow(picture, **imshow)
+    axes.set_title(title, fontsize=9)
+    axes.axis("off")
+    return axes
 
+
+def plot_explanation(explanation: Explanation, image: np.ndarray, config):
+    """The figure of one explanation; `image` is the model's input in 0..1, (H, W, channels)."""
     names = config.label_names
-    panels = 1 + len(explanation.targets)
+    rgb = rgb_view(image)
+    panels = 2 + len(explanation.targets)
     columns = min(PANEL_COLUMNS, panels)
     image_rows = int(np.ceil(panels / columns))
     width = max(3.0 * columns, 0.35 * len(names) + 1.5, 6.0)
-    figure = plt.figure(figsize=(width, 3.2 * image_rows + 3.0))
+    figure = plt.figure(figsize=(width, 3.2 * image_rows + 3.0), layout="constrained")
     grid = figure.add_gridspec(image_rows + 1, columns, height_ratios=[3.2] * image_rows + [2.6])
-    axes = figure.add_subplot(grid[0, 0])
-    axes.imshow(image)
-    axes.set_title(textwrap.fill(explanation.id, 30) + f"\ninput ({image.shape[0]} px, as the model sees it)", fontsize=9)
-    axes.axis("off")
-    for panel, (index, cam) in enumerate(zip(explanation.targets, explanation.cams), start=1):
-        axes = figure.add_subplot(grid[panel // columns, panel % columns])
-        axes.imshow(show_cam_on_image(image, cam, use_rgb=True))
-        mark = "" if index in explanation.predicted else " (not predicted)"
-        axes.set_title(textwrap.fill(f"{names[index]}{mark}", 30) + f"\np = {explanation.probabilities[index]:.2f}",
-                       fontsize=9)
-        axes.axis("off")
-    plot_probabilities(figure.add_subplot(grid[image_rows, :]), explanation.probabilities, config.thresholds, names,
-                       explanation.predicted)
-    figure.tight_layout()
+    image_panel(figure, grid[0, 0], rgb,
+                textwrap.fill(explanation.id, 30) + f"\ninput ({image.shape[0]} px, as the model sees it)")
+    image_panel(figure, grid[0, 1], protein_channel(image), "protein stain (green) alone", cmap="gray", vmin=0, vmax=1)
+    for panel, (index, cam) in enumerate(zip(explanation.targets, explanation.cams), start=2):
+        title = f"{names[index]}\np = {explanation.probabilities[index]:.2f}, {explanation.status(index)}"
+        axes = image_panel(figure, grid[panel // columns, panel % columns], overlay_map(rgb, cam), title)
+        if index in explanation.missed:
+            axes.title.set_color("#b00000")
+    plot_probabilities(figure.add_subplot(grid[image_rows, :]), explanation, config.thresholds, names)
+    figure.suptitle(f"Outlines: the hottest pixels holding {MAP_MASS_SHARES[0]:.0%} (grey) and "
+                    f"{MAP_MASS_SHARES[1]:.0%} (white) of each class's map", fontsize=8, color="#555555")
     return figure
+
+
+def true_classes(table: DatasetTable, config) -> list[list[int]] | None:
+    """Each row's true class numbers, when `table` has labels in the run's classes; else None."""
+    if not table.labelled or list(table.label_set.names) != list(config.label_names):
+        return None
+    return [sorted(int(c) for c in labels) for labels in table.frame["labels"]]
 
 
 def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path,
                   targets: str | list[int] = "predicted", show_progress: bool = True) -> list[Explanation]:
-    """One PNG per image of `table` in `out_dir`; returns what each shows."""
+    """One PNG per image of `table` in `out_dir`; returns what each shows. Labelled tables show missed classes."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     explanations, used = [], set()
-    rows = zip(table.frame["id"], table.frame["source"])
-    for identifier, source in tqdm(rows, total=len(table), desc="Grad-CAM", unit="image", disable=not show_progress):
-        explanation, figure = explain_image(predictor, str(identifier), source, targets)
+    truth = true_classes(table, predictor.config) or [None] * len(table)
+    rows = zip(table.frame["id"], table.frame["source"], truth)
+    for identifier, source, true in tqdm(rows, total=len(table), desc="Grad-CAM", unit="image",
+                                         disable=not show_progress):
+        explanation, figure = explain_image(predictor, str(identifier), source, targets, true)
         while explanation.figure in used:  # two ids that sanitise to one name
             explanation.figure = explanation.figure.replace(".png", "_.png")
         used.add(explanation.figure)
@@ -165,26 +286,43 @@ def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path
     return explanations
 
 
-def explanation_blocks(explanations: list[Explanation], config, prefix: str = "",
-                       true_labels: list[str] | None = None) -> list[str]:
-    """A table of what was predicted (and what is true, when known), then the figures."""
+def describe_maps(model, config) -> str:
+    """How the maps were made and how to read them, for the page above the figures."""
+    rows, columns = cam_grid(model, config.image_size)
+    return (f"Maps: {CAM_METHOD} on layer {model.backbone.cam_layer_name} of {config.backbone}, "
+            f"{rows}x{columns} cells at {config.image_size} px, smoothed up to the image. In each class's panel the "
+            f"grey outline surrounds the hottest pixels holding {MAP_MASS_SHARES[0]:.0%} of its map (lightly tinted "
+            f"inside), the white one those holding {MAP_MASS_SHARES[1]:.0%}; every other pixel is the input's own. "
+            "Panels are drawn for the predicted classes and for true classes the model missed (red title).")
+
+
+def class_list(indices: list[int] | None, names: list[str]) -> str:
+    return ", ".join(names[i] for i in indices or []) or "(none)"
+
+
+def explanation_blocks(explanations: list[Explanation], config, prefix: str = "") -> list[str]:
+    """A table of what was predicted (and what is true and missed, when known), then the figures."""
     names = config.label_names
+    labelled = any(e.true is not None for e in explanations)
     summary = pd.DataFrame({"image": [e.id for e in explanations]})
-    if true_labels is not None:
-        summary["true labels"] = true_labels
-    summary = summary.assign(**{
-        "predicted": [", ".join(names[i] for i in e.predicted) or "(none)" for e in explanations],
-        "top probability": [f"{names[int(np.argmax(e.probabilities))]} {e.probabilities.max():.2f}"
-                            for e in explanations],
-    })
+    if labelled:
+        summary["true"] = [class_list(e.true, names) for e in explanations]
+    summary["predicted"] = [class_list(e.predicted, names) for e in explanations]
+    if labelled:
+        summary["missed"] = [class_list(e.missed, names) if e.missed else "" for e in explanations]
+    summary["top probability"] = [f"{names[int(np.argmax(e.probabilities))]} {e.probabilities.max():.2f}"
+                                  for e in explanations]
     blocks = [html.table(summary)]
     for e in explanations:
-        blocks.append(html.image(prefix + e.figure, f"{e.id}: Grad-CAM for "
-                                 + ", ".join(names[i] for i in e.targets)))
+        caption = f"{e.id}: " + (f"true {class_list(e.true, names)}; " if e.true is not None else "")
+        caption += f"predicted {class_list(e.predicted, names)}"
+        caption += f"; missed {class_list(e.missed, names)}" if e.missed else ""
+        blocks.append(html.image(prefix + e.figure, caption))
     return blocks
 
 
-def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path) -> None:
-    blocks = [html.paragraph("Grad-CAM heatmaps: red where the features that raise a class's score sit. "
-                             "Images are shown as the model saw them (resized, RGB).")]
+def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path, maps: str = "") -> None:
+    """index.html over the figures; `maps` is `describe_maps`'s text."""
+    blocks = [html.paragraph("Images are shown as the model saw them (resized), beside their protein stain alone."),
+              *([html.paragraph(maps)] if maps else [])]
     html.write_page(Path(out_dir) / "index.html", "Explanations", blocks + explanation_blocks(explanations, config))

@@ -1,22 +1,26 @@
-"""One HTML page for a run: its config, training curves, evaluation on a dataset and sample Grad-CAMs.
+"""One HTML page for a run that reads like a result: scores, curves and sample maps first, configuration last.
 
-The evaluation and the sample figures are written into RUN/report/; the page links them (and the run's
-training plots) by paths relative to the page, so the run folder can be moved whole.
+The evaluation and the sample figures are written into RUN/report/; the page links them (and every
+other figure of the run folder: curves.png, lr.png, embedding maps...) by paths relative to the page,
+so the run folder can be moved whole.
 """
 from __future__ import annotations
 
 import os
+import re
+from html import unescape
 from pathlib import Path
 
 import pandas as pd
 
 from protloc.reports import html
-from protloc.runs import CURVES_FILE, LR_PLOT_FILE, METRICS_FILE, REPORT_FILE
+from protloc.runs import CHECKPOINT_DIR, CONFIG_FILE, CURVES_FILE, LR_PLOT_FILE, METRICS_FILE, REPORT_FILE
 
 REPORT_DIR = "report"
 SAMPLES_DIR = "samples"
 DEFAULT_SAMPLES = 6
 METRICS_ROWS_SHOWN = 5
+VALIDATION_SCORES = ("macro", "micro", "samples")
 
 
 def relative_link(target: Path, page: Path) -> str:
@@ -24,28 +28,46 @@ def relative_link(target: Path, page: Path) -> str:
 
 
 def format_setting(value) -> str:
-    """A config value as text: floats to 4 significant digits (1e-05, not 0.0000), lists comma-separated."""
+    """A value as text: floats to 4 significant digits (1e-05, not 0.0000), lists comma-separated, dicts as
+    'key: value' pairs, booleans as yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(format_setting(item) for item in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{SETTING_NAMES.get(key, key)}: {format_setting(item)}" for key, item in value.items())
     return str(value)
 
 
-def config_table(config) -> pd.DataFrame:
-    """Setting/value rows; the per-class thresholds get their own table."""
-    rows = [
-        ("backbone", config.backbone),
-        ("label set", f"{config.label_set} ({config.num_classes} classes)"),
-        ("image size", f"{config.image_size} px"),
-        ("input channels", config.in_chans),
-        ("normalisation mean", config.mean),
-        ("normalisation std", config.std),
-        ("dropout", config.dropout),
-        ("training data layout", config.layout),
-    ]
-    rows += [(f"training: {key}", value) for key, value in config.training.to_dict().items()]
-    return pd.DataFrame({"setting": [key for key, _ in rows], "value": [format_setting(v) for _, v in rows]})
+# ---------------------------------------------------------------- results
+
+
+def validation_blocks(config) -> list[str]:
+    """What training measured on its validation split: scores and per-class F1, with the tuned thresholds."""
+    training = config.training.to_dict()
+    tuned, at_half = training.get("val_tuned"), training.get("val_at_0.5")
+    if not isinstance(tuned, dict) or not isinstance(at_half, dict):
+        return [html.note("config.json holds no validation scores (a run from protloc train has them).")]
+    epochs = (training.get("epochs_frozen") or 0) + (training.get("epochs") or 0)
+    kept = f"epoch {training['best_epoch']} of {epochs}" if "best_epoch" in training else "the best epoch"
+    images = f"{training['n_val']} validation images" if "n_val" in training else "the validation split"
+    scores = pd.DataFrame({
+        "score": [f"F1 {variant}" for variant in VALIDATION_SCORES],
+        "at tuned thresholds": [tuned.get(f"f1_{variant}") for variant in VALIDATION_SCORES],
+        "at 0.5": [at_half.get(f"f1_{variant}") for variant in VALIDATION_SCORES],
+    })
+    blocks = [html.paragraph(f"Model kept from {kept} (best validation macro F1); scores on {images}, "
+                             "the same images the thresholds were tuned on, so they flatter it a little."),
+              html.table(scores)]
+    per_class = {"class": config.label_names, "threshold": config.thresholds}
+    for column, scores_at in (("F1 at tuned threshold", tuned), ("F1 at 0.5", at_half)):
+        if len(scores_at.get("f1_per_class") or []) == config.num_classes:
+            per_class[column] = scores_at["f1_per_class"]
+    return blocks + [html.heading("Per class (validation)", 3), html.table(pd.DataFrame(per_class))]
 
 
 def training_blocks(run_dir: Path, page: Path, label_names: list[str]) -> list[str]:
@@ -72,6 +94,93 @@ def training_blocks(run_dir: Path, page: Path, label_names: list[str]) -> list[s
     return blocks
 
 
+def other_figures(run_dir: Path, page: Path, linked: list[str]) -> list[str]:
+    """Every PNG in the run folder the page does not show yet (embedding maps, a fold's curves...).
+
+    RUN/report/ is left out: the page rewrites what it needs there, and older files in it may be stale.
+    """
+    shown = {(page.parent / link).resolve() for link in linked}
+    skipped = {(run_dir / REPORT_DIR).resolve(), (run_dir / CHECKPOINT_DIR).resolve()}
+    blocks = []
+    for path in sorted(run_dir.rglob("*.png")):
+        resolved = path.resolve()
+        if resolved in shown or any(folder in resolved.parents for folder in skipped):
+            continue
+        caption = path.relative_to(run_dir).as_posix()
+        if path.stem.endswith("_map"):
+            caption += " (map of image features, from protloc embed)"
+        blocks.append(html.image(relative_link(path, page), caption))
+    return blocks
+
+
+# ---------------------------------------------------------------- configuration
+
+
+# The run's settings by group, in reading order; training keys not named anywhere go under "Other".
+SETTING_GROUPS = {
+    "Model": ("weights", "pretrained"),
+    "Data": ("data", "labels", "normalize", "validation_split", "val_fraction", "folds", "n_train", "n_val"),
+    "Recipe": ("seed", "epochs_frozen", "epochs", "lr_frozen", "lr", "optimizer", "weight_decay", "grad_clip",
+               "grad_clip_mode", "loss", "pos_weight", "batch_size"),
+    "Engine": ("device", "devices", "num_nodes", "world_size", "precision", "precision_used",
+               "images_per_second"),
+}
+# How the command was run rather than what the model is, results shown above, or what the model's own
+# rows (model_settings) already say.
+HIDDEN_SETTINGS = {"out", "show_progress", "resume", "stop_after", "workers", "best_epoch", "best_phase",
+                   "val_tuned", "val_at_0.5", "val_at_0.5_predicted",
+                   "backbone", "dropout", "channels", "image_size", "layout", "format", "verbose"}
+SETTING_NAMES = {
+    "data": "training data", "weights": "initial weights file", "pretrained": "ImageNet weights",
+    "labels": "label set given", "channels": "input channels", "image_size": "image size (px)",
+    "normalize": "normalisation", "validation_split": "validation split", "val_fraction": "validation share",
+    "folds": "folds", "n_train": "training images", "n_val": "validation images",
+    "epochs_frozen": "epochs with the backbone frozen", "epochs": "epochs fine-tuning everything",
+    "lr_frozen": "peak learning rate, frozen", "lr": "peak learning rate, fine-tuning",
+    "weight_decay": "weight decay", "grad_clip": "gradient clipping", "grad_clip_mode": "gradient clipping mode",
+    "pos_weight": "positive class weights", "batch_size": "batch size", "num_nodes": "nodes",
+    "world_size": "processes", "precision": "precision asked", "precision_used": "precision used",
+    "images_per_second": "training images per second", "finetune": "fine-tuning",
+}
+
+
+def model_settings(config) -> list[tuple[str, object]]:
+    """What the saved model is, from the config's top level."""
+    return [
+        ("backbone", config.backbone),
+        ("label set", f"{config.label_set} ({config.num_classes} classes)"),
+        ("image size (px)", config.image_size),
+        ("input channels", config.in_chans),
+        ("normalisation mean", config.mean),
+        ("normalisation std", config.std),
+        ("dropout", config.dropout),
+        ("training data layout", config.layout),
+    ]
+
+
+def config_groups(config) -> dict[str, pd.DataFrame]:
+    """Setting/value tables by group: the model as saved, then the training recipe as run."""
+    # None is an option left at its default (no --weights, no --labels): the model's rows already say what it is.
+    training = {key: value for key, value in config.training.to_dict().items()
+                if key not in HIDDEN_SETTINGS and value is not None}
+    named = {key for keys in SETTING_GROUPS.values() for key in keys}
+    rows = {"Model": model_settings(config)}
+    for group, keys in SETTING_GROUPS.items():
+        rows.setdefault(group, [])
+        rows[group] += [(SETTING_NAMES.get(key, key), training[key]) for key in keys if key in training]
+    rows["Other"] = [(SETTING_NAMES.get(key, key), value) for key, value in training.items() if key not in named]
+    return {group: pd.DataFrame({"setting": [name for name, _ in pairs],
+                                 "value": [format_setting(value) for _, value in pairs]})
+            for group, pairs in rows.items() if pairs}
+
+
+def config_blocks(config) -> list[str]:
+    blocks = [html.paragraph(f"From {CONFIG_FILE}; thresholds are in the per-class tables above.")]
+    for group, table in config_groups(config).items():
+        blocks += [html.heading(group, 3), html.table(table)]
+    return blocks
+
+
 def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name: str, **prediction) -> list[str]:
     if not table.labelled:
         return [html.note(f"{data_name} has no labels, so there is no evaluation; samples are shown below.")]
@@ -85,22 +194,30 @@ def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name
 
 def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: str, samples: int,
                     show_progress: bool) -> list[str]:
-    from protloc.reports.explain import explain_table, explanation_blocks
+    from protloc.reports.explain import describe_maps, explain_table, explanation_blocks
 
     shown = table.subset(range(min(samples, len(table))))
     if not len(shown):
         return [html.note("No samples asked for (--samples 0).")]
     explanations = explain_table(predictor, shown, samples_dir, "predicted", show_progress=show_progress)
-    names = list(table.label_set.names)
-    true_labels = [", ".join(names[i] for i in labels) for labels in shown.frame["labels"]] if table.labelled else None
-    return [html.paragraph(f"The first {len(shown)} images of {data_name}, with a Grad-CAM map per predicted class."),
-            *explanation_blocks(explanations, predictor.config, relative_link(samples_dir, page) + "/", true_labels)]
+    return [html.paragraph(f"The first {len(shown)} images of {data_name}, with the map of each predicted class"
+                           + (" and of each true class the model missed." if table.labelled else ".")),
+            html.paragraph(describe_maps(predictor.model, predictor.config)),
+            *explanation_blocks(explanations, predictor.config, relative_link(samples_dir, page) + "/")]
+
+
+def linked_files(blocks: list[str]) -> list[str]:
+    return [unescape(link) for link in re.findall(r'(?:src|href)="([^"]+)"', "".join(blocks))]
 
 
 def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_file: str | Path | None = None,
                  samples: int = DEFAULT_SAMPLES, tta: bool = False, batch_size: int = 32, workers: int = 0,
                  device: str = "auto", precision: str = "auto", show_progress: bool = True) -> Path:
-    """Write the run's page (default: REPORT_FILE in the run folder); `table` adds the evaluation and samples."""
+    """Write the run's page (default: REPORT_FILE in the run folder); `table` adds the evaluation and samples.
+
+    Results come first (scores, per-class tables, curves, sample maps, every other figure of the run
+    folder), the configuration last.
+    """
     from protloc.inference.predictor import load_predictor
     from protloc.reports.evaluate import check_label_names
     from protloc.runs import load_config
@@ -112,26 +229,24 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
     if table is not None and table.labelled:
         check_label_names(table, config, data_name)  # before the slow part
 
-    thresholds = pd.DataFrame({"class": config.label_names, "threshold": config.thresholds})
-    blocks = [
-        html.heading("Configuration"), html.table(config_table(config)),
-        html.heading("Class thresholds", 3), html.table(thresholds),
-        html.heading("Training"), *training_blocks(run_dir, page, config.label_names),
-    ]
     if table is None:
-        blocks += [
-            html.heading("Evaluation"),
-            html.note(f"No evaluation: add a labelled dataset with `protloc report {run_dir} --data DATA` "
-                      "(e.g. a validation set in the layout the run was trained on)."),
-            html.heading("Sample predictions"), html.note("No sample predictions without --data."),
-        ]
+        blocks = [html.heading("Evaluation"),
+                  html.note(f"No evaluation: add a labelled dataset with `protloc report {run_dir} --data DATA` "
+                            "(e.g. a validation set in the layout the run was trained on).")]
+        samples_blocks = [html.note("No sample predictions without --data.")]
     else:
         predictor = load_predictor(run_dir, device=device, precision=precision)
         prediction = dict(tta=tta, batch_size=batch_size, workers=workers, show_progress=show_progress)
-        blocks += [html.heading("Evaluation"),
-                   *evaluation_section(predictor, table, report_dir, page, data_name, **prediction),
-                   html.heading("Sample predictions"),
-                   *samples_section(predictor, table, report_dir / SAMPLES_DIR, page, data_name, samples,
-                                    show_progress)]
+        blocks = [html.heading(f"Evaluation on {data_name}"),
+                  *evaluation_section(predictor, table, report_dir, page, data_name, **prediction)]
+        samples_blocks = samples_section(predictor, table, report_dir / SAMPLES_DIR, page, data_name, samples,
+                                         show_progress)
+    blocks += [html.heading("Validation during training"), *validation_blocks(config),
+               html.heading("Training curves"), *training_blocks(run_dir, page, config.label_names),
+               html.heading("Sample explanations"), *samples_blocks]
+    others = other_figures(run_dir, page, linked_files(blocks))
+    if others:
+        blocks += [html.heading("Other figures in the run folder"), *others]
+    blocks += [html.heading("Configuration"), *config_blocks(config)]
     html.write_page(page, f"Run {run_dir.resolve().name}", blocks)
     return page

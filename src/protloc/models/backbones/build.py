@@ -28,7 +28,7 @@ class Backbone(nn.Module):
 
     @property
     def cam_layer(self) -> nn.Module | None:
-        """The last spatial feature map's module, Grad-CAM's target; None for token-based networks (ViT)."""
+        """Grad-CAM's target: the spec's `cam_layer_name`, else the last spatial map; None for token-based networks (ViT)."""
         # Looked up, not stored: a second reference would put the layer twice in state_dict().
         return self.net.get_submodule(self.cam_layer_name) if self.cam_layer_name is not None else None
 

@@ -24,7 +24,10 @@ class BackboneSpec:
     library: str  # "timm" or "torchvision"
     arch: str  # the model's name inside `library`
     has_offline_weights: bool = False  # pretrained weights ship with an installed package
-    cam_layer_name: str | None = None  # Grad-CAM target, dotted path in the network; None: found by probing
+    # Class-activation-map target, a dotted path in the network; None: the last spatial map, found by probing.
+    # Registered backbones name a stride-8 map (16x16 at 128 px): the last one is too coarse to separate
+    # cells (benchmarks/bench_cam_localisation.py).
+    cam_layer_name: str | None = None
     # Returns the full classifier's ImageNet state dict in `library`'s key names.
     pretrained_state: Callable[[], StateDict] | None = field(default=None, compare=False, repr=False)
 
@@ -36,12 +39,12 @@ class BackboneSpec:
 _REGISTRY: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
         name="efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224,
-        library="timm", arch="tf_efficientnet_lite0", has_offline_weights=True, cam_layer_name="bn2",
+        library="timm", arch="tf_efficientnet_lite0", has_offline_weights=True, cam_layer_name="blocks.2",
         pretrained_state=lite0_imagenet_state_dict,
     ),
     "resnet18": BackboneSpec(
         name="resnet18", mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224,
-        library="torchvision", arch="resnet18", cam_layer_name="layer4",
+        library="torchvision", arch="resnet18", cam_layer_name="layer2",
         pretrained_state=torchvision_imagenet("ResNet18_Weights", "IMAGENET1K_V1"),
     ),
 }
