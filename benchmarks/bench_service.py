@@ -55,22 +55,23 @@ def predict_speed(run: Path, paths: list[Path], batch_size: int) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def start_server(run: Path, batch_size: int) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, batch_size: int, log: Path) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "protloc.cli", "serve", str(run), "--port", "0", "--device", "cpu",
                "--precision", "fp32", "--batch-size", str(batch_size), "--workers", "2"]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    url = re.search(r"http://[\d.]+:\d+", server.stdout.readline().decode()).group(0)
+    with open(log, "wb") as output:  # a file, not a pipe: uvicorn logs every request
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     with httpx2.Client(trust_env=False) as http:
-        for _ in range(600):
+        for _ in range(1200):
+            match = re.search(r"serving .* on (http://[\d.]+:\d+)", log.read_text())
             try:
-                if http.get(url + "/health").status_code == 200:
-                    return server, url
+                if match and http.get(match.group(1) + "/health").status_code == 200:
+                    return server, match.group(1)
             except httpx2.TransportError:
                 pass
             time.sleep(0.1)
     server.kill()
-    raise SystemExit("protloc serve did not start")
+    raise SystemExit(f"protloc serve did not start:\n{log.read_text()}")
 
 
 def load(url: str, bodies: list[list[bytes]], concurrency: int) -> tuple[float, list[float], int]:
@@ -117,7 +118,7 @@ def main() -> None:
         predict = predict_speed(run, paths, args.batch_size)
         print(f"{args.backbone} at {args.image_size} px, {args.requests} PNGs of 256 px, batch {args.batch_size}")
         print(f"predict: {predict:6.1f} img/s")
-        server, url = start_server(run, args.batch_size)
+        server, url = start_server(run, args.batch_size, folder / "server.log")
         try:
             single = [[path.read_bytes()] for path in paths]
             seconds, latencies, errors = load(url, single, args.concurrency)

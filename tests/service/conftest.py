@@ -100,33 +100,37 @@ def start_server(run_dir: Path, log: Path, *extra: str) -> LiveServer:
                "--precision", "fp32", "--max-bytes", str(LIVE_MAX_BYTES), "--max-connections", str(LIVE_MAX_CONNECTIONS),
                "--timeout", str(LIVE_TIMEOUT_S), *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    with open(log, "wb") as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=REPO)
-    line = process.stdout.readline().decode()  # "serving RUN on http://127.0.0.1:PORT (Ctrl-C to stop)"
-    match = re.search(r"http://127\.0\.0\.1:\d+", line)
-    if not match:
-        process.kill()
-        pytest.fail(f"protloc serve did not start: {line!r}\n{log.read_text()}")
-    server = LiveServer(match.group(0), process, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # the socket is bound before the application has started
+    # Into a file, not a pipe: uvicorn logs every request, and a pipe nobody reads would stall the server.
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        # "serving RUN on http://127.0.0.1:PORT (Ctrl-C to stop)", printed once the socket is bound
+        match = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", log.read_text())
+        server = match and LiveServer(match.group(1), process, log)
         try:
-            if server.get("/health", timeout=2)[0] == 200:
+            if server and server.get("/health", timeout=2)[0] == 200:
                 return server
         except OSError:
-            time.sleep(0.2)
-    stop_server(server)
-    pytest.fail(f"protloc serve never answered /health\n{log.read_text()}")
+            pass  # bound, but the application is still starting
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    pytest.fail(f"protloc serve did not start\n{log.read_text()}")
 
 
 def stop_server(server: LiveServer) -> None:
+    """Ctrl-C, as a user stops it; once uvicorn reports its clean shutdown, the interpreter's own slow exit
+    (seconds, unloading torch) is not waited for."""
     server.process.send_signal(signal.SIGINT)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-    server.process.stdout.close()
+    deadline = time.monotonic() + 15
+    while server.process.poll() is None and time.monotonic() < deadline:
+        if "Finished server process" in server.log.read_text():
+            break
+        time.sleep(0.1)
+    server.process.kill()
+    server.process.wait()
+    assert "Finished server process" in server.log.read_text(), "the server did not shut down cleanly"
 
 
 @pytest.fixture(scope="session")

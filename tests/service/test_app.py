@@ -254,7 +254,7 @@ def test_busy_decoders_make_excess_requests_wait_then_503(predictor, image_paths
     limits = ServiceLimits(decode_slots=1, admission_wait_s=0.2)
     app = create_app(predictor, run_name="run", limits=limits, allowed_hosts=["testserver"])
     with TestClient(app) as busy:
-        service = app.state.service
+        service = app.state.runtime
         busy.portal.call(service.decode_slots.acquire)  # the only decoder is taken
         response = busy.post("/predict", files=files_of(image_paths[:1]))
         assert response.status_code == 503 and response.headers["retry-after"]
@@ -267,7 +267,7 @@ def test_a_request_not_answered_within_the_deadline_is_503(predictor, image_path
     limits = ServiceLimits(decode_slots=1, admission_wait_s=5, request_timeout_s=0.3)
     app = create_app(predictor, run_name="run", limits=limits, allowed_hosts=["testserver"])
     with TestClient(app) as slow:
-        slow.portal.call(app.state.service.decode_slots.acquire)
+        slow.portal.call(app.state.runtime.decode_slots.acquire)
         response = slow.post("/predict", files=files_of(image_paths[:1]))
         assert response.status_code == 503 and "not answered within 0.3 s" in response.json()["detail"]
 
@@ -276,7 +276,7 @@ def test_concurrent_requests_share_forward_passes(predictor, image_paths):
     limits = ServiceLimits(batch_wait_ms=50, batch_size=16)
     app = create_app(predictor, run_name="run", limits=limits, allowed_hosts=["testserver"])
     with TestClient(app) as shared:
-        service = app.state.service
+        service = app.state.runtime
         before = service.batching.forward_passes
         answers = [None] * 8
 

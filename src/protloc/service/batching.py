@@ -36,8 +36,9 @@ class ModelThread:
     def __init__(self):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="protloc-model")
 
-    async def run(self, function: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+    def run(self, function: Callable[..., T], *args) -> asyncio.Future[T]:
+        """`function(*args)` in the model thread; await the result."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -12,12 +12,14 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 
-from protloc.service.app import STAIN_FIELDS, Service
+from protloc.data.readers import HPA_STAINS
+from protloc.service.runtime import Runtime
 from protloc.service.schemas import ClassExplanation, ExplainResponse, Health, ImageResult, PredictResponse, Problem
 from protloc.service.uploads import UploadError, compose_stains
 
 router = APIRouter()
 
+STAIN_FIELDS = HPA_STAINS  # form fields of a stain set, in HPA channel order
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "application/octet-stream")
 BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -29,8 +31,8 @@ ERRORS = {status: {"model": Problem, "description": text} for status, text in {
     422: "invalid option, damaged image, or incomplete stain set", 503: "busy: retry in a few seconds"}.items()}
 
 
-def get_service(request: Request) -> Service:
-    return request.app.state.service
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
 
 
 # ---------------------------------------------------------------- options: query string or form fields
@@ -96,7 +98,7 @@ def _stain_set_name(files: dict[str, UploadFile]) -> str:
     return ids.pop() if len(ids) == 1 and "" not in ids else "stain set"
 
 
-async def gather_uploads(request: Request, service: Service, files: list[UploadFile] | None,
+async def gather_uploads(request: Request, runtime: Runtime, files: list[UploadFile] | None,
                          stains: dict[str, UploadFile | None]) -> list[Upload]:
     kind = _content_type(request)
     if kind in IMAGE_TYPES:
@@ -108,26 +110,26 @@ async def gather_uploads(request: Request, service: Service, files: list[UploadF
                for i, f in enumerate(files or [])]
     given = {stain: upload for stain, upload in stains.items() if upload is not None}
     if given:
-        missing = [stain for stain in service.stains if stain not in given]
+        missing = [stain for stain in runtime.stains if stain not in given]
         if missing:
             raise HTTPException(422, f"stain set: no {', '.join(missing)} image (this run stacks "
-                                     f"{', '.join(service.stains)}; send each as a form field of that name)")
+                                     f"{', '.join(runtime.stains)}; send each as a form field of that name)")
         uploads.append(Upload(_stain_set_name(given), [(f"{stain} ({given[stain].filename})", await given[stain].read())
-                                                       for stain in service.stains]))
+                                                       for stain in runtime.stains]))
     if not uploads:
         raise HTTPException(400, "no image: send files in a multipart field named files, a stain set in fields "
-                                 f"{', '.join(service.stains)}, or one image as the body with its Content-Type "
+                                 f"{', '.join(runtime.stains)}, or one image as the body with its Content-Type "
                                  "(image/png, image/jpeg or image/tiff)")
-    if len(uploads) > service.limits.max_files:
-        raise HTTPException(413, f"{len(uploads)} images in one request; the limit is {service.limits.max_files}")
+    if len(uploads) > runtime.limits.max_files:
+        raise HTTPException(413, f"{len(uploads)} images in one request; the limit is {runtime.limits.max_files}")
     return uploads
 
 
-async def decode(service: Service, upload: Upload) -> np.ndarray:
+async def decode(runtime: Runtime, upload: Upload) -> np.ndarray:
     arrays = []
     for name, data in upload.files:
         try:
-            arrays.append(await service.decode(data))
+            arrays.append(await runtime.decode(data))
         except UploadError as error:
             raise HTTPException(error.status, f"{name}: {error}") from None
     if len(arrays) == 1:
@@ -138,14 +140,14 @@ async def decode(service: Service, upload: Upload) -> np.ndarray:
         raise HTTPException(error.status, f"{upload.name}: {error}") from None
 
 
-async def predict_uploads(service: Service, uploads: list[Upload], tta: bool) -> np.ndarray:
+async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool) -> np.ndarray:
     """(N, C) probabilities. Each image joins the batching queue as soon as it is decoded, so decoding the
     next one overlaps the model's work on this one."""
     pending: list[asyncio.Future] = []
     try:
         for upload in uploads:
-            image = await decode(service, upload)
-            pending.append(asyncio.ensure_future(service.batching.predict(image, tta=tta)))
+            image = await decode(runtime, upload)
+            pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=tta)))
         return np.stack(await asyncio.gather(*pending))
     finally:
         for task in pending:
@@ -162,25 +164,25 @@ def image_result(name: str, probabilities: np.ndarray, decided: np.ndarray, labe
 
 
 @router.get("/health", response_model=Health)
-async def health(service: Annotated[Service, Depends(get_service)]) -> Health:
+async def health(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Health:
     """The run being served and the service's limits."""
-    return service.health()
+    return runtime.health()
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=RAW_IMAGE_BODY)
-async def predict(request: Request, service: Annotated[Service, Depends(get_service)],
+async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)],
                   options: Annotated[Options, Depends(read_options)], files: Files = None,
                   red: Red = None, green: Green = None, blue: Blue = None, yellow: Yellow = None) -> PredictResponse:
     """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
     stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
-    uploads = await gather_uploads(request, service, files, stains)
-    probabilities = await predict_uploads(service, uploads, options.tta)
-    predictor = service.predictor
+    uploads = await gather_uploads(request, runtime, files, stains)
+    probabilities = await predict_uploads(runtime, uploads, options.tta)
+    predictor = runtime.predictor
     decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
     names = predictor.label_names
     thresholds = predictor.config.thresholds if options.threshold is None else [options.threshold] * len(names)
-    return PredictResponse(images=[image_result(u.name, p, d, names) for u, p, d in zip(uploads, probabilities, decided)],
-                           thresholds={name: float(t) for name, t in zip(names, thresholds)})
+    images = [image_result(upload.name, p, d, names) for upload, p, d in zip(uploads, probabilities, decided)]
+    return PredictResponse(images=images, thresholds={name: float(t) for name, t in zip(names, thresholds)})
 
 
 def resolve_classes(requested: list[str], label_names: list[str], decided: np.ndarray) -> list[str]:
@@ -210,25 +212,25 @@ CLASSES = "classes to explain: names or numbers, or predicted (the default) or a
 
 
 @router.post("/explain", response_model=ExplainResponse, responses=ERRORS, openapi_extra=RAW_IMAGE_BODY)
-async def explain(request: Request, service: Annotated[Service, Depends(get_service)],
+async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)],
                   options: Annotated[Options, Depends(read_options)],
                   classes: Annotated[list[str] | None, Query(description=CLASSES)] = None,
                   classes_field: Annotated[list[str] | None, Form(alias="classes", description=CLASSES)] = None,
                   files: Files = None, red: Red = None, green: Green = None, blue: Blue = None,
                   yellow: Yellow = None) -> ExplainResponse:
     """Grad-CAM: where in one image (or stain set) the model found each class, as `protloc explain` draws it."""
-    uploads = await gather_uploads(request, service, files, dict(zip(STAIN_FIELDS, (red, green, blue, yellow))))
+    uploads = await gather_uploads(request, runtime, files, dict(zip(STAIN_FIELDS, (red, green, blue, yellow))))
     if len(uploads) != 1:
         raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
-    image = await decode(service, uploads[0])
-    probabilities = await service.batching.predict(image, tta=options.tta)
-    predictor = service.predictor
+    image = await decode(runtime, uploads[0])
+    probabilities = await runtime.batching.predict(image, tta=options.tta)
+    predictor = runtime.predictor
     decided = predictor.decide(probabilities[None], threshold=options.threshold, allow_empty=options.allow_empty)[0]
     names = predictor.label_names
     targets = resolve_classes((classes or []) + (classes_field or []), names, decided)
-    overlays, composite, green_channel = await service.explain(image, targets)
-    explanations = [ClassExplanation(label=name, number=names.index(name), probability=float(probabilities[names.index(name)]),
-                                     predicted=bool(decided[names.index(name)]), overlay=data_url(overlays[name]))
-                    for name in targets]
+    overlays, composite, green_channel = await runtime.explain(image, targets)
+    numbers = [names.index(name) for name in targets]
+    explanations = [ClassExplanation(label=names[i], number=i, probability=float(probabilities[i]),
+                                     predicted=bool(decided[i]), overlay=data_url(overlays[names[i]])) for i in numbers]
     return ExplainResponse(image=image_result(uploads[0].name, probabilities, decided, names),
                            composite=data_url(composite), green=data_url(green_channel), explanations=explanations)

@@ -128,4 +128,4 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, eng
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
-        app.state.service.close()
+        app.state.runtime.close()

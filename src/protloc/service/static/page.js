@@ -141,6 +141,7 @@ function renderRow(item) {
   const thumb = element("td", "thumb");
   const picture = element("img");
   picture.alt = "";
+  picture.addEventListener("error", () => picture.removeAttribute("src"));  // a file that is no image after all
   if (item.thumbnail) picture.src = item.thumbnail;
   else if (item.file && /^image\/(png|jpeg)$/.test(item.file.type)) picture.src = item.thumbnail = URL.createObjectURL(item.file);
   thumb.append(picture);
@@ -211,13 +212,13 @@ function showExplanation(item) {
   byId("detail-images").replaceChildren(...panels);
   byId("detail-status").textContent = data.explanations.length ? "Grad-CAM for each predicted class:"
     : "No class is predicted for this image, so there is nothing to explain.";
+  byId("detail").scrollIntoView({block: "start"});
 }
 
 async function openDetail(item) {
   selected = item;
   items.forEach((other) => other.row && other.row.classList.toggle("selected", other === item));
   byId("detail").hidden = false;
-  byId("detail").scrollIntoView({block: "start"});
   byId("detail-name").textContent = item.name;
   byId("detail-images").replaceChildren();
   byId("detail-bars").replaceChildren();
