@@ -4,7 +4,7 @@
 
 A run folder around an untrained network (speed does not depend on training), demo-data PNGs, then:
 - predict: Predictor.predict_table over all the images (what `protloc predict` does after start-up),
-  batch 32 with 2 loader workers;
+  batch 32, with 2 loader processes (its default) and with none;
 - serve: a `protloc serve` subprocess, `--requests` POST /predict of one image each from `--concurrency`
   client threads, then the same images 8 to a request. Reports requests/s, p50/p95 latency and images/s.
 The clients run on the same CPU as the server, so serving's figures include their cost.
@@ -44,15 +44,18 @@ def make_run(folder: Path, backbone: str, image_size: int) -> Path:
     return folder
 
 
-def predict_speed(run: Path, paths: list[Path], batch_size: int) -> float:
+def predict_speed(run: Path, paths: list[Path], batch_size: int, workers: int) -> float:
     """Images per second of `protloc predict`'s work: the table read, decoded and predicted."""
     predictor = load_predictor(run, device="cpu", precision="fp32")
     table = read_inputs(paths[:batch_size], label_set=predictor.label_set)
     predictor.predict_table(table, batch_size=batch_size, workers=0)  # warm-up
     table = read_inputs(paths, label_set=predictor.label_set)
-    started = time.perf_counter()
-    predictor.predict_table(table, batch_size=batch_size, workers=2)
-    return len(paths) / (time.perf_counter() - started)
+    best = float("inf")
+    for _ in range(2):  # the better of two: a shared CPU makes single timings noisy
+        started = time.perf_counter()
+        predictor.predict_table(table, batch_size=batch_size, workers=workers)
+        best = min(best, time.perf_counter() - started)
+    return len(paths) / best
 
 
 def start_server(run: Path, batch_size: int, log: Path) -> tuple[subprocess.Popen, str]:
@@ -115,9 +118,11 @@ def main() -> None:
         write_demo_dataset(folder / "data", n_train=1, n_test=64, size=256, seed=0, show_progress=False, workers=1)
         images = sorted((folder / "data" / "test").glob("*.png"))
         paths = [images[i % len(images)] for i in range(args.requests)]
-        predict = predict_speed(run, paths, args.batch_size)
         print(f"{args.backbone} at {args.image_size} px, {args.requests} PNGs of 256 px, batch {args.batch_size}")
-        print(f"predict: {predict:6.1f} img/s")
+        speeds = {workers: predict_speed(run, paths, args.batch_size, workers) for workers in (2, 0)}
+        for workers, speed in speeds.items():
+            print(f"predict, --workers {workers}: {speed:6.1f} img/s")
+        predict = max(speeds.values())
         server, url = start_server(run, args.batch_size, folder / "server.log")
         try:
             single = [[path.read_bytes()] for path in paths]
@@ -129,7 +134,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=60)
-    print(f"serving / predict: {served / predict:4.2f}x (1 image per request)")
+    print(f"serving / predict: {served / predict:4.2f}x (1 image per request, against predict's faster setting)")
 
 
 if __name__ == "__main__":

@@ -247,6 +247,23 @@ def test_a_host_header_not_of_this_server_is_refused_and_cors_is_off_unless_aske
         assert "access-control-allow-origin" not in cors_client.get("/health", headers={"Origin": "https://x.org"}).headers
 
 
+def test_the_onnx_engine_serves_the_same_probabilities_and_explains_with_the_torch_weights(predictor, image_paths,
+                                                                                           run_dir, tmp_path):
+    import protloc
+    from protloc.inference.onnx_export import export_onnx
+
+    export_onnx(predictor.engine.model, predictor.config, tmp_path / "model.onnx")
+    onnx = protloc.load(run_dir, engine="onnx", onnx=tmp_path / "model.onnx")
+    app = create_app(onnx, run_name="run", engine="onnx", explainer=predictor, allowed_hosts=["testserver"])
+    with TestClient(app) as onnx_client:
+        assert onnx_client.get("/health").json()["engine"] == "onnx"
+        result = onnx_client.post("/predict", files=files_of(image_paths[:2])).json()["images"]
+        np.testing.assert_allclose([probabilities_of(r) for r in result], predictor.predict_proba(image_paths[:2]),
+                                   atol=1e-5)
+        response = onnx_client.post("/explain", files=files_of(image_paths[:1]), params={"classes": "all"})
+        assert response.status_code == 200 and len(response.json()["explanations"]) == len(NAMES)
+
+
 # ---------------------------------------------------------------- load: 503, deadlines, batching
 
 

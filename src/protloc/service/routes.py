@@ -11,6 +11,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from python_multipart.multipart import parse_options_header
 
 from protloc.data.readers import HPA_STAINS
 from protloc.service.runtime import Runtime
@@ -88,7 +89,8 @@ class Upload:
 
 
 def _content_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type, _parameters = parse_options_header(request.headers.get("content-type"))
+    return media_type.decode("latin-1").lower()
 
 
 def _stain_set_name(files: dict[str, UploadFile]) -> str:
