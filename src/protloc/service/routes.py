@@ -1,0 +1,238 @@
+"""The API's routes: GET /health, POST /predict, POST /explain. The framework parses and validates requests;
+these functions gather the images, hand them to the service and shape the answers."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from python_multipart.multipart import parse_options_header
+
+from protloc.data.readers import HPA_STAINS
+from protloc.service.runtime import Runtime
+from protloc.service.schemas import ClassExplanation, ExplainResponse, Health, ImageResult, PredictResponse, Problem
+from protloc.service.uploads import UploadError, compose_stains
+
+router = APIRouter()
+
+STAIN_FIELDS = HPA_STAINS  # form fields of a stain set, in HPA channel order
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "application/octet-stream")
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+# A single image may also be the whole body, for `curl --data-binary @cell.png -H 'Content-Type: image/png'`.
+RAW_IMAGE_BODY = {"requestBody": {"content": {kind: BINARY for kind in IMAGE_TYPES}}}
+ERRORS = {status: {"model": Problem, "description": text} for status, text in {
+    400: "no image, or a malformed form", 413: "upload over the byte or pixel limit",
+    415: "not a form or an image body; or a file that is not PNG, JPEG or TIFF",
+    422: "invalid option, damaged image, or incomplete stain set", 503: "busy: retry in a few seconds"}.items()}
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+# ---------------------------------------------------------------- options: query string or form fields
+
+
+@dataclass(frozen=True)
+class Options:
+    tta: bool = False
+    threshold: float | None = None
+    allow_empty: bool = False
+
+
+def _either(name: str, query, form):
+    if query is not None and form is not None and query != form:
+        raise HTTPException(422, f"{name} given twice, as {query} in the query and {form} in the form")
+    return form if form is not None else query
+
+
+TTA = "average over the 8 flips and quarter turns of each image (8x slower)"
+THRESHOLD = "one threshold for every class instead of the run's tuned per-class thresholds"
+ALLOW_EMPTY = "allow images with no label (default: each image gets at least its most likely class)"
+
+
+def read_options(
+    tta: Annotated[bool | None, Query(description=TTA)] = None,
+    threshold: Annotated[float | None, Query(gt=0, lt=1, description=THRESHOLD)] = None,
+    allow_empty: Annotated[bool | None, Query(description=ALLOW_EMPTY)] = None,
+    tta_field: Annotated[bool | None, Form(alias="tta", description=TTA)] = None,
+    threshold_field: Annotated[float | None, Form(alias="threshold", gt=0, lt=1, description=THRESHOLD)] = None,
+    allow_empty_field: Annotated[bool | None, Form(alias="allow_empty", description=ALLOW_EMPTY)] = None,
+) -> Options:
+    return Options(tta=bool(_either("tta", tta, tta_field)),
+                   threshold=_either("threshold", threshold, threshold_field),
+                   allow_empty=bool(_either("allow_empty", allow_empty, allow_empty_field)))
+
+
+# ---------------------------------------------------------------- images: files, a stain set, or the body
+
+Files = Annotated[list[UploadFile] | None, File(description="one or more images: PNG, JPEG or TIFF")]
+STAIN_HELP = "grayscale image of the {} stain; red, green, blue (and yellow for 4-channel runs) form one image"
+Red = Annotated[UploadFile | None, File(description=STAIN_HELP.format("red (microtubules)"))]
+Green = Annotated[UploadFile | None, File(description=STAIN_HELP.format("green (protein)"))]
+Blue = Annotated[UploadFile | None, File(description=STAIN_HELP.format("blue (nucleus)"))]
+Yellow = Annotated[UploadFile | None, File(description=STAIN_HELP.format("yellow (endoplasmic reticulum)"))]
+
+
+@dataclass
+class Upload:
+    """One image as sent: a file, or a stain set's files in channel order."""
+
+    name: str
+    files: list[tuple[str, bytes]]  # (name for messages, bytes)
+
+
+def _content_type(request: Request) -> str:
+    media_type, _parameters = parse_options_header(request.headers.get("content-type"))
+    return media_type.decode("latin-1").lower()
+
+
+def _stain_set_name(files: dict[str, UploadFile]) -> str:
+    """The id the stain files share (HPA names them ID_red.png, ID_green.png...), else "stain set"."""
+    ids = {re.sub(rf"_{stain}$", "", PurePath(upload.filename or "").stem, flags=re.IGNORECASE)
+           for stain, upload in files.items()}
+    return ids.pop() if len(ids) == 1 and "" not in ids else "stain set"
+
+
+async def gather_uploads(request: Request, runtime: Runtime, files: list[UploadFile] | None,
+                         stains: dict[str, UploadFile | None]) -> list[Upload]:
+    kind = _content_type(request)
+    if kind in IMAGE_TYPES:
+        return [Upload("image", [("body", await request.body())])]
+    if kind not in FORM_TYPES:
+        raise HTTPException(415, f"Content-Type {kind or '(none)'}: send multipart/form-data with images in a "
+                                 f"field named files, or one image as the body (image/png, image/jpeg, image/tiff)")
+    uploads = [Upload(f.filename or f"files[{i}]", [(f.filename or f"files[{i}]", await f.read())])
+               for i, f in enumerate(files or [])]
+    given = {stain: upload for stain, upload in stains.items() if upload is not None}
+    if given:
+        missing = [stain for stain in runtime.stains if stain not in given]
+        if missing:
+            raise HTTPException(422, f"stain set: no {', '.join(missing)} image (this run stacks "
+                                     f"{', '.join(runtime.stains)}; send each as a form field of that name)")
+        uploads.append(Upload(_stain_set_name(given), [(f"{stain} ({given[stain].filename})", await given[stain].read())
+                                                       for stain in runtime.stains]))
+    if not uploads:
+        raise HTTPException(400, "no image: send files in a multipart field named files, a stain set in fields "
+                                 f"{', '.join(runtime.stains)}, or one image as the body with its Content-Type "
+                                 "(image/png, image/jpeg or image/tiff)")
+    if len(uploads) > runtime.limits.max_files:
+        raise HTTPException(413, f"{len(uploads)} images in one request; the limit is {runtime.limits.max_files}")
+    return uploads
+
+
+async def decode(runtime: Runtime, upload: Upload) -> np.ndarray:
+    arrays = []
+    for name, data in upload.files:
+        try:
+            arrays.append(await runtime.decode(data))
+        except UploadError as error:
+            raise HTTPException(error.status, f"{name}: {error}") from None
+    if len(arrays) == 1:
+        return arrays[0]
+    try:
+        return compose_stains(arrays)
+    except UploadError as error:
+        raise HTTPException(error.status, f"{upload.name}: {error}") from None
+
+
+async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool) -> np.ndarray:
+    """(N, C) probabilities. Each image joins the batching queue as soon as it is decoded, so decoding the
+    next one overlaps the model's work on this one."""
+    pending: list[asyncio.Future] = []
+    try:
+        for upload in uploads:
+            image = await decode(runtime, upload)
+            pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=tta)))
+        return np.stack(await asyncio.gather(*pending))
+    finally:
+        for task in pending:
+            task.cancel()  # no-op for finished ones; drops the rest when one image failed
+
+
+def image_result(name: str, probabilities: np.ndarray, decided: np.ndarray, label_names: list[str]) -> ImageResult:
+    classes = [int(i) for i in np.flatnonzero(decided)]
+    return ImageResult(name=name, labels=[label_names[i] for i in classes], classes=classes,
+                       probabilities={label: float(p) for label, p in zip(label_names, probabilities)})
+
+
+# ---------------------------------------------------------------- routes
+
+
+@router.get("/health", response_model=Health)
+async def health(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Health:
+    """The run being served and the service's limits."""
+    return runtime.health()
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=RAW_IMAGE_BODY)
+async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)],
+                  options: Annotated[Options, Depends(read_options)], files: Files = None,
+                  red: Red = None, green: Green = None, blue: Blue = None, yellow: Yellow = None) -> PredictResponse:
+    """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
+    stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
+    uploads = await gather_uploads(request, runtime, files, stains)
+    probabilities = await predict_uploads(runtime, uploads, options.tta)
+    predictor = runtime.predictor
+    decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
+    names = predictor.label_names
+    thresholds = predictor.config.thresholds if options.threshold is None else [options.threshold] * len(names)
+    images = [image_result(upload.name, p, d, names) for upload, p, d in zip(uploads, probabilities, decided)]
+    return PredictResponse(images=images, thresholds={name: float(t) for name, t in zip(names, thresholds)})
+
+
+def resolve_classes(requested: list[str], label_names: list[str], decided: np.ndarray) -> list[str]:
+    """Class names, numbers, "predicted" or "all" -> class names, in the run's order."""
+    lowered = {name.lower(): name for name in label_names}
+    chosen = set()
+    for token in (item.strip() for item in requested or ["predicted"]):
+        if token == "predicted":
+            chosen.update(label_names[i] for i in np.flatnonzero(decided))
+        elif token == "all":
+            chosen.update(label_names)
+        elif token.isdigit() and int(token) < len(label_names):
+            chosen.add(label_names[int(token)])
+        elif token.lower() in lowered:
+            chosen.add(lowered[token.lower()])
+        else:
+            raise HTTPException(422, f"class {token!r} is not a class of this run (expected a name from /health's "
+                                     f"labels, a number 0..{len(label_names) - 1}, predicted or all)")
+    return [name for name in label_names if name in chosen]
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+CLASSES = "classes to explain: names or numbers, or predicted (the default) or all"
+
+
+@router.post("/explain", response_model=ExplainResponse, responses=ERRORS, openapi_extra=RAW_IMAGE_BODY)
+async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)],
+                  options: Annotated[Options, Depends(read_options)],
+                  classes: Annotated[list[str] | None, Query(description=CLASSES)] = None,
+                  classes_field: Annotated[list[str] | None, Form(alias="classes", description=CLASSES)] = None,
+                  files: Files = None, red: Red = None, green: Green = None, blue: Blue = None,
+                  yellow: Yellow = None) -> ExplainResponse:
+    """Grad-CAM: where in one image (or stain set) the model found each class, as `protloc explain` draws it."""
+    uploads = await gather_uploads(request, runtime, files, dict(zip(STAIN_FIELDS, (red, green, blue, yellow))))
+    if len(uploads) != 1:
+        raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
+    image = await decode(runtime, uploads[0])
+    probabilities = await runtime.batching.predict(image, tta=options.tta)
+    predictor = runtime.predictor
+    decided = predictor.decide(probabilities[None], threshold=options.threshold, allow_empty=options.allow_empty)[0]
+    names = predictor.label_names
+    targets = resolve_classes((classes or []) + (classes_field or []), names, decided)
+    overlays, composite, green_channel = await runtime.explain(image, targets)
+    numbers = [names.index(name) for name in targets]
+    explanations = [ClassExplanation(label=names[i], number=i, probability=float(probabilities[i]),
+                                     predicted=bool(decided[i]), overlay=data_url(overlays[names[i]])) for i in numbers]
+    return ExplainResponse(image=image_result(uploads[0].name, probabilities, decided, names),
+                           composite=data_url(composite), green=data_url(green_channel), explanations=explanations)

@@ -1,0 +1,52 @@
+"""The JSON the service answers with, as pydantic models: they are the schemas in /openapi.json."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    run: str = Field(description="name of the run folder")
+    backbone: str
+    engine: Literal["torch", "onnx"]
+    labels: list[str] = Field(description="class names; a class's number is its position here")
+    thresholds: dict[str, float] = Field(description="the run's tuned threshold per class")
+    image_size: int = Field(description="side in pixels the model sees; uploads are resized to it")
+    stains: list[str] = Field(description="the stain files a stain set needs, in the run's channel order")
+    csv_columns: list[str] = Field(description="columns of the run's Kaggle submission format: id, labels")
+    max_upload_bytes: int
+    max_pixels: int
+    max_files: int
+
+
+class ImageResult(BaseModel):
+    name: str = Field(description="the uploaded file's name; for a stain set, the common id of its files")
+    labels: list[str] = Field(description="predicted class names")
+    classes: list[int] = Field(description="predicted class numbers, as in Kaggle submission files")
+    probabilities: dict[str, float] = Field(description="probability per class name")
+
+
+class PredictResponse(BaseModel):
+    images: list[ImageResult] = Field(description="one per uploaded image or stain set, in upload order")
+    thresholds: dict[str, float] = Field(description="the threshold each class was decided with")
+
+
+class ClassExplanation(BaseModel):
+    label: str
+    number: int
+    probability: float
+    predicted: bool
+    overlay: str = Field(description="PNG data URL: the Grad-CAM map over the image as the model saw it")
+
+
+class ExplainResponse(BaseModel):
+    image: ImageResult
+    composite: str = Field(description="PNG data URL: the uploaded image (colour composite), at most 512 px")
+    green: str = Field(description="PNG data URL: the green (protein) channel alone, in grey")
+    explanations: list[ClassExplanation]
+
+
+class Problem(BaseModel):
+    detail: str

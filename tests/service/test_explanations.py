@@ -1,0 +1,64 @@
+"""explain_image: the same Grad-CAM maps as `protloc explain`, drawn over the image as the model saw it."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from protloc.errors import ProtlocError
+from protloc.reports.explain import compute_cams, displayed_image, read_model_input
+from protloc.service.explanations import explain_image, preview_images
+
+
+def decoded(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+@pytest.fixture(scope="module")
+def predictor_64(tmp_path_factory):
+    """A run at 64 px: at 32 px test_resnet's last feature map is 1 x 1, and every Grad-CAM map is flat."""
+    import protloc
+    from tests.untrained_runs import make_untrained_run
+
+    return protloc.load(make_untrained_run(tmp_path_factory.mktemp("explain") / "run", image_size=64, spread=30),
+                        precision="fp32")
+
+
+def test_overlays_are_protloc_explains_maps(predictor_64, image_paths):
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    predictor = predictor_64
+    image = np.asarray(Image.open(image_paths[0]).convert("RGB"))
+    classes = ["Golgi apparatus", "Nuclear bodies"]
+    overlays = explain_image(predictor, image, classes)
+    assert list(overlays) == classes
+
+    tensor = read_model_input(image_paths[0], predictor.config)  # what `protloc explain` computes from the file
+    cams = compute_cams(predictor.engine.model, tensor, [3, 1])
+    seen = displayed_image(tensor, predictor.config)
+    for name, cam in zip(classes, cams):
+        np.testing.assert_array_equal(decoded(overlays[name]), show_cam_on_image(seen, cam, use_rgb=True))
+    assert not np.array_equal(decoded(overlays["Golgi apparatus"]), decoded(overlays["Nuclear bodies"]))
+    assert explain_image(predictor, image, []) == {}
+
+
+def test_grad_cam_needs_the_torch_engine(predictor, run_dir, tmp_path):
+    import protloc
+    from protloc.inference.onnx_export import export_onnx
+
+    export_onnx(predictor.engine.model, predictor.config, tmp_path / "model.onnx")
+    onnx_predictor = protloc.load(run_dir, engine="onnx", onnx=tmp_path / "model.onnx")
+    with pytest.raises(ProtlocError, match="needs the torch model"):
+        explain_image(onnx_predictor, np.zeros((32, 32, 3), dtype=np.uint8), ["Cytosol"])
+
+
+def test_previews_show_the_composite_and_the_green_channel_at_most_512_px():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (40, 60, 4), dtype=np.uint8)
+    composite, green = (decoded(png) for png in preview_images(small))
+    np.testing.assert_array_equal(composite, small[:, :, :3])  # the ER stain is left out, as in reports
+    np.testing.assert_array_equal(green, small[:, :, 1])
+    composite, green = (decoded(png) for png in preview_images(np.zeros((1000, 2000, 1), dtype=np.uint8)))
+    assert composite.shape == (256, 512, 3) and green.shape == (256, 512)
