@@ -133,7 +133,7 @@ def test_tta_in_the_query_averages_the_views(base_url, predictor, image_path):
     np.testing.assert_allclose(list(result["probabilities"].values()), expected, atol=1e-5)
 
 
-def test_16_bit_tiff_and_grayscale_uploads_convert_as_files_do(base_url, predictor, image_path):
+def test_16_bit_tiff_uploads_convert_as_files_do_and_grayscale_is_refused(base_url, predictor, image_path):
     array = np.asarray(Image.open(image_path))
     tiff = io.BytesIO()
     tifffile.imwrite(tiff, array.astype(np.uint16) * 257)
@@ -141,11 +141,11 @@ def test_16_bit_tiff_and_grayscale_uploads_convert_as_files_do(base_url, predict
     assert status == 200
     np.testing.assert_allclose(list(result["probabilities"].values()), predictor.predict_proba([image_path])[0], atol=1e-5)
 
+    # A grayscale image is refused by an RGB run, as by the Python API and the CLI.
     gray = io.BytesIO()
     Image.fromarray(array[:, :, 1]).save(gray, format="PNG")
     status, result = call_json(f"{base_url}/predict", gray.getvalue())
-    assert status == 200
-    np.testing.assert_allclose(list(result["probabilities"].values()), predictor.predict_proba(array[:, :, 1])[0], atol=1e-5)
+    assert status == 400 and "1 channel (grayscale), but the run reads 3 (red, green, blue)" in result["error"]
 
 
 def test_concurrent_requests_all_get_the_same_answer(base_url, image_path):

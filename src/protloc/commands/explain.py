@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_engine_options
+from protloc.commands._options import add_engine_options, add_gray_as_option
 
 
 def register(subparsers) -> None:
@@ -22,6 +22,7 @@ def register(subparsers) -> None:
                         help="predicted, all, or class names/numbers separated by commas (default %(default)s)")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="layout of a dataset given as IMAGE")
     add_engine_options(parser, batches=False)
+    add_gray_as_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
     table = read_inputs(args.images, layout=args.format, channels=config.in_chans)
-    predictor = load_predictor(args.run, device=args.device, precision=args.precision)
+    predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as)
     explanations = explain_table(predictor, table, args.out, targets)
     write_explanation_page(explanations, predictor.config, args.out)
     print(f"{len(explanations)} explanations written; open {args.out}/index.html")

@@ -45,6 +45,10 @@ def register(subparsers) -> None:
     model.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the head (default %(default)s)")
     add_dataset_options(parser)
     data = parser.add_argument_group("data")
+    data.add_argument("--bit-depth", type=int, choices=(8, 12, 16), default=None,
+                      help="intensity scale of the images: 16-bit files holding 12-bit camera data (0..4095) are 12; "
+                           "stored in the run and applied to every image it reads (default: detected from a sample of "
+                           "the training images)")
     data.add_argument("--image-size", type=int, default=None, help="square input size in pixels (default: the backbone's, 224 for efficientnet_lite0)")
     data.add_argument("--split", choices=SPLITS, default=d.split,
                       help="validation split: mask (each image independently, like the seed), random (exact size, like "
@@ -89,7 +93,8 @@ def register(subparsers) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, pretrained=args.pretrained,
-        layout=args.format, labels=args.labels, channels=args.channels, image_size=args.image_size,
+        layout=args.format, labels=args.labels, channels=args.channels, bit_depth=args.bit_depth,
+        image_size=args.image_size,
         split=args.split, val_fraction=args.val_fraction, seed=args.seed, folds=args.folds, normalize=args.normalize,
         epochs_frozen=args.epochs_frozen, epochs=args.epochs, lr_frozen=args.lr_frozen, lr=args.lr,
         optimizer=args.optimizer, weight_decay=args.weight_decay, grad_clip=args.grad_clip,

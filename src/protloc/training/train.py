@@ -55,6 +55,7 @@ class TrainConfig:
     layout: str | None = None  # dataset format; None: detected
     labels: str | None = None  # label set; None: the layout's
     channels: int = 3
+    bit_depth: int | None = None  # 8, 12 or 16; None: detected from a sample of the training images
     image_size: int | None = None  # None: the backbone's native input size
     split: str = "mask"
     val_fraction: float = 0.1
@@ -113,6 +114,7 @@ def check_config(config: TrainConfig) -> None:
     expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
     expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
+    expect(config.bit_depth in (None, 8, 12, 16), f"--bit-depth {config.bit_depth}: expected 8, 12 or 16")
     if problems:
         raise ProtlocError(*problems)
 
@@ -148,6 +150,7 @@ def check_images(table, show_progress: bool) -> None:
 
 
 def read_training_table(config: TrainConfig):
+    from protloc.data.intensity import detect_bit_depth
     from protloc.data.readers import read_dataset
     from protloc.labels import get_label_set
 
@@ -155,6 +158,7 @@ def read_training_table(config: TrainConfig):
     table = read_dataset(config.data, layout=config.layout, split="train", label_set=label_set, channels=config.channels)
     if not table.labelled:
         raise DataError(f"{config.data}: the {table.layout} layout has no labels; training needs labelled data (a CSV of images and labels)")
+    table.bit_depth = config.bit_depth or detect_bit_depth(table)  # one intensity scale for the dataset
     return table
 
 
@@ -477,7 +481,7 @@ def finish_run(config: TrainConfig, table, data, model, history, run_dir: Path, 
     run_config = RunConfig(
         backbone=config.backbone, label_set=table.label_set.name, label_names=label_names, image_size=image_size,
         in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[0.5] * len(label_names),
-        dropout=config.dropout, layout=table.layout,
+        dropout=config.dropout, layout=table.layout, bit_depth=table.bit_depth,
     )
     device = "cuda" if resolve_accelerator(config.accelerator) == "gpu" else "cpu"
     probabilities, _ok = predict_probabilities(
