@@ -6,6 +6,9 @@
     result.probabilities  # (N, classes)
     result.labels         # class names per image
     result.to_frame()     # pandas: id, labels, one probability column per class
+
+    # One image from one grayscale file (or array) per stain: a dict, or a tuple in the run's channel order.
+    predictor.predict([{"red": "a_red.png", "green": "a_green.png", "blue": "a_blue.png"}])
 """
 from __future__ import annotations
 
@@ -16,14 +19,18 @@ if TYPE_CHECKING:
     from protloc.inference.predictor import Predictor
 
 
-def load(run: str | Path, *, device: str = "auto", engine: str = "torch", onnx: str | Path | None = None,
-         precision: str = "auto") -> "Predictor":
-    """A Predictor on a run folder. engine="onnx" uses ONNX Runtime on the run's export (or the file `onnx`).
+def load(run: str | Path, *, device: str = "auto", engine: str = "auto", onnx: str | Path | None = None,
+         precision: str = "auto", gray_as: str | None = None) -> "Predictor":
+    """A Predictor on a run folder.
 
+    engine: "auto" (ONNX Runtime in fp32 on the CPU, exporting the run's model.onnx on first use; torch on a GPU
+    or with precision "bf16"), "onnx" (the run's model.onnx, or the file `onnx`) or "torch".
     device: "auto" (a CUDA GPU if there is one, else the CPU), "cpu", "cuda" or "cuda:N".
     precision: "auto" (fp32 on the CPU; bf16, or fp16 where bf16 is missing, on a GPU), "fp32", "bf16" or "fp16".
+    gray_as: a stain name ("green" for a protein-only image) under which a grayscale image enters a run of 3 or 4
+    channels, the others dark; without it such an image is refused.
     """
     # Imported here so that `import protloc` does not import torch.
     from protloc.inference.predictor import load_predictor
 
-    return load_predictor(run, device=device, engine=engine, onnx_path=onnx, precision=precision)
+    return load_predictor(run, device=device, engine=engine, onnx_path=onnx, precision=precision, gray_as=gray_as)

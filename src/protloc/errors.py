@@ -10,6 +10,16 @@ class ProtlocError(Exception):
         super().__init__("\n".join(self.lines))
 
 
+MAX_LISTED = 20  # problem lines shown before "... and N more"
+
+
+def listed(problems: list[str], limit: int = MAX_LISTED) -> list[str]:
+    """The first `limit` problem lines, then '... and N more' when there are more."""
+    if len(problems) <= limit:
+        return list(problems)
+    return [*problems[:limit], f"... and {len(problems) - limit} more"]
+
+
 class DataError(ProtlocError):
     """One or more problems found in a dataset: each line names the file, the row and what was expected."""
 

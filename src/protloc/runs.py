@@ -55,6 +55,9 @@ class RunConfig:
     dropout: float = 0.0
     # Layout of the training data: predict writes that layout's Kaggle submission format by default.
     layout: str = "z2g"
+    # Full scale of the training images' pixels, 2**bit_depth - 1 (8, 12 or 16; data/intensity.py), applied to
+    # every image the run reads. None in configs from before it was stored: each image's guessed from its maximum.
+    bit_depth: int | None = None
     # The recipe and what came of it (split, seed, best epoch...), for the record; nothing reads it back
     # to rebuild the model. A dict (as config.json holds it) is read into a TrainingOutcome.
     training: TrainingOutcome = field(default_factory=TrainingOutcome)
@@ -80,6 +83,8 @@ class RunConfig:
         config = cls(**{key: value for key, value in data.items() if key in names})
         if len(config.thresholds) != config.num_classes:
             raise ProtlocError(f"{source}: {len(config.thresholds)} thresholds for {config.num_classes} classes")
+        if config.bit_depth not in (None, 8, 12, 16):
+            raise ProtlocError(f"{source}: bit_depth {config.bit_depth!r} (expected 8, 12 or 16)")
         return config
 
 

@@ -140,3 +140,38 @@ def test_convert_reads_through_the_same_validation(tmp_path, capsys, bad):
     err = capsys.readouterr().err
     assert code == 2 and ("label 28 is outside 0..27" in err if bad == "label" else "wrong columns" in err)
     assert not (tmp_path / "out").exists()
+
+
+def test_incomplete_stain_sets_are_listed_twenty_at_most(tmp_path, capsys):
+    folder = tmp_path / "stains"
+    folder.mkdir()
+    plane = np.zeros((8, 8), np.uint8)
+    for number in range(25):  # 25 Ids without blue, and one complete
+        for stain in ("red", "green"):
+            Image.fromarray(plane).save(folder / f"id{number:02d}_{stain}.png")
+    for stain in ("red", "green", "blue"):
+        Image.fromarray(plane).save(folder / f"whole_{stain}.png")
+    code, _, err = run_check(folder, capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("protloc: ")]  # not the progress bars
+    assert len(lines) == 22 and lines[-2] == "protloc: error: ... and 5 more"
+    assert lines[0] == (f"protloc: error: {folder}: Id id00 has no blue stain file; a 3-channel run reads red, green, blue, "
+                        "one file each: id00_red, id00_green, id00_blue (.png, .tif or .jpg)")
+    assert lines[-1].endswith("25 problem(s) found in " + str(folder))
+
+
+def test_missing_stain_of_the_hpa2018_layout_names_id_and_stain(assemble_hpa2018, tmp_path, capsys):
+    ids = assemble_hpa2018(tmp_path)
+    (tmp_path / "train" / f"{ids[1]}_green.png").unlink()
+    code, _, err = run_check(tmp_path, capsys)
+    assert code == 2
+    assert (f"{ids[1]}_green.png: file not found (Id {ids[1]} has no green stain file; a 3-channel run reads red, "
+            f"green, blue) [{tmp_path / 'train.csv'} line 3 (Id {ids[1]})]") in err
+
+
+def test_images_with_fewer_channels_than_asked_for(tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "gray.png")
+    (tmp_path / "set.csv").write_text("path,labels\ngray.png,4\n")
+    code, _, err = run_check(tmp_path / "set.csv", capsys)
+    assert code == 2 and f"{tmp_path / 'gray.png'}: 1 channel (grayscale), but the run reads 3 (red, green, blue)" in err
+    assert main(["check", str(tmp_path / "set.csv"), "--channels", "1"]) == 0

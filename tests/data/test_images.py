@@ -10,7 +10,7 @@ from PIL import Image
 
 from protloc.data import images
 from protloc.data.dataset import ImageDataset
-from protloc.data.images import ImageReadError, convert_channels, decode_image, load_image, to_chw_tensor
+from protloc.data.images import ImageReadError, convert_channels, decode_image, load_image, read_pixels, to_chw_tensor
 from protloc.data.readers import read_inputs
 
 
@@ -25,18 +25,69 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
-def test_sixteen_bit_png_scales_to_eight_bit(tmp_path):
-    data = np.array([[0, 32768, 65535]], dtype=np.uint16)
+def test_sixteen_bit_png_scales_to_eight_bit_by_the_bit_depth(tmp_path):
+    data = np.array([[0, 4095, 32768, 65535]], dtype=np.uint16)
     Image.fromarray(data).save(tmp_path / "x.png")
-    assert decode_image(tmp_path / "x.png")[0, :, 0].tolist() == [0, 128, 255]
+    assert read_pixels(tmp_path / "x.png").dtype == np.uint16
+    assert decode_image(tmp_path / "x.png", bit_depth=16)[0, :, 0].tolist() == [0, 16, 128, 255]
+    assert decode_image(tmp_path / "x.png", bit_depth=12)[0, :, 0].tolist() == [0, 255, 255, 255]  # saturated above 4095
+    with pytest.raises(ImageReadError, match="16-bit pixels, but the run reads 8-bit images"):
+        decode_image(tmp_path / "x.png", bit_depth=8)
+    eight_bit = np.array([[0, 100, 255]], dtype=np.uint8)
+    for depth in (8, 12, 16, None):  # an 8-bit file is on the 0..255 scale whatever the dataset's depth
+        assert decode_image(_png_bytes(eight_bit), bit_depth=depth)[0, :, 0].tolist() == [0, 100, 255]
 
 
-def test_channel_conversions_follow_hpa_order():
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_one_bit_depth_maps_a_pixel_value_to_one_grey_level_whatever_the_brightest_pixel():
+    dim = np.full((4, 4), 4000, dtype=np.uint16)
+    with_saturated_corner = dim.copy()
+    with_saturated_corner[0, 0] = 65535
+    for depth, level in ((12, 249), (16, 16)):
+        assert decode_image(_png_bytes(dim), bit_depth=depth)[2, 2, 0] == level
+        assert decode_image(_png_bytes(with_saturated_corner), bit_depth=depth)[2, 2, 0] == level
+    # bit_depth=None, for runs from before the bit depth was stored, still guesses per image.
+    assert decode_image(_png_bytes(dim))[2, 2, 0] == 249
+    assert decode_image(_png_bytes(with_saturated_corner))[2, 2, 0] == 16
+
+
+def test_channel_conversions_follow_hpa_order_and_refuse_to_guess():
     rgby = np.stack([np.full((2, 2), v, np.uint8) for v in (10, 20, 30, 40)], axis=-1)
     assert convert_channels(rgby, 1)[0, 0].tolist() == [20]  # the protein stain
-    assert convert_channels(rgby, 3)[0, 0].tolist() == [10, 20, 30]
-    assert convert_channels(rgby[:, :, :3], 4)[0, 0].tolist() == [10, 20, 30, 0]
-    assert convert_channels(rgby[:, :, 1:2], 3)[0, 0].tolist() == [20, 20, 20]
+    assert convert_channels(rgby[:, :, :3], 1)[0, 0].tolist() == [20]
+    assert convert_channels(rgby, 3)[0, 0].tolist() == [10, 20, 30]  # alpha or yellow dropped
+    gray = rgby[:, :, 1:2]
+    with pytest.raises(ImageReadError, match=r"^1 channel \(grayscale\), but the run reads 3 \(red, green, blue\): "
+                                             r"give one grayscale file per stain, <Id>_red.png, .*--gray-as green"):
+        convert_channels(gray, 3)
+    with pytest.raises(ImageReadError, match=r"3 channels \(RGB\), but the run reads 4 \(red, green, blue, yellow\)"):
+        convert_channels(rgby[:, :, :3], 4)
+    assert convert_channels(gray, 3, gray_as="green")[0, 0].tolist() == [0, 20, 0]
+    assert convert_channels(gray, 4, gray_as="yellow")[0, 0].tolist() == [0, 0, 0, 20]
+    with pytest.raises(ImageReadError, match="gray as yellow: expected one of the run's stains, red, green, blue"):
+        convert_channels(gray, 3, gray_as="yellow")
+
+
+def test_stain_sets_compose_in_order_and_colour_stain_files_read_as_their_brightest_channel(tmp_path):
+    planes = {stain: np.full((6, 5), value, np.uint8) for stain, value in (("red", 10), ("green", 20), ("blue", 30))}
+    for stain, plane in planes.items():
+        Image.fromarray(plane).save(tmp_path / f"a_{stain}.png")
+    coloured_green = np.zeros((6, 5, 3), np.uint8)
+    coloured_green[:, :, 1] = 20  # a stain drawn in its colour, as HPA's web images are
+    Image.fromarray(coloured_green).save(tmp_path / "b_green.png")
+    paths = [str(tmp_path / f"a_{stain}.png") for stain in planes]
+    assert load_image(tuple(paths), 3)[0, 0].tolist() == [10, 20, 30]
+    assert load_image((paths[0], str(tmp_path / "b_green.png"), paths[2]), 3)[0, 0].tolist() == [10, 20, 30]
+    with pytest.raises(ImageReadError, match=r"a stain set of 3 files for a 4-channel run \(expected red, green, blue, yellow"):
+        load_image(tuple(paths), 4)
+    Image.fromarray(np.zeros((7, 5), np.uint8)).save(tmp_path / "c_blue.png")
+    with pytest.raises(ImageReadError, match="stain images differ in size: 5x6 and 5x7"):
+        load_image((paths[0], paths[1], str(tmp_path / "c_blue.png")), 3)
 
 
 def test_truncated_png_is_an_image_read_error(tmp_path):

@@ -75,8 +75,10 @@ def test_reads_generic_csv_with_names_numbers_and_any_image_kind(tmp_path):
     assert table.layout == "generic"
     assert list(table.frame["id"]) == ["a", "b", "c"]
     assert list(table.frame["labels"]) == [(4, 6), (3,), (3,)]
-    a, b, c = (load_image(source) for source in table.frame["source"])
-    assert a.shape == (20, 30, 3) and np.all(a == 200)
+    a_source, b_source, c_source = table.frame["source"]
+    a, b, c = load_image(a_source, gray_as="green"), load_image(b_source, bit_depth=12), load_image(c_source)
+    assert a.shape == (20, 30, 3) and np.all(a[:, :, 1] == 200) and not a[:, :, [0, 2]].any()
+    assert load_image(a_source, channels=1).shape == (20, 30, 1)
     assert b.shape == (16, 16, 3) and b.max() == 249  # 4000 / 4095 of full scale
     assert c.shape == (10, 10, 3)
 
@@ -89,3 +91,44 @@ def test_row_problems_are_all_reported_together(tmp_path):
     assert "line 3 (Image 2): label 12 is outside 0..9" in text
     assert "line 4: duplicate Image '1', first on line 2" in text
     assert "line 5 (Image 3): no labels" in text
+
+
+def test_a_folder_of_stain_files_is_one_image_per_id(assemble_hpa2018, tmp_path):
+    ids = assemble_hpa2018(tmp_path)
+    folder = tmp_path / "train"
+    table = read_dataset(folder)
+    assert table.layout == "folder" and list(table.frame["id"]) == ids
+    assert [Path(path).name for path in table.frame["source"][0]] == [f"{ids[0]}_{s}.png" for s in ("red", "green", "blue")]
+    rgb = load_image(table.frame["source"][0], channels=3)
+    assert np.array_equal(rgb[:, :, 2], np.asarray(Image.open(folder / f"{ids[0]}_blue.png")))
+    # The same files given one by one group alike; a 4-channel run takes yellow too, a 1-channel run green alone.
+    assert list(read_inputs(sorted(folder.iterdir())).frame["id"]) == ids
+    assert len(read_dataset(folder, channels=4).frame["source"][1]) == 4
+    assert [Path(p).name for p in read_dataset(folder, channels=1).frame["source"][0]] == [f"{ids[0]}_green.png"]
+
+
+def test_incomplete_stain_sets_and_mixed_folders_are_refused(assemble_hpa2018, tmp_path):
+    ids = assemble_hpa2018(tmp_path)
+    folder = tmp_path / "train"
+    (folder / f"{ids[1]}_blue.png").unlink()
+    with pytest.raises(DataError) as caught:
+        read_dataset(folder)
+    assert caught.value.lines == [f"{folder}: Id {ids[1]} has no blue stain file; a 3-channel run reads red, green, blue, "
+                                  f"one file each: {ids[1]}_red, {ids[1]}_green, {ids[1]}_blue (.png, .tif or .jpg)"]
+    problems: list[str] = []
+    assert list(read_dataset(folder, collect=problems).frame["id"]) == ids[:1] and len(problems) == 1
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "photo.png")
+    with pytest.raises(DataError, match=r"7 stain files \(<Id>_<stain>.png\) and 1 other images \(photo.png\)"):
+        read_dataset(folder)
+
+
+def test_hpa2018_stains_may_be_tiff(assemble_hpa2018, tmp_path):
+    import tifffile
+
+    ids = assemble_hpa2018(tmp_path)
+    green = tmp_path / "train" / f"{ids[0]}_green.png"
+    tifffile.imwrite(green.with_suffix(".tif"), np.asarray(Image.open(green)))
+    green.unlink()
+    table = read_dataset(tmp_path)
+    assert Path(table.frame["source"][0][1]).name == f"{ids[0]}_green.tif"
+    assert np.array_equal(load_image(table.frame["source"][0])[:, :, 1], tifffile.imread(green.with_suffix(".tif")))

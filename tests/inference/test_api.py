@@ -51,13 +51,51 @@ def test_paths_arrays_and_pil_images_give_the_same_probabilities(predictor, imag
     np.testing.assert_allclose(predictor.predict_proba(arrays[2]), from_paths[2:], atol=1e-6)  # one image alone
 
 
-def test_grayscale_and_four_channel_arrays_convert_like_files(predictor, image_paths, tmp_path):
+def test_four_channel_images_use_rgb_and_grayscale_needs_gray_as(predictor, run_dir, image_paths, tmp_path):
     array = np.asarray(Image.open(image_paths[0]))
     gray, rgba = array[:, :, 1], np.dstack([array, array[:, :, :1]])
     Image.fromarray(gray).save(tmp_path / "gray.png")
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
-    np.testing.assert_allclose(predictor.predict_proba([gray, rgba]),
-                               predictor.predict_proba([tmp_path / "gray.png", tmp_path / "rgba.png"]), atol=1e-6)
+    np.testing.assert_allclose(predictor.predict_proba([rgba, tmp_path / "rgba.png"]),
+                               predictor.predict_proba([array, array]), atol=1e-6)  # alpha dropped
+    for image in (gray, tmp_path / "gray.png"):
+        with pytest.raises(ProtlocError, match=r"1 channel \(grayscale\), but the run reads 3 \(red, green, blue\)"):
+            predictor.predict_proba([image])
+    protein_only = protloc.load(run_dir, gray_as="green")
+    expected = predictor.predict_proba([np.dstack([np.zeros_like(gray), gray, np.zeros_like(gray)])])
+    np.testing.assert_allclose(protein_only.predict_proba([gray, tmp_path / "gray.png"]),
+                               np.repeat(expected, 2, axis=0), atol=1e-6)
+    with pytest.raises(ProtlocError, match="--gray-as yellow: the run reads red, green, blue"):
+        protloc.load(run_dir, gray_as="yellow")
+
+
+def test_stain_sets_as_dicts_tuples_files_bytes_and_arrays(predictor, image_paths, tmp_path):
+    array = np.asarray(Image.open(image_paths[0]))
+    planes = {stain: np.ascontiguousarray(array[:, :, channel]) for channel, stain in enumerate(("red", "green", "blue"))}
+    paths = {}
+    for stain, plane in planes.items():
+        paths[stain] = tmp_path / f"cell-7_{stain}.png"
+        Image.fromarray(plane).save(paths[stain])
+    expected = predictor.predict_proba([array])
+    yellow = np.zeros_like(planes["red"])
+    variants = {
+        "dict of paths": {"blue": paths["blue"], "red": str(paths["red"]), "green": paths["green"]},
+        "dict of arrays, yellow left out": {**planes, "yellow": yellow},
+        "dict of bytes": {stain: path.read_bytes() for stain, path in paths.items()},
+        "tuple of paths": (paths["red"], paths["green"], paths["blue"]),
+        "tuple of arrays": (planes["red"], planes["green"], planes["blue"]),
+    }
+    for name, image in variants.items():
+        np.testing.assert_allclose(predictor.predict_proba(image), expected, atol=1e-6, err_msg=name)
+    result = predictor.predict([variants["dict of paths"], variants["tuple of arrays"], image_paths[0].read_bytes()])
+    assert result.ids == ["cell-7", "1", "2"]
+    np.testing.assert_allclose(result.probabilities, np.repeat(expected, 3, axis=0), atol=1e-6)
+    with pytest.raises(ProtlocError, match=r"stain set with red, green: no blue stain \(a 3-channel run reads red, green, blue\)"):
+        predictor.predict_proba({"red": paths["red"], "green": paths["green"]})
+    with pytest.raises(ProtlocError, match="a stain set of 4 images for a 3-channel run: expected red, green, blue, in that order"):
+        predictor.predict_proba((*planes.values(), yellow))
+    with pytest.raises(ProtlocError, match="unknown stain 'purple'"):
+        predictor.predict_proba({**planes, "purple": yellow})
 
 
 def test_predict_labels_match_the_cli(predictor, run_dir, image_paths, tmp_path):

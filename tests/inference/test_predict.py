@@ -70,16 +70,34 @@ def test_images_of_any_kind_size_depth_and_channels(run_dir, demo_data, real_dat
     demo = np.asarray(Image.open(next((demo_data / "test").glob("*.png"))))
     Image.fromarray(demo).resize((80, 56)).save(tmp_path / "photo.jpg", quality=90)
     tifffile.imwrite(tmp_path / "deep.tif", demo[:48, :40].astype(np.uint16) * 257)
-    Image.fromarray(demo[:, :, 1]).save(tmp_path / "gray.png")
     Image.fromarray(np.dstack([demo, demo[:, :, :1]])).save(tmp_path / "four.png")
     real = Path(real_data) / "z2g-sample" / "10034.png"
-    inputs = [real, tmp_path / "photo.jpg", tmp_path / "deep.tif", tmp_path / "gray.png", tmp_path / "four.png"]
+    inputs = [real, tmp_path / "photo.jpg", tmp_path / "deep.tif", tmp_path / "four.png"]
     out = tmp_path / "out.csv"
     assert predict(run_dir, *inputs, "--out", out) == 0
     written = pd.read_csv(out, dtype=str)
     assert list(written.columns) == ["Image", "Label"]
-    assert written["Image"].tolist() == ["10034", "photo", "deep", "gray", "four"]
+    assert written["Image"].tolist() == ["10034", "photo", "deep", "four"]
     assert written["Label"].str.fullmatch(r"\d( \d)*").all()
+
+
+def test_a_grayscale_image_is_refused_unless_gray_as_says_which_stain_it_is(run_dir, real_data, tmp_path, capsys):
+    gray = sorted((Path(real_data) / "hpa2018-sample" / "train").glob("*_green.png"))[0]
+    shutil.copy(gray, tmp_path / "protein.png")  # a name that is not a stain file's
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, tmp_path / "protein.png", "--out", out) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("protloc: error")]
+    assert errors == [f"protloc: error: {tmp_path / 'protein.png'}: 1 channel (grayscale), but the run reads 3 (red, green, "
+                     "blue): give one grayscale file per stain, <Id>_red.png, <Id>_green.png, <Id>_blue.png; or, for a "
+                     "protein-only image, --gray-as green (gray_as='green')"]
+    assert not out.exists()
+    assert predict(run_dir, tmp_path / "protein.png", "--gray-as", "green", "--probabilities", "--out", out) == 0
+    import protloc
+
+    plane = np.asarray(Image.open(gray))
+    expected = protloc.load(run_dir).predict_proba(np.dstack([np.zeros_like(plane), plane, np.zeros_like(plane)]))
+    written = pd.read_csv(out)[list(HPA10.names)].to_numpy()
+    np.testing.assert_allclose(written, expected, atol=1e-5)
 
 
 def test_image_folder_input(run_dir, demo_data, tmp_path):
@@ -112,9 +130,28 @@ def test_hpa2018_layout_writes_id_predicted(untrained_run, real_data, tmp_path):
     written = pd.read_csv(out, dtype=str)
     assert list(written.columns) == ["Id", "Predicted"] and written["Id"].tolist() == ids
     assert all(0 <= int(c) < 28 for label in written["Predicted"] for c in label.split())
-    # Plain image files predicted by an HPA 2018 run come out in that run's format.
-    assert predict(run_dir, *sorted((data / "test").glob("*_green.png")), "--out", out) == 0
-    assert list(pd.read_csv(out, dtype=str).columns) == ["Id", "Predicted"]
+    # Stain files given one by one, grouped by Id, come out in that run's format.
+    assert predict(run_dir, *sorted((data / "test").iterdir()), "--out", out) == 0
+    again = pd.read_csv(out, dtype=str)
+    assert list(again.columns) == ["Id", "Predicted"] and again["Id"].tolist() == sorted(ids)
+
+
+def test_a_folder_of_stain_sets_gives_one_row_per_id(run_dir, assemble_hpa2018, tmp_path, capsys):
+    ids = assemble_hpa2018(tmp_path / "hpa")
+    folder = tmp_path / "hpa" / "train"
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, folder, "--probabilities", "--out", out) == 0
+    written = pd.read_csv(out, dtype={"Image": str})
+    assert written["Image"].tolist() == ids
+    import protloc
+
+    stain_sets = [{stain: folder / f"{identifier}_{stain}.png" for stain in ("red", "green", "blue")} for identifier in ids]
+    np.testing.assert_allclose(written[list(HPA10.names)].to_numpy(), protloc.load(run_dir).predict_proba(stain_sets),
+                               atol=1e-5)
+    (folder / f"{ids[1]}_green.png").unlink()
+    assert predict(run_dir, folder, "--out", out, "--on-error", "skip") == 2  # not an unreadable image: a missing one
+    error = capsys.readouterr().err
+    assert f"Id {ids[1]} has no green stain file; a 3-channel run reads red, green, blue" in error
 
 
 @pytest.fixture
@@ -192,3 +229,32 @@ def test_missing_test_image_of_a_dataset(run_dir, demo_data, tmp_path, capsys):
     assert predict(run_dir, data, "--format", "z2g", "--out", out, "--on-error", "skip") == 0
     assert pd.read_csv(out, dtype=str)["Image"].tolist() == ids[:3] + ids[4:]
     assert f"{ids[3]}.png" in capsys.readouterr().err
+
+
+def test_sixteen_bit_images_differing_in_one_saturated_pixel_get_the_same_probabilities(untrained_run, demo_data, tmp_path):
+    import protloc
+    from protloc.runs import save_config
+
+    run_dir = untrained_run(tmp_path / "run", spread=SPREAD)
+    demo = np.asarray(Image.open(sorted((demo_data / "test").glob("*.png"))[0]).resize((128, 128)))
+    twelve_bit = demo.astype(np.uint16) * 16  # 12-bit camera data in a 16-bit file: 0..4080
+    saturated = twelve_bit.copy()
+    saturated[0, 0] = 65535  # one hot pixel in a corner
+    tifffile.imwrite(tmp_path / "plain.tif", twelve_bit)
+    tifffile.imwrite(tmp_path / "hot.tif", saturated)
+    images = [tmp_path / "plain.tif", tmp_path / "hot.tif"]
+
+    guessed = protloc.load(run_dir).predict_proba(images)  # a config from before bit depths: guessed per image
+    assert np.abs(guessed[0] - guessed[1]).max() > 1e-2
+
+    config = load_config(run_dir)
+    config.bit_depth = 12
+    save_config(run_dir, config)
+    assert '"bit_depth": 12' in (run_dir / "config.json").read_text()
+    per_run = protloc.load(run_dir).predict_proba(images)
+    assert np.abs(per_run[0] - per_run[1]).max() <= 1e-3
+    # On the 12-bit scale, 16 x v of 4095 is about v of 255: close to the 8-bit original (levels round differently).
+    np.testing.assert_allclose(per_run[0], protloc.load(run_dir).predict_proba(demo)[0], atol=5e-3)
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, *images, "--probabilities", "--out", out) == 0
+    np.testing.assert_allclose(pd.read_csv(out)[list(HPA10.names)].to_numpy(), per_run, atol=1e-5)

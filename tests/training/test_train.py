@@ -32,7 +32,8 @@ def random_split_run(demo_data, tiny_recipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "random"
     args = ["train", str(demo_data), "--out", str(out), *tiny_recipe.args(), "--backbone", "mobilenetv3_small_050",
             "--validation-split", "random", "--normalize", "dataset", "--loss", "focal", "--pos-weight", "auto",
-            "--optimizer", "adamw", "--grad-clip", "1.0", "--grad-clip-mode", "norm", "--dropout", "0.2"]
+            "--optimizer", "adamw", "--grad-clip", "1.0", "--grad-clip-mode", "norm", "--dropout", "0.2",
+            "--bit-depth", "12"]
     assert main(args) == 0
     return out
 
@@ -43,6 +44,7 @@ def test_train_writes_a_complete_run_folder(default_run, demo_data):
     config, model = load_run(default_run)
     assert config.backbone == "efficientnet_lite0" and config.image_size == 32 and config.in_chans == 3
     assert config.label_set == "hpa10" and len(config.label_names) == 10 and config.layout == "z2g"
+    assert config.bit_depth == 8  # detected: the demo images are 8-bit PNGs
     assert config.mean == [0.5, 0.5, 0.5] and config.std == [0.5, 0.5, 0.5]  # the backbone's, as recorded
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -98,7 +100,7 @@ def test_plots_are_written(default_run):
 
 def test_recipe_options_reach_the_run(random_split_run):
     config = load_config(random_split_run)
-    assert config.backbone == "mobilenetv3_small_050" and config.dropout == 0.2
+    assert config.backbone == "mobilenetv3_small_050" and config.dropout == 0.2 and config.bit_depth == 12
     training = config.training
     assert training.validation_split == "random" and training.n_val == 10  # exactly ceil(96 * 0.1)
     assert (training.recipe["loss"], training.recipe["pos_weight"], training.recipe["optimizer"]) == ("focal", "auto", "adamw")

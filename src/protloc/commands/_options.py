@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from protloc.data.readers import LAYOUTS, DatasetTable, read_dataset
+from protloc.data.stains import STAINS
 from protloc.inference import ENGINES
 from protloc.labels import get_label_set
 from protloc.runs import ONNX_FILE
@@ -29,6 +30,14 @@ def add_run_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default=None, metavar="SET",
                         help="label set of DATA: hpa10, hpa28 or a file with one class name per line "
                              "(default: from the layout); must be the run's")
+
+
+def add_gray_as_option(parser: argparse.ArgumentParser) -> None:
+    """--gray-as STAIN: how a grayscale image may enter a run of 3 or 4 channels (images.convert_channels)."""
+    parser.add_argument("--gray-as", choices=STAINS, default=None, metavar="STAIN",
+                        help="read a grayscale (1-channel) image as this stain (red, green, blue or yellow), the run's "
+                             "other channels left dark: green for a protein-only image. Without it, an image with fewer "
+                             "channels than the run reads is refused; give one file per stain, <Id>_<stain>.png")
 
 
 def read_run_dataset(args: argparse.Namespace, config, path):
@@ -81,10 +90,12 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32,
 
 
 def add_engine_choice(parser: argparse.ArgumentParser) -> None:
-    """--engine torch|onnx and --onnx FILE, for the commands that need only probabilities."""
-    parser.add_argument("--engine", choices=ENGINES, default="torch",
-                        help=f"torch, or onnx: ONNX Runtime (CPU, fp32) on the run's {ONNX_FILE} or --onnx FILE, written "
-                             "by protloc export (default %(default)s)")
+    """--engine auto|torch|onnx and --onnx FILE, for the commands that need only probabilities."""
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help=f"onnx: ONNX Runtime (CPU, fp32) on --onnx FILE or the run's {ONNX_FILE}, which is exported on "
+                             "first use and again when the weights change; torch: the PyTorch model; auto: onnx on the CPU "
+                             "in fp32 (the same probabilities on every machine), torch on a GPU or with --precision "
+                             "bf16 (default %(default)s)")
     parser.add_argument("--onnx", default=None, metavar="FILE", help=f"ONNX file for --engine onnx (default RUN/{ONNX_FILE})")
 
 

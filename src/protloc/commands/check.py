@@ -16,13 +16,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protloc.data.check import check_dataset
-    from protloc.errors import DataError
+    from protloc.errors import DataError, listed
     from protloc.labels import get_label_set
 
     label_set = get_label_set(args.labels) if args.labels else None
     report = check_dataset(args.data, layout=args.format, label_set=label_set, channels=args.channels)
     if not report.ok:
-        raise DataError(*report.problems, f"{len(report.problems)} problem(s) found in {args.data}")
+        raise DataError(*listed(report.problems), f"{len(report.problems)} problem(s) found in {args.data}")
     test_part = f" and {report.n_test_images} test images" if report.n_test_images else ""
     print(f"OK: {args.data} ({report.layout} layout) — {report.n_images} labelled images{test_part}, no problems")
     return 0

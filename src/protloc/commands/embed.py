@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_engine_options, add_run_data_options
+from protloc.commands._options import add_engine_options, add_gray_as_option, add_run_data_options
 
 
 def register(subparsers) -> None:
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
     add_engine_options(parser)
     add_run_data_options(parser)
+    add_gray_as_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     method = resolve_method(args.method)  # before the slow part: a missing umap-learn fails fast
     label_set = get_label_set(args.labels) if args.labels else None
     table = read_dataset(args.data, layout=args.format, split=args.subset, label_set=label_set, channels=config.in_chans)
-    predictor = load_predictor(args.run, device=args.device, precision=args.precision)
+    predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as)
     features, map_file = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size,
                                      workers=args.workers, seed=args.seed, data_name=str(args.data))
     where = f" and {map_file}" if map_file else " (too few images for a map)"

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_inference_options, add_run_data_options, read_run_dataset, threshold_value
+from protloc.commands._options import (add_gray_as_option, add_inference_options, add_run_data_options, read_run_dataset,
+                                       threshold_value)
 
 
 def register(subparsers) -> None:
@@ -19,6 +20,7 @@ def register(subparsers) -> None:
                         help="one threshold for every class instead of the run's per-class thresholds")
     add_inference_options(parser)
     add_run_data_options(parser)
+    add_gray_as_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision)
+                               precision=args.precision, gray_as=args.gray_as)
     evaluation = evaluate_run(predictor, table, args.out, threshold=args.threshold, tta=args.tta,
                               batch_size=args.batch_size, workers=args.workers, data_name=str(args.data))
     scores = evaluation.scores["thresholds"]

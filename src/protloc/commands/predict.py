@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import add_inference_options, threshold_value
+from protloc.commands._options import add_gray_as_option, add_inference_options, threshold_value
 
 
 def register(subparsers) -> None:
@@ -14,7 +14,8 @@ def register(subparsers) -> None:
         "predict", help="predict localisations for images with a trained run",
         description="Predict localisations with a trained run. INPUT is a dataset folder (its test images: "
                     "Zero-to-GANs test/ in submission.csv order, or HPA 2018 sample_submission.csv ids), a CSV, "
-                    "a folder of images, or image files. Writes the input's Kaggle submission format: "
+                    "a folder of images, or image files; stain files <Id>_<stain>.png (red, green, blue, yellow) are one "
+                    "image per Id. Writes the input's Kaggle submission format: "
                     "Image,Label (HPA 2018: Id,Predicted), labels as space-separated class numbers.")
     parser.add_argument("run", help="run folder written by protloc train")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="dataset folder, CSV, image folder or image files")
@@ -29,31 +30,39 @@ def register(subparsers) -> None:
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="unreadable images: fail (exit 2, nothing written) or skip (left out of the file, each "
                              "named) (default %(default)s)")
+    add_gray_as_option(parser)
     add_inference_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
-    from protloc.errors import DataError
+    from protloc.errors import DataError, listed
     from protloc.files import write_csv
     from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.submission import output_layout, probability_frame, submission_frame
+    from protloc.labels import LabelSet
+    from protloc.runs import load_config
 
-    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx, precision=args.precision)
-    config = predictor.config
-    table = read_inputs(args.inputs, layout=args.format, split="test", label_set=predictor.label_set, channels=config.in_chans)
+    config = load_config(args.run)
+    # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
+    label_set = LabelSet(config.label_set, tuple(config.label_names))
+    table = read_inputs(args.inputs, layout=args.format, split="test", label_set=label_set, channels=config.in_chans)
     missing = find_missing_files(table) if args.on_error == "fail" else []
     if missing:
-        raise DataError(*missing, f"{len(missing)} image files named by the input are missing; nothing written "
-                                  f"(--on-error skip writes the others)")
+        raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
+                                          f"written (--on-error skip writes the others)")
+    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
+                               precision=args.precision, gray_as=args.gray_as)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                      show_progress=True)
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable
     if problems:
+        if args.on_error == "fail" and len(table) == 1:
+            raise DataError(*problems)  # the one line says it all
         if args.on_error == "fail":
-            raise DataError(*problems, f"{len(problems)} of {len(table)} images could not be read; nothing written "
-                                       f"(--on-error skip writes the others)")
+            raise DataError(*listed(problems), f"{len(problems)} of {len(table)} images could not be read; nothing "
+                                               f"written (--on-error skip writes the others)")
         for line in problems:
             print(f"protloc: warning: skipped {line}", file=sys.stderr)
         print(f"protloc: warning: skipped {len(problems)} of {len(table)} images that could not be read", file=sys.stderr)

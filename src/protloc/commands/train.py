@@ -72,6 +72,10 @@ def add_model_options(model) -> None:
 
 
 def add_data_options(data) -> None:
+    data.add_argument("--bit-depth", dest="bit_depth", type=int, choices=(8, 12, 16), default=DEFAULTS["bit_depth"],
+                      help="intensity scale of the images: 16-bit files holding 12-bit camera data (0..4095) are 12; "
+                           "stored in the run and applied to every image it reads (default: detected from a sample "
+                           "of the training images)")
     data.add_argument("--image-size", dest="image_size", type=int, default=DEFAULTS["image_size"],
                       help="square input size in pixels (default: the backbone's, 224 for efficientnet_lite0)")
     add(data, "validation_split", "mask (each image independently, like the seed), random (exact size, like "

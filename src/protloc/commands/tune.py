@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_inference_options, add_run_data_options
+from protloc.commands._options import add_gray_as_option, add_inference_options, add_run_data_options
 from protloc.runs import CONFIG_FILE
 
 
@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
     parser.add_argument("data", metavar="DATA", help="labelled dataset folder or CSV")
     add_run_data_options(parser)
+    add_gray_as_option(parser)
     add_inference_options(parser)
     parser.add_argument("--dry-run", action="store_true", help=f"print the table but leave {CONFIG_FILE} unchanged")
     parser.set_defaults(handler=run)
@@ -25,15 +26,13 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from protloc.commands._options import read_run_dataset
-    from protloc.errors import DataError, ProtlocError
+    from protloc.errors import DataError, ProtlocError, listed
     from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.thresholds import apply_thresholds, tune_thresholds
-    from protloc.runs import save_config
+    from protloc.runs import load_config, save_config
     from protloc.training.metrics import multilabel_scores
 
-    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision)
-    config = predictor.config
+    config = load_config(args.run)
     table = read_run_dataset(args, config, args.data)
     if list(table.label_set.names) != list(config.label_names):
         raise ProtlocError(
@@ -42,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
         )
     missing = find_missing_files(table)
     if missing:
-        raise DataError(*missing, f"{len(missing)} image files named by {args.data} are missing; thresholds unchanged")
+        raise DataError(*listed(missing), f"{len(missing)} image files named by {args.data} are missing; thresholds unchanged")
+    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
+                               precision=args.precision, gray_as=args.gray_as)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                      show_progress=True)
     if result.unreadable:
-        raise DataError(*result.unreadable,
+        raise DataError(*listed(result.unreadable),
                         f"{len(result.unreadable)} of {len(table)} images could not be read; thresholds unchanged")
     probabilities = result.outputs
 

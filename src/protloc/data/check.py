@@ -8,12 +8,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from protloc.data.images import ImageReadError, decode_image
+import numpy as np
+
+from protloc.data.images import ImageReadError, convert_channels, read_pixels
 from protloc.data.readers import DatasetTable, read_dataset
+from protloc.data.stains import describe_missing_stain
 from protloc.errors import DataError
 from protloc.labels import LabelSet
 
-# Channels each file of a layout must have; generic data may have any of 1, 3 or 4.
+# Channels each file of a layout must have; other files need as many as the table is read for, at least
+# (or any number, for a 1-channel table: the green one is read).
 EXPECTED_FILE_CHANNELS = {"z2g": (3,), "hpa2018": (1,)}
 # Layouts whose images all share one size, so an odd one out is a problem.
 UNIFORM_SIZE_LAYOUTS = ("z2g", "hpa2018")
@@ -34,40 +38,54 @@ class CheckReport:
 def _probe(path: str) -> tuple[str, tuple[int, ...] | None, str | None]:
     """Decode one file fully (a truncated PNG only fails on full decode) -> (path, shape, error)."""
     try:
-        return path, decode_image(path).shape, None
+        return path, read_pixels(path).shape, None
     except ImageReadError as error:
         return path, None, str(error)
 
 
-def _file_paths(table: DatasetTable) -> list[str]:
-    paths = []
-    for source in table.frame["source"]:
-        paths.extend([source] if isinstance(source, str) else source)
-    return paths
+def _file_owners(table: DatasetTable) -> dict[str, tuple[str, int]]:
+    """Each image file of the table -> (where its row came from, the size of its stain set; 0 for a lone file)."""
+    owners = {}
+    for _, row in table.frame.iterrows():
+        source = row["source"]
+        for path in [source] if isinstance(source, str) else source:
+            owners[path] = (table.where(row), 0 if isinstance(source, str) else len(source))
+    return owners
+
+
+def _channel_problem(path: str, shape: tuple[int, ...], table: DatasetTable, in_stain_set: bool) -> str | None:
+    allowed = EXPECTED_FILE_CHANNELS.get(table.layout)
+    if allowed and shape[2] not in allowed:
+        return f"{path}: {shape[2]} channels (expected {' or '.join(map(str, allowed))} in the {table.layout} layout)"
+    if in_stain_set:  # one stain each: any channel count reads as one plane (images.stain_plane)
+        return None
+    try:
+        convert_channels(np.zeros((1, 1, shape[2]), dtype=np.uint8), table.channels)
+    except ImageReadError as error:
+        return f"{path}: {error}"
+    return None
 
 
 def find_image_problems(table: DatasetTable, *, show_progress: bool = True, description: str = "checking images") -> list[str]:
-    """One line per missing, unreadable or oddly shaped image file of the table."""
-    paths = _file_paths(table)
-    where_of = {}
-    for _, row in table.frame.iterrows():
-        for path in [row["source"]] if isinstance(row["source"], str) else row["source"]:
-            where_of[path] = table.where(row)
+    """One line per missing, unreadable or oddly shaped image file of the table, and per file with fewer channels
+    than the table was read for."""
+    owners = _file_owners(table)
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
-        results = list(tqdm(pool.map(_probe, paths), total=len(paths), desc=description, disable=not show_progress, unit="file"))
+        results = list(tqdm(pool.map(_probe, owners), total=len(owners), desc=description, disable=not show_progress, unit="file"))
     problems = []
     shapes = {}
     for path, shape, error in results:
-        where = where_of[path] if where_of[path] != path else path
-        if error:
+        where, stain_count = owners[path]
+        if error == "file not found" and stain_count:
+            problems.append(describe_missing_stain(path, stain_count) + (f" [{where}]" if where != path else ""))
+        elif error:
             problems.append(f"{path}: {error}" + (f" [{where}]" if where != path else ""))
         else:
             shapes[path] = shape
-    allowed = EXPECTED_FILE_CHANNELS.get(table.layout)
-    if allowed:
-        for path, shape in shapes.items():
-            if shape[2] not in allowed:
-                problems.append(f"{path}: {shape[2]} channels (expected {' or '.join(map(str, allowed))} in the {table.layout} layout)")
+    for path, shape in shapes.items():
+        problem = _channel_problem(path, shape, table, in_stain_set=owners[path][1] > 0)
+        if problem:
+            problems.append(problem)
     if table.layout in UNIFORM_SIZE_LAYOUTS and shapes:
         usual, _ = Counter(shape[:2] for shape in shapes.values()).most_common(1)[0]
         for path, shape in shapes.items():
@@ -95,7 +113,7 @@ def check_dataset(
     problems.extend(find_image_problems(table, show_progress=show_progress, description="checking train images"))
     if table.layout == "z2g" and (table.root / "test").is_dir():
         try:
-            test_table = read_dataset(table.root, layout="z2g", split="test", label_set=table.label_set)
+            test_table = read_dataset(table.root, layout="z2g", split="test", label_set=table.label_set, channels=channels)
         except DataError as error:
             problems.extend(error.lines)
         else:

@@ -1,4 +1,6 @@
-"""Dataset conversions. hpa2018 -> hpa10: the Zero-to-GANs dataset is the 2018 dataset reduced to 10 classes."""
+"""Dataset conversions. hpa2018 -> hpa10: the Zero-to-GANs dataset is the 2018 dataset reduced to 10 classes.
+
+The composites are 8-bit: wider stain files are scaled by one bit depth for the whole dataset (intensity.py)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -9,6 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from protloc.data.images import load_image
+from protloc.data.intensity import detect_bit_depth
 from protloc.data.readers import DatasetTable, read_hpa2018
 from protloc.errors import DataError
 from protloc.files import atomic_path, write_csv
@@ -27,10 +30,10 @@ def hpa2018_to_hpa10_labels(table: DatasetTable) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Image", "Label"])
 
 
-def _compose(job: tuple[tuple[str, ...], Path]) -> None:
-    sources, target = job
+def _compose(job: tuple[tuple[str, ...], Path, int]) -> None:
+    sources, target, bit_depth = job
     with atomic_path(target) as temp:
-        Image.fromarray(load_image(sources, channels=3)).save(temp, format="PNG")
+        Image.fromarray(load_image(sources, channels=3, bit_depth=bit_depth)).save(temp, format="PNG")
 
 
 def convert_hpa2018_to_hpa10(source: Path, out: Path, *, labels_only: bool = False, show_progress: bool = True) -> int:
@@ -47,7 +50,8 @@ def convert_hpa2018_to_hpa10(source: Path, out: Path, *, labels_only: bool = Fal
             raise DataError(*listed, f"... and {more} more missing stain images" if more > 0 else "",
                             "use --labels-only to convert train.csv alone")
         (out / "train").mkdir(parents=True, exist_ok=True)
-        jobs = [(sources[identifier], out / "train" / f"{identifier}.png") for identifier in converted["Image"]]
+        bit_depth = detect_bit_depth(table.subset(table.frame.index[table.frame["id"].isin(converted["Image"])]))
+        jobs = [(sources[identifier], out / "train" / f"{identifier}.png", bit_depth) for identifier in converted["Image"]]
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(tqdm(pool.map(_compose, jobs), total=len(jobs), desc="composing RGB", unit="image", disable=not show_progress))
     write_csv(out / "train.csv", converted)

@@ -1,4 +1,4 @@
-"""The torch Dataset over a DatasetTable: reads, converts channels, applies a preset."""
+"""The torch Dataset over a DatasetTable: reads at the table's bit depth, converts channels, applies a preset."""
 from __future__ import annotations
 
 from typing import Callable
@@ -17,12 +17,16 @@ class ImageDataset(Dataset):
     the item (out of loader worker processes too), so nobody opens the file again to learn it. The image
     is then zeros of the expected size so a batch can still be formed (predict's --on-error).
     With strict=True an unreadable image raises instead (training: data should be checked first).
+    Pixels are scaled by the table's `bit_depth`; `gray_as` places grayscale images (images.convert_channels).
     """
 
-    def __init__(self, table: DatasetTable, *, channels: int, transform: Callable, image_size: int, strict: bool = True):
+    def __init__(self, table: DatasetTable, *, channels: int, transform: Callable, image_size: int, strict: bool = True,
+                 gray_as: str | None = None):
         self.sources = list(table.frame["source"])
         self.targets = torch.from_numpy(table.targets)
         self.channels = channels
+        self.bit_depth = table.bit_depth
+        self.gray_as = gray_as
         self.transform = transform
         self.image_size = image_size
         self.strict = strict
@@ -31,7 +35,7 @@ class ImageDataset(Dataset):
         return len(self.sources)
 
     def read(self, index: int) -> torch.Tensor:
-        return to_chw_tensor(load_image(self.sources[index], self.channels))
+        return to_chw_tensor(load_image(self.sources[index], self.channels, bit_depth=self.bit_depth, gray_as=self.gray_as))
 
     def __getitem__(self, index: int):
         try:

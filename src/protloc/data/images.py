@@ -1,8 +1,10 @@
 """Reading microscope images of any common kind into one form: uint8, height x width x channels.
 
-PNG, JPEG and TIFF; 8- or 16-bit; 1, 3 or 4 channels; any size. `decode_image` is the one decoder, for
-files and for uploaded bytes alike. The HPA-2018 layout stores one grayscale file per stain, which
-`load_image` composes when given several paths.
+PNG, JPEG and TIFF; 8- or 16-bit; 1, 3 or 4 channels; any size. `read_pixels` is the one decoder, for files
+and for uploaded bytes alike; `decode_image` scales its pixels to uint8 by the dataset's bit depth, the same
+for every image of a run (see to_uint8). The HPA layouts store one grayscale file per stain, which
+`load_image` composes when given a stain set (see stains.py); `convert_channels` fits an image to a run's
+channels by fixed, documented rules and refuses what it cannot fit without a guess.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from protloc.data.stains import run_stains
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
@@ -25,6 +29,9 @@ TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic an
 # 4096 x 4096 four-stain image (67 million). The environment variable, when set, takes precedence.
 MAX_PIXELS = 100_000_000
 MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
+
+# The intensity scales a dataset's pixels may have: the full scale of a pixel is 2**bit_depth - 1.
+BIT_DEPTHS = (8, 12, 16)
 
 # warnings.catch_warnings changes process-wide state: threads (the HTTP service) take turns around it.
 # Only Image.open runs under it, which reads the header alone.
@@ -66,18 +73,33 @@ def check_pixel_count(shape: Sequence[int]) -> None:
         )
 
 
-def to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
+    """Pixels of any type -> uint8, 0..255.
+
+    uint8 stays as it is and floats are taken as 0..1 intensities (the convention of image libraries). Wider
+    integers (16-bit files) are divided by the full scale of `bit_depth`: 4095 for 12-bit camera data in 16-bit
+    files, 65535 for 16-bit data, brighter values saturating. The bit depth belongs to the dataset (a run's
+    config.json), so one pixel value maps to one grey level in every image. bit_depth=8 refuses wider pixels;
+    None, for runs from before bit depths were stored, guesses per image from its maximum (12-bit when it is
+    at most 4095), which makes a pixel's grey level depend on the brightest pixel of its image.
+    """
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
-        # Float images are taken as 0..1 intensities, the usual convention of image libraries.
         return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if bit_depth not in BIT_DEPTHS and bit_depth is not None:
+        raise ValueError(f"bit depth {bit_depth}: expected one of {', '.join(map(str, BIT_DEPTHS))} or None")
+    if bit_depth == 8:
+        raise ImageReadError(
+            f"{array.dtype.itemsize * 8}-bit pixels, but the run reads 8-bit images (bit_depth 8 in its config.json): "
+            "save the image with 8 bits per channel, or use a run trained on data of this bit depth")
     array = array.astype(np.float32)
-    top = float(array.max()) if array.size else 0.0
-    # Many 16-bit microscope files hold 12-bit camera data; scaling those by 65535 would make them black.
-    full_scale = 4095.0 if top <= 4095 else 65535.0
+    if bit_depth is None:
+        top = float(array.max()) if array.size else 0.0
+        bit_depth = 12 if top <= 4095 else 16
+    full_scale = float(2**bit_depth - 1)
     return (np.clip(array / full_scale, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -91,8 +113,9 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def decode_image(source: bytes | str | Path) -> np.ndarray:
-    """An image file, by path or as its bytes -> uint8 (H, W, C) with C in 1, 3, 4. Raises ImageReadError.
+def read_pixels(source: bytes | str | Path) -> np.ndarray:
+    """An image file, by path or as its bytes -> its pixels as stored: (H, W, C) with C in 1, 3, 4, of the file's
+    own type (uint8, uint16, float...). Raises ImageReadError.
 
     TIFF (known by its signature, whatever the file is called) goes through tifffile: 16-bit, multi-channel
     and channel-first stacks; everything else through PIL. The pixel count comes from the header and is
@@ -111,7 +134,13 @@ def decode_image(source: bytes | str | Path) -> np.ndarray:
         raise ImageReadError("not a readable image (not PNG, JPEG, TIFF or another format PIL knows)") from None
     except Exception as error:  # decoders raise many types for corrupt input (OSError, ValueError, struct.error...)
         raise ImageReadError(f"not a readable image ({type(error).__name__}: {error})") from None
-    return to_image_array(array)
+    return to_channels_last(array)
+
+
+def decode_image(source: bytes | str | Path, *, bit_depth: int | None = None) -> np.ndarray:
+    """An image file, by path or as its bytes -> uint8 (H, W, C) with C in 1, 3, 4, wide pixels scaled by
+    `bit_depth` (see to_uint8). Raises ImageReadError."""
+    return to_uint8(read_pixels(source), bit_depth)
 
 
 def _is_tiff(file: io.BytesIO | Path) -> bool:
@@ -153,51 +182,88 @@ def to_chw_tensor(array: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def to_image_array(array: np.ndarray) -> np.ndarray:
-    """A decoded (H, W) or (H, W, 1..4) array of any depth -> uint8 (H, W, C) with C in 1, 3, 4; a second
-    channel (gray + alpha) is dropped. Raises ImageReadError for other shapes."""
+def to_channels_last(array: np.ndarray) -> np.ndarray:
+    """A decoded (H, W) or (H, W, 1..4) array -> (H, W, C) with C in 1, 3, 4, its type kept; a second channel
+    (gray + alpha) is dropped. Raises ImageReadError for other shapes."""
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
         raise ImageReadError(f"unexpected image shape {array.shape} (expected height x width with 1, 3 or 4 channels)")
     if array.shape[-1] == 2:
         array = array[:, :, :1]
-    return to_uint8(array)
+    return array
 
 
-def convert_channels(array: np.ndarray, channels: int) -> np.ndarray:
-    """Fit an image to the model's channel count.
+def to_image_array(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
+    """A decoded (H, W) or (H, W, 1..4) array of any type -> uint8 (H, W, C) with C in 1, 3, 4."""
+    return to_uint8(to_channels_last(array), bit_depth)
 
-    HPA order is red (microtubules), green (protein), blue (nucleus), yellow (ER). A 1-channel model sees
-    the protein (green); a grayscale image fed to an RGB model is repeated; a missing yellow stain is zero.
+
+def describe_channels(count: int) -> str:
+    return {1: "1 channel (grayscale)", 3: "3 channels (RGB)", 4: "4 channels"}.get(count, f"{count} channels")
+
+
+def convert_channels(array: np.ndarray, channels: int, *, gray_as: str | None = None) -> np.ndarray:
+    """Fit an image to a run's channels, HPA order red, green, blue, yellow. Raises ImageReadError where that
+    would take a guess.
+
+    - as many channels as the run: as it is;
+    - a 1-channel run: the green (protein) channel of a 3- or 4-channel image;
+    - a 3-channel run: the first three of a 4-channel image (alpha, or the yellow stain, dropped);
+    - fewer channels than the run reads: refused, except a grayscale image with `gray_as` (a stain name): its
+      plane becomes that channel and the others are zero (dark).
     """
     have = array.shape[-1]
     if have == channels:
         return array
     if channels == 1:
-        return array[:, :, 1:2] if have >= 3 else array[:, :, :1]
-    if have == 1:
-        return np.repeat(array, channels, axis=-1)
-    if channels == 3:
-        return array[:, :, :3]
-    if channels == 4 and have == 3:
-        return np.concatenate([array, np.zeros_like(array[:, :, :1])], axis=-1)
-    raise ValueError(f"cannot convert {have} channels to {channels}")
+        return array[:, :, 1:2]
+    if have > channels:
+        return array[:, :, :channels]
+    stains = run_stains(channels)
+    if have == 1 and gray_as is not None:
+        if gray_as not in stains:
+            raise ImageReadError(f"gray as {gray_as}: expected one of the run's stains, {', '.join(stains)}")
+        converted = np.zeros(array.shape[:2] + (channels,), dtype=array.dtype)
+        converted[:, :, stains.index(gray_as)] = array[:, :, 0]
+        return converted
+    hint = "; or, for a protein-only image, --gray-as green (gray_as='green')" if have == 1 else ""
+    raise ImageReadError(
+        f"{describe_channels(have)}, but the run reads {channels} ({', '.join(stains)}): give one grayscale file "
+        f"per stain, <Id>_{'.png, <Id>_'.join(stains)}.png{hint}")
 
 
-def load_image(source: str | Path | Sequence[str | Path], channels: int = 3) -> np.ndarray:
-    """A file, or one grayscale file per stain (r, g, b[, y]), -> uint8 (H, W, channels).
+def stain_plane(array: np.ndarray) -> np.ndarray:
+    """The (H, W) intensity of one stain file. A grayscale file is its own plane; a colour one (a stain saved as
+    RGB, or drawn in its colour as HPA's web images are) is read as its brightest colour channel per pixel."""
+    return array[:, :, 0] if array.shape[-1] == 1 else array[:, :, :3].max(axis=-1)
+
+
+def compose_stains(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """(H, W) planes, one per stain in the run's channel order -> (H, W, stains). Raises ImageReadError when
+    their sizes differ."""
+    shapes = {plane.shape for plane in planes}
+    if len(shapes) != 1:
+        raise ImageReadError(f"stain images differ in size: {' and '.join(f'{w}x{h}' for h, w in sorted(shapes))}")
+    return np.stack(planes, axis=-1)
+
+
+def load_image(source: str | Path | Sequence[str | Path], channels: int = 3, *, bit_depth: int | None = None,
+               gray_as: str | None = None) -> np.ndarray:
+    """A file, or a stain set (one grayscale file per stain of the run, in its channel order; see stains.py),
+    -> uint8 (H, W, channels). `bit_depth` scales wide pixels (to_uint8), `gray_as` places a grayscale file
+    (convert_channels).
 
     An unreadable stain raises ImageReadError with that stain's `path`."""
     if isinstance(source, (str, Path)):
-        return convert_channels(decode_image(source), channels)
+        return convert_channels(decode_image(source, bit_depth=bit_depth), channels, gray_as=gray_as)
+    if len(source) != channels:
+        raise ImageReadError(f"a stain set of {len(source)} files for a {channels}-channel run (expected "
+                             f"{', '.join(run_stains(channels))}, in that order)")
     planes = []
     for path in source:
         try:
-            planes.append(decode_image(path)[:, :, 0])
+            planes.append(stain_plane(decode_image(path, bit_depth=bit_depth)))
         except ImageReadError as error:
             raise ImageReadError(str(error), path=path) from None
-    shapes = {plane.shape for plane in planes}
-    if len(shapes) != 1:
-        raise ImageReadError(f"stain images differ in size: {sorted(shapes)}")
-    return convert_channels(np.stack(planes, axis=-1), channels)
+    return compose_stains(planes)

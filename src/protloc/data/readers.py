@@ -3,10 +3,12 @@
 Layouts
 - z2g: Kaggle "Zero to GANs" — DIR/train.csv (Image,Label), DIR/train/<Image>.png, DIR/test/*.png,
   optionally DIR/submission.csv.
-- hpa2018: Kaggle HPA 2018 — DIR/train.csv (Id,Target), DIR/train/<Id>_{red,green,blue,yellow}.png.
+- hpa2018: Kaggle HPA 2018 — DIR/train.csv (Id,Target), DIR/train/<Id>_{red,green,blue,yellow}.png (or .tif, .jpg).
 - generic: a CSV with a `path` column (relative to the CSV's folder) and a `labels` column.
-- folder: a folder of image files, unlabelled.
-- images: image files given one by one, unlabelled.
+- folder: a folder of image files, unlabelled; a folder of stain files (<Id>_<stain>.<ext>) is one image per Id.
+- images: image files given one by one, unlabelled; stain files among them are grouped by Id as in a folder.
+
+A table is read for a number of channels: a stain set holds one file per stain the run reads (stains.py).
 """
 from __future__ import annotations
 
@@ -20,18 +22,23 @@ import numpy as np
 import pandas as pd
 
 from protloc.data.images import IMAGE_SUFFIXES
-from protloc.errors import DataError, ProtlocError
+from protloc.data.stains import group_stain_files, split_stain_name, stain_set_sources
+from protloc.errors import DataError, ProtlocError, listed
 from protloc.labels import HPA10, HPA28, LabelSet
 
 LAYOUTS = ("z2g", "hpa2018", "generic", "folder", "images")
 LAYOUT_COLUMNS = {"z2g": ("Image", "Label"), "hpa2018": ("Id", "Target"), "generic": ("path", "labels")}
-HPA_STAINS = ("red", "green", "blue", "yellow")
 
 
 @dataclass
 class DatasetTable:
-    """One row per image: `id`, `source` (a path, or one path per stain), `labels` (class indices) and `line`
-    (its line in the CSV, for error messages; 0 when it came from no CSV)."""
+    """One row per image: `id`, `source` (a path, or a stain set: one path per stain, in the channel order of
+    `channels`), `labels` (class indices) and `line` (its line in the CSV, for error messages; 0 when it came
+    from no CSV).
+
+    `channels` is the channel count the table was read for; `bit_depth` the intensity scale of its images
+    (8, 12 or 16; None: not decided, each image's guessed from its maximum). Training decides it for the
+    dataset (intensity.detect_bit_depth); a run reads every image with the bit depth of its config."""
 
     frame: pd.DataFrame
     label_set: LabelSet
@@ -39,6 +46,8 @@ class DatasetTable:
     root: Path
     csv_path: Path | None
     labelled: bool
+    channels: int = 3
+    bit_depth: int | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -53,7 +62,8 @@ class DatasetTable:
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> "DatasetTable":
         frame = self.frame.iloc[np.asarray(rows)].reset_index(drop=True)
-        return DatasetTable(frame, self.label_set, self.layout, self.root, self.csv_path, self.labelled)
+        return DatasetTable(frame, self.label_set, self.layout, self.root, self.csv_path, self.labelled,
+                            self.channels, self.bit_depth)
 
     def where(self, row: pd.Series) -> str:
         """'train.csv line 7 (Image 123)' — where a row came from, for messages."""
@@ -120,9 +130,9 @@ def _parse_rows(
     return ids, labels, lines, problems
 
 
-def _table(ids, sources, labels, lines, label_set, layout, root, csv_path, labelled) -> DatasetTable:
+def _table(ids, sources, labels, lines, label_set, layout, root, csv_path, labelled, channels=3) -> DatasetTable:
     frame = pd.DataFrame({"id": ids, "source": sources, "labels": labels, "line": lines})
-    return DatasetTable(frame, label_set, layout, Path(root), csv_path, labelled)
+    return DatasetTable(frame, label_set, layout, Path(root), csv_path, labelled, channels)
 
 
 def _raise_or_collect(problems: list[str], collect: list[str] | None) -> None:
@@ -130,23 +140,24 @@ def _raise_or_collect(problems: list[str], collect: list[str] | None) -> None:
     if collect is not None:
         collect.extend(problems)
     elif problems:
-        raise DataError(*problems)
+        raise DataError(*listed(problems))
 
 
-def read_z2g(root: Path, split: str = "train", label_set: LabelSet = HPA10, collect: list[str] | None = None) -> DatasetTable:
+def read_z2g(root: Path, split: str = "train", label_set: LabelSet = HPA10, collect: list[str] | None = None,
+             channels: int = 3) -> DatasetTable:
     root = Path(root)
     if split == "test":
-        return _read_z2g_test(root, label_set)
+        return _read_z2g_test(root, label_set, channels)
     csv_path = root / "train.csv"
     frame = _read_csv(csv_path, LAYOUT_COLUMNS["z2g"], "Zero-to-GANs layout")
     ids, labels, lines, problems = _parse_rows(frame, csv_path, "Image", "Label", label_set)
     _raise_or_collect(problems, collect)
     folder = os.path.join(root, "train")
     sources = [os.path.join(folder, f"{identifier}.png") for identifier in ids]
-    return _table(ids, sources, labels, lines, label_set, "z2g", root, csv_path, True)
+    return _table(ids, sources, labels, lines, label_set, "z2g", root, csv_path, True, channels)
 
 
-def _read_z2g_test(root: Path, label_set: LabelSet) -> DatasetTable:
+def _read_z2g_test(root: Path, label_set: LabelSet, channels: int) -> DatasetTable:
     submission = root / "submission.csv"
     if submission.is_file():
         frame = _read_csv(submission, LAYOUT_COLUMNS["z2g"], "Zero-to-GANs submission")
@@ -154,38 +165,33 @@ def _read_z2g_test(root: Path, label_set: LabelSet) -> DatasetTable:
         folder = os.path.join(root, "test")
         sources = [os.path.join(folder, f"{identifier}.png") for identifier in ids]
         lines = list(range(2, len(ids) + 2))
-        return _table(ids, sources, [()] * len(ids), lines, label_set, "z2g", root, submission, False)
-    table = read_folder(root / "test", label_set)
+        return _table(ids, sources, [()] * len(ids), lines, label_set, "z2g", root, submission, False, channels)
+    table = read_folder(root / "test", label_set, channels)
     table.layout, table.root = "z2g", root
     return table
-
-
-def _stain_sources(folder: Path, ids: list[str], stains: tuple[str, ...]) -> list[tuple[str, ...]]:
-    prefix = os.path.join(folder, "")  # plain string joins: pathlib is slow over 30,000 rows
-    return [tuple(f"{prefix}{identifier}_{stain}.png" for stain in stains) for identifier in ids]
 
 
 def read_hpa2018(
     root: Path, split: str = "train", label_set: LabelSet = HPA28, channels: int = 3, collect: list[str] | None = None
 ) -> DatasetTable:
     root = Path(root)
-    stains = HPA_STAINS[:4] if channels == 4 else HPA_STAINS[:3]
     if split == "test":
         csv_path = root / "sample_submission.csv"
         frame = _read_csv(csv_path, ("Id", "Predicted"), "HPA 2018 submission")
         ids = [identifier.strip() for identifier in frame["Id"]]
-        sources = _stain_sources(root / "test", ids, stains)
+        sources = stain_set_sources(root / "test", ids, channels)
         lines = list(range(2, len(ids) + 2))
-        return _table(ids, sources, [()] * len(ids), lines, label_set, "hpa2018", root, csv_path, False)
+        return _table(ids, sources, [()] * len(ids), lines, label_set, "hpa2018", root, csv_path, False, channels)
     csv_path = root / "train.csv"
     frame = _read_csv(csv_path, LAYOUT_COLUMNS["hpa2018"], "HPA 2018 layout")
     ids, labels, lines, problems = _parse_rows(frame, csv_path, "Id", "Target", label_set)
     _raise_or_collect(problems, collect)
-    sources = _stain_sources(root / "train", ids, stains)
-    return _table(ids, sources, labels, lines, label_set, "hpa2018", root, csv_path, True)
+    sources = stain_set_sources(root / "train", ids, channels)
+    return _table(ids, sources, labels, lines, label_set, "hpa2018", root, csv_path, True, channels)
 
 
-def read_generic(csv_path: Path, label_set: LabelSet = HPA10, collect: list[str] | None = None) -> DatasetTable:
+def read_generic(csv_path: Path, label_set: LabelSet = HPA10, collect: list[str] | None = None,
+                 channels: int = 3) -> DatasetTable:
     csv_path = Path(csv_path)
     frame = _read_csv(csv_path, LAYOUT_COLUMNS["generic"], "generic layout: path relative to the CSV, labels")
     ids, labels, lines, problems = _parse_rows(frame, csv_path, "path", "labels", label_set)
@@ -194,28 +200,43 @@ def read_generic(csv_path: Path, label_set: LabelSet = HPA10, collect: list[str]
     names = [Path(path).stem for path in ids]
     if len(set(names)) == len(names):
         ids = names  # the file name is the id users expect in outputs; keep the path when names collide
-    return _table(ids, sources, labels, lines, label_set, "generic", csv_path.parent, csv_path, True)
+    return _table(ids, sources, labels, lines, label_set, "generic", csv_path.parent, csv_path, True, channels)
 
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
 
 
-def read_folder(folder: Path, label_set: LabelSet = HPA10) -> DatasetTable:
+def read_folder(folder: Path, label_set: LabelSet = HPA10, channels: int = 3, collect: list[str] | None = None) -> DatasetTable:
     folder = Path(folder)
     paths = list_images(folder)
     if not paths:
         raise DataError(f"{folder}: no images found (expected .png, .jpg or .tif files)")
-    return read_images(paths, label_set, layout="folder", root=folder)
+    return read_images(paths, label_set, layout="folder", root=folder, channels=channels, collect=collect)
 
 
-def read_images(paths: Sequence[Path], label_set: LabelSet = HPA10, layout: str = "images", root: Path | None = None) -> DatasetTable:
+def read_images(paths: Sequence[Path], label_set: LabelSet = HPA10, layout: str = "images", root: Path | None = None,
+                channels: int = 3, collect: list[str] | None = None) -> DatasetTable:
+    """Image files, one image each; stain files (<Id>_<stain>.<ext>) are grouped into one image per Id.
+
+    Incomplete stain sets are problems, as is a mix of stain files and other images (which is which would be a
+    guess): they fail the read, or are appended to `collect` and left out."""
     paths = [Path(path) for path in paths]
-    ids = [path.stem for path in paths]
+    stain_files = [path for path in paths if split_stain_name(path)]
+    if stain_files and len(stain_files) < len(paths):
+        others = [path.name for path in paths if not split_stain_name(path)]
+        raise DataError(
+            f"{root or paths[0].parent}: {len(stain_files)} stain files (<Id>_<stain>.png) and {len(others)} other images "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give stain files and whole images separately")
+    if stain_files:
+        ids, sources, problems = group_stain_files(stain_files, channels)
+        _raise_or_collect(problems, collect)
+    else:
+        ids, sources = [path.stem for path in paths], [str(path) for path in paths]
     if len(set(ids)) != len(ids):
-        ids = [str(path) for path in paths]
-    sources = [str(path) for path in paths]
-    return _table(ids, sources, [()] * len(ids), [0] * len(ids), label_set, layout, root or Path("."), None, False)
+        ids = [str(source if isinstance(source, str) else source[0]) for source in sources]
+    labels, lines = [()] * len(ids), [0] * len(ids)
+    return _table(ids, sources, labels, lines, label_set, layout, root or Path("."), None, False, channels)
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -277,14 +298,14 @@ def read_dataset(
         raise ProtlocError(f"unknown format {layout!r} (expected one of {', '.join(LAYOUTS)})")
     label_set = label_set or default_label_set(layout)
     if layout == "z2g":
-        return read_z2g(path.parent if path.is_file() else path, split, label_set, collect)
+        return read_z2g(path.parent if path.is_file() else path, split, label_set, collect, channels)
     if layout == "hpa2018":
         return read_hpa2018(path.parent if path.is_file() else path, split, label_set, channels, collect)
     if layout == "generic":
-        return read_generic(path, label_set, collect)
+        return read_generic(path, label_set, collect, channels)
     if layout == "folder":
-        return read_folder(path, label_set)
-    return read_images([path], label_set)
+        return read_folder(path, label_set, channels, collect)
+    return read_images([path], label_set, channels=channels, collect=collect)
 
 
 def read_inputs(inputs: Sequence[str | Path], *, layout: str | None = None, split: str = "test",
@@ -296,4 +317,4 @@ def read_inputs(inputs: Sequence[str | Path], *, layout: str | None = None, spli
     missing = [str(item) for item in inputs if not item.is_file()]
     if missing:
         raise DataError(*(f"{item}: no such image file" for item in missing))
-    return read_images(inputs, label_set or HPA10)
+    return read_images(inputs, label_set or HPA10, channels=channels)

@@ -6,10 +6,16 @@ The sigmoid is part of the graph, so an ONNX consumer gets probabilities and app
 Exporter: the TorchScript-based one (`dynamo=False`). The torch.export-based exporter, the default since
 torch 2.9, needs the onnxscript package, which is not installed here; the legacy one handles these CNNs.
 Every export is checked with onnx.checker and compared with torch on a random batch before it is kept.
+
+A run's own RUN/model.onnx doubles as a cache for the default CPU engine: `run_onnx_session` exports it on
+first use and again whenever it no longer matches RUN/model.safetensors (the SHA-256 of the weights file is
+stored in the graph's metadata) or the run's config.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,12 +25,13 @@ from torch import nn
 
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
-from protloc.runs import RunConfig
+from protloc.runs import ONNX_FILE, WEIGHTS_FILE, RunConfig, load_run
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+WEIGHTS_DIGEST_KEY = "protloc_weights_sha256"  # metadata: the weights file the graph was exported from
 
 
 class ProbabilityModel(nn.Module):
@@ -38,9 +45,11 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(self.model(images))
 
 
-def export_onnx(model: nn.Module, config: RunConfig, path: str | Path, *, opset: int = DEFAULT_OPSET, seed: int = 0) -> float:
+def export_onnx(model: nn.Module, config: RunConfig, path: str | Path, *, opset: int = DEFAULT_OPSET, seed: int = 0,
+                weights_digest: str | None = None) -> float:
     """Write `path` (atomically) and return the largest |torch - ONNX Runtime| probability difference on a
-    random batch; raise ProtlocError, keeping no file, if the graph is invalid or the difference is over 1e-4."""
+    random batch; raise ProtlocError, keeping no file, if the graph is invalid or the difference is over 1e-4.
+    `weights_digest` (of the weights file the model came from) is stored in the metadata."""
     import onnx
 
     wrapped = ProbabilityModel(model.float().cpu().to(memory_format=torch.contiguous_format)).eval()
@@ -60,6 +69,8 @@ def export_onnx(model: nn.Module, config: RunConfig, path: str | Path, *, opset:
         graph = onnx.load(str(temp))
         # The run's config travels with the file for deployments that have only the .onnx.
         graph.metadata_props.add(key="protloc_config", value=json.dumps(config.to_dict()))
+        if weights_digest:
+            graph.metadata_props.add(key=WEIGHTS_DIGEST_KEY, value=weights_digest)
         onnx.save(graph, str(temp))
         try:
             onnx.checker.check_model(str(temp), full_check=True)
@@ -88,3 +99,37 @@ def compare_with_torch(wrapped: nn.Module, onnx_path: str | Path, config: RunCon
     if actual.shape != expected.shape:
         raise ProtlocError(f"{onnx_path}: ONNX output has shape {actual.shape}, torch {expected.shape}")
     return float(np.abs(actual - expected).max())
+
+
+def weights_digest(run_dir: str | Path) -> str:
+    """SHA-256 of the run's weights file (a missing file raises ProtlocError, as loading the run would)."""
+    path = Path(run_dir) / WEIGHTS_FILE
+    try:
+        with open(path, "rb") as stream:
+            return hashlib.file_digest(stream, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)") from None
+
+
+def run_onnx_session(run_dir: str | Path, config: RunConfig):
+    """An ONNX Runtime session on RUN/model.onnx, exported first when it is missing, was exported from other
+    weights, or no longer fits the run's config."""
+    from protloc.inference.engines import open_onnx_session
+
+    path = Path(run_dir) / ONNX_FILE
+    digest = weights_digest(run_dir)
+    if path.is_file():
+        try:
+            session = open_onnx_session(path, config, run_dir)
+        except ProtlocError:  # unreadable, or made for another image size or class count: export again
+            session = None
+        if session is not None and session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest:
+            return session
+    print(f"protloc: exporting {path} for ONNX Runtime (once; again whenever the weights change)", file=sys.stderr)
+    _config, model = load_run(run_dir)
+    try:
+        export_onnx(model, config, path, weights_digest=digest)
+    except OSError as error:
+        raise ProtlocError(f"{path}: cannot write the ONNX model ({error.strerror or error}); export it elsewhere with "
+                           f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, or use --engine torch") from None
+    return open_onnx_session(path, config, run_dir)

@@ -1,16 +1,17 @@
 """Probabilities and labels from a trained run: the one door from images to them, for every command that
 runs a model (predict, tune, evaluate, explain, embed, serve, report) and for the Python API (`protloc.load`).
 
-Images flow one way: table or in-memory images -> dataset (the run's eval preset) -> DataLoader ->
-engine (torch model or ONNX Runtime session; see engines.py) -> sigmoid probabilities -> labels by the run's
-thresholds. Everything about the model (label names, image size, channels, mean/std, thresholds) comes from
-the run's config.
+Images flow one way: table or in-memory images (inputs.py) -> dataset (the run's bit depth, channels and
+eval preset) -> DataLoader -> engine (torch model or ONNX Runtime session; see engines.py) -> sigmoid
+probabilities -> labels by the run's thresholds. Everything about the model (label names, image size,
+channels, bit depth, mean/std, thresholds) comes from the run's config.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -19,78 +20,30 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from protloc.data.dataset import ImageDataset
-from protloc.data.images import (ImageReadError, convert_channels, describe_read_error, load_image, pil_to_array,
-                                 to_chw_tensor, to_image_array)
+from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
+from protloc.data.stains import describe_missing_stain, run_stains
 from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
 from protloc.inference.engines import OnnxEngine, TorchEngine, make_engine, open_onnx_session, predict_batch  # noqa: F401
+from protloc.inference.inputs import InputImages, as_image_list, image_ids, read_input
+from protloc.inference.onnx_export import run_onnx_session
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import LabelSet
-from protloc.runs import ONNX_FILE, RunConfig, eval_preset, load_config, load_run
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def memory_image_to_array(image, channels: int) -> np.ndarray:
-    """A numpy array (H, W[, C]) or PIL image -> uint8 (H, W, channels), converted as files are."""
-    array = pil_to_array(image) if hasattr(image, "getbands") else np.asarray(image)
-    try:
-        converted = to_image_array(array)
-    except ImageReadError:
-        raise ProtlocError(
-            f"image array of shape {array.shape}: expected (height, width) or (height, width, 1|3|4)"
-        ) from None
-    return convert_channels(converted, channels)
-
-
-def _is_file_source(image) -> bool:
-    """A path, or a stain set: a tuple of paths, one grayscale file per stain."""
-    return isinstance(image, (str, Path)) or (
-        isinstance(image, tuple) and len(image) > 0 and all(isinstance(part, (str, Path)) for part in image))
-
-
-def read_input(image, channels: int) -> np.ndarray:
-    """A path, a stain set, a numpy array or a PIL image -> uint8 (H, W, channels). Raises ProtlocError."""
-    if not _is_file_source(image):
-        return memory_image_to_array(image, channels)
-    try:
-        return load_image(image, channels)
-    except ImageReadError as error:
-        raise ProtlocError(describe_read_error(image, error)) from None
-
-
-class InputImages(Dataset):
-    """Paths, stain sets, numpy arrays and PIL images for the Python API; items are shaped like ImageDataset's."""
-
-    def __init__(self, images: Sequence, *, channels: int, transform):
-        self.images = list(images)
-        self.channels = channels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        tensor = to_chw_tensor(read_input(self.images[index], self.channels))
-        return self.transform(tensor), torch.zeros(0), index, ""
-
-
-def image_ids(images: Sequence) -> list[str]:
-    """File names without extension for paths, the position for in-memory images."""
-    return [Path(image).stem if isinstance(image, (str, Path)) else str(index) for index, image in enumerate(images)]
+from protloc.runs import RunConfig, eval_preset, load_config, load_run
 
 
 def find_missing_files(table: DatasetTable) -> list[str]:
-    """'PATH: file not found' for each image file the table names that does not exist: cheap to know before
-    running the model, unlike a corrupt file."""
+    """'PATH: file not found' for each image file the table names that does not exist (for a stain set, with its Id
+    and stain): cheap to know before running the model, unlike a corrupt file."""
     lines = []
     for source in table.frame["source"]:
-        for path in [source] if isinstance(source, str) else source:
-            if not Path(path).is_file():
-                lines.append(f"{path}: file not found")
+        if isinstance(source, str):
+            if not Path(source).is_file():
+                lines.append(f"{source}: file not found")
+            continue
+        lines.extend(describe_missing_stain(path, len(source)) for path in source if not Path(path).is_file())
     return lines
 
 
@@ -175,12 +128,26 @@ class Prediction:
 
 
 class Predictor:
-    """A loaded run: `predict` / `predict_proba` on images, `predict_table` / `embed_table` on datasets."""
+    """A loaded run: `predict` / `predict_proba` on images, `predict_table` / `embed_table` on datasets.
 
-    def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto"):
+    Every image is read as the run's config says (bit depth, channels, eval preset); `gray_as` (a stain name)
+    lets a grayscale image into a run of more channels as that stain, the others dark."""
+
+    def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto",
+                 gray_as: str | None = None, run_dir: str | Path | None = None):
+        if gray_as is not None and gray_as not in run_stains(config.in_chans):
+            raise ProtlocError(f"--gray-as {gray_as}: the run reads {', '.join(run_stains(config.in_chans))}")
         self.config = config
+        self.gray_as = gray_as
+        self.run_dir = run_dir  # where the torch model is loaded from when an ONNX engine is asked for it
         self.engine = make_engine(engine, device=device, precision=precision)
+        self._cpu_torch_engine: TorchEngine | None = None
         self.transform = eval_preset(config)
+
+    @property
+    def engine_name(self) -> str:
+        """"onnx" (ONNX Runtime, CPU, fp32) or "torch"."""
+        return "onnx" if isinstance(self.engine, OnnxEngine) else "torch"
 
     @property
     def label_names(self) -> list[str]:
@@ -192,23 +159,35 @@ class Predictor:
 
     @property
     def model(self) -> nn.Module:
-        """The torch model, for what needs more than probabilities (Grad-CAM)."""
+        """The torch model, for what needs more than probabilities (Grad-CAM, features)."""
         return self._torch_engine().model
 
     def _torch_engine(self) -> TorchEngine:
-        if not isinstance(self.engine, TorchEngine):
-            raise ProtlocError("this needs the torch model (an ONNX file holds only the probabilities); use --engine torch")
-        return self.engine
+        """The torch engine; beside an ONNX engine (CPU, fp32), the run's model loaded on first use, on the CPU in fp32."""
+        if isinstance(self.engine, TorchEngine):
+            return self.engine
+        if self._cpu_torch_engine is None:
+            if self.run_dir is None:
+                raise ProtlocError("this needs the torch model (an ONNX file holds only the probabilities); use --engine torch")
+            _config, model = load_run(self.run_dir)
+            self._cpu_torch_engine = TorchEngine(model, device="cpu", precision="fp32")
+        return self._cpu_torch_engine
 
     def dataset(self, table: DatasetTable) -> ImageDataset:
-        """The run's eval preset over a table; unreadable images come back with their problem, not an exception."""
+        """The run's eval preset over a table, read at the run's bit depth; unreadable images come back with their
+        problem, not an exception."""
+        table = dataclasses.replace(table, bit_depth=self.config.bit_depth)
         return ImageDataset(table, channels=self.config.in_chans, transform=self.transform,
-                            image_size=self.config.image_size, strict=False)
+                            image_size=self.config.image_size, strict=False, gray_as=self.gray_as)
+
+    def read(self, image) -> np.ndarray:
+        """One image (see read_input) as the run reads it: uint8 (H, W, channels). Raises ProtlocError."""
+        return read_input(image, self.config.in_chans, bit_depth=self.config.bit_depth, gray_as=self.gray_as)
 
     def prepare(self, image) -> torch.Tensor:
-        """One image (path, stain set, array or PIL image) as the model takes it: (C, H, W) float, the eval preset
-        applied. Raises ProtlocError naming an unreadable file."""
-        return self.transform(to_chw_tensor(read_input(image, self.config.in_chans)))
+        """One image (see read_input) as the model takes it: (C, H, W) float, the eval preset applied. Raises
+        ProtlocError naming an unreadable file."""
+        return self.transform(to_chw_tensor(self.read(image)))
 
     def probabilities(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
         """(N, C) probabilities of a prepared batch (N, C, H, W)."""
@@ -232,9 +211,12 @@ class Predictor:
             raise DataError(*result.unreadable)
         return result.outputs
 
-    def predict_proba(self, images: Sequence, *, tta: bool = False, batch_size: int = 32) -> np.ndarray:
-        """(N, C) probabilities for paths, numpy arrays (H, W[, C]; uint8, uint16 or 0..1 float) or PIL images."""
-        dataset = InputImages(_as_list(images), channels=self.config.in_chans, transform=self.transform)
+    def predict_proba(self, images, *, tta: bool = False, batch_size: int = 32) -> np.ndarray:
+        """(N, C) probabilities for one image or a list of them: paths, files' bytes, numpy arrays (H, W[, C];
+        uint8, uint16 or 0..1 float), PIL images, or stain sets ({stain: image}, or a tuple in the run's channel
+        order); see read_input."""
+        dataset = InputImages(as_image_list(images), channels=self.config.in_chans, transform=self.transform,
+                              bit_depth=self.config.bit_depth, gray_as=self.gray_as)
         return self.predict_table(dataset, batch_size=batch_size, tta=tta).outputs
 
     def decide(self, probabilities: np.ndarray, *, threshold: float | None = None, allow_empty: bool = False) -> np.ndarray:
@@ -242,21 +224,12 @@ class Predictor:
         thresholds = self.config.thresholds if threshold is None else threshold
         return apply_thresholds(probabilities, thresholds, allow_empty=allow_empty)
 
-    def predict(self, images: Sequence, *, tta: bool = False, threshold: float | None = None,
+    def predict(self, images, *, tta: bool = False, threshold: float | None = None,
                 allow_empty: bool = False, batch_size: int = 32) -> Prediction:
-        images = _as_list(images)
+        images = as_image_list(images)
         probabilities = self.predict_proba(images, tta=tta, batch_size=batch_size)
         predicted = self.decide(probabilities, threshold=threshold, allow_empty=allow_empty)
         return Prediction(image_ids(images), self.label_names, probabilities, predicted)
-
-
-def _as_list(images) -> list:
-    """One image (a path, a (H, W[, C]) array or a PIL image), a sequence of them or an (N, H, W, C) array -> a list."""
-    if isinstance(images, (str, Path)) or hasattr(images, "getbands"):
-        return [images]
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
-        return [images]
-    return list(images)
 
 
 def predict_probabilities(model_or_session, data: DatasetTable | Dataset, config: RunConfig, *, batch_size: int = 32,
@@ -267,17 +240,30 @@ def predict_probabilities(model_or_session, data: DatasetTable | Dataset, config
     return predictor.predict_table(data, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress)
 
 
-def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
-                   onnx_path: str | Path | None = None, precision: str = "auto") -> Predictor:
-    """A Predictor on a run folder; engine "onnx" runs the run's ONNX export (or `onnx_path`) with ONNX Runtime."""
+def choose_engine(engine: str, device: str, precision: str, onnx_path: str | Path | None) -> str:
+    """"auto" -> "onnx" for fp32 on the CPU (the same probabilities on every machine, and the fastest CPU engine),
+    "torch" otherwise (GPUs, bf16)."""
     if engine not in ENGINES:
         raise ProtlocError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    if onnx_path is not None:
+        return "onnx"
+    return "onnx" if resolve_device(device) == "cpu" and precision in ("auto", "fp32") else "torch"
+
+
+def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
+                   onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None) -> Predictor:
+    """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx,
+    exported first where it is missing or older than the weights; "auto" picks (choose_engine)."""
+    engine = choose_engine(engine, device, precision, onnx_path)
     if engine == "onnx":
         if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
             raise ProtlocError(f"--engine onnx runs on the CPU in fp32 (ONNX Runtime's CPU provider), not "
                                f"--device {device} --precision {precision}; use --engine torch for those")
         config = load_config(run_dir)
-        return Predictor(config, open_onnx_session(onnx_path or Path(run_dir) / ONNX_FILE, config, run_dir))
+        session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config)
+        return Predictor(config, session, gray_as=gray_as, run_dir=run_dir)
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
-    return Predictor(config, model, device=device, precision=precision)
+    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, run_dir=run_dir)

@@ -132,7 +132,7 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
     run_config = RunConfig(
         backbone=config.backbone, label_set=table.label_set.name, label_names=label_names, image_size=image_size,
         in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[0.5] * len(label_names),
-        dropout=config.dropout, layout=table.layout,
+        dropout=config.dropout, layout=table.layout, bit_depth=table.bit_depth,
     )
     probabilities, _ok = predict_probabilities(
         model, data.val_table, run_config, batch_size=config.batch_size, workers=engine.workers,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from protloc.data.check import find_image_problems
+from protloc.data.intensity import detect_bit_depth
 from protloc.data.readers import DatasetTable, read_dataset
 from protloc.errors import DataError
 from protloc.labels import get_label_set
@@ -46,6 +47,7 @@ def read_training_table(config: TrainConfig) -> DatasetTable:
     table = read_dataset(config.data, layout=config.format, split="train", label_set=label_set, channels=config.channels)
     if not table.labelled:
         raise DataError(f"{config.data}: the {table.layout} layout has no labels; training needs labelled data (a CSV of images and labels)")
+    table.bit_depth = config.bit_depth or detect_bit_depth(table)  # one intensity scale for the whole dataset
     return table
 
 
