@@ -48,10 +48,10 @@ def register(subparsers) -> None:
     limits.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
                         help="a request not answered within this gets 408 (body still arriving) or 503 (default %(default)s)")
     access = parser.add_argument_group("access")
-    access.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+    access.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                         help="also accept requests whose Host header is NAME (repeatable; '*' for any). By default "
                              "only the address served on, or this machine's names when serving on 0.0.0.0")
-    access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+    access.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                         help="let web pages from ORIGIN (e.g. https://lab.example.org) call the API from a "
                              "browser (repeatable; none by default)")
     parser.set_defaults(handler=run)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         serve(args.run, host=args.host, port=args.port, engine=args.engine, onnx_path=args.onnx, device=device,
               precision=resolve_precision(args.precision, device), limits=limits,
-              allowed_hosts=args.allowed_host, cors_origins=args.cors_origin)
+              allowed_hosts=args.allowed_host or [], cors_origins=args.cors_origin or [])
     except KeyboardInterrupt:
         pass  # uvicorn has already said it is shutting down
     return 0
