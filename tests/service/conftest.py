@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.untrained_runs import make_untrained_run
-
 THRESHOLD = 0.4
 REPO = Path(__file__).resolve().parents[2]
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, whatever http_proxy says
@@ -34,9 +32,9 @@ LIVE_TIMEOUT_S = 5.0
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
+def run_dir(untrained_run):
     # Spread probabilities, so that labels differ between images and a threshold can split the classes.
-    return make_untrained_run(tmp_path_factory.mktemp("service") / "run", thresholds=[THRESHOLD] * 10, spread=30)
+    return untrained_run(thresholds=[THRESHOLD] * 10, spread=30)
 
 
 @pytest.fixture(scope="session")

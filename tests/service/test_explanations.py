@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import io
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
 
-from protloc.errors import ProtlocError
-from protloc.reports.explain import compute_cams, displayed_image, read_model_input
 from protloc.service.explanations import explain_image, preview_images
 
 
@@ -17,17 +16,16 @@ def decoded(png: bytes) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def predictor_64(tmp_path_factory):
+def predictor_64(untrained_run):
     """A run at 64 px: at 32 px test_resnet's last feature map is 1 x 1, and every Grad-CAM map is flat."""
     import protloc
-    from tests.untrained_runs import make_untrained_run
 
-    return protloc.load(make_untrained_run(tmp_path_factory.mktemp("explain") / "run", image_size=64, spread=30),
-                        precision="fp32")
+    return protloc.load(untrained_run(image_size=64, spread=30), precision="fp32")
 
 
 def test_overlays_are_protloc_explains_maps(predictor_64, image_paths):
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from protloc.reports.explain import explain_image as explain_file
+    from protloc.reports.explain import model_view, overlay_map
 
     predictor = predictor_64
     image = np.asarray(Image.open(image_paths[0]).convert("RGB"))
@@ -35,23 +33,25 @@ def test_overlays_are_protloc_explains_maps(predictor_64, image_paths):
     overlays = explain_image(predictor, image, classes)
     assert list(overlays) == classes
 
-    tensor = read_model_input(image_paths[0], predictor.config)  # what `protloc explain` computes from the file
-    cams = compute_cams(predictor.engine.model, tensor, [3, 1])
-    seen = displayed_image(tensor, predictor.config)
-    for name, cam in zip(classes, cams):
-        np.testing.assert_array_equal(decoded(overlays[name]), show_cam_on_image(seen, cam, use_rgb=True))
+    # What `protloc explain` computes from the file, drawn as it draws it.
+    explanation, figure = explain_file(predictor, "x", str(image_paths[0]), [3, 1])
+    plt.close(figure)
+    seen = model_view(predictor.prepare(str(image_paths[0]))[None], predictor.config)
+    for name, cam in zip(classes, explanation.cams):
+        expected = (overlay_map(seen, cam) * 255 + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(decoded(overlays[name]), expected)
     assert not np.array_equal(decoded(overlays["Golgi apparatus"]), decoded(overlays["Nuclear bodies"]))
     assert explain_image(predictor, image, []) == {}
 
 
-def test_grad_cam_needs_the_torch_engine(predictor, run_dir, tmp_path):
+def test_an_onnx_predictor_explains_with_the_runs_torch_model(predictor, run_dir, tmp_path):
     import protloc
     from protloc.inference.onnx_export import export_onnx
 
-    export_onnx(predictor.engine.model, predictor.config, tmp_path / "model.onnx")
+    export_onnx(predictor.model, predictor.config, tmp_path / "model.onnx")
     onnx_predictor = protloc.load(run_dir, engine="onnx", onnx=tmp_path / "model.onnx")
-    with pytest.raises(ProtlocError, match="needs the torch model"):
-        explain_image(onnx_predictor, np.zeros((32, 32, 3), dtype=np.uint8), ["Cytosol"])
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert explain_image(onnx_predictor, image, ["Cytosol"]) == explain_image(predictor, image, ["Cytosol"])
 
 
 def test_previews_show_the_composite_and_the_green_channel_at_most_512_px():

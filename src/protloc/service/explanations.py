@@ -1,7 +1,7 @@
 """Grad-CAM overlays and previews as PNG bytes, for POST /explain.
 
 `explain_image` is the service's one door to reports/explain.py: the same maps as `protloc explain`, drawn
-the same way (pytorch-grad-cam's show_cam_on_image over the input as the model saw it).
+the same way (the map's hottest areas outlined over the input as the model saw it, stains left visible).
 """
 from __future__ import annotations
 
@@ -9,13 +9,9 @@ import io
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from protloc.data.images import convert_channels
-from protloc.data.transforms import eval_transforms
-from protloc.errors import ProtlocError
-from protloc.inference.predictor import Predictor, TorchEngine
+from protloc.inference.predictor import Predictor
 from protloc.reports.explore import rgb_view
 
 PREVIEW_SIDE = 512  # pixels: enough to see cells on a screen, small enough to send inline
@@ -28,23 +24,17 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def explain_image(predictor: Predictor, image: np.ndarray, classes: Sequence[str]) -> dict[str, bytes]:
-    """{class name: PNG of its Grad-CAM overlay} for one decoded image (H, W, C uint8); needs the torch engine."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    """{class name: PNG of its map drawn over the image} for one decoded image (H, W, C uint8): the input comes
+    from the predictor, the maps and their drawing from reports/explain.py, as `protloc explain` makes them."""
+    from protloc.reports.explain import compute_cams, model_view, overlay_map
 
-    from protloc.reports.explain import compute_cams, displayed_image
-
-    if not isinstance(predictor.engine, TorchEngine):
-        raise ProtlocError("Grad-CAM needs the torch model (an ONNX file holds only the probabilities)")
-    config = predictor.config
     indices = [predictor.label_names.index(name) for name in classes]
     if not indices:
         return {}
-    array = convert_channels(image, config.in_chans)
-    transform = eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)
-    tensor = transform(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))[None]
-    cams = compute_cams(predictor.engine.model, tensor, indices)
-    seen = displayed_image(tensor, config)
-    return {name: png_bytes(show_cam_on_image(seen, cam, use_rgb=True)) for name, cam in zip(classes, cams)}
+    tensor = predictor.prepare(image)[None]
+    cams = compute_cams(predictor.model, tensor, indices)
+    seen = rgb_view(model_view(tensor, predictor.config))
+    return {name: png_bytes((overlay_map(seen, cam) * 255 + 0.5).astype(np.uint8)) for name, cam in zip(classes, cams)}
 
 
 def preview_images(image: np.ndarray) -> tuple[bytes, bytes]:
