@@ -43,7 +43,7 @@ def test_health_describes_the_run_from_its_config(client, run_dir):
     response = client.get("/health")
     assert response.status_code == 200
     health = response.json()
-    assert health["status"] == "ok" and health["run"] == "run" and health["engine"] == "torch"
+    assert health["status"] == "ok" and health["run"] == "run" and health["engine"] == "onnx"  # the CPU default
     assert health["backbone"] == "test_resnet" and health["image_size"] == 32
     assert health["labels"] == NAMES
     assert health["thresholds"] == {name: THRESHOLD for name in NAMES}
@@ -252,7 +252,7 @@ def test_the_onnx_engine_serves_the_same_probabilities_and_explains_with_the_tor
     import protloc
     from protloc.inference.onnx_export import export_onnx
 
-    export_onnx(predictor.engine.model, predictor.config, tmp_path / "model.onnx")
+    export_onnx(predictor.model, predictor.config, tmp_path / "model.onnx")
     onnx = protloc.load(run_dir, engine="onnx", onnx=tmp_path / "model.onnx")
     app = create_app(onnx, run_name="run", engine="onnx", explainer=predictor, allowed_hosts=["testserver"])
     with TestClient(app) as onnx_client:

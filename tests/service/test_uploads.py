@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from protloc.data.images import read_array
+from protloc.data.images import decode_image
 from protloc.service.uploads import (ImageTooLarge, UnreadableImage, UnsupportedImage, compose_stains,
                                      decode_upload)
 
@@ -22,7 +22,7 @@ def saved(tmp_path, name: str, write) -> tuple[bytes, np.ndarray]:
     """(the file's bytes, what data/images.py reads from it)."""
     path = tmp_path / name
     write(path)
-    return path.read_bytes(), read_array(path)
+    return path.read_bytes(), decode_image(path)
 
 
 CASES = {

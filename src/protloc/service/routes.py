@@ -13,14 +13,14 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from python_multipart.multipart import parse_options_header
 
-from protloc.data.readers import HPA_STAINS
+from protloc.data.stains import STAINS
 from protloc.service.runtime import Runtime
 from protloc.service.schemas import ClassExplanation, ExplainResponse, Health, ImageResult, PredictResponse, Problem
 from protloc.service.uploads import UploadError, compose_stains
 
 router = APIRouter()
 
-STAIN_FIELDS = HPA_STAINS  # form fields of a stain set, in HPA channel order
+STAIN_FIELDS = STAINS  # form fields of a stain set, in HPA channel order
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "application/octet-stream")
 BINARY = {"schema": {"type": "string", "format": "binary"}}

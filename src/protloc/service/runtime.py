@@ -11,7 +11,7 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
-from protloc.data.readers import HPA_STAINS
+from protloc.data.stains import run_stains
 from protloc.inference.predictor import Predictor
 from protloc.inference.submission import SUBMISSION_COLUMNS, output_layout
 from protloc.service.batching import BatchingPredictor, ModelThread, Overloaded
@@ -31,11 +31,11 @@ class Runtime:
         self.predictor = predictor
         self.explainer = explainer or predictor  # Grad-CAM needs the torch model, also when serving ONNX
         self.run_name = run_name
-        self.engine = engine
+        self.engine = predictor.engine_name  # what actually runs: "auto" resolved by load_predictor
         self.limits = limits
         config = predictor.config
         # The stains `protloc predict` stacks for this run (data/readers.py): yellow only for 4-channel runs.
-        self.stains = list(HPA_STAINS[:4] if config.in_chans == 4 else HPA_STAINS[:3])
+        self.stains = list(run_stains(config.in_chans))
         self.model_thread = ModelThread()
         self.batching = BatchingPredictor(predictor, self.model_thread, limits)
         self.decoders = ThreadPoolExecutor(limits.decode_slots, thread_name_prefix="protloc-decode")
@@ -81,7 +81,7 @@ class Runtime:
     async def decode(self, data: bytes) -> np.ndarray:
         """An uploaded file -> uint8 (H, W, C); at most `decode_slots` at once. Raises UploadError."""
         loop = asyncio.get_running_loop()
-        decode = partial(decode_upload, data, max_pixels=self.limits.max_pixels)
+        decode = partial(decode_upload, data, max_pixels=self.limits.max_pixels, bit_depth=self.predictor.config.bit_depth)
         return await self._in_slot(self.decode_slots, "image decoders",
                                    lambda: loop.run_in_executor(self.decoders, decode))
 

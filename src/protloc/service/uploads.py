@@ -38,7 +38,7 @@ class UnreadableImage(UploadError):
     status = 422
 
 
-def decode_upload(data: bytes, *, max_pixels: int = 16_000_000) -> np.ndarray:
+def decode_upload(data: bytes, *, max_pixels: int = 16_000_000, bit_depth: int | None = None) -> np.ndarray:
     """An uploaded PNG, JPEG or TIFF file -> uint8 (H, W, C), C in 1, 3, 4, as data/images.py reads files.
 
     Raises UnsupportedImage (not one of those formats), ImageTooLarge (over `max_pixels`, known from the
@@ -48,7 +48,7 @@ def decode_upload(data: bytes, *, max_pixels: int = 16_000_000) -> np.ndarray:
         raise UnreadableImage("empty file")
     array = _decode_tiff(data, max_pixels) if data[:4] in TIFF_SIGNATURES else _decode_pil(data, max_pixels)
     try:
-        return to_image_array(array)
+        return to_image_array(array, bit_depth)  # the run's intensity scale, as `protloc predict` applies it
     except ImageReadError as error:
         raise UnreadableImage(str(error)) from None
 
