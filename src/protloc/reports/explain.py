@@ -89,6 +89,18 @@ def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.nd
         return cam(input_tensor=batch, targets=targets)
 
 
+def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
+    """Grad-CAM maps of a run's model; for a K-fold ensemble, the mean of its folds' maps (each fold seeing the
+    image normalised as it was trained), scaled back to 0..1 per map."""
+    from protloc.inference.ensemble import FoldEnsemble
+
+    if not isinstance(model, FoldEnsemble):
+        return compute_cams(model, tensor, class_indices)
+    cams = np.mean([compute_cams(fold, inputs, class_indices) for fold, inputs in model.fold_inputs(tensor)], axis=0)
+    peak = cams.max(axis=(1, 2), keepdims=True)
+    return np.divide(cams, peak, out=np.zeros_like(cams), where=peak > 0)
+
+
 def explain_image(predictor: Predictor, identifier: str, source, targets: str | list[int]) -> tuple[Explanation, object]:
     """The explanation of one image and its figure (not yet saved): the input, probabilities and labels come
     from the predictor, as `protloc predict` gets them; the Grad-CAM maps from its torch model."""
@@ -102,7 +114,7 @@ def explain_image(predictor: Predictor, identifier: str, source, targets: str | 
         chosen = list(range(config.num_classes))
     else:
         chosen = list(targets)
-    cams = compute_cams(predictor.model, tensor, chosen)
+    cams = compute_model_cams(predictor.model, tensor, chosen)
     explanation = Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams)
     return explanation, plot_explanation(explanation, displayed_image(tensor, config), config)
 

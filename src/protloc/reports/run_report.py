@@ -72,6 +72,17 @@ def training_blocks(run_dir: Path, page: Path, label_names: list[str]) -> list[s
     return blocks
 
 
+def run_training_blocks(run_dir: Path, page: Path, config, report_dir: Path) -> list[str]:
+    """A run's curves and metrics; for a K-fold folder, its folds' (reports/kfold_report.py)."""
+    from protloc.runs import EnsembleConfig
+
+    if not isinstance(config, EnsembleConfig):
+        return training_blocks(run_dir, page, config.label_names)
+    from protloc.reports.kfold_report import kfold_blocks
+
+    return kfold_blocks(run_dir, config, report_dir, relative_link(report_dir, page) + "/")
+
+
 def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name: str, **prediction) -> list[str]:
     if not table.labelled:
         return [html.note(f"{data_name} has no labels, so there is no evaluation; samples are shown below.")]
@@ -116,7 +127,7 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
     blocks = [
         html.heading("Configuration"), html.table(config_table(config)),
         html.heading("Class thresholds", 3), html.table(thresholds),
-        html.heading("Training"), *training_blocks(run_dir, page, config.label_names),
+        html.heading("Training"), *run_training_blocks(run_dir, page, config, report_dir),
     ]
     if table is None:
         blocks += [
