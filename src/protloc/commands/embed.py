@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.run, device=args.device, precision=args.precision)
     features, map_file = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size,
                                      workers=args.workers, seed=args.seed, data_name=str(args.data))
-    where = f" and {map_file}" if map_file else " (too few images for a map)"
+    where = f" and a {method.upper()} map to {map_file}" if map_file else " (too few images for a map)"
     print(f"{features.shape[0]} images x {features.shape[1]} features written to {args.out}{where}")
     return 0
