@@ -142,4 +142,5 @@ def spread_rows(rows: list[dict]) -> list[dict]:
 
 
 def write_fold_summary(out: Path, rows: list[dict]) -> None:
-    write_csv(out / FOLDS_FILE, pd.DataFrame(rows))
+    # Nullable integers: the counts stay 4 and 200, not 4.0 and 200.0, beside the summary rows' blanks.
+    write_csv(out / FOLDS_FILE, pd.DataFrame(rows).astype({"best_epoch": "Int64", "images": "Int64"}))
