@@ -147,3 +147,22 @@ class TinyRecipe:
 @pytest.fixture(scope="session")
 def tiny_recipe() -> TinyRecipe:
     return TinyRecipe()
+
+
+@pytest.fixture(scope="session")
+def trained_kfold(demo_data, tiny_recipe, tmp_path_factory) -> Path:
+    """A 2-fold folder trained by the tiny recipe (fine-tuning only) through the CLI, as `train --folds 2`
+    leaves it: fold-0, fold-1, folds.csv, out_of_fold.csv and ensemble.json. Tests that change it take a copy."""
+    import torch
+
+    from protloc.cli import main
+
+    out = tmp_path_factory.mktemp("kfold") / "cv"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two compute threads on two shared cores stall each other
+    try:
+        assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args(epochs_frozen=0),
+                     "--backbone", "mobilenetv3_small_050", "--folds", "2", "--validation-split", "stratified"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out

@@ -2,6 +2,10 @@
 
 Training writes it; prediction, evaluation, export, explanation and serving read it back and derive
 nothing else about the model: label names, image size, channels, normalisation and thresholds are here.
+
+A K-fold folder (`protloc train --folds K`) is a model too: its ensemble.json lists the fold run folders it
+averages and holds the ensemble's own thresholds. `load_config` and `load_run` open either kind of folder, so
+every command and `protloc.load` take both without a special case.
 """
 from __future__ import annotations
 
@@ -27,8 +31,11 @@ CHECKPOINT_DIR = "checkpoints"  # Lightning checkpoints, one folder per phase, f
 RECIPE_FILE = "recipe.json"  # in CHECKPOINT_DIR: the config and normalisation a resumed run must share
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
-FOLDS_FILE = "folds.csv"  # in a K-fold folder: one row per fold
+FOLDS_FILE = "folds.csv"  # in a K-fold folder: one row per fold, then the rows FOLDS_SUMMARY_ROWS
+FOLDS_SUMMARY_ROWS = ("mean", "std", "out-of-fold")  # over the folds; the pooled out-of-fold predictions
 FOLD_PREFIX = "fold-"  # a K-fold folder holds fold-0 ... fold-(K-1), each a run folder
+ENSEMBLE_FILE = "ensemble.json"  # in a K-fold folder: the folds it averages and the ensemble's thresholds
+OUT_OF_FOLD_FILE = "out_of_fold.csv"  # in a K-fold folder: each training image's probabilities from the fold that held it out
 
 
 def fold_dir(out: str | Path, fold: int) -> Path:
@@ -101,32 +108,53 @@ def save_run(run_dir: str | Path, config: RunConfig, model) -> None:
 
 
 def save_config(run_dir: str | Path, config: RunConfig) -> None:
-    write_json(Path(run_dir) / CONFIG_FILE, config.to_dict())
+    """config.json of a run folder; for a K-fold folder's EnsembleConfig, its ensemble.json."""
+    if isinstance(config, EnsembleConfig):
+        write_json(Path(run_dir) / ENSEMBLE_FILE, config.record())
+    else:
+        write_json(Path(run_dir) / CONFIG_FILE, config.to_dict())
 
 
-def load_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not Path(run_dir).is_dir():
-        raise ProtlocError(f"{run_dir}: no such run folder (expected the --out folder of protloc train)")
-    if not path.is_file():
-        raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)")
+def read_json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ProtlocError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise ProtlocError(f"{path}: expected a JSON object")
-    return RunConfig.from_dict(data, str(path))
+    return data
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    """The config of a run folder, or the EnsembleConfig of a K-fold folder."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise ProtlocError(f"{run_dir}: no such run folder (expected the --out folder of protloc train)")
+    if (Path(run_dir) / ENSEMBLE_FILE).is_file():
+        return load_ensemble_config(run_dir)
+    if not path.is_file() and fold_dir(run_dir, 0).is_dir():
+        raise ProtlocError(
+            f"{Path(run_dir) / ENSEMBLE_FILE}: not found: {run_dir} is a K-fold folder whose folds are unfinished "
+            f"or that an earlier protloc trained; `protloc train --resume {run_dir}` finishes it and writes {ENSEMBLE_FILE}")
+    if not path.is_file():
+        raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)")
+    return RunConfig.from_dict(read_json_object(path), str(path))
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
-    """(RunConfig, model in eval mode) from a run folder. Weights are safetensors: nothing is unpickled."""
+    """(RunConfig, model in eval mode) from a run folder; from a K-fold folder, (EnsembleConfig, FoldEnsemble).
+    Weights are safetensors: nothing is unpickled."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from protloc.models.classifier import build_model
 
     config = load_config(run_dir)
+    if isinstance(config, EnsembleConfig):
+        from protloc.inference.ensemble import FoldEnsemble
+
+        models = [load_run(Path(run_dir) / fold, device)[1] for fold in config.folds]
+        return config, FoldEnsemble(models, config.fold_configs).to(device).eval()
     weights_path = Path(run_dir) / WEIGHTS_FILE
     if not weights_path.is_file():
         raise ProtlocError(f"{weights_path}: not found (a run folder holds config.json and model.safetensors)")
@@ -150,3 +178,76 @@ def eval_preset(config: RunConfig):
     from protloc.data.transforms import eval_transforms  # here: reading a config should not import torchvision
 
     return eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)
+
+
+# ---------------------------------------------------------------- K-fold folders
+
+
+@dataclass
+class EnsembleConfig(RunConfig):
+    """A K-fold folder as one model: the mean of its folds' probabilities, labelled by its own thresholds.
+
+    What describes the network (backbone, image size, channels, layout...) is the folds' own, from their
+    config.json files (which must agree on labels, channels and image size). The thresholds and `training`
+    (the out-of-fold scores, see training/crossval.py) are the ensemble's, from ensemble.json, the one file
+    that `protloc tune` rewrites. Mean 0 and std 1: the ensemble takes images scaled to 0..1 and each fold
+    normalises them with its own mean and std inside (inference/ensemble.py), as it did in training.
+    """
+
+    folds: list[str] = field(default_factory=list)  # fold folder names, inside the K-fold folder
+    fold_configs: list[RunConfig] = field(default_factory=list, repr=False)
+
+    def record(self) -> dict:
+        """What ensemble.json holds."""
+        return ensemble_record(self.folds, self.label_set, self.label_names, self.thresholds, self.training)
+
+    def to_dict(self) -> dict:
+        """The ensemble as one JSON object (e.g. for an ONNX file's metadata), each fold's normalisation included."""
+        values = {key: value for key, value in super().to_dict().items() if key not in ("folds", "fold_configs")}
+        normalization = [{"mean": config.mean, "std": config.std} for config in self.fold_configs]
+        return {**values, "kind": "ensemble", "folds": list(self.folds), "fold_normalization": normalization}
+
+
+def ensemble_record(folds: list[str], label_set: str, label_names: list[str], thresholds, training: TrainingOutcome) -> dict:
+    return {"kind": "ensemble", "folds": list(folds), "label_set": label_set, "label_names": list(label_names),
+            "thresholds": [float(value) for value in thresholds], "training": training.to_dict()}
+
+
+def write_ensemble(out: str | Path, folds: list[str], label_set: str, label_names: list[str], thresholds,
+                   training: TrainingOutcome) -> None:
+    write_json(Path(out) / ENSEMBLE_FILE, ensemble_record(folds, label_set, label_names, thresholds, training))
+
+
+def read_ensemble_record(path: Path) -> dict:
+    data = read_json_object(path)
+    missing = [key for key in ("folds", "label_set", "label_names", "thresholds") if key not in data]
+    if missing:
+        raise ProtlocError(f"{path}: missing keys {', '.join(missing)} (not a protloc K-fold ensemble?)")
+    folds = data["folds"]
+    # Only fold-<k> names, so that the file cannot point the model anywhere outside its own folder.
+    if not isinstance(folds, list) or not folds or not all(isinstance(f, str) and fold_number(f) is not None and f == Path(f).name for f in folds):
+        raise ProtlocError(f"{path}: \"folds\" must list one or more fold folder names (fold-0, fold-1, ...), got {folds!r}")
+    if not isinstance(data["thresholds"], list) or len(data["thresholds"]) != len(data["label_names"]):
+        raise ProtlocError(f"{path}: expected one threshold per class ({len(data['label_names'])} classes)")
+    return data
+
+
+def load_ensemble_config(out: str | Path) -> EnsembleConfig:
+    out = Path(out)
+    path = out / ENSEMBLE_FILE
+    data = read_ensemble_record(path)
+    fold_configs = [load_config(out / fold) for fold in data["folds"]]
+    first = fold_configs[0]
+    for fold, config in zip(data["folds"], fold_configs):
+        mismatch = [name for name in ("label_names", "in_chans", "image_size") if getattr(config, name) != getattr(first, name)]
+        if list(config.label_names) != list(data["label_names"]):
+            mismatch.append(f"label_names (not those of {ENSEMBLE_FILE})")
+        if mismatch:
+            raise ProtlocError(f"{out / fold}: its {', '.join(mismatch)} differ from those of {out / data['folds'][0]}; "
+                               f"the folds of one ensemble must take the same images and predict the same classes")
+    # Every RunConfig field from the first fold, so that what a fold's config says about its input holds for the ensemble.
+    values = {item.name: getattr(first, item.name) for item in dataclasses.fields(RunConfig)}
+    values.update(label_set=data["label_set"], label_names=list(data["label_names"]),
+                  thresholds=[float(value) for value in data["thresholds"]], mean=[0.0] * first.in_chans,
+                  std=[1.0] * first.in_chans, training=TrainingOutcome.from_dict(data.get("training") or {}))
+    return EnsembleConfig(**values, folds=list(data["folds"]), fold_configs=fold_configs)

@@ -51,6 +51,22 @@ def test_unlabelled_folder_has_no_labels_column(run_dir, demo_data, tmp_path):
     assert (tmp_path / "test_map.png").is_file()
 
 
+def test_umap_is_the_default_map_and_is_seeded(run_dir, demo_data, tmp_path, capsys):
+    from protloc.reports.embed import project_2d
+
+    out = tmp_path / "test.parquet"
+    # The one test that runs UMAP: its first call compiles with numba (10-30 s).
+    assert main(["embed", str(run_dir), str(demo_data / "test"), "--out", str(out), "--workers", "0"]) == 0
+    assert "a UMAP map to" in capsys.readouterr().out
+    assert (tmp_path / "test_map.png").stat().st_size > 1000
+    features = pd.read_parquet(out).iloc[:, 1:].to_numpy()
+    first, axis = project_2d(features, "umap", seed=3)
+    assert axis == "UMAP" and first.shape == (len(features), 2) and np.isfinite(first).all()
+    np.testing.assert_array_equal(project_2d(features, "umap", seed=3)[0], first)
+    # Three images: too few for UMAP's spectral start, so a seeded random one.
+    assert project_2d(features[:3], "umap", seed=3)[0].shape == (3, 2)
+
+
 def test_map_panels_show_each_class(demo_data):
     from protloc.data.readers import read_dataset
     from protloc.reports.embed import plot_embedding_map

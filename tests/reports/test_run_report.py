@@ -111,3 +111,22 @@ def test_label_set_mismatch_exits_2(run_dir, demo_data, tmp_path, capsys):
 def test_missing_run_folder_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_kfold_folder_shows_its_folds_out_of_fold_and_ensemble_evaluations(trained_kfold, demo_data, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "cv"
+    shutil.copytree(trained_kfold, run_dir)
+    assert main(["report", str(run_dir), "--data", str(demo_data), "--samples", "1", "--workers", "0"]) == 0
+    page = run_dir / "report.html"
+    found = links(page)
+    for link in found:
+        assert (page.parent / link).is_file(), link
+    assert {"report/fold_curves.png", "report/out-of-fold/precision_recall.png", "report/precision_recall.png"} <= set(found)
+    text = page.read_text(encoding="utf-8")
+    assert "Out-of-fold evaluation" in text and "out-of-fold" in text and "2-fold ensemble" in text
+    out_of_fold = json.loads((run_dir / "report" / "out-of-fold" / "metrics.json").read_text())
+    ensemble = json.loads((run_dir / "ensemble.json").read_text())
+    assert out_of_fold["images"] == 96 and out_of_fold["thresholds"] == ensemble["thresholds"]
+    assert out_of_fold["at_thresholds"]["f1_macro"] == pytest.approx(ensemble["training"]["val_tuned"]["f1_macro"])

@@ -10,14 +10,15 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "embed", help="pooled backbone features per image (Parquet) and a 2-D map coloured by label",
         description="Write one row per image (id, f0..fN-1 as float32, labels when DATA has them) to FILE and "
-                    "a PCA or UMAP map to FILE's stem + _map.png.",
+                    "a UMAP (or PCA) map to FILE's stem + _map.png, one panel per class. For a K-fold folder the "
+                    "features are its folds' side by side.",
     )
-    parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
+    parser.add_argument("run", metavar="RUN", help="run folder (or K-fold folder) written by protloc train")
     parser.add_argument("data", metavar="DATA", help="dataset folder, CSV file or folder of images")
     parser.add_argument("--out", required=True, metavar="FILE", help="Parquet file to write, e.g. features.parquet")
-    parser.add_argument("--method", choices=("auto", "pca", "umap"), default="auto",
-                        help="2-D map: umap (needs umap-learn), pca, or auto = umap when installed, else pca "
-                             "(default %(default)s)")
+    parser.add_argument("--method", choices=("umap", "pca"), default="umap",
+                        help="2-D map: umap (neighbourhoods kept; the first map of a session spends some 10-30 s "
+                             "compiling) or pca (linear, instant) (default %(default)s)")
     parser.add_argument("--subset", choices=("train", "test"), default="train",
                         help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
@@ -41,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as)
     features, map_file = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size,
                                      workers=args.workers, seed=args.seed, data_name=str(args.data))
-    where = f" and {map_file}" if map_file else " (too few images for a map)"
+    where = f" and a {method.upper()} map to {map_file}" if map_file else " (too few images for a map)"
     print(f"{features.shape[0]} images x {features.shape[1]} features written to {args.out}{where}")
     return 0

@@ -14,7 +14,8 @@ import pandas as pd
 
 from protloc.commands._options import add_dataset_options, add_engine_options
 from protloc.errors import ProtlocError
-from protloc.runs import CONFIG_FILE, CURVES_FILE, FOLDS_FILE, LR_PLOT_FILE, METRICS_FILE, load_config
+from protloc.runs import (CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, LR_PLOT_FILE, METRICS_FILE,
+                          load_config)
 # Light at import (no torch, no Lightning): `protloc --help` stays fast.
 from protloc.training.config import (
     GRAD_CLIP_MODES, LOSSES, NORMALIZATIONS, OPTIMIZERS, POS_WEIGHTS, VALIDATION_SPLITS, TrainConfig, option,
@@ -81,7 +82,8 @@ def add_data_options(data) -> None:
     add(data, "validation_split", "mask (each image independently, like the seed), random (exact size, like "
                                   "train_test_split) or stratified (multi-label stratified)", choices=VALIDATION_SPLITS)
     add(data, "val_fraction", "share of images for validation", type=float)
-    add(data, "folds", "K >= 2: K-fold cross-validation, RUN/fold-0 ... fold-K-1 and RUN/folds.csv; 1: one split",
+    add(data, "folds", "K >= 2: K-fold cross-validation, RUN/fold-0 ... fold-K-1, then RUN is the folds' ensemble "
+                       "(mean probability, thresholds tuned out-of-fold; RUN/ensemble.json, folds.csv); 1: one split",
         type=positive_int)
     add(data, "normalize", "input mean/std: the backbone's, or measured per channel on the training images",
         choices=NORMALIZATIONS)
@@ -172,11 +174,17 @@ def print_run(run_dir: Path, config: TrainConfig) -> None:
 
 def print_folds(out: Path) -> None:
     path = out / FOLDS_FILE
-    if not path.is_file():
+    if not (out / ENSEMBLE_FILE).is_file():
         print(f"stopped; continue with: protloc train --resume {out}")
         return
-    folds = pd.read_csv(path)
-    for row in folds.itertuples():
-        print(f"fold {row.fold}: best val macro F1 {row.best_val_f1_macro:.4f} (epoch {row.best_epoch}) -> {row.run}")
-    scores = folds["best_val_f1_macro"]
-    print(f"mean val macro F1 over {len(folds)} folds: {scores.mean():.4f} +/- {scores.std(ddof=0):.4f}; summary: {path}")
+    folds = pd.read_csv(path, dtype={"fold": str}).set_index("fold")
+    for fold, row in folds.drop(index=list(FOLDS_SUMMARY_ROWS)).iterrows():
+        print(f"fold {fold}: best val macro F1 {row['best_val_f1_macro']:.4f} (epoch {int(row['best_epoch'])}), "
+              f"{row['val_f1_macro_tuned']:.4f} at its thresholds -> {row['run']}")
+    mean, spread, pooled = (folds.loc[name] for name in FOLDS_SUMMARY_ROWS)
+    print(f"mean val macro F1 over {len(folds) - len(FOLDS_SUMMARY_ROWS)} folds: {mean['best_val_f1_macro']:.4f} +/- "
+          f"{spread['best_val_f1_macro']:.4f}; summary: {path}")
+    print(f"out-of-fold macro F1 of all {int(pooled['images'])} images: {pooled['val_f1_macro_at_0.5']:.4f} at 0.5, "
+          f"{pooled['val_f1_macro_oof_thresholds']:.4f} at the ensemble's thresholds (tuned on them)")
+    print(f"model: {out} (the mean of the folds' probabilities; {ENSEMBLE_FILE} holds its thresholds), for predict, "
+          f"evaluate, explain, export, serve and protloc.load")

@@ -20,32 +20,37 @@ import numpy as np  # noqa: E402
 from protloc.errors import ProtlocError  # noqa: E402
 from protloc.files import atomic_path, save_figure  # noqa: E402
 
-METHODS = ("auto", "pca", "umap")
+METHODS = ("umap", "pca")
 MAP_COLUMNS = 5
 MIN_IMAGES_FOR_MAP = 3
 HIGHLIGHT = "#d62728"  # one colour in every panel: the panel title already says which class it is
 
 
-def has_umap() -> bool:
-    return importlib.util.find_spec("umap") is not None
-
-
 def resolve_method(method: str) -> str:
-    """'auto' -> UMAP when umap-learn is installed, else PCA."""
-    if method == "auto":
-        return "umap" if has_umap() else "pca"
-    if method == "umap" and not has_umap():
+    """The method, checked before the slow part: UMAP needs umap-learn (a dependency, but it may be missing
+    from an environment assembled by hand)."""
+    if method not in METHODS:
+        raise ProtlocError(f"map method {method!r}: expected one of {', '.join(METHODS)}")
+    if method == "umap" and importlib.util.find_spec("umap") is None:
         raise ProtlocError("--method umap needs the package umap-learn (pip install umap-learn), or use --method pca")
     return method
 
 
 def project_2d(features: np.ndarray, method: str, seed: int = 0) -> tuple[np.ndarray, str]:
-    """(N, F) features -> (N, 2) map coordinates and the axis label prefix."""
+    """(N, F) features -> (N, 2) map coordinates and the axis label prefix. UMAP with a fixed random_state
+    runs single-threaded and gives the same map every time."""
     if method == "umap":
+        import warnings
+
         import umap
 
         neighbours = max(2, min(15, len(features) - 1))
-        return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(features), "UMAP"
+        # The spectral start needs more points than dimensions + 1; below that, a random start (seeded too).
+        start = "spectral" if len(features) > 3 else "random"
+        reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, init=start, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="n_jobs value .* overridden")  # the price of random_state
+            return reducer.fit_transform(features), "UMAP"
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=2, random_state=seed)
@@ -114,7 +119,7 @@ def write_embedding_map(parquet_path: str | Path, features: np.ndarray, targets:
     return path
 
 
-def embed_table(predictor, table, out_file: str | Path, *, method: str = "auto", batch_size: int = 32,
+def embed_table(predictor, table, out_file: str | Path, *, method: str = "umap", batch_size: int = 32,
                 workers: int = 0, seed: int = 0, data_name: str = "", show_progress: bool = True) -> tuple[np.ndarray, Path | None]:
     """Write the features of every image of `table` to `out_file` (Parquet) and the map beside it."""
     method = resolve_method(method)

@@ -149,6 +149,18 @@ def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.nd
         return cam(input_tensor=batch, targets=targets)
 
 
+def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
+    """Grad-CAM maps of a run's model; for a K-fold ensemble, the mean of its folds' maps (each fold seeing the
+    image normalised as it was trained), scaled back to 0..1 per map."""
+    from protloc.inference.ensemble import FoldEnsemble
+
+    if not isinstance(model, FoldEnsemble):
+        return compute_cams(model, tensor, class_indices)
+    cams = np.mean([compute_cams(fold, inputs, class_indices) for fold, inputs in model.fold_inputs(tensor)], axis=0)
+    peak = cams.max(axis=(1, 2), keepdims=True)
+    return np.divide(cams, peak, out=np.zeros_like(cams), where=peak > 0)
+
+
 def choose_targets(targets: str | list[int], predicted: list[int], true: list[int] | None,
                    num_classes: int) -> list[int]:
     """The classes to map: 'predicted' adds the true classes that were missed, so a miss is shown too."""
@@ -163,13 +175,13 @@ def explain_image(predictor: Predictor, identifier: str, source, targets: str | 
                   true: list[int] | None = None) -> tuple[Explanation, object]:
     """The explanation of one image and its figure (not yet saved); `true`: its true classes, when known. The
     input, probabilities and labels come from the predictor, as `protloc predict` gets them; the maps from its
-    torch model."""
+    torch model (averaged over the folds of a K-fold ensemble)."""
     config = predictor.config
     tensor = predictor.prepare(source)[None]
     probabilities = predictor.probabilities(tensor)[0]
     predicted = np.flatnonzero(predictor.decide(probabilities[None])[0]).tolist()
     chosen = choose_targets(targets, predicted, true, config.num_classes)
-    cams = compute_cams(predictor.model, tensor, chosen)
+    cams = compute_model_cams(predictor.model, tensor, chosen)
     explanation = Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams,
                               None if true is None else list(true))
     return explanation, plot_explanation(explanation, model_view(tensor, config), config)

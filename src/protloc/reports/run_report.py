@@ -179,6 +179,15 @@ def config_blocks(config) -> list[str]:
     for group, table in config_groups(config).items():
         blocks += [html.heading(group, 3), html.table(table)]
     return blocks
+def run_training_blocks(run_dir: Path, page: Path, config, report_dir: Path) -> list[str]:
+    """A run's curves and metrics; for a K-fold folder, its folds' (reports/kfold_report.py)."""
+    from protloc.runs import EnsembleConfig
+
+    if not isinstance(config, EnsembleConfig):
+        return training_blocks(run_dir, page, config.label_names)
+    from protloc.reports.kfold_report import kfold_blocks
+
+    return kfold_blocks(run_dir, config, report_dir, relative_link(report_dir, page) + "/")
 
 
 def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name: str, **prediction) -> list[str]:
@@ -242,7 +251,7 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
         samples_blocks = samples_section(predictor, table, report_dir / SAMPLES_DIR, page, data_name, samples,
                                          show_progress)
     blocks += [html.heading("Validation during training"), *validation_blocks(config),
-               html.heading("Training curves"), *training_blocks(run_dir, page, config.label_names),
+               html.heading("Training curves"), *run_training_blocks(run_dir, page, config, report_dir),
                html.heading("Sample explanations"), *samples_blocks]
     others = other_figures(run_dir, page, linked_files(blocks))
     if others:

@@ -1,31 +1,47 @@
-"""K-fold cross-validation: one complete run per fold in OUT/fold-<k>, then OUT/folds.csv with a row per fold.
+"""K-fold cross-validation: one complete run per fold in OUT/fold-<k>, then the K folds as one model.
 
-Every fold starts from the same initial network. A stopped K-fold run resumes at the fold it stopped in;
-folds already finished are kept as they are.
+Every fold starts from the same initial network. After the last fold, every training image is predicted by
+the fold that held it out (its out-of-fold prediction, OUT/out_of_fold.csv); the ensemble's per-class
+thresholds are tuned on all of them at once, with the shrinkage of a single run's. The K folds averaged with
+those thresholds are the model of OUT/ensemble.json, which every command opens like a run folder; OUT/folds.csv
+scores each fold, their mean and spread, and the pooled out-of-fold predictions.
+
+A stopped K-fold run resumes at the fold it stopped in; folds already finished are kept as they are. A
+finished K-fold folder without ensemble.json (trained by an earlier protloc) gets one when resumed; one that
+has it is left unchanged, thresholds retuned by `protloc tune` included.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from protloc.data.readers import DatasetTable
+from protloc.errors import DataError
 from protloc.files import write_csv
+from protloc.inference.thresholds import apply_thresholds, tune_thresholds
 from protloc.models.classifier import ProtlocNet
-from protloc.runs import CONFIG_FILE, FOLDS_FILE, METRICS_FILE, WEIGHTS_FILE, fold_dir, load_config
-from protloc.training.config import TrainConfig
+from protloc.runs import (CONFIG_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, METRICS_FILE, OUT_OF_FOLD_FILE,
+                          WEIGHTS_FILE, fold_dir, load_config, write_ensemble)
+from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.engine import Engine, rank
+from protloc.training.metrics import multilabel_scores, scores_at_threshold
+from protloc.training.outcome import TrainingOutcome
 from protloc.training.resume import holds_run
 from protloc.training.run import train_run
-from protloc.training.splits import kfold_splits
+from protloc.training.splits import Split, kfold_splits
+
+MEAN_ROW, STD_ROW, OUT_OF_FOLD_ROW = FOLDS_SUMMARY_ROWS
 
 
 def train_folds(config: TrainConfig, engine: Engine, table: DatasetTable, model: ProtlocNet) -> bool:
-    """Train every fold into `config.out`; True when all finished (rank 0 has then written folds.csv)."""
+    """Train every fold into `config.out`; True when all finished (rank 0 has then written the ensemble)."""
     out = Path(config.out)
     initial_state = {key: value.clone() for key, value in model.state_dict().items()}
     folds = kfold_splits(table.targets, config.folds, config.seed, config.validation_split)
+    trained = False
     for fold, (train_rows, val_rows) in enumerate(folds):
         run_dir = fold_dir(out, fold)
         if config.resume and (run_dir / CONFIG_FILE).is_file() and (run_dir / WEIGHTS_FILE).is_file():
@@ -34,21 +50,97 @@ def train_folds(config: TrainConfig, engine: Engine, table: DatasetTable, model:
         fold_config = dataclasses.replace(config, resume=config.resume and holds_run(run_dir))
         if not train_run(fold_config, engine, table, model, train_rows, val_rows, run_dir):
             return False  # stopped early: --resume continues with this fold
-    if rank() == 0:
-        write_fold_summary(out, [summarize_run(fold_dir(out, fold)) for fold in range(len(folds))])
+        trained = True
+    if rank() == 0 and (trained or not (out / ENSEMBLE_FILE).is_file()):
+        finish_ensemble(config, engine, table, folds)
     return True
 
 
+def predict_out_of_fold(out: Path, table: DatasetTable, folds: list[Split], engine: Engine, batch_size: int) -> np.ndarray:
+    """(N, C) probabilities of every image from the fold that held it out, each fold with its own preprocessing;
+    fp32, as a single run's thresholds are tuned."""
+    from protloc.inference.predictor import load_predictor
+
+    probabilities = np.zeros((len(table), len(table.label_set)), dtype=np.float32)
+    for fold, (_train_rows, val_rows) in enumerate(folds):
+        predictor = load_predictor(fold_dir(out, fold), device=engine.device, precision="fp32")
+        result = predictor.predict_table(table.subset(val_rows), batch_size=batch_size, workers=engine.workers)
+        if result.unreadable:
+            raise DataError(*result.unreadable)
+        probabilities[val_rows] = result.outputs
+    return probabilities
+
+
+def finish_ensemble(config: TrainConfig, engine: Engine, table: DatasetTable, folds: list[Split]) -> None:
+    """Out-of-fold predictions, the ensemble's thresholds tuned on them, folds.csv, then ensemble.json (last: a
+    folder with ensemble.json is a finished model)."""
+    out = Path(config.out)
+    probabilities = predict_out_of_fold(out, table, folds, engine, config.batch_size)
+    targets = table.targets
+    thresholds = tune_thresholds(targets, probabilities)
+    held_out_by = np.zeros(len(table), dtype=int)
+    for fold, (_train_rows, val_rows) in enumerate(folds):
+        held_out_by[val_rows] = fold
+    write_out_of_fold(out, table, held_out_by, probabilities)
+    write_fold_summary(out, summarize_folds(out, folds, targets, probabilities, thresholds))
+    training = TrainingOutcome(
+        recipe=recipe_of(config), n_val=len(table),
+        val_at_05=scores_at_threshold(targets, probabilities, 0.5),
+        val_at_05_predicted=multilabel_scores(targets, apply_thresholds(probabilities, 0.5)),
+        val_tuned=multilabel_scores(targets, apply_thresholds(probabilities, thresholds)),
+    )
+    write_ensemble(out, [fold_dir(out, fold).name for fold in range(len(folds))], table.label_set.name,
+                   list(table.label_set.names), thresholds, training)
+
+
+def write_out_of_fold(out: Path, table: DatasetTable, held_out_by: np.ndarray, probabilities: np.ndarray) -> None:
+    """id, the fold that predicted it, its true labels (class numbers), then one probability column per class."""
+    frame = pd.DataFrame(probabilities, columns=list(table.label_set.names))
+    frame.insert(0, "labels", [" ".join(str(index) for index in labels) for labels in table.frame["labels"]])
+    frame.insert(0, "fold", held_out_by)
+    frame.insert(0, "id", table.frame["id"].astype(str).tolist())
+    write_csv(out / OUT_OF_FOLD_FILE, frame)
+
+
 def summarize_run(run_dir: Path) -> dict:
-    """A fold's row of folds.csv, from its run folder."""
+    """A fold's row of folds.csv, from its run folder: its best epoch, scored at 0.5 (as metrics.csv), labelled
+    as predict does at 0.5, and at its own tuned thresholds."""
     training = load_config(run_dir).training
     metrics = pd.read_csv(run_dir / METRICS_FILE)
     best_f1 = metrics.loc[metrics["epoch"] == training.best_epoch, "val_f1_macro"].iloc[0]
-    return {"run": str(run_dir), "best_epoch": training.best_epoch, "best_val_f1_macro": float(best_f1),
+    return {"run": str(run_dir), "best_epoch": training.best_epoch, "images": training.n_val,
+            "best_val_f1_macro": float(best_f1), "val_f1_macro_at_0.5": training.val_at_05_predicted["f1_macro"],
             "val_f1_macro_tuned": training.val_tuned["f1_macro"]}
 
 
-def write_fold_summary(out: Path, summaries: list[dict]) -> None:
-    frame = pd.DataFrame(summaries)
-    frame.insert(0, "fold", range(len(frame)))
-    write_csv(out / FOLDS_FILE, frame)
+def summarize_folds(out: Path, folds: list[Split], targets: np.ndarray, probabilities: np.ndarray,
+                    thresholds: np.ndarray) -> list[dict]:
+    """A row per fold (its validation images also scored at the ensemble's thresholds), then the pooled
+    out-of-fold predictions: at 0.5, each image at its own fold's thresholds, and at the ensemble's."""
+    rows, own_labels = [], np.zeros(targets.shape, dtype=bool)
+    for fold, (_train_rows, val_rows) in enumerate(folds):
+        row = summarize_run(fold_dir(out, fold))
+        at_ensemble = apply_thresholds(probabilities[val_rows], thresholds)
+        rows.append({"fold": str(fold), **row,
+                     "val_f1_macro_oof_thresholds": multilabel_scores(targets[val_rows], at_ensemble)["f1_macro"]})
+        own_labels[val_rows] = apply_thresholds(probabilities[val_rows], load_config(fold_dir(out, fold)).thresholds)
+    pooled = {
+        "fold": OUT_OF_FOLD_ROW, "run": str(out), "images": len(targets),
+        "best_val_f1_macro": scores_at_threshold(targets, probabilities, 0.5)["f1_macro"],
+        "val_f1_macro_at_0.5": multilabel_scores(targets, apply_thresholds(probabilities, 0.5))["f1_macro"],
+        "val_f1_macro_tuned": multilabel_scores(targets, own_labels)["f1_macro"],
+        "val_f1_macro_oof_thresholds": multilabel_scores(targets, apply_thresholds(probabilities, thresholds))["f1_macro"],
+    }
+    return rows + spread_rows(rows) + [pooled]
+
+
+def spread_rows(rows: list[dict]) -> list[dict]:
+    """The mean and the (population, ddof=0) standard deviation over the folds of every score column."""
+    frame = pd.DataFrame(rows)
+    scores = [column for column in frame.columns if column.startswith("val_") or column.startswith("best_val_")]
+    return [{"fold": MEAN_ROW, **frame[scores].mean().to_dict()}, {"fold": STD_ROW, **frame[scores].std(ddof=0).to_dict()}]
+
+
+def write_fold_summary(out: Path, rows: list[dict]) -> None:
+    # Nullable integers: the counts stay 4 and 200, not 4.0 and 200.0, beside the summary rows' blanks.
+    write_csv(out / FOLDS_FILE, pd.DataFrame(rows).astype({"best_epoch": "Int64", "images": "Int64"}))
