@@ -48,8 +48,10 @@ $(DEMO_RUN)/config.json: $(DEMO_DATA)/train.csv $(DEMO_EVAL)/train.csv
 test: install
 	$(BIN)/python -m pytest -q
 
+# The speed table on generated 512 px PNGs (a few minutes); e.g. BENCHMARK_FLAGS="--n 512" for steadier numbers.
+BENCHMARK_FLAGS ?=
 benchmark: install
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCHMARK_FLAGS)
 
 clean:
 	rm -rf data runs reports

@@ -12,6 +12,8 @@ import pytest
 matplotlib.use("Agg")
 # Tests must not depend on a warm download cache or on the network.
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="protloc-torch-home-")
+# ... nor write decoded images into the user's own cache folder.
+os.environ["PROTLOC_CACHE_DIR"] = tempfile.mkdtemp(prefix="protloc-cache-")
 
 REAL_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 

@@ -99,6 +99,26 @@ def add_engine_choice(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", default=None, metavar="FILE", help=f"ONNX file for --engine onnx (default RUN/{ONNX_FILE})")
 
 
+def add_cache_options(parser: argparse.ArgumentParser) -> None:
+    """--no-cache, --cache-dir, --cache-limit-gb: where decoded, resized images are kept (protloc.data.cache)."""
+    cache = parser.add_argument_group("image cache")
+    cache.add_argument("--no-cache", dest="cache", action="store_false",
+                       help="decode and resize every image on every read instead of once; results are the same "
+                            "(default: cache)")
+    cache.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="where decoded, resized images are kept (default $PROTLOC_CACHE_DIR, else ~/.cache/protloc)")
+    cache.add_argument("--cache-limit-gb", type=float, default=None, metavar="GB",
+                       help="most disk the cache may take; images past it are decoded each time "
+                            "(default $PROTLOC_CACHE_LIMIT_GB, else 10)")
+
+
+def image_cache_from_args(args: argparse.Namespace):
+    """The ImageCache the options ask for, or None with --no-cache."""
+    from protloc.data.cache import open_image_cache
+
+    return open_image_cache(args.cache_dir, args.cache_limit_gb) if args.cache else None
+
+
 def add_inference_options(parser: argparse.ArgumentParser, *, engine_choice: bool = True) -> None:
     """Options shared by the commands that predict labels (predict, tune, evaluate, report)."""
     add_engine_options(parser)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import add_gray_as_option, add_inference_options, threshold_value
+from protloc.commands._options import (add_cache_options, add_gray_as_option, add_inference_options, image_cache_from_args,
+                                     threshold_value)
 
 
 def register(subparsers) -> None:
@@ -32,6 +33,7 @@ def register(subparsers) -> None:
                              "named) (default %(default)s)")
     add_gray_as_option(parser)
     add_inference_options(parser)
+    add_cache_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
                                           f"written (--on-error skip writes the others)")
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as)
+                               precision=args.precision, gray_as=args.gray_as, cache=image_cache_from_args(args))
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                      show_progress=True)
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from protloc.commands._options import add_dataset_options, add_engine_options
+from protloc.commands._options import add_cache_options, add_dataset_options, add_engine_options
 from protloc.errors import ProtlocError
 from protloc.runs import (CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, LR_PLOT_FILE, METRICS_FILE,
                           load_config)
@@ -59,6 +59,7 @@ def register(subparsers) -> None:
     add_data_options(parser.add_argument_group("data"))
     add_recipe_options(parser.add_argument_group("recipe"))
     add_training_engine_options(parser)
+    add_cache_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -102,6 +103,9 @@ def add_recipe_options(recipe) -> None:
     add(recipe, "loss", "binary cross-entropy or focal loss", choices=LOSSES)
     add(recipe, "pos_weight", "auto: weight each class's positives by negatives/positives on the training split",
         choices=POS_WEIGHTS)
+    add(recipe, "head_only_features", "train the frozen phase's head on the backbone's features, computed once per "
+                                      "image without augmentation (and kept in the image cache): that phase then takes "
+                                      "seconds", action="store_true")
 
 
 def add_training_engine_options(parser) -> None:
@@ -117,7 +121,8 @@ def add_training_engine_options(parser) -> None:
     engine.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
                         help="continue a stopped run from its last checkpoint: `protloc train --resume RUN` (its data and "
                              "options are read back from RUN), or the same command again plus --resume; only --stop-after, "
-                             "--device, --precision, --workers, --devices and --num-nodes may change (default: a new run)")
+                             "--device, --precision, --workers, --devices, --num-nodes and the cache options may change "
+                             "(default: a new run)")
     engine.add_argument("--stop-after", dest="stop_after", type=positive_int, default=DEFAULTS["stop_after"], metavar="EPOCHS",
                         help="stop after this many epochs of the run (frozen + fine-tuning); --resume continues it "
                              "exactly (default: train to the end)")

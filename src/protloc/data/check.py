@@ -66,12 +66,14 @@ def _channel_problem(path: str, shape: tuple[int, ...], table: DatasetTable, in_
     return None
 
 
-def find_image_problems(table: DatasetTable, *, show_progress: bool = True, description: str = "checking images") -> list[str]:
+def find_image_problems(table: DatasetTable, *, show_progress: bool = True, description: str = "checking images",
+                        probe=_probe) -> list[str]:
     """One line per missing, unreadable or oddly shaped image file of the table, and per file with fewer channels
-    than the table was read for."""
+    than the table was read for. `probe` (path -> (path, shape, error)) may be an image cache's, which skips files
+    it holds and stores the others (protloc.data.cache)."""
     owners = _file_owners(table)
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
-        results = list(tqdm(pool.map(_probe, owners), total=len(owners), desc=description, disable=not show_progress, unit="file"))
+        results = list(tqdm(pool.map(probe, owners), total=len(owners), desc=description, disable=not show_progress, unit="file"))
     problems = []
     shapes = {}
     for path, shape, error in results:

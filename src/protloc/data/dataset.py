@@ -18,10 +18,11 @@ class ImageDataset(Dataset):
     is then zeros of the expected size so a batch can still be formed (predict's --on-error).
     With strict=True an unreadable image raises instead (training: data should be checked first).
     Pixels are scaled by the table's `bit_depth`; `gray_as` places grayscale images (images.convert_channels).
+    With an ImageCache (protloc.data.cache), images are read already resized to `image_size`, decoded once.
     """
 
     def __init__(self, table: DatasetTable, *, channels: int, transform: Callable, image_size: int, strict: bool = True,
-                 gray_as: str | None = None):
+                 gray_as: str | None = None, cache=None):
         self.sources = list(table.frame["source"])
         self.targets = torch.from_numpy(table.targets)
         self.channels = channels
@@ -30,11 +31,15 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.image_size = image_size
         self.strict = strict
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def read(self, index: int) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache.load(self.sources[index], self.channels, self.image_size, bit_depth=self.bit_depth,
+                                   gray_as=self.gray_as)
         return to_chw_tensor(load_image(self.sources[index], self.channels, bit_depth=self.bit_depth, gray_as=self.gray_as))
 
     def __getitem__(self, index: int):

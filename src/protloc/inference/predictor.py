@@ -134,7 +134,7 @@ class Predictor:
     lets a grayscale image into a run of more channels as that stain, the others dark."""
 
     def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto",
-                 gray_as: str | None = None, run_dir: str | Path | None = None):
+                 gray_as: str | None = None, run_dir: str | Path | None = None, cache=None):
         if gray_as is not None and gray_as not in run_stains(config.in_chans):
             raise ProtlocError(f"--gray-as {gray_as}: the run reads {', '.join(run_stains(config.in_chans))}")
         self.config = config
@@ -143,6 +143,7 @@ class Predictor:
         self.engine = make_engine(engine, device=device, precision=precision)
         self._cpu_torch_engine: TorchEngine | None = None
         self.transform = eval_preset(config)
+        self.cache = cache  # a protloc.data.cache.ImageCache: tables' images decoded and resized once
 
     @property
     def engine_name(self) -> str:
@@ -177,8 +178,11 @@ class Predictor:
         """The run's eval preset over a table, read at the run's bit depth; unreadable images come back with their
         problem, not an exception."""
         table = dataclasses.replace(table, bit_depth=self.config.bit_depth)
+        if self.cache is not None:
+            self.cache.prepare(table.frame["source"], self.config.in_chans, self.config.image_size,
+                               bit_depth=table.bit_depth, gray_as=self.gray_as)
         return ImageDataset(table, channels=self.config.in_chans, transform=self.transform,
-                            image_size=self.config.image_size, strict=False, gray_as=self.gray_as)
+                            image_size=self.config.image_size, strict=False, gray_as=self.gray_as, cache=self.cache)
 
     def read(self, image) -> np.ndarray:
         """One image (see read_input) as the run reads it: uint8 (H, W, channels). Raises ProtlocError."""
@@ -253,9 +257,11 @@ def choose_engine(engine: str, device: str, precision: str, onnx_path: str | Pat
 
 
 def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
-                   onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None) -> Predictor:
+                   onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None,
+                   cache=None) -> Predictor:
     """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx,
-    exported first where it is missing or older than the weights; "auto" picks (choose_engine)."""
+    exported first where it is missing or older than the weights; "auto" picks (choose_engine). With an ImageCache
+    (protloc.data.cache), images of tables are decoded and resized once, for later calls too."""
     engine = choose_engine(engine, device, precision, onnx_path)
     if engine == "onnx":
         if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
@@ -263,7 +269,7 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
                                f"--device {device} --precision {precision}; use --engine torch for those")
         config = load_config(run_dir)
         session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config)
-        return Predictor(config, session, gray_as=gray_as, run_dir=run_dir)
+        return Predictor(config, session, gray_as=gray_as, run_dir=run_dir, cache=cache)
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
-    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, run_dir=run_dir)
+    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, run_dir=run_dir, cache=cache)

@@ -60,6 +60,10 @@ class TrainConfig:
     stop_after: int | None = None  # stop after this many epochs of the run (both phases); resume continues
     verbose: bool = False  # Lightning's own messages (device banners, model summary) too
     show_progress: bool = True
+    cache: bool = True  # decode and resize each image once, kept on disk (protloc.data.cache); results are the same
+    cache_dir: str | None = None  # None: $PROTLOC_CACHE_DIR, else ~/.cache/protloc
+    cache_limit_gb: float | None = None  # None: $PROTLOC_CACHE_LIMIT_GB, else 10
+    head_only_features: bool = False  # frozen phase on precomputed backbone features, without augmentation
 
 
 def check_config(config: TrainConfig) -> None:
@@ -91,6 +95,7 @@ def check_config(config: TrainConfig) -> None:
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
     expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
     expect(config.bit_depth in (None, 8, 12, 16), f"--bit-depth {config.bit_depth}: expected 8, 12 or 16")
+    expect(config.cache_limit_gb is None or config.cache_limit_gb >= 0, f"--cache-limit-gb {config.cache_limit_gb}: expected 0 or more")
     if problems:
         raise ProtlocError(*problems)
 

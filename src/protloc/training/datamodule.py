@@ -4,6 +4,11 @@ Which images an epoch visits, in which order, and how each is augmented are func
 image) alone: not of the number of DataLoader workers, of prefetching, of the device count, or of whether
 the run was stopped and resumed in between. That is what lets a resumed run end bit-identical to an
 uninterrupted one.
+
+Speed: with an ImageCache each image is decoded and resized once for the whole run (and later runs), so the
+loader's work per image is a 0.1 ms read plus the augmentation at training size. With `normalize_on_device`
+(the default on GPUs) the loader hands over uint8 batches, pinned, and the float conversion and normalisation
+run batched on the device after the (non-blocking) copy; the values are the same as the per-image path's.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
-from protloc.data.transforms import eval_transforms, train_transforms
+from protloc.data.transforms import batch_to_model_input, eval_transforms, train_transforms
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -58,34 +63,23 @@ class SeededAugmentation(Dataset):
             return self.dataset[index]
 
 
-class LocalisationData(L.LightningDataModule):
-    def __init__(
-        self,
-        table: DatasetTable,
-        train_rows: np.ndarray,
-        val_rows: np.ndarray,
-        *,
-        image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        channels: int,
-        batch_size: int,
-        workers: int,
-        seed: int,
-    ):
+class SeededData(L.LightningDataModule):
+    """The loaders of a run: training rows in (seed, epoch) order with per-image augmentation seeds, validation rows
+    in order, both sharded over DDP ranks. Subclasses say what a row is (`train_dataset`, `val_dataset`)."""
+
+    def __init__(self, *, batch_size: int, workers: int, seed: int):
         super().__init__()
-        self.train_table = table.subset(train_rows)
-        self.val_table = table.subset(val_rows)
-        self.image_size = image_size
-        self.mean, self.std = list(mean), list(std)
-        self.channels = channels
         self.batch_size = batch_size
         self.workers = workers
         self.seed = seed
         self.first_epoch = 0  # the run-wide number of the current phase's first epoch; set per phase
 
-    def _dataset(self, table: DatasetTable, transform) -> ImageDataset:
-        return ImageDataset(table, channels=self.channels, transform=transform, image_size=self.image_size)
+    def train_dataset(self) -> Dataset:
+        """Items fetched by (row, augmentation seed)."""
+        raise NotImplementedError
+
+    def val_dataset(self) -> Dataset:
+        raise NotImplementedError
 
     def _replicas(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
@@ -103,15 +97,15 @@ class LocalisationData(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        images = self._dataset(self.train_table, train_transforms(image_size=self.image_size, mean=self.mean, std=self.std))
+        dataset = self.train_dataset()
         world_size, rank = self._replicas()
-        sampler = EpochSeededSampler(images, num_replicas=world_size, rank=rank, seed=self.seed, first_epoch=self.first_epoch)
+        sampler = EpochSeededSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed, first_epoch=self.first_epoch)
         if self.trainer is not None:
             # Lightning sets the sampler's epoch only when an epoch starts, but a loader with workers draws its first
             # indices when created; a resumed fit creates it for an epoch past 0, so set the epoch now.
             sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         # A last batch of one image cannot train BatchNorm; like fastai and timm, drop the ragged end.
-        return self._loader(SeededAugmentation(images), sampler, drop_last=len(sampler) >= self.batch_size)
+        return self._loader(dataset, sampler, drop_last=len(sampler) >= self.batch_size)
 
     def train_steps_per_epoch(self) -> int:
         """Optimiser steps per epoch on each device. Counted here rather than by `Trainer.estimated_stepping_batches`,
@@ -119,8 +113,67 @@ class LocalisationData(L.LightningDataModule):
         return len(self.train_dataloader())
 
     def val_dataloader(self) -> DataLoader:
-        images = self._dataset(self.val_table, eval_transforms(image_size=self.image_size, mean=self.mean, std=self.std))
+        dataset = self.val_dataset()
         world_size, rank = self._replicas()
         # Shards are padded with repeats to equal length; the module gathers them and drops the repeats.
-        sampler = DistributedSampler(images, num_replicas=world_size, rank=rank, shuffle=False)
-        return self._loader(images, sampler, drop_last=False)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return self._loader(dataset, sampler, drop_last=False)
+
+
+class LocalisationData(SeededData):
+    """Images of one table, split by rows into training and validation."""
+
+    def __init__(
+        self,
+        table: DatasetTable,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        *,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels: int,
+        batch_size: int,
+        workers: int,
+        seed: int,
+        cache=None,
+        normalize_on_device: bool = False,
+    ):
+        super().__init__(batch_size=batch_size, workers=workers, seed=seed)
+        self.train_table = table.subset(train_rows)
+        self.val_table = table.subset(val_rows)
+        self.image_size = image_size
+        self.mean, self.std = list(mean), list(std)
+        self.channels = channels
+        self.cache = cache  # a protloc.data.cache.ImageCache, or None to decode every image on every read
+        self.normalize_on_device = normalize_on_device
+        self._normalization: dict = {}  # device -> (mean, std) tensors
+        self._cache_prepared = False
+
+    def setup(self, stage: str) -> None:
+        if self.cache is not None and not self._cache_prepared:
+            sources = [*self.train_table.frame["source"], *self.val_table.frame["source"]]
+            self.cache.prepare(sources, self.channels, self.image_size, bit_depth=self.train_table.bit_depth)
+            self._cache_prepared = True
+
+    def _dataset(self, table: DatasetTable, transform) -> ImageDataset:
+        return ImageDataset(table, channels=self.channels, transform=transform, image_size=self.image_size, cache=self.cache)
+
+    def train_dataset(self) -> Dataset:
+        transform = train_transforms(image_size=self.image_size, mean=self.mean, std=self.std,
+                                     to_model_input=not self.normalize_on_device)
+        return SeededAugmentation(self._dataset(self.train_table, transform))
+
+    def val_dataset(self) -> Dataset:
+        transform = eval_transforms(image_size=self.image_size, mean=self.mean, std=self.std,
+                                    to_model_input=not self.normalize_on_device)
+        return self._dataset(self.val_table, transform)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not self.normalize_on_device:
+            return batch
+        images, *rest = batch
+        if images.device not in self._normalization:
+            self._normalization[images.device] = tuple(torch.tensor(values, device=images.device)
+                                                       for values in (self.mean, self.std))
+        return (batch_to_model_input(images, *self._normalization[images.device]), *rest)

@@ -21,10 +21,10 @@ from protloc.training.resume import check_same_recipe, read_recipe, recipe_path,
 
 
 def measure_normalization(table: DatasetTable, *, image_size: int, channels: int, workers: int,
-                          show_progress: bool) -> tuple[list[float], list[float]]:
+                          show_progress: bool, cache=None) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the images (0..1 scale), as the model will see them (resized, no augmentation)."""
     transform = eval_transforms(image_size=image_size, mean=[0.0] * channels, std=[1.0] * channels)
-    dataset = ImageDataset(table, channels=channels, transform=transform, image_size=image_size)
+    dataset = ImageDataset(table, channels=channels, transform=transform, image_size=image_size, cache=cache)
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
     pixels = 0
@@ -42,7 +42,7 @@ def measure_normalization(table: DatasetTable, *, image_size: int, channels: int
 
 
 def run_normalization(config: TrainConfig, train_table: DatasetTable, run_dir: Path, *, image_size: int,
-                      workers: int) -> tuple[list[float], list[float]]:
+                      workers: int, cache=None) -> tuple[list[float], list[float]]:
     """(mean, std) of the run in `run_dir`; on a fresh run, rank 0 records them with the recipe. A resumed run
     must share the stopped run's recipe: rank 0 checks it."""
     saved = read_recipe(run_dir) if (config.resume or rank() != 0) else None
@@ -52,7 +52,7 @@ def run_normalization(config: TrainConfig, train_table: DatasetTable, run_dir: P
         return saved["mean"], saved["std"]
     if config.normalize == "dataset":
         mean, std = measure_normalization(train_table, image_size=image_size, channels=config.channels, workers=workers,
-                                          show_progress=config.show_progress and rank() == 0)
+                                          show_progress=config.show_progress and rank() == 0, cache=cache)
     else:
         mean, std = (list(values) for values in backbone_spec(config.backbone).normalization(config.channels))
     if rank() == 0:

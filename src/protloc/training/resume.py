@@ -18,7 +18,7 @@ from protloc.training.config import TrainConfig, config_from_recipe, option, rec
 
 # What may differ when a stopped run is resumed: where the run folder is, and where and how fast it runs.
 RESUMABLE_CHANGES = ("out", "resume", "stop_after", "device", "precision", "workers", "devices", "num_nodes",
-                     "verbose", "show_progress")
+                     "verbose", "show_progress", "cache", "cache_dir", "cache_limit_gb")
 
 
 def recipe_path(run_dir: Path) -> Path:
@@ -44,7 +44,8 @@ def write_recipe(run_dir: Path, config: TrainConfig, mean: list[float], std: lis
 def check_same_recipe(saved: dict, config: TrainConfig, path: Path) -> None:
     """A ProtlocError listing every option that differs from the stopped run's, beyond the resumable ones."""
     current = recipe_of(config)
-    before = dict(saved)
+    # Options added since the stopped run started count as their defaults.
+    before = {**recipe_of(TrainConfig(data=config.data, out=config.out)), **saved}
     for key in ("data", "weights"):  # recipes of earlier versions kept these as typed
         if before.get(key):
             before[key] = str(Path(before[key]).resolve())

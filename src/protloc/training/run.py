@@ -18,17 +18,21 @@ import lightning as L
 import numpy as np
 import torch
 
+from protloc.data.cache import ImageCache, open_image_cache
+from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
 from protloc.files import save_figure, write_csv
 from protloc.inference.predictor import predict_probabilities
 from protloc.inference.thresholds import apply_thresholds, tune_thresholds
 from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
-from protloc.runs import BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, RunConfig, save_run
+from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, RunConfig,
+                          eval_preset, save_run)
 from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.datamodule import LocalisationData
 from protloc.training.engine import Engine, expected_warnings_ignored, make_trainer, rank
+from protloc.training.features import frozen_phase_data
 from protloc.training.losses import auto_pos_weight, make_loss
 from protloc.training.metrics import multilabel_scores, scores_at_threshold
 from protloc.training.module import LocalisationModule
@@ -55,6 +59,15 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
     return phases
 
 
+def input_size(config: TrainConfig) -> int:
+    return config.image_size or backbone_spec(config.backbone).input_size
+
+
+def image_cache(config: TrainConfig) -> ImageCache | None:
+    """The run's image cache (protloc.data.cache): each image decoded and resized once; None with --no-cache."""
+    return open_image_cache(config.cache_dir, config.cache_limit_gb) if config.cache else None
+
+
 def build_initial_model(config: TrainConfig, num_classes: int) -> ProtlocNet:
     """The network before training: ImageNet (or --weights) backbone and a head initialised from the seed."""
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -69,6 +82,7 @@ def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, en
     module = LocalisationModule(
         model, phase=phase.name, first_epoch=phase.first_epoch, phase_epochs=phase.epochs, lr=phase.lr,
         optimizer=config.optimizer, weight_decay=config.weight_decay, loss=loss, label_names=label_names,
+        head_only=getattr(data, "yields_features", False),
         # channels_last: faster convolutions on GPUs and, via oneDNN, on CPUs too (efficientnet_lite0 at 128 px,
         # 2 cores, fp32: 1.25x to 1.5x in both phases, measured).
         channels_last=True,
@@ -88,11 +102,13 @@ def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: P
     folder), False when it stopped early (`stop_after`; resume continues it)."""
     if config.show_progress and rank() == 0:
         print(f"{run_dir}: training on {engine.describe()}", flush=True)
-    image_size = config.image_size or backbone_spec(config.backbone).input_size
-    mean, std = run_normalization(config, table.subset(train_rows), run_dir, image_size=image_size, workers=engine.workers)
+    image_size = input_size(config)
+    cache = image_cache(config)
+    mean, std = run_normalization(config, table.subset(train_rows), run_dir, image_size=image_size,
+                                  workers=engine.workers, cache=cache)
     data = LocalisationData(table, train_rows, val_rows, image_size=image_size, mean=mean, std=std,
                             channels=config.channels, batch_size=config.batch_size, workers=engine.workers,
-                            seed=config.seed)
+                            seed=config.seed, cache=cache, normalize_on_device=engine.accelerator == "gpu")
     pos_weight = auto_pos_weight(table.targets[train_rows]) if config.pos_weight == "auto" else None
     history = TrainingHistory(run_dir / METRICS_FILE)
     fit = dict(run_dir=run_dir, loss=make_loss(config.loss, pos_weight), label_names=list(table.label_set.names),
@@ -107,7 +123,11 @@ def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: P
             max_epochs = min(phase.epochs, config.stop_after - phase.first_epoch)
         if max_epochs <= 0:
             break
-        fit_phase(model, data, config, engine, phase, max_epochs=max_epochs, ckpt_path=points[phase.name], **fit)
+        phase_data = data
+        if config.head_only_features and phase.name == "frozen":
+            phase_data = frozen_phase_data(model, table, train_rows, val_rows, data, device=engine.device,
+                                           precision=engine.precision, show_progress=config.show_progress and rank() == 0)
+        fit_phase(model, phase_data, config, engine, phase, max_epochs=max_epochs, ckpt_path=points[phase.name], **fit)
     if len(history.rows) < config.epochs_frozen + config.epochs:
         return False
     if rank() == 0:
@@ -134,8 +154,10 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
         in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[0.5] * len(label_names),
         dropout=config.dropout, layout=table.layout, bit_depth=table.bit_depth,
     )
+    val_images = ImageDataset(data.val_table, channels=config.channels, transform=eval_preset(run_config),
+                              image_size=image_size, cache=data.cache)
     probabilities, _ok = predict_probabilities(
-        model, data.val_table, run_config, batch_size=config.batch_size, workers=engine.workers,
+        model, val_images, run_config, batch_size=config.batch_size, workers=engine.workers,
         show_progress=False, device=engine.device, precision="fp32",
     )
     model.to("cpu", memory_format=torch.contiguous_format)

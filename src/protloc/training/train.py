@@ -13,7 +13,7 @@ from protloc.training.config import TrainConfig, check_config
 from protloc.training.crossval import train_folds
 from protloc.training.engine import lightning_output, rank, resolve_engine
 from protloc.training.resume import check_out_folder
-from protloc.training.run import build_initial_model, train_run
+from protloc.training.run import build_initial_model, image_cache, input_size, train_run
 from protloc.training.splits import make_split
 
 
@@ -33,7 +33,7 @@ def train(config: TrainConfig) -> Path:
         # Before the image scan: missing pretrained weights fail in seconds, not after minutes of reading.
         model = build_initial_model(config, len(table.label_set))
         if rank() == 0:
-            check_images(table, config.show_progress)
+            check_images(table, config.show_progress, image_cache(config), input_size(config), config.channels)
         if config.folds >= 2:
             train_folds(config, engine, table, model)
         else:
@@ -51,8 +51,12 @@ def read_training_table(config: TrainConfig) -> DatasetTable:
     return table
 
 
-def check_images(table: DatasetTable, show_progress: bool) -> None:
-    """Open every image before training: all problems at once, never a traceback from a DataLoader worker."""
-    problems = find_image_problems(table, show_progress=show_progress, description="checking images")
+def check_images(table: DatasetTable, show_progress: bool, cache=None, image_size: int = 0, channels: int = 3) -> None:
+    """Open every image before training: all problems at once, never a traceback from a DataLoader worker. With
+    an image cache, images it holds are not decoded again and the others are stored for the first epoch."""
+    probe = (cache.checking_probe(table.frame["source"], channels, image_size, bit_depth=table.bit_depth)
+             if cache is not None else None)
+    problems = find_image_problems(table, show_progress=show_progress, description="checking images",
+                                   **({"probe": probe} if probe else {}))
     if problems:
         raise DataError(*problems, f"{len(problems)} image problem(s) in {table.csv_path or table.root}: fix or remove those rows, then train again")

@@ -1,0 +1,164 @@
+"""What the hardware allows and what the seed notebook's loop gets, for bench_pipeline.py.
+
+Limits run the same model, batch size, precision and memory format as protloc on tensors already in memory:
+nothing to decode, load or augment. The seed-style loop decodes each PNG with PIL and applies torchvision's
+transforms to the full-size image at every step, in fp32 without channels_last, as the seed notebook did.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from multiprocessing import get_context
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from protloc.data.cache import decode_resized
+from protloc.models.classifier import build_model, freeze_backbone
+
+
+def autocast(device: str, dtype: torch.dtype | None):
+    return torch.autocast(device.split(":")[0], dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def fresh_model(backbone: str, num_classes: int, device: str, channels_last: bool = True) -> nn.Module:
+    model = build_model(backbone, num_classes, pretrained=True)
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def memory_batches(count: int, batch_size: int, image_size: int, num_classes: int, device: str):
+    """Normalised-looking images and targets, already on the device."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        images = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+        targets = (torch.rand(batch_size, num_classes, generator=generator) < 0.2).float()
+        batches.append((images.to(device).contiguous(memory_format=torch.channels_last), targets.to(device)))
+    return batches
+
+
+def rate(step, batches, steps: int, device: str) -> float:
+    """Images per second of `step` over `steps` batches after one warm-up step (kernels chosen, memory taken)."""
+    step(*batches[0])
+    synchronize(device)
+    start = time.perf_counter()
+    images = 0
+    for index in range(steps):
+        batch = batches[index % len(batches)]
+        step(*batch)
+        images += len(batch[0])
+    synchronize(device)
+    return images / (time.perf_counter() - start)
+
+
+def train_step_limit(model, batches, *, frozen: bool, steps: int, device: str, dtype=None) -> float:
+    """protloc's training step without Lightning or loading: forward (the frozen backbone under no_grad), BCE,
+    backward, gradient clipping by value 0.1, Adam."""
+    model.train()
+    if frozen:
+        freeze_backbone(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-4)
+    loss_function = nn.BCEWithLogitsLoss()
+
+    def step(images, targets):
+        with autocast(device, dtype):
+            if frozen:
+                with torch.no_grad():
+                    features = model.backbone(images)
+                logits = model.head(features)
+            else:
+                logits = model(images)
+        loss = loss_function(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(trainable, 0.1)
+        optimizer.step()
+
+    return rate(step, batches, steps, device)
+
+
+def forward_limit(model, batches, *, steps: int, device: str, dtype=None) -> float:
+    model.eval()
+
+    def step(images, _targets):
+        with torch.inference_mode(), autocast(device, dtype):
+            model(images)
+
+    return rate(step, batches, steps, device)
+
+
+def onnx_forward_limit(session, batches, *, steps: int) -> float:
+    """ONNX Runtime on the CPU, fp32, on the same batches: the engine of `protloc predict --engine onnx`."""
+    name = session.get_inputs()[0].name
+    arrays = [(images.cpu().contiguous().numpy(), None) for images, _ in batches]
+    return rate(lambda images, _: session.run(None, {name: images}), arrays, steps, "cpu")
+
+
+def _decode_one(args) -> int:
+    path, size = args
+    return decode_resized(path, 3, size).numel()
+
+
+def decode_rate(paths, image_size: int, processes: int) -> float:
+    """Images per second decoding and resizing (the work the cache saves), on `processes` processes."""
+    with get_context("fork").Pool(processes) as pool:
+        pool.map(_decode_one, [(paths[0], image_size)] * processes)  # started and warm
+        start = time.perf_counter()
+        pool.map(_decode_one, [(path, image_size) for path in paths], chunksize=4)
+        return len(paths) / (time.perf_counter() - start)
+
+
+class SeedStyleImages(Dataset):
+    """PIL decode and torchvision transforms on the full-size image, every time an image is read."""
+
+    def __init__(self, paths, targets, transform):
+        self.paths, self.targets, self.transform = list(paths), torch.as_tensor(targets), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), self.targets[index]
+
+
+def seed_transforms(original_size: int, image_size: int, mean, std) -> T.Compose:
+    """The seed notebook's augmentations on the 512 px PIL image (plus the same crop scale and ratio as protloc)."""
+    return T.Compose([
+        T.RandomCrop(original_size, padding=original_size // 32, padding_mode="reflect"),
+        T.RandomResizedCrop(image_size, scale=(0.5, 1.0), ratio=(0.9, 1.1)),
+        T.RandomHorizontalFlip(),
+        T.RandomRotation(10),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def seed_style_epoch(model, dataset: Dataset, *, frozen: bool, batch_size: int, workers: int) -> float:
+    """One epoch as the seed trains: fresh loader workers, fp32, the frozen backbone still under autograd."""
+    model.train()
+    if frozen:
+        freeze_backbone(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-4)
+    loss_function = nn.BCEWithLogitsLoss()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    start = time.perf_counter()
+    images = 0
+    for batch, targets in loader:
+        loss = loss_function(model(batch), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(trainable, 0.1)
+        optimizer.step()
+        images += len(batch)
+    return images / (time.perf_counter() - start)

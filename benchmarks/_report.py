@@ -1,0 +1,138 @@
+"""The markdown table of bench_pipeline.py, and the done-criteria it checks."""
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+ZERO_TO_GANS_TRAIN = 19_236
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def print_machine() -> None:
+    flags = cpu_flags()
+    bf16 = "native bf16 (avx512_bf16/amx)" if flags & {"avx512_bf16", "amx_bf16"} else "no native bf16: fp32"
+    simd = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {simd}, {bf16}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def row(name: str, protloc: float, limit: float | None = None, limit_name: str = "", seed: float | None = None) -> str:
+    limit_cell = f"{limit:.1f} ({limit_name})" if limit else "-"
+    seed_cell = f"{seed:.1f}" if seed else "-"
+    return (f"| {name} | {protloc:.1f} | {limit_cell} | {ratio(protloc, limit) if limit else '-'} | {seed_cell} | "
+            f"{ratio(protloc, seed) if seed else '-'} |")
+
+
+def combined(*rates: float) -> float:
+    """Throughput of steps done one after another on the same cores: 1 / (sum of seconds per image)."""
+    return 1.0 / sum(1.0 / r for r in rates)
+
+
+def final_f1(run_dir) -> tuple[float, float]:
+    """(macro F1 of the last epoch at 0.5, of the kept model with tuned thresholds)."""
+    import pandas as pd
+
+    from protloc.runs import load_config
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    return float(metrics["val_f1_macro"].iloc[-1]), float(load_config(run_dir).training["val_tuned"]["f1_macro"])
+
+
+def print_cpu_table(args, cpu, seed, training, features, predict, load_before, load_after) -> None:
+    large = training["large_metrics"].set_index("epoch")["images_per_second"]
+    head_only = training["head_only_metrics"]
+    head_rate = float(head_only.loc[head_only["phase"] == "frozen", "images_per_second"].mean())
+    n_large = args.n * args.scale
+    decode_forward = combined(predict["decode"], cpu["forward"])
+    lines = [
+        "",
+        f"### CPU: {args.backbone} at {args.image_size} px, batch {args.batch_size}, fp32 (images/s)",
+        "",
+        "| step | protloc | limit (what) | protloc / limit | seed-style loop | protloc / seed-style |",
+        "|---|---|---|---|---|---|",
+        row("fine-tune epoch (cache warm)", large[3], cpu["finetune"], "compute only", seed["finetune"]),
+        row("frozen-backbone epoch, augmented (cache warm)", large[2], cpu["forward"], "forward only", seed["frozen"]),
+        row("first frozen epoch (decodes, fills the cache)", large[1], decode_forward, "decode + forward", seed["frozen"]),
+        row("frozen epoch, --head-only-features (head on features)", head_rate, None, "", seed["frozen"]),
+        row("  its one-off feature pass (images from the cache)", features, cpu["forward"], "forward only"),
+        row("predict steady state, torch, cold cache", predict["torch_cold"], decode_forward, "decode + forward"),
+        row("predict steady state, torch, warm cache", predict["torch_warm"], cpu["forward"], "forward only"),
+    ]
+    if "onnx_cold" in predict:
+        decode_onnx = combined(predict["decode"], predict["onnx_forward"])
+        lines += [
+            row("predict steady state, ONNX Runtime, cold cache", predict["onnx_cold"], decode_onnx, "decode + ORT forward"),
+            row("predict steady state, ONNX Runtime, warm cache", predict["onnx_warm"], predict["onnx_forward"], "ORT forward"),
+        ]
+    print("\n".join(lines))
+    print_summary(args, cpu, seed, training, features, predict, decode_forward, head_rate, n_large)
+    print(f"\nload average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+
+
+def print_summary(args, cpu, seed, training, features, predict, decode_forward, head_rate, n_large) -> None:
+    large = training["large_metrics"].set_index("epoch")["images_per_second"]
+    small, big = training["small"], training["large"]
+    startup = predict["cli"].seconds - predict["n"] / predict["torch_cold"]
+    print(f"\nlimits: compute-only fine-tune step {cpu['finetune']:.1f}, frozen step (no_grad backbone) "
+          f"{cpu['frozen_step']:.1f}, forward only {cpu['forward']:.1f}, PNG decode + resize on all cores "
+          f"{predict['decode']:.1f} images/s")
+    print(f"predict start-up (CLI wall {predict['cli'].seconds:.1f} s for {predict['n']} images, less their steady-state "
+          f"time): {startup:.1f} s")
+    print(f"training peak memory (PSS of the process tree, loader workers included; RSS sum in brackets): "
+          f"{small.peak_pss_gb:.2f} GB ({small.peak_rss_gb:.2f}) at N={args.n}, "
+          f"{big.peak_pss_gb:.2f} GB ({big.peak_rss_gb:.2f}) at {n_large}")
+    print(f"cost of `protloc train --epochs-frozen 2 --epochs 1` (wall, start-up included): {small.seconds:.1f} s at "
+          f"N={args.n}, {big.seconds:.1f} s at {n_large}: {big.seconds / small.seconds:.2f}x for {args.scale}x the images")
+    frozen_seconds = 2 * n_large * 0.9 / large[2]
+    shortcut_seconds = n_large / features + 2 * n_large * 0.9 / head_rate
+    print(f"frozen phase of the {n_large}-image run: augmented ~{frozen_seconds:.1f} s (2 warm epochs), head-only "
+          f"~{shortcut_seconds:.1f} s (feature pass + 2 epochs)")
+    for name, label in (("run-large", "augmented frozen phase"), ("run-head-only", "--head-only-features")):
+        last, tuned = final_f1(training["work"] / name)
+        print(f"validation macro F1 after the whole run, {label}: {last:.3f} at 0.5 (last epoch), {tuned:.3f} tuned (kept epoch)")
+    print(f"projected Zero-to-GANs epoch ({ZERO_TO_GANS_TRAIN:,} images) on this machine: fine-tune "
+          f"{ZERO_TO_GANS_TRAIN / large[3] / 60:.1f} min, frozen {ZERO_TO_GANS_TRAIN / large[2] / 60:.1f} min "
+          f"(first epoch, decoding: {ZERO_TO_GANS_TRAIN / large[1] / 60:.1f} min), head-only frozen epoch "
+          f"{ZERO_TO_GANS_TRAIN / head_rate:.0f} s after a {ZERO_TO_GANS_TRAIN / features / 60:.1f} min feature pass")
+    print_criteria(cpu, seed, large, head_rate, predict, decode_forward, small, big, args)
+
+
+def print_criteria(cpu, seed, large, head_rate, predict, decode_forward, small, big, args) -> None:
+    checks = [
+        ("fine-tune >= 0.95x compute-only", large[3] / cpu["finetune"] >= 0.95),
+        ("fine-tune >= 2x seed-style", large[3] / seed["finetune"] >= 2),
+        ("augmented frozen >= 0.75x forward-only", large[2] / cpu["forward"] >= 0.75),
+        ("head-only frozen >= 10x seed-style frozen", head_rate / seed["frozen"] >= 10),
+        ("predict (cold) >= 0.85x decode + forward", predict["torch_cold"] / decode_forward >= 0.85),
+        ("training peak memory < 4 GB", max(small.peak_pss_gb, big.peak_pss_gb) < 4),
+        (f"cost at {args.scale}N within {1.1 * args.scale:.1f}x of N", big.seconds / small.seconds <= 1.1 * args.scale),
+    ]
+    print("\ncriteria: " + "; ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in checks))

@@ -1,0 +1,125 @@
+"""protloc itself, for bench_pipeline.py: whole CLI runs with their memory, and prediction's steady state."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from protloc.inference.predictor import OnnxEngine, Predictor, TorchEngine
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as file:
+                    if int(file.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _tree(pid: int) -> list[int]:
+    pids, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in _children(parent)]
+        pids += frontier
+    return pids
+
+
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) in kB: PSS shares each page among the processes that map it, so a tree's PSS adds up."""
+    values = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as file:
+            for line in file:
+                key, _, rest = line.partition(":")
+                if key in ("Pss", "Rss"):
+                    values[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return values.get("Pss", 0), values.get("Rss", 0)
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_pss_gb: float
+    peak_rss_gb: float
+
+
+def run_measured(command: list[str], log: Path) -> Measured:
+    """Run `command`, sampling the memory of its whole process tree (loader workers included) every 0.2 s."""
+    peak = [0, 0]
+    start = time.perf_counter()
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.2):
+                totals = [sum(values) for values in zip(*(_memory_kb(pid) for pid in _tree(process.pid)))] or [0, 0]
+                peak[0], peak[1] = max(peak[0], totals[0]), max(peak[1], totals[1])
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = process.wait()
+        done.set()
+        sampler.join()
+    seconds = time.perf_counter() - start
+    if code != 0:
+        sys.exit(f"benchmark: {' '.join(command)} failed (exit {code}); see {log}")
+    return Measured(seconds, peak[0] / 1e6, peak[1] / 1e6)
+
+
+def protloc_command(*arguments) -> list[str]:
+    return [sys.executable, "-m", "protloc", *map(str, arguments)]
+
+
+def train_run(data: Path, out: Path, cache_dir: Path, *, image_size: int, batch_size: int, epochs_frozen: int,
+              epochs: int, extra: tuple = ()) -> tuple[Measured, pd.DataFrame]:
+    command = protloc_command("train", data, "--out", out, "--image-size", image_size, "--batch-size", batch_size,
+                              "--epochs-frozen", epochs_frozen, "--epochs", epochs, "--cache-dir", cache_dir, *extra)
+    measured = run_measured(command, out.with_suffix(".log"))
+    return measured, pd.read_csv(out / "metrics.csv")
+
+
+class TimedTorchEngine(TorchEngine):
+    """Records when each batch's probabilities are ready, for the steady state after the first batch."""
+
+    stamps: list
+
+    def __call__(self, images):
+        result = super().__call__(images)
+        self.stamps.append((time.perf_counter(), len(images)))
+        return result
+
+
+class TimedOnnxEngine(OnnxEngine):
+    stamps: list
+
+    def __call__(self, images):
+        result = super().__call__(images)
+        self.stamps.append((time.perf_counter(), len(images)))
+        return result
+
+
+def steady_rate(stamps) -> float:
+    """Images per second from the first batch's end to the last's: loader start-up and warm-up left out."""
+    (first, _), (last, _) = stamps[0], stamps[-1]
+    return sum(count for _, count in stamps[1:]) / (last - first)
+
+
+def predict_rate(engine, table, config, cache, *, batch_size: int, workers: int) -> float:
+    """Steady-state images per second of `Predictor.predict_table`, as `protloc predict` runs it."""
+    engine.stamps = []
+    Predictor(config, engine, cache=cache).predict_table(table, batch_size=batch_size, workers=workers)
+    return steady_rate(engine.stamps)

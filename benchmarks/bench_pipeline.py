@@ -1,0 +1,184 @@
+"""protloc's training and prediction speed against what this machine allows and against the seed's loop.
+
+    python benchmarks/bench_pipeline.py [--n 128] [--scale 4] [--image-size 224] [--batch-size 32]
+
+One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next run):
+  - limits: the same model and step on tensors already in memory (fine-tune step, forward only), PNG
+    decoding + resizing on all cores, and ONNX Runtime's forward;
+  - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32;
+  - protloc: `protloc train` runs at N and scale*N images (--epochs-frozen 2 --epochs 1; the second frozen
+    epoch and the fine-tune epoch read the cache the first epoch filled), the same with
+    --head-only-features, and prediction, cold (decoding) and warm (cache), torch and ONNX.
+Prints a markdown table. A GPU section follows when CUDA is present.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _limits as limits  # noqa: E402
+import _report as report  # noqa: E402
+import _runs as runs  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=128, help="images of the small run (N); default %(default)s")
+    parser.add_argument("--scale", type=int, default=4, help="the large run has scale*N images; default %(default)s")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--data-dir", default="data/benchmark", help="generated images, reused while they match")
+    parser.add_argument("--steps", type=int, default=4, help="fine-tune steps per limit measurement")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime rows")
+    return parser.parse_args()
+
+
+def prepare_data(folder: Path, n: int, scale: int) -> tuple[Path, Path]:
+    """(small, large) Zero-to-GANs folders; the small one's train.csv lists the first n of the large one's images."""
+    from protloc.data.synthetic import write_demo_dataset
+
+    large, small = folder / "large", folder / "small"
+    stamp = {"n_train": n * scale, "size": 512, "seed": 0}
+    stamp_file = folder / "benchmark.json"
+    if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"generating {n * scale} PNGs of 512 px in {large} (once) ...", flush=True)
+        write_demo_dataset(large, n_train=n * scale, n_test=0, size=512, seed=0, show_progress=False)
+        small.mkdir(parents=True)
+        lines = (large / "train.csv").read_text().splitlines()
+        (small / "train.csv").write_text("\n".join(lines[: n + 1]) + "\n")
+        (small / "train").symlink_to((large / "train").resolve())
+        stamp_file.write_text(json.dumps(stamp))
+    return small, large
+
+
+def measure_limits(args, model_device: str = "cpu", dtype=None) -> dict:
+    batches = limits.memory_batches(2, args.batch_size, args.image_size, 10, model_device)
+    model = limits.fresh_model(args.backbone, 10, model_device)
+    forward = limits.forward_limit(model, batches, steps=4 * args.steps, device=model_device, dtype=dtype)
+    frozen = limits.train_step_limit(model, batches, frozen=True, steps=2 * args.steps, device=model_device, dtype=dtype)
+    model = limits.fresh_model(args.backbone, 10, model_device)
+    finetune = limits.train_step_limit(model, batches, frozen=False, steps=args.steps, device=model_device, dtype=dtype)
+    return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
+
+
+def best_of(*measurements: dict) -> dict:
+    """The higher of each limit measured before and after protloc's runs: a busy shared machine only ever slows."""
+    return {key: max(m[key] for m in measurements) for key in measurements[0]}
+
+
+def measure_seed_style(args, table) -> dict:
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    dataset = limits.SeedStyleImages(table.frame["source"], table.targets,
+                                     limits.seed_transforms(512, args.image_size, mean, std))
+    workers = min(4, os.cpu_count() or 1)
+    model = limits.fresh_model(args.backbone, 10, "cpu", channels_last=False)
+    frozen = limits.seed_style_epoch(model, dataset, frozen=True, batch_size=args.batch_size, workers=workers)
+    model = limits.fresh_model(args.backbone, 10, "cpu", channels_last=False)
+    finetune = limits.seed_style_epoch(model, dataset, frozen=False, batch_size=args.batch_size, workers=workers)
+    return {"frozen": frozen, "finetune": finetune}
+
+
+def measure_training(args, small: Path, large: Path, work: Path) -> dict:
+    settings = dict(image_size=args.image_size, batch_size=args.batch_size, epochs_frozen=2, epochs=1)
+    results = {"work": work}
+    print("protloc train, N images ...", flush=True)
+    results["small"], _ = runs.train_run(small, work / "run-small", work / "cache-small", **settings)
+    print("protloc train, scale*N images ...", flush=True)
+    results["large"], results["large_metrics"] = runs.train_run(large, work / "run-large", work / "cache-large", **settings)
+    print("protloc train --head-only-features, scale*N images ...", flush=True)
+    results["head_only"], results["head_only_metrics"] = runs.train_run(
+        large, work / "run-head-only", work / "cache-large", **settings, extra=("--head-only-features",))
+    return results
+
+
+def measure_features(args, large: Path, work: Path) -> float:
+    """Images per second computing the frozen backbone's features (images from the warm cache), as the shortcut does."""
+    from protloc.data.cache import open_image_cache
+    from protloc.data.readers import read_dataset
+    from protloc.training.features import compute_features
+    from protloc.data.dataset import ImageDataset
+    from protloc.data.transforms import eval_transforms
+
+    table = read_dataset(large, split="train")
+    cache = open_image_cache(work / "cache-large")
+    transform = eval_transforms(image_size=args.image_size, mean=[0.5] * 3, std=[0.25] * 3)
+    dataset = ImageDataset(table, channels=3, transform=transform, image_size=args.image_size, cache=cache)
+    model = limits.fresh_model(args.backbone, 10, "cpu")
+    start = time.perf_counter()
+    compute_features(model, dataset, batch_size=args.batch_size, workers=min(4, os.cpu_count() or 1), device="cpu",
+                     autocast_dtype=None, show_progress=False)
+    return len(table) / (time.perf_counter() - start)
+
+
+def measure_predict(args, large: Path, work: Path) -> dict:
+    """Steady state of prediction over the large set's images: cold cache (decoding), then warm; torch and ONNX."""
+    from protloc.data.cache import open_image_cache
+    from protloc.data.readers import read_dataset
+    from protloc.inference.onnx_export import export_onnx
+    from protloc.inference.predictor import open_onnx_session
+    from protloc.runs import load_run
+
+    run_dir = work / "run-large"
+    config, model = load_run(run_dir)
+    table = read_dataset(large, split="train")
+    workers = 2  # predict's default
+    results = {}
+    engines = {"torch": runs.TimedTorchEngine(model, precision="fp32")}
+    if args.onnx:
+        export_onnx(model, config, work / "model.onnx")
+        session = open_onnx_session(work / "model.onnx", config)
+        engines["onnx"] = runs.TimedOnnxEngine(session)
+        batches = limits.memory_batches(2, args.batch_size, args.image_size, config.num_classes, "cpu")
+        results["onnx_forward"] = limits.onnx_forward_limit(session, batches, steps=4 * args.steps)
+    for name, engine in engines.items():
+        cache = open_image_cache(work / f"cache-predict-{name}")
+        results[f"{name}_cold"] = runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
+        results[f"{name}_warm"] = runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
+    results["decode"] = limits.decode_rate(list(table.frame["source"]), args.image_size, os.cpu_count() or 1)
+    command = runs.protloc_command("predict", run_dir, large / "train", "--out", work / "predicted.csv",
+                                   "--cache-dir", work / "cache-predict-cli")
+    results["cli"] = runs.run_measured(command, work / "predict.log")
+    results["n"] = len(table)
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    small, large = prepare_data(Path(args.data_dir), args.n, args.scale)
+    from protloc.data.readers import read_dataset
+
+    report.print_machine()
+    load_before = os.getloadavg()
+    work = Path(args.data_dir) / "work"  # runs, caches and logs of this benchmark, replaced by the next
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    print("limits ...", flush=True)
+    before = measure_limits(args)
+    print("seed-style loop ...", flush=True)
+    seed = measure_seed_style(args, read_dataset(small, split="train"))
+    training = measure_training(args, small, large, work)
+    features = measure_features(args, large, work)
+    print("predict ...", flush=True)
+    predict = measure_predict(args, large, work)
+    print("limits again ...", flush=True)
+    cpu = best_of(before, measure_limits(args))
+    report.print_cpu_table(args, cpu, seed, training, features, predict, load_before, os.getloadavg())
+    if torch.cuda.is_available():
+        import _gpu as gpu
+
+        gpu.run_gpu_section(args, large, work)
+
+
+if __name__ == "__main__":
+    main()
