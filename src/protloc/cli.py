@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (ProtlocError, ImageReadError) as error:
-        lines = error.lines if isinstance(error, ProtlocError) else [str(error)]
+        lines = error.lines if isinstance(error, ProtlocError) else [f"{error.path}: {error}" if error.path else str(error)]
         for line in lines:
             print(f"protloc: error: {line}", file=sys.stderr)
         return 2

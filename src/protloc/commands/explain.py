@@ -27,15 +27,18 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
+    from protloc.files import atomic_dir, check_output_path
     from protloc.inference.predictor import load_predictor
     from protloc.reports.explain import explain_table, parse_target_classes, write_explanation_page
     from protloc.runs import load_config
 
+    check_output_path(args.out, folder=True)
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
     table = read_inputs(args.images, layout=args.format, channels=config.in_chans)
     predictor = load_predictor(args.run, device=args.device, precision=args.precision)
-    explanations = explain_table(predictor, table, args.out, targets)
-    write_explanation_page(explanations, predictor.config, args.out)
+    with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
+        explanations = explain_table(predictor, table, out, targets)
+        write_explanation_page(explanations, predictor.config, out)
     print(f"{len(explanations)} explanations written; open {args.out}/index.html")
     return 0

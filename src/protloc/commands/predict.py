@@ -36,10 +36,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
     from protloc.errors import DataError
-    from protloc.files import write_csv
+    from protloc.files import check_output_path, write_csv
     from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.submission import output_layout, probability_frame, submission_frame
 
+    check_output_path(args.out)
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx, precision=args.precision)
     config = predictor.config
     table = read_inputs(args.inputs, layout=args.format, split="test", label_set=predictor.label_set, channels=config.in_chans)
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if args.on_error == "fail":
             raise DataError(*problems, f"{len(problems)} of {len(table)} images could not be read; nothing written "
                                        f"(--on-error skip writes the others)")
+        if not ok.any():
+            raise DataError(*problems, f"none of the {len(table)} images could be read; nothing written")
         for line in problems:
             print(f"protloc: warning: skipped {line}", file=sys.stderr)
         print(f"protloc: warning: skipped {len(problems)} of {len(table)} images that could not be read", file=sys.stderr)

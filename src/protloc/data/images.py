@@ -26,8 +26,8 @@ TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic an
 MAX_PIXELS = 100_000_000
 MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
 
-# warnings.catch_warnings changes process-wide state: threads (the HTTP service) take turns around it.
-# Only Image.open runs under it, which reads the header alone.
+# warnings.catch_warnings and Image.MAX_IMAGE_PIXELS are process-wide state: threads (the HTTP service) take turns
+# around them. Only Image.open runs under them, which reads the header alone.
 _PIL_OPEN_LOCK = threading.Lock()
 
 
@@ -137,9 +137,14 @@ def _decode_tiff(file: io.BytesIO | Path) -> np.ndarray:
 
 def _decode_with_pil(file: io.BytesIO | Path) -> np.ndarray:
     with _PIL_OPEN_LOCK, warnings.catch_warnings():
-        # PIL warns from its own, lower, built-in limit; check_pixel_count below is the one that decides.
+        # PIL warns from, and refuses at twice, its own built-in limit; check_pixel_count below is the one limit
+        # that decides, PROTLOC_MAX_PIXELS raised above PIL's included.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(file)  # the header only
+        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(file)  # the header only
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
     with image:
         check_pixel_count((image.height, image.width, len(image.getbands())))
         image.load()

@@ -72,19 +72,21 @@ def training_blocks(run_dir: Path, page: Path, label_names: list[str]) -> list[s
     return blocks
 
 
-def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name: str, **prediction) -> list[str]:
+def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name: str, *, links_to: Path | None = None,
+                       **prediction) -> list[str]:
+    """Written into `report_dir`, linked as `links_to` (default: the same folder)."""
     if not table.labelled:
         return [html.note(f"{data_name} has no labels, so there is no evaluation; samples are shown below.")]
     from protloc.reports.evaluate import evaluate_run, evaluation_blocks
 
     evaluation = evaluate_run(predictor, table, report_dir, data_name=data_name, **prediction)
-    prefix = relative_link(report_dir, page) + "/"
+    prefix = relative_link(links_to or report_dir, page) + "/"
     return [html.paragraph_with_link(f"On {data_name}; the evaluation on its own page:", prefix + "index.html",
                                      "evaluation"), *evaluation_blocks(evaluation, prefix)]
 
 
 def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: str, samples: int,
-                    show_progress: bool) -> list[str]:
+                    show_progress: bool, links_to: Path | None = None) -> list[str]:
     from protloc.reports.explain import explain_table, explanation_blocks
 
     shown = table.subset(range(min(samples, len(table))))
@@ -94,13 +96,18 @@ def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: 
     names = list(table.label_set.names)
     true_labels = [", ".join(names[i] for i in labels) for labels in shown.frame["labels"]] if table.labelled else None
     return [html.paragraph(f"The first {len(shown)} images of {data_name}, with a Grad-CAM map per predicted class."),
-            *explanation_blocks(explanations, predictor.config, relative_link(samples_dir, page) + "/", true_labels)]
+            *explanation_blocks(explanations, predictor.config, relative_link(links_to or samples_dir, page) + "/",
+                               true_labels)]
 
 
 def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_file: str | Path | None = None,
                  samples: int = DEFAULT_SAMPLES, tta: bool = False, batch_size: int = 32, workers: int = 0,
-                 device: str = "auto", precision: str = "auto", show_progress: bool = True) -> Path:
-    """Write the run's page (default: REPORT_FILE in the run folder); `table` adds the evaluation and samples."""
+                 device: str = "auto", precision: str = "auto", show_progress: bool = True,
+                 files_dir: str | Path | None = None) -> Path:
+    """Write the run's page (default: REPORT_FILE in the run folder); `table` adds the evaluation and samples.
+
+    Their files are written into `files_dir` (default RUN/report), linked from the page as RUN/report: a caller
+    may write them into a temporary folder that then becomes RUN/report (files.atomic_dir)."""
     from protloc.inference.predictor import load_predictor
     from protloc.reports.evaluate import check_label_names
     from protloc.runs import load_config
@@ -109,6 +116,7 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
     config = load_config(run_dir)
     page = Path(out_file) if out_file else run_dir / REPORT_FILE
     report_dir = run_dir / REPORT_DIR
+    files_dir = Path(files_dir) if files_dir is not None else report_dir
     if table is not None and table.labelled:
         check_label_names(table, config, data_name)  # before the slow part
 
@@ -129,9 +137,10 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
         predictor = load_predictor(run_dir, device=device, precision=precision)
         prediction = dict(tta=tta, batch_size=batch_size, workers=workers, show_progress=show_progress)
         blocks += [html.heading("Evaluation"),
-                   *evaluation_section(predictor, table, report_dir, page, data_name, **prediction),
+                   *evaluation_section(predictor, table, files_dir, page, data_name, links_to=report_dir,
+                                       **prediction),
                    html.heading("Sample predictions"),
-                   *samples_section(predictor, table, report_dir / SAMPLES_DIR, page, data_name, samples,
-                                    show_progress)]
+                   *samples_section(predictor, table, files_dir / SAMPLES_DIR, page, data_name, samples,
+                                    show_progress, links_to=report_dir / SAMPLES_DIR)]
     html.write_page(page, f"Run {run_dir.resolve().name}", blocks)
     return page
