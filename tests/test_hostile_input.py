@@ -85,25 +85,28 @@ def edit_config(run: Path, **changes) -> None:
 @pytest.fixture(scope="session")
 def world(tmp_path_factory, untrained_run, tiny_recipe) -> dict[str, str]:
     """Paths by name: good data and runs, and hostile ones made from them."""
-    from protloc.data.synthetic import write_demo_dataset
-    from protloc.labels import HPA10
-    from protloc.training.resume import write_recipe
-
     root = tmp_path_factory.mktemp("hostile")
-    paths: dict[str, Path] = {}
+    paths = make_hostile_data(root)
+    make_tampered_runs(root, untrained_run(root / "run"), paths)
+    make_damaged_stopped_runs(root, tiny_recipe.config(paths["data"], root, backbone="test_resnet", stop_after=1), paths)
+    return {name: str(path) for name, path in paths.items()}
 
-    data = paths["data"] = root / "data"
+
+def make_hostile_data(root: Path) -> dict[str, Path]:
+    from protloc.data.synthetic import write_demo_dataset
+
+    paths = {"data": root / "data"}
+    data = paths["data"]
     write_demo_dataset(data, n_train=8, n_test=2, size=32, seed=0, show_progress=False, workers=1)
     train_ids = [line.split(",")[0] for line in (data / "train.csv").read_text().splitlines()[1:]]
     paths["images"] = data / "test"
     paths["good"] = sorted((data / "test").iterdir())[0]
-
+    paths["bomb_id"] = Path(train_ids[0])
     bombs = root / "bombs"
     bombs.mkdir()
     for name, content in (("bomb.png", png_bomb()), ("bomb.tif", tiff_bomb()), ("bomb.jpg", jpeg_bomb())):
         (bombs / name).write_bytes(content)
         paths[name.replace(".", "_")] = bombs / name
-    paths["bomb_id"] = Path(train_ids[0])
 
     # The z2g dataset with one train and one test image a bomb.
     bomb_data = paths["bomb_data"] = root / "bomb-data"
@@ -111,31 +114,27 @@ def world(tmp_path_factory, untrained_run, tiny_recipe) -> dict[str, str]:
     (bomb_data / "train" / f"{train_ids[0]}.png").write_bytes(png_bomb())
     (bomb_data / "test" / paths["good"].name).write_bytes(png_bomb())
 
-    # Generic CSVs (paths relative to the CSV): a TIFF bomb and a JPEG bomb among good images.
+    # Generic CSVs (paths relative to the CSV): a TIFF bomb and a JPEG bomb among good images; a path out.
     generic = root / "generic"
     for index in range(3):
         save_png(generic / f"cell{index}.png", seed=index)
-    shutil.copy(paths["bomb_tif"], generic / "bomb.tif")
-    shutil.copy(paths["bomb_jpg"], generic / "bomb.jpg")
     for name, bomb in (("tiff", "bomb.tif"), ("jpeg", "bomb.jpg")):
-        csv = paths[f"{name}_csv"] = generic / f"{name}.csv"
-        csv.write_text("path,labels\ncell0.png,1\ncell1.png,2\n" + f"{bomb},3\ncell2.png,4\n")
-    paths["escape_csv"] = generic / "escape.csv"
+        shutil.copy(bombs / bomb, generic / bomb)
+        paths[f"{name}_csv"] = generic / f"{name}.csv"
+        paths[f"{name}_csv"].write_text(f"path,labels\ncell0.png,1\ncell1.png,2\n{bomb},3\ncell2.png,4\n")
     save_png(root / "outside.png", seed=7)
+    paths["escape_csv"] = generic / "escape.csv"
     paths["escape_csv"].write_text("path,labels\ncell0.png,1\n../outside.png,2\n")
     paths["binary_csv"] = generic / "binary.csv"
     paths["binary_csv"].write_bytes(bytes(range(256)) * 8)
 
     # z2g with an id that walks out of the dataset folder, to a file that exists there; and one absolute id.
-    escape = paths["escape_data"] = root / "escape-data"
-    shutil.copytree(data, escape)
     save_png(root / "escaped.png", seed=8)
-    with open(escape / "train.csv", "a") as handle:
-        handle.write("../../escaped,1\n")
-    absolute = paths["absolute_data"] = root / "absolute-data"
-    shutil.copytree(data, absolute)
-    with open(absolute / "train.csv", "a") as handle:
-        handle.write(f"{root / 'escaped'},1\n")
+    for name, identifier in (("escape_data", "../../escaped"), ("absolute_data", root / "escaped")):
+        paths[name] = root / name
+        shutil.copytree(data, paths[name])
+        with open(paths[name] / "train.csv", "a") as handle:
+            handle.write(f"{identifier},1\n")
 
     # HPA 2018 layout (one grayscale file per stain) for convert: one stain a bomb; one id walking out.
     hpa = paths["hpa_bomb"] = root / "hpa-bomb"
@@ -144,18 +143,28 @@ def world(tmp_path_factory, untrained_run, tiny_recipe) -> dict[str, str]:
             save_png(hpa / "train" / f"{identifier}_{stain}.png", seed=index, mode="L")
     (hpa / "train.csv").write_text("Id,Target\na,0\nb,2\n")
     (hpa / "train" / "b_green.png").write_bytes(png_bomb())
-    hpa_escape = paths["hpa_escape"] = root / "hpa-escape"
-    shutil.copytree(hpa, hpa_escape)
-    (hpa_escape / "train.csv").write_text("Id,Target\na,0\n../../x,2\n")
+    paths["hpa_escape"] = root / "hpa-escape"
+    shutil.copytree(hpa, paths["hpa_escape"])
+    (paths["hpa_escape"] / "train.csv").write_text("Id,Target\na,0\n../../x,2\n")
+    return paths
 
-    # Runs: a good untrained one, and copies of it tampered with one field each.
-    run = paths["run"] = untrained_run(root / "run")
+
+def make_tampered_runs(root: Path, run: Path, paths: dict[str, Path]) -> None:
+    """A good untrained run, and copies of it with one field or file tampered with each."""
+    from protloc.labels import HPA10
+
+    paths["run"] = run
     (run / "metrics.csv").write_text("epoch,phase,val_f1_macro\n1,frozen,0.5\n")
 
-    def tampered(name: str, **changes) -> None:
+    def tampered(name: str, file: str = "config.json", content: bytes | None = None, **changes) -> None:
         copy = paths[name] = root / name
         shutil.copytree(run, copy)
-        edit_config(copy, **changes)
+        if changes:
+            edit_config(copy, **changes)
+        elif content is None:
+            (copy / file).unlink()
+        else:
+            (copy / file).write_bytes(content)
 
     tampered("run_threshold_abc", thresholds=["abc"] + [0.5] * 9)
     tampered("run_threshold_null", thresholds=None)
@@ -168,29 +177,18 @@ def world(tmp_path_factory, untrained_run, tiny_recipe) -> dict[str, str]:
     tampered("run_label_names_text", label_names="Nucleoplasm")
     tampered("run_backbone", backbone="resnet18")
     tampered("run_dropout_text", dropout="high")
-    for name, content in (("run_weights_garbage", b"\x00garbage" * 64), ("run_weights_truncated", None)):
-        copy = paths[name] = root / name
-        shutil.copytree(run, copy)
-        weights = copy / "model.safetensors"
-        weights.write_bytes(content if content is not None else weights.read_bytes()[:1000])
-    copy = paths["run_config_text"] = root / "run_config_text"
-    shutil.copytree(run, copy)
-    (copy / "config.json").write_text("{this is not json")
-    copy = paths["run_config_list"] = root / "run_config_list"
-    shutil.copytree(run, copy)
-    (copy / "config.json").write_text("[1, 2, 3]")
-    copy = paths["run_no_weights"] = root / "run_no_weights"
-    shutil.copytree(run, copy)
-    (copy / "model.safetensors").unlink()
-    copy = paths["run_onnx_garbage"] = root / "run_onnx_garbage"
-    shutil.copytree(run, copy)
-    (copy / "model.onnx").write_bytes(b"not an onnx graph")
-    copy = paths["run_metrics_garbage"] = root / "run_metrics_garbage"
-    shutil.copytree(run, copy)
-    (copy / "metrics.csv").write_bytes(b"\xff\xfe\x00\x01" * 40)
+    tampered("run_weights_garbage", "model.safetensors", b"\x00garbage" * 64)
+    tampered("run_weights_truncated", "model.safetensors", (run / "model.safetensors").read_bytes()[:1000])
+    tampered("run_config_text", "config.json", b"{this is not json")
+    tampered("run_config_list", "config.json", b"[1, 2, 3]")
+    tampered("run_no_weights", "model.safetensors")
+    tampered("run_onnx_garbage", "model.onnx", b"not an onnx graph")
+    tampered("run_metrics_garbage", "metrics.csv", b"\xff\xfe\x00\x01" * 40)
 
-    # Stopped runs (their recipe, as train writes it) whose last checkpoint is damaged or foreign.
-    recipe = tiny_recipe.config(data, root, backbone="test_resnet", stop_after=1)
+
+def make_damaged_stopped_runs(root: Path, recipe, paths: dict[str, Path]) -> None:
+    """Stopped runs (their recipe, as train writes it) whose last checkpoint is damaged or foreign."""
+    from protloc.training.resume import write_recipe
 
     def damaged(name: str, write) -> None:
         stopped = paths[name] = root / name
@@ -203,10 +201,6 @@ def world(tmp_path_factory, untrained_run, tiny_recipe) -> dict[str, str]:
     damaged("stopped_not_lightning", lambda path: save_tensors(path))
     damaged("stopped_text", lambda path: path.write_text("a checkpoint, honest"))
     damaged("stopped_recipe_text", lambda path: path.parent.with_name("recipe.json").write_text("{oops"))
-
-    paths["file"] = root / "plain-file.txt"
-    paths["file"].write_text("a regular file\n")
-    return {name: str(path) for name, path in paths.items()}
 
 
 def foreign_pickle() -> bytes:
@@ -463,6 +457,7 @@ def test_hostile_input_exits_2_with_short_lines_and_writes_nothing(case, world, 
     assert case.expect.format(**values) in error, f"the error does not name {case.expect.format(**values)!r}:\n{error}"
     assert "Traceback" not in error and "weights_only=False" not in error
     assert all(len(line) < 600 for line in lines), "an error line too long to read"
+    assert len(set(lines)) == len(lines), "a problem said more than once"
     assert [snapshot(path) for path in watched] == before, "files changed at the output path"
 
 
@@ -517,18 +512,19 @@ def test_random_bytes_decode_to_an_image_or_an_image_read_error(header, body):
     assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] in (1, 3, 4)
 
 
-CSV_TEXT = st.text(alphabet=st.sampled_from(list("ImageLabelIdTargetpathlabels,; \"'\n\r\t0123456789./-_x")) | st.characters(),
-                   max_size=300)
+CSV_TEXT = st.text(alphabet=st.sampled_from(list("ImageLabelIdTargetpathlabels,; \"'\n\r\t0123456789./-_x"))
+                   | st.characters(codec="utf-8"), max_size=300)
+CSV_BYTES = CSV_TEXT.map(str.encode) | st.binary(max_size=300)  # and some that are not UTF-8 at all
 
 
 @FUZZ
-@given(header=st.sampled_from(["", "Image,Label\n", "Id,Target\n", "path,labels\n"]), text=CSV_TEXT,
+@given(header=st.sampled_from([b"", b"Image,Label\n", b"Id,Target\n", b"path,labels\n"]), body=CSV_BYTES,
        layout=st.sampled_from(["z2g", "hpa2018", "generic", None]))
-def test_random_csv_text_reads_as_a_table_or_the_projects_own_error(tmp_path_factory, header, text, layout):
+def test_random_csv_text_reads_as_a_table_or_the_projects_own_error(tmp_path_factory, header, body, layout):
     from protloc.data.readers import read_dataset
 
     folder = tmp_path_factory.mktemp("csv")
-    (folder / "train.csv").write_text(header + text, encoding="utf-8")
+    (folder / "train.csv").write_bytes(header + body)
     try:
         table = read_dataset(folder / "train.csv", layout=layout)
     except ProtlocError:
