@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from protloc.errors import ProtlocError
-from protloc.files import TEMP_SUFFIX, atomic_dir, atomic_path, check_output_path, write_text
+from protloc.files import _HOST, TEMP_SUFFIX, atomic_dir, atomic_path, check_output_path, write_text
 
 
 def usual_mode(directory: bool = False) -> int:
@@ -56,15 +56,16 @@ def test_every_output_gets_the_usual_permissions_even_from_writers_that_make_pri
     assert modes == {"model.safetensors": usual_mode(), "config.json": usual_mode()}
 
 
-def test_a_killed_writers_temporary_is_removed_by_the_next_write_and_a_running_ones_is_kept(tmp_path):
-    stale = leftover_of_a_dead_process(tmp_path, "metrics.csv")
-    running = tmp_path / f".metrics.csv.{os.getpid()}-xxxxxxxx-abc{TEMP_SUFFIX}"  # this process: alive
-    running.write_text("in progress")
-    other_target = leftover_of_a_dead_process(tmp_path, "metrics.csv.bak")
-    assert stale.name.startswith(".metrics.csv.") and stale.exists()
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write_there_and_a_running_ones_are_kept(tmp_path):
+    stale = [leftover_of_a_dead_process(tmp_path, name) for name in ("metrics.csv", "lr.csv")]
+    running = tmp_path / f".metrics.csv.{os.getpid()}-{_HOST}-abc{TEMP_SUFFIX}"  # this process's: alive
+    elsewhere = tmp_path / f".metrics.csv.1-00000000-abc{TEMP_SUFFIX}"  # another machine's process 1
+    not_ours = tmp_path / f".notes.txt.backup{TEMP_SUFFIX}"
+    for path in (running, elsewhere, not_ours):
+        path.write_text("keep")
+    assert stale[0].name.startswith(".metrics.csv.") and all(path.exists() for path in stale)
     write_text(tmp_path / "metrics.csv", "epoch\n1\n")
-    assert not stale.exists()
-    assert running.exists() and other_target.exists()  # alive, or another file's
+    assert sorted(os.listdir(tmp_path)) == sorted(["metrics.csv", running.name, elsewhere.name, not_ours.name])
 
 
 def test_atomic_dir_renames_a_new_folder_into_place_and_leaves_nothing_on_failure(tmp_path):

@@ -2,8 +2,8 @@
 before a command starts its work.
 
 Every write goes to a temporary file (or folder) beside its target, named `.NAME.PID-HOST-RANDOM.part`, and is
-renamed into place when complete. A write killed before the rename leaves its temporary behind; the next write
-to the same place removes those whose process is gone.
+renamed into place when complete. A write killed before the rename leaves its temporary behind; the next process
+that writes into the same folder removes those whose process is gone.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from protloc.errors import ProtlocError
 TEMP_SUFFIX = ".part"
 # Which machine wrote a temporary: a process id means something only on the machine that gave it out.
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+# Folders this process has cleared of stale temporaries: once each, as a folder of 30,000 images written one by
+# one must not be listed 30,000 times.
+_CLEARED: set[str] = set()
 
 
 def check_output_path(path: str | Path, *, folder: bool = False, option: str = "--out") -> Path:
@@ -87,24 +90,33 @@ def _is_alive(pid: int) -> bool:
     return True
 
 
+def writer_of(temporary_name: str) -> int | None:
+    """The process id in a temporary's name `.NAME.PID-HOST-RANDOM.part` when this machine wrote it, else None."""
+    if not (temporary_name.startswith(".") and temporary_name.endswith(TEMP_SUFFIX)):
+        return None
+    fields = temporary_name[:-len(TEMP_SUFFIX)].rpartition(".")[2].split("-")
+    if len(fields) != 3 or not fields[0].isdigit() or fields[1] != _HOST:
+        return None
+    return int(fields[0])
+
+
 def remove_stale_temporaries(path: str | Path) -> None:
-    """The temporary files and folders of writes to `path` that were killed before they finished: those written
-    on this machine by a process that no longer runs."""
-    path = Path(path)
-    prefix = f".{path.name}."
+    """The temporary files and folders beside `path` of writes that were killed before they finished: those
+    written on this machine by a process that no longer runs. Each folder is cleared once per process."""
+    folder = os.path.abspath(Path(path).parent)
+    if folder in _CLEARED:
+        return
+    _CLEARED.add(folder)
     try:
-        entries = list(path.parent.iterdir())
+        entries = list(os.scandir(folder))
     except OSError:
         return
     for entry in entries:
-        name = entry.name
-        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
-            continue
-        pid, _, rest = name[len(prefix):].partition("-")
-        if not pid.isdigit() or not rest.startswith(f"{_HOST}-") or _is_alive(int(pid)):
+        pid = writer_of(entry.name)
+        if pid is None or _is_alive(pid):
             continue
         with contextlib.suppress(OSError):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
 
 
 def _usual_mode(directory: bool = False) -> int:
@@ -176,7 +188,7 @@ def _move_into(source: Path, target: Path) -> None:
         destination = target / entry.name
         if entry.is_dir() and destination.is_dir():
             _move_into(entry, destination)
-        elif destination.is_dir() or entry.is_dir() and os.path.lexists(destination):
+        elif destination.is_dir() or (entry.is_dir() and os.path.lexists(destination)):
             wanted = "folder" if entry.is_dir() else "file"
             raise ProtlocError(f"{destination}: in the way of the output, which writes a {wanted} there; move it away "
                                "and run again")
