@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from protloc.errors import ProtlocError
-from protloc.files import _HOST, TEMP_SUFFIX, atomic_dir, atomic_path, check_output_path, write_text
+from protloc.files import HOST_TAG, TEMP_SUFFIX, atomic_dir, atomic_path, check_output_path, write_text
 
 
 def usual_mode(directory: bool = False) -> int:
@@ -20,9 +20,9 @@ def usual_mode(directory: bool = False) -> int:
 
 def leftover_of_a_dead_process(folder: Path, name: str, *, directory: bool = False) -> Path:
     """The temporary a write to folder/name leaves when a kill stops it: made by a process that has exited."""
-    code = ("import sys, tempfile; from pathlib import Path; from protloc.files import _temp_prefix, TEMP_SUFFIX; "
+    code = ("import sys, tempfile; from pathlib import Path; from protloc.files import temporary_prefix, TEMP_SUFFIX; "
             "make = tempfile.mkdtemp if sys.argv[3] == 'dir' else tempfile.mkstemp; "
-            "made = make(prefix=_temp_prefix(Path(sys.argv[1]) / sys.argv[2]), suffix=TEMP_SUFFIX, dir=sys.argv[1]); "
+            "made = make(prefix=temporary_prefix(Path(sys.argv[1]) / sys.argv[2]), suffix=TEMP_SUFFIX, dir=sys.argv[1]); "
             "print(made if isinstance(made, str) else made[1])")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     result = subprocess.run([sys.executable, "-c", code, str(folder), name, "dir" if directory else "file"],
@@ -58,7 +58,7 @@ def test_every_output_gets_the_usual_permissions_even_from_writers_that_make_pri
 
 def test_a_killed_writers_temporaries_are_removed_by_the_next_write_there_and_a_running_ones_are_kept(tmp_path):
     stale = [leftover_of_a_dead_process(tmp_path, name) for name in ("metrics.csv", "lr.csv")]
-    running = tmp_path / f".metrics.csv.{os.getpid()}-{_HOST}-abc{TEMP_SUFFIX}"  # this process's: alive
+    running = tmp_path / f".metrics.csv.{os.getpid()}-{HOST_TAG}-abc{TEMP_SUFFIX}"  # this process's: alive
     elsewhere = tmp_path / f".metrics.csv.1-00000000-abc{TEMP_SUFFIX}"  # another machine's process 1
     not_ours = tmp_path / f".notes.txt.backup{TEMP_SUFFIX}"
     for path in (running, elsewhere, not_ours):

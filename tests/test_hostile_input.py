@@ -496,6 +496,14 @@ def test_check_accepts_absolute_paths_in_a_generic_csv_and_says_so(world, tmp_pa
     assert "absolute paths outside its folder" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("bomb", [png_bomb, tiff_bomb, jpeg_bomb], ids=["png", "tiff", "jpeg"])
+def test_every_decoder_refuses_a_bomb_from_its_header_as_file_or_bytes(bomb, tmp_path):
+    (tmp_path / "bomb").write_bytes(bomb())
+    for source in (tmp_path / "bomb", bomb()):
+        with pytest.raises(ImageReadError, match="pixels, more than the limit of 100,000,000"):
+            decode_image(source)
+
+
 # ---------------------------------------------------------------- random input to the readers
 
 IMAGE_HEADERS = [b"", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff", b"GIF89a", b"BM"]

@@ -21,7 +21,7 @@ from protloc.errors import ProtlocError
 
 TEMP_SUFFIX = ".part"
 # Which machine wrote a temporary: a process id means something only on the machine that gave it out.
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 # Folders this process has cleared of stale temporaries: once each, as a folder of 30,000 images written one by
 # one must not be listed 30,000 times.
 _CLEARED: set[str] = set()
@@ -76,8 +76,9 @@ def remove_empty_folders(folders: list[Path]) -> None:
             return
 
 
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}-{_HOST}-"
+def temporary_prefix(path: Path) -> str:
+    """How this process begins the names of its temporaries for `path`: `.NAME.PID-HOST-` (then RANDOM.part)."""
+    return f".{path.name}.{os.getpid()}-{HOST_TAG}-"
 
 
 def _is_alive(pid: int) -> bool:
@@ -95,7 +96,7 @@ def writer_of(temporary_name: str) -> int | None:
     if not (temporary_name.startswith(".") and temporary_name.endswith(TEMP_SUFFIX)):
         return None
     fields = temporary_name[:-len(TEMP_SUFFIX)].rpartition(".")[2].split("-")
-    if len(fields) != 3 or not fields[0].isdigit() or fields[1] != _HOST:
+    if len(fields) != 3 or not fields[0].isdigit() or fields[1] != HOST_TAG:
         return None
     return int(fields[0])
 
@@ -132,7 +133,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     made = make_folders(path.parent)
     remove_stale_temporaries(path)
-    handle, temp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(handle)
     temp = Path(temp_name)
     os.chmod(temp, _usual_mode())
@@ -159,7 +160,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     made = make_folders(path.parent)
     remove_stale_temporaries(path)
-    temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent))
+    temp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent))
     try:
         yield temp
         _set_usual_modes(temp)

@@ -82,16 +82,12 @@ class RunConfig:
         if missing:
             raise ProtlocError(f"{source}: missing keys {', '.join(missing)} (not a protloc run config?)")
         if not isinstance(data.get("training", {}), (dict, TrainingOutcome)):
-            raise ProtlocError(f"{source}: training {_shown(data['training'])}: expected a JSON object")
+            raise ProtlocError(f"{source}: training {reprlib.repr(data['training'])}: expected a JSON object")
         config = cls(**{key: value for key, value in data.items() if key in names})
         problems = config_problems(config)
         if problems:
             raise ProtlocError(*(f"{source}: {problem}" for problem in problems))
         return config
-
-
-def _shown(value) -> str:
-    return reprlib.repr(value)
 
 
 def _is_number(value) -> bool:
@@ -109,7 +105,7 @@ def config_problems(config: RunConfig) -> list[str]:
 
     def expect(ok: bool, name: str, wanted: str) -> None:
         if not ok:
-            problems.append(f"{name} {_shown(getattr(config, name))}: expected {wanted}")
+            problems.append(f"{name} {reprlib.repr(getattr(config, name))}: expected {wanted}")
 
     expect(isinstance(config.backbone, str) and config.backbone != "", "backbone", "a backbone name")
     expect(isinstance(config.label_set, str), "label_set", "the label set's name")
