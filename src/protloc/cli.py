@@ -9,7 +9,7 @@ import sys
 
 import protloc.commands
 from protloc import __version__
-from protloc.data.images import ImageReadError
+from protloc.data.images import ImageReadError, pixel_limit
 from protloc.errors import ProtlocError
 
 
@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        pixel_limit()  # a bad PROTLOC_MAX_PIXELS is said once, not once for every image
         return int(args.handler(args) or 0)
     except (ProtlocError, ImageReadError) as error:
-        lines = error.lines if isinstance(error, ProtlocError) else [str(error)]
+        lines = error.lines if isinstance(error, ProtlocError) else [f"{error.path}: {error}" if error.path else str(error)]
         for line in lines:
             print(f"protloc: error: {line}", file=sys.stderr)
         return 2

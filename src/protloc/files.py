@@ -1,33 +1,200 @@
-"""Writing output files so that an interrupted command never leaves a half-written one."""
+"""Writing outputs so that an interrupted command never leaves a half-written one, and checking an output path
+before a command starts its work.
+
+Every write goes to a temporary file (or folder) beside its target, named `.NAME.PID-HOST-RANDOM.part`, and is
+renamed into place when complete. A write killed before the rename leaves its temporary behind; the next process
+that writes into the same folder removes those whose process is gone.
+"""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-TEMP_SUFFIX = ".part"  # of the temporary files atomic_path writes: `.NAME.RANDOM.part` beside NAME
+from protloc.errors import ProtlocError
+
+TEMP_SUFFIX = ".part"
+# Which machine wrote a temporary: a process id means something only on the machine that gave it out.
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+# Folders this process has cleared of stale temporaries: once each, as a folder of 30,000 images written one by
+# one must not be listed 30,000 times.
+_CLEARED: set[str] = set()
+
+
+def check_output_path(path: str | Path, *, folder: bool = False, option: str = "--out") -> Path:
+    """Refuse, before any work, an output that cannot be written: a folder where a file is expected or a file
+    where a folder is, a path under a regular file, or a place this user cannot write. Missing parent folders
+    are fine (they are made); nothing is created here. Returns `path` as a Path."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ProtlocError(f"{option} {path}: is a file (expected a folder, or a path where one can be made)")
+    if not folder and path.is_dir():
+        raise ProtlocError(f"{option} {path}: is a folder (expected a file name)")
+    parent = Path(os.path.abspath(path)).parent
+    while not os.path.lexists(parent):
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ProtlocError(f"{option} {path}: {parent} is a file, so nothing can be written under it")
+    _check_writable(parent, path, option)
+    if folder and path.is_dir():
+        _check_writable(path, path, option)
+    return path
+
+
+def _check_writable(folder: Path, path: Path, option: str) -> None:
+    """Try it: permission bits do not tell (root, read-only file systems, /proc)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".protloc-write-test-", dir=folder)
+    except OSError as error:
+        raise ProtlocError(f"{option} {path}: cannot write in {folder} ({error.strerror or error})") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents; returns the folders made, deepest first."""
+    made, current = [], Path(folder)
+    while not os.path.lexists(current):
+        made.append(current)
+        current = current.parent
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Undo make_folders after a failed write: a command that fails leaves no new empty folders behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # something else was written there meanwhile
+            return
+
+
+def temporary_prefix(path: Path) -> str:
+    """How this process begins the names of its temporaries for `path`: `.NAME.PID-HOST-` (then RANDOM.part)."""
+    return f".{path.name}.{os.getpid()}-{HOST_TAG}-"
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def writer_of(temporary_name: str) -> int | None:
+    """The process id in a temporary's name `.NAME.PID-HOST-RANDOM.part` when this machine wrote it, else None."""
+    if not (temporary_name.startswith(".") and temporary_name.endswith(TEMP_SUFFIX)):
+        return None
+    fields = temporary_name[:-len(TEMP_SUFFIX)].rpartition(".")[2].split("-")
+    if len(fields) != 3 or not fields[0].isdigit() or fields[1] != HOST_TAG:
+        return None
+    return int(fields[0])
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """The temporary files and folders beside `path` of writes that were killed before they finished: those
+    written on this machine by a process that no longer runs. Each folder is cleared once per process."""
+    folder = os.path.abspath(Path(path).parent)
+    if folder in _CLEARED:
+        return
+    _CLEARED.add(folder)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        pid = writer_of(entry.name)
+        if pid is None or _is_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+
+
+def _usual_mode(directory: bool = False) -> int:
+    """What the umask allows: mkstemp and mkdtemp make owner-only files and folders, outputs get the usual."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    made = make_folders(path.parent)
+    remove_stale_temporaries(path)
+    handle, temp_name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(handle)
     temp = Path(temp_name)
-    # mkstemp makes owner-only files; outputs get the usual permissions (what the umask allows).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
+    os.chmod(temp, _usual_mode())
     try:
         yield temp
+        # Writers that replace the file (rather than write into it) may have made it owner-only again.
+        os.chmod(temp, _usual_mode())
         os.replace(temp, path)
-    finally:
+    except BaseException:
         temp.unlink(missing_ok=True)
+        remove_empty_folders(made)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path` to write a multi-file output into; when the block finishes,
+    its contents become `path`'s. A failure (or a kill) before then leaves `path` as it was.
+
+    A `path` that does not exist, or is an empty folder, is replaced by the temporary folder in one rename. Into an
+    existing folder the entries are moved one by one, replacing those of the same name: files of its own that the
+    new output does not have are kept, never deleted.
+    """
+    path = Path(path)
+    made = make_folders(path.parent)
+    remove_stale_temporaries(path)
+    temp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent))
+    try:
+        yield temp
+        _set_usual_modes(temp)
+        _move_into(temp, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        remove_empty_folders(made)
+        raise
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _set_usual_modes(folder: Path) -> None:
+    os.chmod(folder, _usual_mode(directory=True))
+    for parent, folders, _files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(parent, name), _usual_mode(directory=True))
+
+
+def _move_into(source: Path, target: Path) -> None:
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        target.rmdir()
+    if not os.path.lexists(target):
+        os.rename(source, target)
+        return
+    for entry in source.iterdir():
+        destination = target / entry.name
+        if entry.is_dir() and destination.is_dir():
+            _move_into(entry, destination)
+        elif destination.is_dir() or (entry.is_dir() and os.path.lexists(destination)):
+            wanted = "folder" if entry.is_dir() else "file"
+            raise ProtlocError(f"{destination}: in the way of the output, which writes a {wanted} there; move it away "
+                               "and run again")
+        else:
+            os.replace(entry, destination)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,17 +85,61 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = CONFIG_FILE) -> "RunConfig":
+        """The config of a config.json object; a ProtlocError naming each field that is missing or wrong."""
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - set(data))
         if missing:
             raise ProtlocError(f"{source}: missing keys {', '.join(missing)} (not a protloc run config?)")
+        if not isinstance(data.get("training", {}), (dict, TrainingOutcome)):
+            raise ProtlocError(f"{source}: training {reprlib.repr(data['training'])}: expected a JSON object")
         config = cls(**{key: value for key, value in data.items() if key in names})
-        if len(config.thresholds) != config.num_classes:
-            raise ProtlocError(f"{source}: {len(config.thresholds)} thresholds for {config.num_classes} classes")
+        problems = config_problems(config)
         if config.bit_depth not in (None, 8, 12, 16):
-            raise ProtlocError(f"{source}: bit_depth {config.bit_depth!r} (expected 8, 12 or 16)")
+            problems.append(f"bit_depth {config.bit_depth!r} (expected 8, 12 or 16)")
+        if problems:
+            raise ProtlocError(*(f"{source}: {problem}" for problem in problems))
         return config
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value, count: int) -> bool:
+    return isinstance(value, list) and len(value) == count and all(_is_number(item) for item in value)
+
+
+def config_problems(config: RunConfig) -> list[str]:
+    """What is wrong with a config's fields, one line each ("FIELD VALUE: expected ..."); empty when it can be used.
+    A run folder's config is read by hand-editable JSON: each field is checked before anything relies on it."""
+    problems = []
+
+    def expect(ok: bool, name: str, wanted: str) -> None:
+        if not ok:
+            problems.append(f"{name} {reprlib.repr(getattr(config, name))}: expected {wanted}")
+
+    expect(isinstance(config.backbone, str) and config.backbone != "", "backbone", "a backbone name")
+    expect(isinstance(config.label_set, str), "label_set", "the label set's name")
+    names_ok = (isinstance(config.label_names, list) and len(config.label_names) > 0
+                and all(isinstance(name, str) and name.strip() for name in config.label_names)
+                and len(set(config.label_names)) == len(config.label_names))
+    expect(names_ok, "label_names", "a list of distinct class names")
+    size = config.image_size
+    expect(isinstance(size, int) and not isinstance(size, bool) and size >= 16, "image_size",
+           "a whole number of pixels, 16 or more")
+    channels_ok = isinstance(config.in_chans, int) and not isinstance(config.in_chans, bool) and config.in_chans in (1, 3, 4)
+    expect(channels_ok, "in_chans", "1, 3 or 4 channels")
+    if channels_ok:
+        expect(_numbers(config.mean, config.in_chans), "mean", f"{config.in_chans} numbers, one per channel")
+        expect(_numbers(config.std, config.in_chans) and all(value > 0 for value in config.std), "std",
+               f"{config.in_chans} numbers above 0, one per channel")
+    if names_ok:
+        expect(_numbers(config.thresholds, config.num_classes) and all(0 < value <= 1 for value in config.thresholds),
+               "thresholds", f"{config.num_classes} numbers in (0, 1], one per class of label_names")
+    expect(_is_number(config.dropout) and 0 <= config.dropout < 1, "dropout", "a probability in [0, 1)")
+    expect(isinstance(config.layout, str), "layout", "a dataset layout's name")
+    return problems
 
 
 def save_run(run_dir: str | Path, config: RunConfig, model) -> None:
@@ -138,13 +185,19 @@ def load_config(run_dir: str | Path) -> RunConfig:
             f"or that an earlier protloc trained; `protloc train --resume {run_dir}` finishes it and writes {ENSEMBLE_FILE}")
     if not path.is_file():
         raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)")
-    return RunConfig.from_dict(read_json_object(path), str(path))
+    config = RunConfig.from_dict(read_json_object(path), str(path))
+    weights_path = Path(run_dir) / WEIGHTS_FILE
+    try:  # the class count is in the weights' header: a mismatch shows before any work
+        saved = read_weight_shapes(weights_path) if weights_path.is_file() else {}
+    except ProtlocError:
+        saved = {}  # unreadable weights are load_run's to report; an ONNX engine does not need them
+    check_head_fits(config, saved, weights_path)
+    return config
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(RunConfig, model in eval mode) from a run folder; from a K-fold folder, (EnsembleConfig, FoldEnsemble).
     Weights are safetensors: nothing is unpickled."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from protloc.models.classifier import build_model
@@ -158,18 +211,58 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     weights_path = Path(run_dir) / WEIGHTS_FILE
     if not weights_path.is_file():
         raise ProtlocError(f"{weights_path}: not found (a run folder holds config.json and model.safetensors)")
+    shapes = read_weight_shapes(weights_path)
     model = build_model(config.backbone, config.num_classes, pretrained=False, in_chans=config.in_chans, dropout=config.dropout)
+    check_weights_fit(config, shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, weights_path)
     try:
         state = load_file(str(weights_path), device=device)
-    except (SafetensorError, OSError) as error:
-        raise ProtlocError(f"{weights_path}: not a readable safetensors file ({error})") from None
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ProtlocError(
-            f"{weights_path}: weights do not fit a {config.backbone} with {config.num_classes} classes "
-            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
-        )
+    except Exception as error:  # safetensors raises its own error, OSError or others for damaged files
+        raise ProtlocError(f"{weights_path}: not a readable safetensors file ({type(error).__name__})") from None
+    model.load_state_dict(state, strict=True)
     return config, model.to(device).eval()
+
+
+def read_weight_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from a safetensors file's header (8 bytes of length, then JSON), without reading the
+    tensors or importing torch."""
+    problem = f"{weights_path}: not a readable safetensors file"
+    try:
+        with open(weights_path, "rb") as stream:
+            length = int.from_bytes(stream.read(8), "little")
+            if not 2 <= length <= min(os.path.getsize(weights_path) - 8, 100_000_000):
+                raise ProtlocError(f"{problem} (no header; damaged, or another kind of file?)")
+            header = json.loads(stream.read(length))
+        return {key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
+    except PermissionError:
+        raise ProtlocError(f"{weights_path}: cannot be read (permission denied)") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ProtlocError(f"{problem} ({type(error).__name__} in its header)") from None
+
+
+HEAD_WEIGHT = "head.1.weight"  # (classes, features): the classifier's last layer (models/classifier.py)
+
+
+def check_head_fits(config: RunConfig, saved: dict[str, tuple], weights_path: Path) -> None:
+    if HEAD_WEIGHT in saved and len(saved[HEAD_WEIGHT]) == 2 and saved[HEAD_WEIGHT][0] != config.num_classes:
+        raise ProtlocError(f"{weights_path}: a head of {saved[HEAD_WEIGHT][0]} classes, but {CONFIG_FILE} has "
+                           f"{config.num_classes} label_names (are the two files from different runs?)")
+
+
+def check_weights_fit(config: RunConfig, saved: dict[str, tuple], expected: dict[str, tuple], weights_path: Path) -> None:
+    """Refuse weights that the config's network cannot take, naming the config field that disagrees with them."""
+    check_head_fits(config, saved, weights_path)
+    stem = next((key for key, shape in expected.items() if len(shape) == 4), None)
+    if stem in saved and len(saved[stem]) == 4 and saved[stem][1] != expected[stem][1]:
+        raise ProtlocError(f"{weights_path}: takes {saved[stem][1]}-channel images, but {CONFIG_FILE} has in_chans "
+                           f"{config.in_chans}")
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    wrong = [key for key in expected if key in saved and saved[key] != expected[key]]
+    if missing or unexpected or wrong:
+        examples = ", ".join((missing + unexpected + wrong)[:3])
+        raise ProtlocError(f"{weights_path}: does not fit the backbone {config.backbone!r} of {CONFIG_FILE} "
+                           f"({len(missing)} tensors missing, {len(unexpected)} unexpected, {len(wrong)} of another "
+                           f"shape, e.g. {examples}); are the two files from different runs?")
 
 
 def eval_preset(config: RunConfig):

@@ -23,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     report = check_dataset(args.data, layout=args.format, label_set=label_set, channels=args.channels)
     if not report.ok:
         raise DataError(*listed(report.problems), f"{len(report.problems)} problem(s) found in {args.data}")
+    for note in report.notes:
+        print(f"note: {note}")
     test_part = f" and {report.n_test_images} test images" if report.n_test_images else ""
     print(f"OK: {args.data} ({report.layout} layout) — {report.n_images} labelled images{test_part}, no problems")
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from protloc.errors import ProtlocError
-from protloc.files import save_figure
+from protloc.files import check_output_path, save_figure
 from protloc.runs import CONFIG_FILE, FOLD_PREFIX, METRICS_FILE, fold_number, load_config
 from protloc.training.resume import read_recipe
 
@@ -45,7 +45,11 @@ def read_histories(runs: list[str], metric: str) -> list:
             problems.extend(error.lines)
             continue
         for folder in folders:
-            metrics = pd.read_csv(folder / METRICS_FILE)
+            try:
+                metrics = pd.read_csv(folder / METRICS_FILE)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+                problems.append(f"{folder / METRICS_FILE}: not a readable CSV ({type(error).__name__}; protloc train writes it)")
+                continue
             if metric not in metrics.columns or "epoch" not in metrics.columns:
                 numeric = [c for c in metrics.columns if c not in ("epoch", "phase")]
                 problems.append(f"{folder / METRICS_FILE}: no column {metric!r} (choose --metric from {', '.join(numeric[:9])}, ...)")
@@ -72,6 +76,7 @@ def split_method(folder: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     from protloc.training.plots import plot_run_comparison  # matplotlib loads only when plotting
 
+    check_output_path(args.out)
     histories = read_histories(args.runs, args.metric)
     save_figure(args.out, plot_run_comparison(histories, args.metric))
     print(f"wrote {args.out} ({args.metric} of {len(histories)} runs)")

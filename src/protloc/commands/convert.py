@@ -21,8 +21,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from protloc.data.convert import convert_hpa2018_to_hpa10
     from protloc.data.readers import read_hpa2018
+    from protloc.files import atomic_dir, check_output_path
 
+    check_output_path(args.out, folder=True)
     total = len(read_hpa2018(args.source))
-    kept = convert_hpa2018_to_hpa10(args.source, args.out, labels_only=args.labels_only)
+    with atomic_dir(args.out) as out:  # a failure half way leaves no half-converted dataset
+        kept = convert_hpa2018_to_hpa10(args.source, out, labels_only=args.labels_only)
     print(f"kept {kept:,} of {total:,} images (those with at least one of the 10 classes) -> {args.out}")
     return 0

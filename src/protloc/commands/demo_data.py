@@ -23,6 +23,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protloc.data.synthetic import write_demo_dataset
+    from protloc.files import check_output_path
+
+    check_output_path(args.out, folder=True)
 
     write_demo_dataset(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, seed=args.seed, workers=args.workers)
     print(f"wrote {args.n_train} train and {args.n_test} test images ({args.size}x{args.size}) to {args.out}")

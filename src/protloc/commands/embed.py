@@ -32,9 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_dataset
     from protloc.inference.predictor import load_predictor
     from protloc.labels import get_label_set
-    from protloc.reports.embed import embed_table, resolve_method
+    from protloc.files import check_output_path
+    from protloc.reports.embed import embed_table, map_path, resolve_method
     from protloc.runs import load_config
 
+    check_output_path(args.out)
+    check_output_path(map_path(args.out), option="--out (its map)")
     config = load_config(args.run)
     method = resolve_method(args.method)  # before the slow part: a missing umap-learn fails fast
     label_set = get_label_set(args.labels) if args.labels else None

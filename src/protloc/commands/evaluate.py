@@ -25,17 +25,20 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from protloc.files import atomic_dir, check_output_path
     from protloc.inference.predictor import load_predictor
     from protloc.reports.evaluate import check_label_names, evaluate_run
     from protloc.runs import load_config
 
+    check_output_path(args.out, folder=True)
     config = load_config(args.run)
     table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
                                precision=args.precision, gray_as=args.gray_as)
-    evaluation = evaluate_run(predictor, table, args.out, threshold=args.threshold, tta=args.tta,
-                              batch_size=args.batch_size, workers=args.workers, data_name=str(args.data))
+    with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
+        evaluation = evaluate_run(predictor, table, out, threshold=args.threshold, tta=args.tta,
+                                  batch_size=args.batch_size, workers=args.workers, data_name=str(args.data))
     scores = evaluation.scores["thresholds"]
     print(f"{len(table)} images: macro F1 {scores['f1_macro']:.4f}, micro F1 {scores['f1_micro']:.4f}, "
           f"course F-score {scores['fscore_course']:.4f} ({evaluation.threshold_source}); "

@@ -34,6 +34,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
+    from protloc.files import atomic_dir, check_output_path
     from protloc.inference.predictor import load_predictor
     from protloc.reports.explain import (
         describe_maps,
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from protloc.runs import load_config
 
+    check_output_path(args.out, folder=True)
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
     table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans)
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if table.labelled and true_classes(table, predictor.config) is None:
         print(f"note: the labels of {' '.join(args.images)} are not in the run's classes; "
               "true and missed classes are not shown", file=sys.stderr)
-    explanations = explain_table(predictor, table, args.out, targets)
-    write_explanation_page(explanations, predictor.config, args.out, describe_maps(predictor.model, predictor.config))
+    with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
+        explanations = explain_table(predictor, table, out, targets)
+        write_explanation_page(explanations, predictor.config, out, describe_maps(predictor.model, predictor.config))
     print(f"{len(explanations)} explanations written; open {args.out}/index.html")
     return 0

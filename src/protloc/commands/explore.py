@@ -25,12 +25,15 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protloc.errors import ProtlocError
+    from protloc.files import atomic_dir, check_output_path
     from protloc.reports.explore import explore_dataset
 
     if args.max_images is not None and args.max_images < 1:
         raise ProtlocError(f"--max-images must be at least 1, got {args.max_images}")
+    check_output_path(args.out, folder=True)
     table = read_dataset_from_args(args, split=args.subset)
-    summary = explore_dataset(table, args.out, channels=args.channels, max_images=args.max_images,
-                              seed=args.seed, source_name=str(args.data))
+    with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
+        summary = explore_dataset(table, out, channels=args.channels, max_images=args.max_images,
+                                  seed=args.seed, source_name=str(args.data))
     print(f"{summary['images']} images explored; open {args.out}/index.html")
     return 0

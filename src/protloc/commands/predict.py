@@ -40,12 +40,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
     from protloc.errors import DataError, listed
-    from protloc.files import write_csv
+    from protloc.files import check_output_path, write_csv
     from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.submission import output_layout, probability_frame, submission_frame
     from protloc.labels import LabelSet
     from protloc.runs import load_config
 
+    check_output_path(args.out)
     config = load_config(args.run)
     # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
     label_set = LabelSet(config.label_set, tuple(config.label_names))
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         if args.on_error == "fail":
             raise DataError(*listed(problems), f"{len(problems)} of {len(table)} images could not be read; nothing "
                                                f"written (--on-error skip writes the others)")
+        if not ok.any():
+            raise DataError(*listed(problems), f"none of the {len(table)} images could be read; nothing written")
         for line in problems:
             print(f"protloc: warning: skipped {line}", file=sys.stderr)
         print(f"protloc: warning: skipped {len(problems)} of {len(table)} images that could not be read", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from protloc.commands._options import add_inference_options, add_run_data_options
 from protloc.runs import REPORT_FILE
@@ -30,15 +31,23 @@ def run(args: argparse.Namespace) -> int:
     from protloc.commands._options import read_run_dataset
     from protloc.devices import resolve_device
     from protloc.errors import ProtlocError
-    from protloc.reports.run_report import build_report
+    from protloc.files import atomic_dir, check_output_path
+    from protloc.reports.run_report import REPORT_DIR, build_report
     from protloc.runs import load_config
 
     if args.samples < 0:
         raise ProtlocError(f"--samples {args.samples}: expected 0 or more")
+    check_output_path(args.out or Path(args.run) / REPORT_FILE)
     config = load_config(args.run)
     table = read_run_dataset(args, config, args.data) if args.data else None
-    page = build_report(args.run, table=table, data_name=str(args.data or ""), out_file=args.out,
-                        samples=args.samples, tta=args.tta, batch_size=args.batch_size, workers=args.workers,
-                        device=resolve_device(args.device), precision=args.precision)
+    options = dict(table=table, data_name=str(args.data or ""), out_file=args.out, samples=args.samples, tta=args.tta,
+                   batch_size=args.batch_size, workers=args.workers, device=resolve_device(args.device),
+                   precision=args.precision)
+    if table is None:
+        page = build_report(args.run, **options)
+    else:
+        files = check_output_path(Path(args.run) / REPORT_DIR, folder=True)
+        with atomic_dir(files) as staging:  # the evaluation and samples: all of them or none
+            page = build_report(args.run, files_dir=staging, **options)
     print(f"report written: {page}")
     return 0

@@ -14,6 +14,7 @@ import pandas as pd
 
 from protloc.commands._options import add_cache_options, add_dataset_options, add_engine_options
 from protloc.errors import ProtlocError
+from protloc.files import check_output_path
 from protloc.runs import (CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, LR_PLOT_FILE, METRICS_FILE,
                           load_config)
 # Light at import (no torch, no Lightning): `protloc --help` stays fast.
@@ -153,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise ProtlocError("protloc train needs DATA and --out RUN (or --resume RUN to continue a stopped run)")
     else:
         config = config_from_args(args)
+    check_output_path(config.out, folder=True)
     out = train(config)
     if rank() != 0:
         return 0

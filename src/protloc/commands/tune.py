@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from protloc.commands._options import add_gray_as_option, add_inference_options, add_run_data_options
 from protloc.runs import CONFIG_FILE
@@ -27,13 +28,19 @@ def run(args: argparse.Namespace) -> int:
 
     from protloc.commands._options import read_run_dataset
     from protloc.errors import DataError, ProtlocError, listed
+    from protloc.files import check_output_path
     from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.thresholds import apply_thresholds, tune_thresholds
     from protloc.runs import load_config, save_config
     from protloc.training.metrics import multilabel_scores
 
     config = load_config(args.run)
+    if not args.dry_run:
+        check_output_path(Path(args.run) / CONFIG_FILE, option="RUN")
     table = read_run_dataset(args, config, args.data)
+    if not table.labelled:  # tuning on no positives would set every threshold to 0.5
+        raise DataError(f"{args.data}: has no labels ({table.layout} layout); tune needs labelled data with the run's "
+                        f"classes, e.g. a train.csv; thresholds unchanged")
     if list(table.label_set.names) != list(config.label_names):
         raise ProtlocError(
             f"{args.data}: its labels are {table.label_set.name} ({len(table.label_set)} classes) but {args.run} predicts "
@@ -53,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     targets = table.targets
     old = np.asarray(config.thresholds, dtype=np.float64)
-    new = tune_thresholds(targets, probabilities)
+    # A class without positive images in DATA says nothing about its threshold: the run's stays.
+    absent = targets.sum(axis=0) == 0
+    new = np.where(absent, old, tune_thresholds(targets, probabilities))
     # Scored as predict labels images: at least one label each.
     before = multilabel_scores(targets, apply_thresholds(probabilities, old))
     after = multilabel_scores(targets, apply_thresholds(probabilities, new))
@@ -64,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     })
     report.loc[len(report)] = ["macro F1", np.nan, np.nan, before["f1_macro"], after["f1_macro"]]
     print(report.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep=""))
+    if absent.any():
+        names = ", ".join(name for name, gone in zip(config.label_names, absent) if gone)
+        print(f"kept the run's thresholds of {absent.sum()} classes without positive images in {args.data}: {names}")
 
     if args.dry_run:
         print(f"dry run: {args.run}/{CONFIG_FILE} unchanged")

@@ -1,6 +1,7 @@
 """Validate a whole dataset and report every problem at once."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class CheckReport:
     n_images: int = 0
     n_test_images: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what is allowed but worth knowing
 
     @property
     def ok(self) -> bool:
@@ -96,6 +98,18 @@ def find_image_problems(table: DatasetTable, *, show_progress: bool = True, desc
     return problems
 
 
+def outside_notes(table: DatasetTable) -> list[str]:
+    """A generic CSV may name images by absolute paths, outside its folder (other layouts may not): say so."""
+    if table.layout != "generic":
+        return []
+    root = os.path.abspath(table.root)
+    outside = [source for source in table.frame["source"] if os.path.relpath(os.path.abspath(source), root).startswith(os.pardir)]
+    if not outside:
+        return []
+    return [f"{len(outside)} rows of {table.csv_path} name images by absolute paths outside its folder, e.g. {outside[0]} "
+            "(allowed in a generic CSV only; moving the dataset will not move them)"]
+
+
 def check_dataset(
     path: str | Path,
     *,
@@ -111,7 +125,7 @@ def check_dataset(
         table = read_dataset(path, layout=layout, label_set=label_set, channels=channels, collect=problems)
     except DataError as error:  # the CSV itself is unusable: nothing more can be checked
         return CheckReport(layout or "unknown", problems=problems + error.lines)
-    report = CheckReport(table.layout, n_images=len(table))
+    report = CheckReport(table.layout, n_images=len(table), notes=outside_notes(table))
     problems.extend(find_image_problems(table, show_progress=show_progress, description="checking train images"))
     if table.layout == "z2g" and (table.root / "test").is_dir():
         try:

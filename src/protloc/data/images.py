@@ -33,8 +33,8 @@ MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
 # The intensity scales a dataset's pixels may have: the full scale of a pixel is 2**bit_depth - 1.
 BIT_DEPTHS = (8, 12, 16)
 
-# warnings.catch_warnings changes process-wide state: threads (the HTTP service) take turns around it.
-# Only Image.open runs under it, which reads the header alone.
+# warnings.catch_warnings and Image.MAX_IMAGE_PIXELS are process-wide state: threads (the HTTP service) take turns
+# around them. Only Image.open runs under them, which reads the header alone.
 _PIL_OPEN_LOCK = threading.Lock()
 
 
@@ -166,9 +166,14 @@ def _decode_tiff(file: io.BytesIO | Path) -> np.ndarray:
 
 def _decode_with_pil(file: io.BytesIO | Path) -> np.ndarray:
     with _PIL_OPEN_LOCK, warnings.catch_warnings():
-        # PIL warns from its own, lower, built-in limit; check_pixel_count below is the one that decides.
+        # PIL warns from, and refuses at twice, its own built-in limit; check_pixel_count below is the one limit
+        # that decides, PROTLOC_MAX_PIXELS raised above PIL's included.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(file)  # the header only
+        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(file)  # the header only
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
     with image:
         check_pixel_count((image.height, image.width, len(image.getbands())))
         image.load()

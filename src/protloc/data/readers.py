@@ -98,8 +98,21 @@ def _read_csv(path: Path, expected: tuple[str, str], layout_name: str) -> pd.Dat
     return frame
 
 
+def outside_dataset(identifier: str, *, absolute_allowed: bool = False) -> str | None:
+    """Why an id (or a relative path) names a file outside the dataset's folder, or None when it stays inside.
+    Judged on the text alone: a dataset may link to images elsewhere, but an id may not walk out of it."""
+    if os.path.isabs(identifier):
+        return None if absolute_allowed else (
+            "an absolute path (allowed only in the path column of a generic CSV; ids of this layout name files "
+            "inside the dataset folder)")
+    if os.path.normpath(identifier).split(os.sep)[0] == os.pardir:
+        return "names a file outside the dataset folder (expected a name inside it)"
+    return None
+
+
 def _parse_rows(
-    frame: pd.DataFrame, csv_path: Path, id_column: str, label_column: str, label_set: LabelSet
+    frame: pd.DataFrame, csv_path: Path, id_column: str, label_column: str, label_set: LabelSet,
+    absolute_allowed: bool = False,
 ) -> tuple[list[str], list[tuple[int, ...]], list[int], list[str]]:
     ids, labels, lines, problems = [], [], [], []
     first_line: dict[str, int] = {}
@@ -109,6 +122,10 @@ def _parse_rows(
         identifier = identifier.strip()
         if not identifier:
             problems.append(f"{where}: empty {id_column} (expected an image name)")
+            continue
+        outside = outside_dataset(identifier, absolute_allowed=absolute_allowed)
+        if outside:
+            problems.append(f"{where} ({id_column} {identifier}): {outside}")
             continue
         if identifier in first_line:
             problems.append(
@@ -128,6 +145,16 @@ def _parse_rows(
         labels.append(tuple(sorted(set(parsed))))
         lines.append(line)
     return ids, labels, lines, problems
+
+
+def _ids_inside(column: pd.Series, csv_path: Path, id_column: str) -> list[str]:
+    """The stripped ids of a submission CSV; a DataError for any that walks out of the dataset folder."""
+    ids = [identifier.strip() for identifier in column]
+    problems = [f"{csv_path} line {line} ({id_column} {identifier}): {outside}" for line, identifier in enumerate(ids, start=2)
+                if (outside := outside_dataset(identifier))]
+    if problems:
+        raise DataError(*problems)
+    return ids
 
 
 def _table(ids, sources, labels, lines, label_set, layout, root, csv_path, labelled, channels=3) -> DatasetTable:
@@ -161,7 +188,7 @@ def _read_z2g_test(root: Path, label_set: LabelSet, channels: int) -> DatasetTab
     submission = root / "submission.csv"
     if submission.is_file():
         frame = _read_csv(submission, LAYOUT_COLUMNS["z2g"], "Zero-to-GANs submission")
-        ids = [identifier.strip() for identifier in frame["Image"]]
+        ids = _ids_inside(frame["Image"], submission, "Image")
         folder = os.path.join(root, "test")
         sources = [os.path.join(folder, f"{identifier}.png") for identifier in ids]
         lines = list(range(2, len(ids) + 2))
@@ -178,7 +205,7 @@ def read_hpa2018(
     if split == "test":
         csv_path = root / "sample_submission.csv"
         frame = _read_csv(csv_path, ("Id", "Predicted"), "HPA 2018 submission")
-        ids = [identifier.strip() for identifier in frame["Id"]]
+        ids = _ids_inside(frame["Id"], csv_path, "Id")
         sources = stain_set_sources(root / "test", ids, channels)
         lines = list(range(2, len(ids) + 2))
         return _table(ids, sources, [()] * len(ids), lines, label_set, "hpa2018", root, csv_path, False, channels)
@@ -194,7 +221,7 @@ def read_generic(csv_path: Path, label_set: LabelSet = HPA10, collect: list[str]
                  channels: int = 3) -> DatasetTable:
     csv_path = Path(csv_path)
     frame = _read_csv(csv_path, LAYOUT_COLUMNS["generic"], "generic layout: path relative to the CSV, labels")
-    ids, labels, lines, problems = _parse_rows(frame, csv_path, "path", "labels", label_set)
+    ids, labels, lines, problems = _parse_rows(frame, csv_path, "path", "labels", label_set, absolute_allowed=True)
     _raise_or_collect(problems, collect)
     sources = [str(csv_path.parent / path) for path in ids]
     names = [Path(path).stem for path in ids]

@@ -179,6 +179,8 @@ def config_blocks(config) -> list[str]:
     for group, table in config_groups(config).items():
         blocks += [html.heading(group, 3), html.table(table)]
     return blocks
+
+
 def run_training_blocks(run_dir: Path, page: Path, config, report_dir: Path) -> list[str]:
     """A run's curves and metrics; for a K-fold folder, its folds' (reports/kfold_report.py)."""
     from protloc.runs import EnsembleConfig
@@ -190,19 +192,21 @@ def run_training_blocks(run_dir: Path, page: Path, config, report_dir: Path) -> 
     return kfold_blocks(run_dir, config, report_dir, relative_link(report_dir, page) + "/")
 
 
-def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name: str, **prediction) -> list[str]:
+def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name: str, *, links_to: Path | None = None,
+                       **prediction) -> list[str]:
+    """Written into `report_dir`, linked as `links_to` (default: the same folder)."""
     if not table.labelled:
         return [html.note(f"{data_name} has no labels, so there is no evaluation; samples are shown below.")]
     from protloc.reports.evaluate import evaluate_run, evaluation_blocks
 
     evaluation = evaluate_run(predictor, table, report_dir, data_name=data_name, **prediction)
-    prefix = relative_link(report_dir, page) + "/"
+    prefix = relative_link(links_to or report_dir, page) + "/"
     return [html.paragraph_with_link(f"On {data_name}; the evaluation on its own page:", prefix + "index.html",
                                      "evaluation"), *evaluation_blocks(evaluation, prefix)]
 
 
 def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: str, samples: int,
-                    show_progress: bool) -> list[str]:
+                    show_progress: bool, links_to: Path | None = None) -> list[str]:
     from protloc.reports.explain import describe_maps, explain_table, explanation_blocks
 
     shown = table.subset(range(min(samples, len(table))))
@@ -212,7 +216,7 @@ def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: 
     return [html.paragraph(f"The first {len(shown)} images of {data_name}, with the map of each predicted class"
                            + (" and of each true class the model missed." if table.labelled else ".")),
             html.paragraph(describe_maps(predictor.model, predictor.config)),
-            *explanation_blocks(explanations, predictor.config, relative_link(samples_dir, page) + "/")]
+            *explanation_blocks(explanations, predictor.config, relative_link(links_to or samples_dir, page) + "/")]
 
 
 def linked_files(blocks: list[str]) -> list[str]:
@@ -221,11 +225,14 @@ def linked_files(blocks: list[str]) -> list[str]:
 
 def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_file: str | Path | None = None,
                  samples: int = DEFAULT_SAMPLES, tta: bool = False, batch_size: int = 32, workers: int = 0,
-                 device: str = "auto", precision: str = "auto", show_progress: bool = True) -> Path:
+                 device: str = "auto", precision: str = "auto", show_progress: bool = True,
+                 files_dir: str | Path | None = None) -> Path:
     """Write the run's page (default: REPORT_FILE in the run folder); `table` adds the evaluation and samples.
 
     Results come first (scores, per-class tables, curves, sample maps, every other figure of the run
-    folder), the configuration last.
+    folder), the configuration last. The evaluation's and samples' files are written into `files_dir`
+    (default RUN/report), linked from the page as RUN/report: a caller may write them into a temporary
+    folder that then becomes RUN/report (files.atomic_dir).
     """
     from protloc.inference.predictor import load_predictor
     from protloc.reports.evaluate import check_label_names
@@ -235,6 +242,7 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
     config = load_config(run_dir)
     page = Path(out_file) if out_file else run_dir / REPORT_FILE
     report_dir = run_dir / REPORT_DIR
+    files_dir = Path(files_dir) if files_dir is not None else report_dir
     if table is not None and table.labelled:
         check_label_names(table, config, data_name)  # before the slow part
 
@@ -247,9 +255,10 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
         predictor = load_predictor(run_dir, device=device, precision=precision)
         prediction = dict(tta=tta, batch_size=batch_size, workers=workers, show_progress=show_progress)
         blocks = [html.heading(f"Evaluation on {data_name}"),
-                  *evaluation_section(predictor, table, report_dir, page, data_name, **prediction)]
-        samples_blocks = samples_section(predictor, table, report_dir / SAMPLES_DIR, page, data_name, samples,
-                                         show_progress)
+                  *evaluation_section(predictor, table, files_dir, page, data_name, links_to=report_dir,
+                                      **prediction)]
+        samples_blocks = samples_section(predictor, table, files_dir / SAMPLES_DIR, page, data_name, samples,
+                                         show_progress, links_to=report_dir / SAMPLES_DIR)
     blocks += [html.heading("Validation during training"), *validation_blocks(config),
                html.heading("Training curves"), *run_training_blocks(run_dir, page, config, report_dir),
                html.heading("Sample explanations"), *samples_blocks]

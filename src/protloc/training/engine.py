@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Iterator
 
 import lightning as L
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.strategies import DDPStrategy
 
 from protloc.devices import bf16_is_native, resolve_device, resolve_precision
 from protloc.errors import ProtlocError
+from protloc.files import atomic_path
 from protloc.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
 from protloc.training.callbacks import RelocatableCheckpoint, RunProgressBar
 from protloc.training.config import TrainConfig
@@ -49,6 +51,20 @@ def training_precision(precision: str, device: str) -> str:
             return "bf16" if bf16_is_native(device) else "fp16"
         return "bf16" if bf16_is_native("cpu") else "fp32"
     return resolve_precision(precision, device)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in their own folder, then renamed into place: a kill while one is
+    saved leaves the previous checkpoint whole, and resuming starts from it. (Lightning's own writer goes through
+    a temporary file in the system's temp folder and copies it over, which a kill can leave half done.)"""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        import torch
+
+        with atomic_path(path) as temp:
+            torch.save(checkpoint, temp)
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,7 @@ def make_trainer(config: TrainConfig, engine: Engine, *, max_epochs: int, checkp
             # Our samplers shard and reshuffle by (seed, epoch) themselves.
             use_distributed_sampler=False, num_sanity_val_steps=0,
             enable_progress_bar=config.show_progress, enable_model_summary=config.verbose,
+            plugins=[AtomicCheckpointIO()],
         )
     except MisconfigurationException as error:  # e.g. more --devices than the machine has
         raise ProtlocError(f"--device {config.device} --devices {config.devices} --precision {config.precision}: {error}") from None

@@ -89,9 +89,38 @@ def resume_point(run_dir: Path, phases: list[str], resume: bool) -> dict[str, Pa
         if later_found:
             points[phase] = "skip"
         elif last.is_file():
+            read_checkpoint(last, run_dir)  # before training starts: a damaged one is reported, not hit half way
             points[phase] = last
             later_found = True
     return points
+
+
+# What Lightning needs in a checkpoint to resume from it.
+RESUME_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states", "pytorch-lightning_version")
+
+
+def read_checkpoint(path: Path, run_dir: Path, keys: tuple[str, ...] = RESUME_KEYS) -> dict:
+    """A checkpoint of `run_dir`, loaded without unpickling code; a ProtlocError saying the run is not resumable,
+    and how to start over, when it is damaged or foreign. (PyTorch's own message would advise loading it with
+    weights_only=False, which runs whatever code the file holds: never repeated here.)"""
+    import pickle
+
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "holds objects that only running code could rebuild, so it is not a checkpoint protloc wrote"
+    except Exception as error:  # torch.load raises many types for a damaged file
+        reason = f"damaged, perhaps cut short by a crash while it was written ({type(error).__name__})"
+    else:
+        missing = [key for key in keys if key not in checkpoint] if isinstance(checkpoint, dict) else ["all"]
+        if not missing:
+            return checkpoint
+        reason = f"not a Lightning training checkpoint (no {', '.join(missing[:3])})"
+    raise ProtlocError(f"{run_dir}: not resumable: {path} is {reason}",
+                       f"to start over, train into a new folder (protloc train DATA --out NEW_RUN), or remove "
+                       f"{Path(run_dir) / CHECKPOINT_DIR} and train into {run_dir} without --resume")
 
 
 def resumed_config(run_dir: Path, **changes) -> TrainConfig:

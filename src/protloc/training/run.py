@@ -39,7 +39,7 @@ from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
 from protloc.training.outcome import TrainingOutcome
 from protloc.training.plots import plot_learning_rate, plot_training_curves
-from protloc.training.resume import phase_checkpoint, resume_point
+from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
 
 
 @dataclass
@@ -137,7 +137,7 @@ def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: P
 
 def load_best_weights(model: ProtlocNet, run_dir: Path, phase: str) -> None:
     """Put the best epoch's weights into `model`: its phase's best.ckpt (loaded without unpickling code)."""
-    checkpoint = torch.load(phase_checkpoint(run_dir, phase, BEST_CHECKPOINT), map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(phase_checkpoint(run_dir, phase, BEST_CHECKPOINT), run_dir, keys=("state_dict",))
     state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items() if key.startswith("model.")}
     model.load_state_dict(state, strict=True)
 
