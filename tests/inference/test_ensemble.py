@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import urllib.request
 
 import numpy as np
 import onnx
@@ -145,23 +143,18 @@ def test_tune_rewrites_the_ensemble_thresholds_only(kfold, demo_data, tmp_path, 
 
 
 def test_serve_answers_with_the_ensemble(kfold, images):
-    from protloc.service.app import make_server
+    from fastapi.testclient import TestClient
 
-    server = make_server(kfold, "127.0.0.1", 0, precision="fp32")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        request = urllib.request.Request(f"http://127.0.0.1:{server.server_address[1]}/predict",
-                                         data=images[0].read_bytes(), headers={"Content-Type": "image/png"})
-        with opener.open(request, timeout=30) as response:
-            result = json.loads(response.read())
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    import protloc
+    from protloc.service.app import create_app
+
+    app = create_app(protloc.load(kfold, precision="fp32"), run_name="cv", allowed_hosts=["testserver"])
+    with TestClient(app) as client:  # `with`: runs the lifespan, which starts the batching worker
+        response = client.post("/predict", files={"files": (images[0].name, images[0].read_bytes(), "image/png")})
+    assert response.status_code == 200
+    result = response.json()
     expected = fold_probabilities(kfold, images[:1]).mean(axis=0)[0]
-    np.testing.assert_allclose([result["probabilities"][name] for name in NAMES], expected, atol=1e-5)
+    np.testing.assert_allclose([result["images"][0]["probabilities"][name] for name in NAMES], expected, atol=1e-5)
     assert result["thresholds"] == dict(zip(NAMES, THRESHOLDS))
 
 

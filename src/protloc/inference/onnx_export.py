@@ -25,7 +25,7 @@ from torch import nn
 
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
-from protloc.runs import ONNX_FILE, WEIGHTS_FILE, RunConfig, load_run
+from protloc.runs import ONNX_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -102,7 +102,12 @@ def compare_with_torch(wrapped: nn.Module, onnx_path: str | Path, config: RunCon
 
 
 def weights_digest(run_dir: str | Path) -> str:
-    """SHA-256 of the run's weights file (a missing file raises ProtlocError, as loading the run would)."""
+    """SHA-256 of the run's weights file (a missing file raises ProtlocError, as loading the run would); for a
+    K-fold folder, of its folds' digests in order, so that retraining any fold makes its ONNX file stale."""
+    config = load_config(run_dir)
+    if isinstance(config, EnsembleConfig):
+        digests = "".join(weights_digest(Path(run_dir) / fold) for fold in config.folds)
+        return hashlib.sha256(digests.encode()).hexdigest()
     path = Path(run_dir) / WEIGHTS_FILE
     try:
         with open(path, "rb") as stream:

@@ -300,8 +300,13 @@ def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path
 
 def describe_maps(model, config) -> str:
     """How the maps were made and how to read them, for the page above the figures."""
+    from protloc.inference.ensemble import FoldEnsemble
+
+    folds = ""
+    if isinstance(model, FoldEnsemble):  # the folds share a backbone: the first one says how each was mapped
+        folds, model = f" (the mean of {len(model.folds)} folds' maps)", model.folds[0]
     rows, columns = cam_grid(model, config.image_size)
-    return (f"Maps: {CAM_METHOD} on layer {model.backbone.cam_layer_name} of {config.backbone}, "
+    return (f"Maps{folds}: {CAM_METHOD} on layer {model.backbone.cam_layer_name} of {config.backbone}, "
             f"{rows}x{columns} cells at {config.image_size} px, smoothed up to the image. In each class's panel the "
             f"grey outline surrounds the hottest pixels holding {MAP_MASS_SHARES[0]:.0%} of its map (lightly tinted "
             f"inside), the white one those holding {MAP_MASS_SHARES[1]:.0%}; every other pixel is the input's own. "
