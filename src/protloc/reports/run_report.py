@@ -104,7 +104,8 @@ def other_figures(run_dir: Path, page: Path, linked: list[str]) -> list[str]:
     blocks = []
     for path in sorted(run_dir.rglob("*.png")):
         resolved = path.resolve()
-        if resolved in shown or any(folder in resolved.parents for folder in skipped):
+        hidden = any(part.startswith(".") for part in path.relative_to(run_dir).parts)  # e.g. files.atomic_dir's staging
+        if hidden or resolved in shown or any(folder in resolved.parents for folder in skipped):
             continue
         caption = path.relative_to(run_dir).as_posix()
         if path.stem.endswith("_map"):
