@@ -105,7 +105,7 @@ def onnx_forward_limit(session, batches, *, steps: int) -> float:
 
 def _decode_one(args) -> int:
     path, size = args
-    return decode_resized(path, 3, size).numel()
+    return decode_resized(path, 3, size)[0].numel()
 
 
 def decode_rate(paths, image_size: int, processes: int) -> float:

@@ -62,7 +62,7 @@ def final_f1(run_dir) -> tuple[float, float]:
     from protloc.runs import load_config
 
     metrics = pd.read_csv(run_dir / "metrics.csv")
-    return float(metrics["val_f1_macro"].iloc[-1]), float(load_config(run_dir).training["val_tuned"]["f1_macro"])
+    return float(metrics["val_f1_macro"].iloc[-1]), float(load_config(run_dir).training.val_tuned["f1_macro"])
 
 
 def print_cpu_table(args, cpu, seed, training, features, predict, load_before, load_after) -> None:
@@ -100,12 +100,14 @@ def print_cpu_table(args, cpu, seed, training, features, predict, load_before, l
 def print_summary(args, cpu, seed, training, features, predict, decode_forward, head_rate, n_large) -> None:
     large = training["large_metrics"].set_index("epoch")["images_per_second"]
     small, big = training["small"], training["large"]
-    startup = predict["cli"].seconds - predict["n"] / predict["torch_cold"]
+    startups = {name: predict[f"cli_{name}"].seconds - predict["n"] / predict[f"{name}_cold"]
+                for name in ("torch", "onnx") if f"cli_{name}" in predict}
     print(f"\nlimits: compute-only fine-tune step {cpu['finetune']:.1f}, frozen step (no_grad backbone) "
           f"{cpu['frozen_step']:.1f}, forward only {cpu['forward']:.1f}, PNG decode + resize on all cores "
           f"{predict['decode']:.1f} images/s")
-    print(f"predict start-up (CLI wall {predict['cli'].seconds:.1f} s for {predict['n']} images, less their steady-state "
-          f"time): {startup:.1f} s")
+    for name, startup in startups.items():
+        print(f"predict start-up, --engine {name} (CLI wall {predict[f'cli_{name}'].seconds:.1f} s for {predict['n']} new "
+              f"images, less their cold steady-state time): {startup:.1f} s")
     print(f"training peak memory (PSS of the process tree, loader workers included; RSS sum in brackets): "
           f"{small.peak_pss_gb:.2f} GB ({small.peak_rss_gb:.2f}) at N={args.n}, "
           f"{big.peak_pss_gb:.2f} GB ({big.peak_rss_gb:.2f}) at {n_large}")
@@ -131,7 +133,9 @@ def print_criteria(cpu, seed, large, head_rate, predict, decode_forward, small, 
         ("fine-tune >= 2x seed-style", large[3] / seed["finetune"] >= 2),
         ("augmented frozen >= 0.75x forward-only", large[2] / cpu["forward"] >= 0.75),
         ("head-only frozen >= 10x seed-style frozen", head_rate / seed["frozen"] >= 10),
-        ("predict (cold) >= 0.85x decode + forward", predict["torch_cold"] / decode_forward >= 0.85),
+        ("predict (cold, torch) >= 0.85x decode + forward", predict["torch_cold"] / decode_forward >= 0.85),
+        *([("predict (cold, ONNX Runtime: predict's default on the CPU) >= 0.85x decode + ORT forward",
+            predict["onnx_cold"] / combined(predict["decode"], predict["onnx_forward"]) >= 0.85)] if "onnx_cold" in predict else []),
         ("training peak memory < 4 GB", max(small.peak_pss_gb, big.peak_pss_gb) < 4),
         (f"cost at {args.scale}N within {1.1 * args.scale:.1f}x of N", big.seconds / small.seconds <= 1.1 * args.scale),
     ]

@@ -112,14 +112,16 @@ class TimedOnnxEngine(OnnxEngine):
         return result
 
 
-def steady_rate(stamps) -> float:
-    """Images per second from the first batch's end to the last's: loader start-up and warm-up left out."""
-    (first, _), (last, _) = stamps[0], stamps[-1]
-    return sum(count for _, count in stamps[1:]) / (last - first)
+def steady_rate(stamps, skip: int) -> float:
+    """Images per second from the end of batch `skip` to the last's: loader start-up, warm-up and the batches the
+    workers had ready in advance (prefetched while the first ran) left out."""
+    skip = min(skip, len(stamps) - 2)
+    (first, _), (last, _) = stamps[skip], stamps[-1]
+    return sum(count for _, count in stamps[skip + 1:]) / (last - first)
 
 
 def predict_rate(engine, table, config, cache, *, batch_size: int, workers: int) -> float:
     """Steady-state images per second of `Predictor.predict_table`, as `protloc predict` runs it."""
     engine.stamps = []
     Predictor(config, engine, cache=cache).predict_table(table, batch_size=batch_size, workers=workers)
-    return steady_rate(engine.stamps)
+    return steady_rate(engine.stamps, skip=max(1, 2 * workers))  # DataLoader's prefetch_factor is 2

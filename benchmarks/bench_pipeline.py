@@ -125,8 +125,7 @@ def measure_predict(args, large: Path, work: Path) -> dict:
     """Steady state of prediction over the large set's images: cold cache (decoding), then warm; torch and ONNX."""
     from protloc.data.cache import open_image_cache
     from protloc.data.readers import read_dataset
-    from protloc.inference.onnx_export import export_onnx
-    from protloc.inference.predictor import open_onnx_session
+    from protloc.inference.onnx_export import run_onnx_session
     from protloc.runs import load_run
 
     run_dir = work / "run-large"
@@ -136,8 +135,7 @@ def measure_predict(args, large: Path, work: Path) -> dict:
     results = {}
     engines = {"torch": runs.TimedTorchEngine(model, precision="fp32")}
     if args.onnx:
-        export_onnx(model, config, work / "model.onnx")
-        session = open_onnx_session(work / "model.onnx", config)
+        session = run_onnx_session(run_dir, config)  # exports RUN/model.onnx, as `protloc predict` does on first use
         engines["onnx"] = runs.TimedOnnxEngine(session)
         batches = limits.memory_batches(2, args.batch_size, args.image_size, config.num_classes, "cpu")
         results["onnx_forward"] = limits.onnx_forward_limit(session, batches, steps=4 * args.steps)
@@ -146,9 +144,10 @@ def measure_predict(args, large: Path, work: Path) -> dict:
         results[f"{name}_cold"] = runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
         results[f"{name}_warm"] = runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
     results["decode"] = limits.decode_rate(list(table.frame["source"]), args.image_size, os.cpu_count() or 1)
-    command = runs.protloc_command("predict", run_dir, large / "train", "--out", work / "predicted.csv",
-                                   "--cache-dir", work / "cache-predict-cli")
-    results["cli"] = runs.run_measured(command, work / "predict.log")
+    for name in engines:  # the CLI on images it has not seen: start-up, then the cold steady state
+        command = runs.protloc_command("predict", run_dir, large / "train", "--out", work / f"predicted-{name}.csv",
+                                       "--engine", name, "--cache-dir", work / f"cache-predict-cli-{name}")
+        results[f"cli_{name}"] = runs.run_measured(command, work / f"predict-{name}.log")
     results["n"] = len(table)
     return results
 
