@@ -322,7 +322,7 @@ CASES = [
     *out_dir_cases("predict", PREDICT, ".csv"),
     *[Case(f"predict-{name.replace('_', '-')}", f"predict {{{name}}} {{good}} --out {{out}}/p.csv --workers 0", text,
            watch=(name,)) for name, text in TAMPERED],
-    Case("predict-onnx-garbage", "predict {run_onnx_garbage} {good} --engine onnx --out {out}/p.csv --workers 0",
+    Case("predict-onnx-garbage", "predict {run_onnx_garbage} {good} --engine onnx --onnx {run_onnx_garbage}/model.onnx --out {out}/p.csv --workers 0",
          "model.onnx"),
     Case("predict-device-banana", f"{PREDICT} --out {{out}}/p.csv --device banana", "--device"),
     Case("predict-device-cuda-without-gpu", f"{PREDICT} --out {{out}}/p.csv --device cuda", "--device cuda",
