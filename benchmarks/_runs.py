@@ -37,14 +37,15 @@ def _tree(pid: int) -> list[int]:
 
 def _memory_kb(pid: int) -> dict[str, int]:
     """Rss, Pss, and Private/Shared (clean + dirty) of a process, in kB."""
+    fields = {"Rss": "Rss", "Pss": "Pss", "Private_Clean": "Private", "Private_Dirty": "Private",
+              "Shared_Clean": "Shared", "Shared_Dirty": "Shared"}
     values = dict.fromkeys(("Rss", "Pss", "Private", "Shared"), 0)
     try:
         with open(f"/proc/{pid}/smaps_rollup") as file:
             for line in file:
                 key, _, rest = line.partition(":")
-                for name in values:
-                    if key == name or key.startswith(f"{name}_"):
-                        values[name] += int(rest.split()[0])
+                if key in fields:
+                    values[fields[key]] += int(rest.split()[0])
     except OSError:
         pass
     return values
