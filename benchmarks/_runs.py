@@ -35,30 +35,45 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _memory_kb(pid: int) -> tuple[int, int]:
-    """(PSS, RSS) in kB: PSS shares each page among the processes that map it, so a tree's PSS adds up."""
-    values = {}
+def _memory_kb(pid: int) -> dict[str, int]:
+    """Rss, Pss, and Private/Shared (clean + dirty) of a process, in kB."""
+    fields = {"Rss": "Rss", "Pss": "Pss", "Private_Clean": "Private", "Private_Dirty": "Private",
+              "Shared_Clean": "Shared", "Shared_Dirty": "Shared"}
+    values = dict.fromkeys(("Rss", "Pss", "Private", "Shared"), 0)
     try:
         with open(f"/proc/{pid}/smaps_rollup") as file:
             for line in file:
                 key, _, rest = line.partition(":")
-                if key in ("Pss", "Rss"):
-                    values[key] = int(rest.split()[0])
+                if key in fields:
+                    values[fields[key]] += int(rest.split()[0])
     except OSError:
         pass
-    return values.get("Pss", 0), values.get("Rss", 0)
+    return values
+
+
+def tree_memory_kb(pid: int) -> tuple[int, int, int]:
+    """(own, PSS, RSS) of a process tree in kB. own: every process's private pages plus the largest shared set
+    once (the libraries and the pages forked workers share with their parent): the memory the tree needs, not
+    counting other programs that map the same libraries, as PSS does, nor counting shared pages per process, as
+    summed RSS does."""
+    processes = [_memory_kb(member) for member in _tree(pid)]
+    if not processes:
+        return 0, 0, 0
+    own = sum(p["Private"] for p in processes) + max(p["Shared"] for p in processes)
+    return own, sum(p["Pss"] for p in processes), sum(p["Rss"] for p in processes)
 
 
 @dataclass
 class Measured:
     seconds: float
+    peak_gb: float  # see tree_memory_kb
     peak_pss_gb: float
     peak_rss_gb: float
 
 
 def run_measured(command: list[str], log: Path) -> Measured:
     """Run `command`, sampling the memory of its whole process tree (loader workers included) every 0.2 s."""
-    peak = [0, 0]
+    peak = [0, 0, 0]
     start = time.perf_counter()
     with open(log, "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
@@ -66,8 +81,7 @@ def run_measured(command: list[str], log: Path) -> Measured:
 
         def sample():
             while not done.wait(0.2):
-                totals = [sum(values) for values in zip(*(_memory_kb(pid) for pid in _tree(process.pid)))] or [0, 0]
-                peak[0], peak[1] = max(peak[0], totals[0]), max(peak[1], totals[1])
+                peak[:] = [max(old, new) for old, new in zip(peak, tree_memory_kb(process.pid))]
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -77,7 +91,7 @@ def run_measured(command: list[str], log: Path) -> Measured:
     seconds = time.perf_counter() - start
     if code != 0:
         sys.exit(f"benchmark: {' '.join(command)} failed (exit {code}); see {log}")
-    return Measured(seconds, peak[0] / 1e6, peak[1] / 1e6)
+    return Measured(seconds, peak[0] / 1e6, peak[1] / 1e6, peak[2] / 1e6)
 
 
 def protloc_command(*arguments) -> list[str]:

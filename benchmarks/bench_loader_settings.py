@@ -1,15 +1,17 @@
 """Loader workers against torch threads: which keeps the model busiest, with the image cache warm.
 
-    python benchmarks/bench_loader_settings.py [--n 128] [--image-size 224] [--phase frozen|finetune|both]
+    python benchmarks/bench_loader_settings.py [--n 128] [--phase frozen|finetune|both] [--rounds 2]
 
-Runs protloc's own training loader (LocalisationData: cached reads, per-image seeded augmentation) into the
-same training step as protloc (the frozen backbone under no_grad, or everything), for every combination of
---workers 0/1/2 and torch.set_num_threads 1/2, interleaved over --rounds so that a busy shared machine weighs
-on all settings alike; prints the best images/s of each.
+Feeds protloc's own training loader (LocalisationData: cached reads, per-image seeded augmentation) into the
+training step protloc runs (the frozen backbone under no_grad, or everything), for --workers 0/1/2 and
+torch.set_num_threads 1/2, and beside each the same step on the same number of batches already in memory.
+Settings run interleaved, round after round, so that a busy shared machine weighs on all of them alike; the
+ratio loader / in-memory of the same round and threads says whether loading starves the model.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,15 +25,12 @@ import _limits as limits  # noqa: E402
 from bench_pipeline import prepare_data  # noqa: E402
 
 
-def epoch_rate(data, model, *, frozen: bool) -> float:
-    """Images per second through one epoch of `data`'s training loader and protloc's step."""
-    model.train()
+def step_function(model, *, frozen: bool):
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=1e-4)
     loss_function = torch.nn.BCEWithLogitsLoss()
-    loader = data.train_dataloader()
-    start, images = time.perf_counter(), 0
-    for batch, targets, _rows, _problems in loader:
+
+    def step(batch, targets):
         batch = batch.contiguous(memory_format=torch.channels_last)
         if frozen:
             with torch.no_grad():
@@ -42,17 +41,29 @@ def epoch_rate(data, model, *, frozen: bool) -> float:
         loss = loss_function(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_value_(trainable, 0.1)
         optimizer.step()
+
+    return step
+
+
+def epoch_rate(batches, step) -> float:
+    """Images per second through `batches` (a loader, or tensors in memory) and `step`."""
+    start, images = time.perf_counter(), 0
+    for batch, targets, *_ in batches:
+        step(batch, targets)
         images += len(batch)
     return images / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--n", type=int, default=128, help="images per epoch, at most 512")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--phase", choices=("frozen", "finetune", "both"), default="both")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data-dir", default="data/benchmark")
     args = parser.parse_args()
@@ -61,31 +72,47 @@ def main() -> None:
     from protloc.models.classifier import freeze_backbone
     from protloc.training.datamodule import LocalisationData
 
-    small, _ = prepare_data(Path(args.data_dir), args.n, 4)
-    table = read_dataset(small, split="train")
+    _, large = prepare_data(Path(args.data_dir), 128, 4)  # bench_pipeline's images: the first --n of them
+    table = read_dataset(large, split="train").subset(np.arange(args.n))
     cache = open_image_cache(Path(args.data_dir) / "loader-settings-cache")
+    steps = len(table) // args.batch_size
+    in_memory = limits.memory_batches(steps, args.batch_size, args.image_size, 10, "cpu")
     phases = ("frozen", "finetune") if args.phase == "both" else (args.phase,)
-    settings = [(phase, workers, threads) for phase in phases for workers in (0, 1, 2) for threads in (1, 2)]
-    best: dict[tuple, float] = {}
-    models = {}
-    for phase in phases:
-        models[phase] = limits.fresh_model("efficientnet_lite0", 10, "cpu")
-        if phase == "frozen":
-            freeze_backbone(models[phase])
+    settings = [(phase, threads, workers) for phase in phases for threads in args.threads
+                for workers in ["memory", *args.workers]]
+    models = {phase: limits.fresh_model("efficientnet_lite0", 10, "cpu") for phase in phases}
+    if "frozen" in models:
+        freeze_backbone(models["frozen"])
+    steppers = {phase: step_function(models[phase], frozen=phase == "frozen") for phase in phases}
+    results: dict[tuple, list[float]] = {}
     for round_ in range(args.rounds + 1):  # round 0 fills the cache and warms every kernel up
-        for phase, workers, threads in settings:
+        for phase, threads, workers in settings:
             torch.set_num_threads(threads)
-            data = LocalisationData(table, np.arange(len(table)), np.arange(0), image_size=args.image_size,
-                                    mean=[0.5] * 3, std=[0.25] * 3, channels=3, batch_size=args.batch_size,
-                                    workers=workers, seed=round_, cache=cache)
-            data.setup("fit")
-            value = epoch_rate(data, models[phase], frozen=phase == "frozen")
+            models[phase].train()
+            if workers == "memory":
+                batches = in_memory
+            else:
+                data = LocalisationData(table, np.arange(len(table)), np.arange(0), image_size=args.image_size,
+                                        mean=[0.5] * 3, std=[0.25] * 3, channels=3, batch_size=args.batch_size,
+                                        workers=workers, seed=round_, cache=cache)
+                data.setup("fit")
+                batches = data.train_dataloader()
+            value = epoch_rate(batches, steppers[phase])
             if round_:
-                best[(phase, workers, threads)] = max(best.get((phase, workers, threads), 0.0), value)
-                print(f"round {round_}: {phase:8s} workers {workers} threads {threads}: {value:6.1f} images/s", flush=True)
-    print("\n| phase | workers | torch threads | images/s (best of rounds) |\n|---|---|---|---|")
-    for (phase, workers, threads), value in best.items():
-        print(f"| {phase} | {workers} | {threads} | {value:.1f} |")
+                results.setdefault((phase, threads, workers), []).append(value)
+                print(f"round {round_}: {phase:8s} threads {threads} workers {workers}: {value:6.1f} images/s", flush=True)
+    print_table(results, args.rounds)
+
+
+def print_table(results: dict, rounds: int) -> None:
+    print("\n| phase | torch threads | loader workers | images/s (median of rounds) | / in memory, same round (median) |")
+    print("|---|---|---|---|---|")
+    for (phase, threads, workers), values in results.items():
+        memory = results[(phase, threads, "memory")]
+        ratios = [value / base for value, base in zip(values, memory)]
+        label = "tensors in memory" if workers == "memory" else str(workers)
+        print(f"| {phase} | {threads} | {label} | {statistics.median(values):.1f} | "
+              f"{'-' if workers == 'memory' else f'{statistics.median(ratios):.2f}'} |")
 
 
 if __name__ == "__main__":

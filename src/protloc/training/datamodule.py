@@ -84,14 +84,18 @@ class SeededData(L.LightningDataModule):
     def _replicas(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
 
-    def _loader(self, dataset, sampler, drop_last: bool) -> DataLoader:
+    def val_workers(self) -> int:
+        """Loader processes for validation; subclasses whose validation rows cost nothing to read say 0."""
+        return self.workers
+
+    def _loader(self, dataset, sampler, drop_last: bool, workers: int) -> DataLoader:
         on_gpu = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
         return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers, drop_last=drop_last,
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
             pin_memory=on_gpu,
             # Workers may live across epochs (no fork per epoch, which cost a third of the speed on 2 cores):
             # augmentation seeds come with the indices, so a worker's own RNG state never matters.
-            persistent_workers=self.workers > 0,
+            persistent_workers=workers > 0,
             # The loader draws its workers' base seed from this, not from the process RNG that dropout uses.
             generator=torch.Generator().manual_seed(self.seed),
         )
@@ -105,7 +109,7 @@ class SeededData(L.LightningDataModule):
             # indices when created; a resumed fit creates it for an epoch past 0, so set the epoch now.
             sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         # A last batch of one image cannot train BatchNorm; like fastai and timm, drop the ragged end.
-        return self._loader(dataset, sampler, drop_last=len(sampler) >= self.batch_size)
+        return self._loader(dataset, sampler, drop_last=len(sampler) >= self.batch_size, workers=self.workers)
 
     def train_steps_per_epoch(self) -> int:
         """Optimiser steps per epoch on each device. Counted here rather than by `Trainer.estimated_stepping_batches`,
@@ -117,7 +121,7 @@ class SeededData(L.LightningDataModule):
         world_size, rank = self._replicas()
         # Shards are padded with repeats to equal length; the module gathers them and drops the repeats.
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        return self._loader(dataset, sampler, drop_last=False)
+        return self._loader(dataset, sampler, drop_last=False, workers=self.val_workers())
 
 
 class LocalisationData(SeededData):
@@ -158,6 +162,11 @@ class LocalisationData(SeededData):
 
     def _dataset(self, table: DatasetTable, transform) -> ImageDataset:
         return ImageDataset(table, channels=self.channels, transform=transform, image_size=self.image_size, cache=self.cache)
+
+    def val_workers(self) -> int:
+        # Validation images come decoded from the cache (the pre-training check and epoch 1 filled it), at about
+        # 0.3 ms each beside ~30 ms of model time: worker processes would hold memory (0.25 GB each) for nothing.
+        return 0 if self.cache is not None else self.workers
 
     def train_dataset(self) -> Dataset:
         transform = train_transforms(image_size=self.image_size, mean=self.mean, std=self.std,
