@@ -3,12 +3,13 @@
     python benchmarks/bench_pipeline.py [--n 128] [--scale 4] [--image-size 224] [--batch-size 32]
 
 One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next run):
-  - limits: the same model and step on tensors already in memory (fine-tune step, forward only), PNG
+  - limits: the same model and step on tensors already in memory (fine-tune step, forward only), measured
+    before training, between training and prediction, and at the end (each row uses the two beside it); PNG
     decoding + resizing on all cores, and ONNX Runtime's forward;
   - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32;
   - protloc: `protloc train` runs at N and scale*N images (--epochs-frozen 2 --epochs 1; the second frozen
     epoch and the fine-tune epoch read the cache the first epoch filled), the same with
-    --head-only-features, and prediction, cold (decoding) and warm (cache), torch and ONNX.
+    --head-only-features (its memory sampled), and prediction, cold (decoding) and warm (cache), torch and ONNX.
 Prints a markdown table. A GPU section follows when CUDA is present.
 """
 from __future__ import annotations
@@ -72,9 +73,11 @@ def measure_limits(args, model_device: str = "cpu", dtype=None) -> dict:
     return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
 
 
-def best_of(*measurements: dict) -> dict:
-    """The higher of each limit measured before and after protloc's runs: a busy shared machine only ever slows."""
-    return {key: max(m[key] for m in measurements) for key in measurements[0]}
+def mean_of(*measurements: dict) -> dict:
+    """Each limit averaged over the measurements taken just before and just after the work it is compared with:
+    this shared machine's speed drifts (twice as fast for minutes at a time, seen), so a limit measured at
+    another time, or the best of several, would compare unlike moments."""
+    return {key: sum(m[key] for m in measurements) / len(measurements) for key in measurements[0]}
 
 
 def measure_seed_style(args, table) -> dict:
@@ -90,15 +93,18 @@ def measure_seed_style(args, table) -> dict:
 
 
 def measure_training(args, small: Path, large: Path, work: Path) -> dict:
+    """The speed runs go unwatched; memory is sampled in the --head-only-features run, whose fine-tune epoch
+    (where the peak is) is the same as the others'."""
     settings = dict(image_size=args.image_size, batch_size=args.batch_size, epochs_frozen=2, epochs=1)
     results = {"work": work}
     print("protloc train, N images ...", flush=True)
     results["small"], _ = runs.train_run(small, work / "run-small", work / "cache-small", **settings)
     print("protloc train, scale*N images ...", flush=True)
     results["large"], results["large_metrics"] = runs.train_run(large, work / "run-large", work / "cache-large", **settings)
-    print("protloc train --head-only-features, scale*N images ...", flush=True)
+    print("protloc train --head-only-features, scale*N images, memory sampled ...", flush=True)
     results["head_only"], results["head_only_metrics"] = runs.train_run(
-        large, work / "run-head-only", work / "cache-large", **settings, extra=("--head-only-features",))
+        large, work / "run-head-only", work / "cache-large", **settings, extra=("--head-only-features",),
+        sample_memory=True)
     return results
 
 
@@ -168,10 +174,13 @@ def main() -> None:
     seed = measure_seed_style(args, read_dataset(small, split="train"))
     training = measure_training(args, small, large, work)
     features = measure_features(args, large, work)
+    print("limits again ...", flush=True)
+    middle = measure_limits(args)
     print("predict ...", flush=True)
     predict = measure_predict(args, large, work)
-    print("limits again ...", flush=True)
-    cpu = best_of(before, measure_limits(args))
+    print("limits a third time ...", flush=True)
+    after = measure_limits(args)
+    cpu = {"train": mean_of(before, middle), "predict": mean_of(middle, after), "each": (before, middle, after)}
     report.print_cpu_table(args, cpu, seed, training, features, predict, load_before, os.getloadavg())
     if torch.cuda.is_available():
         import _gpu as gpu
