@@ -1,5 +1,6 @@
-"""decode_upload: uploads convert exactly as `protloc predict` reads files, and huge images are refused from
-their header, before any pixel is decoded."""
+"""decode_upload: uploads convert exactly as `protloc predict` reads files (the same decoder, limited to PNG,
+JPEG and TIFF), huge images are refused from their header before any pixel is decoded, and each refusal
+maps to its HTTP status."""
 from __future__ import annotations
 
 import io
@@ -11,9 +12,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from protloc.data.images import decode_image
-from protloc.service.uploads import (ImageTooLarge, UnreadableImage, UnsupportedImage, compose_stains,
-                                     decode_upload)
+from protloc.data.images import ImageReadError, ImageTooLarge, UnsupportedImage, decode_image, load_image
+from protloc.service.uploads import compose_upload_stains, decode_upload, http_status
+
+LIMIT = 64_000_000  # the service's default
 
 RNG = np.random.default_rng(0)
 
@@ -42,7 +44,7 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_uploads_decode_as_files_are_read(tmp_path, name):
     data, expected = saved(tmp_path, name, CASES[name])
-    decoded = decode_upload(data)
+    decoded = decode_upload(data, max_pixels=LIMIT)
     assert decoded.dtype == np.uint8 and decoded.shape == expected.shape
     np.testing.assert_array_equal(decoded, expected)
 
@@ -53,54 +55,82 @@ def test_a_huge_image_is_refused_from_its_header_without_decoding(bombs, kind):
     assert len(data) < 300_000  # a small file...
     tracemalloc.start()
     started = time.perf_counter()
-    with pytest.raises(ImageTooLarge, match="over the limit of 16,000,000 pixels"):
-        decode_upload(data)
+    with pytest.raises(ImageTooLarge, match="more than the limit of 64,000,000") as refused:
+        decode_upload(data, max_pixels=LIMIT)
     elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 20 * 1024 * 1024 and elapsed < 1.0  # ...of a 196 or 243 MB image, never inflated
+    assert http_status(refused.value) == 413
 
 
 def test_the_pixel_cap_is_the_callers(tmp_path):
     data, _ = saved(tmp_path, "rgb.png", CASES["rgb.png"])
-    assert decode_upload(data, max_pixels=600).shape == (20, 30, 3)
-    with pytest.raises(ImageTooLarge, match="30 x 20 pixels is over the limit of 599"):
-        decode_upload(data, max_pixels=599)
+    assert decode_upload(data, max_pixels=1800).shape == (20, 30, 3)  # height x width x channels
+    with pytest.raises(ImageTooLarge, match="20 x 30 x 3 image: 1,800 pixels, more than the limit of 1,799"):
+        decode_upload(data, max_pixels=1799)
 
 
-def test_a_tiff_stack_of_many_pages_is_refused_before_it_is_read(tmp_path):
+def test_a_tiff_stack_of_many_pages_is_refused_as_an_unexpected_shape(tmp_path):
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, np.zeros((7, 20, 30), dtype=np.uint8))
-    with pytest.raises(UnreadableImage, match=r"unexpected image shape \(7, 20, 30\)"):
-        decode_upload(path.read_bytes())
+    with pytest.raises(ImageReadError, match=r"unexpected image shape \(7, 20, 30\)") as refused:
+        decode_upload(path.read_bytes(), max_pixels=LIMIT)
+    assert http_status(refused.value) == 422
+
+
+def test_a_tiff_stack_over_the_limit_is_refused_from_its_first_page(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((50, 20, 30), dtype=np.uint8))
+    with pytest.raises(ImageTooLarge, match="more than the limit of 25,000"):
+        decode_upload(path.read_bytes(), max_pixels=25_000)
 
 
 def test_float64_tiff_data_over_the_byte_budget_is_refused(tmp_path):
     path = tmp_path / "wide.tif"
-    tifffile.imwrite(path, np.zeros((100, 100, 4), dtype=np.float64))  # 320 KB decoded for 10,000 pixels
-    with pytest.raises(ImageTooLarge, match="decoded bytes"):
-        decode_upload(path.read_bytes(), max_pixels=10_000)
+    tifffile.imwrite(path, np.zeros((100, 100, 4), dtype=np.float64))  # 320 KB decoded for 40,000 pixels
+    with pytest.raises(ImageTooLarge, match="more than the limit of 160,000 decoded bytes"):
+        decode_upload(path.read_bytes(), max_pixels=40_000)
+    tifffile.imwrite(path, np.zeros((100, 100, 4), dtype=np.float32))  # float32 at the limit fits
+    assert decode_upload(path.read_bytes(), max_pixels=40_000).shape == (100, 100, 4)
 
 
-@pytest.mark.parametrize("data, error, says", [
-    (b"", UnreadableImage, "empty file"),
-    (b"GIF89a not what we take", UnsupportedImage, "not a PNG, JPEG or TIFF"),
-    (b"II*\x00" + b"\xff" * 40, UnreadableImage, "damaged TIFF"),
+@pytest.mark.parametrize("data, status, says", [
+    (b"", 422, "empty file"),
+    (b"GIF89a not what we take", 415, r"not PNG, JPEG or TIFF"),
+    (b"II*\x00" + b"\xff" * 40, 422, "TIFF file without image data"),
 ])
-def test_other_files_are_refused_with_a_reason(data, error, says):
-    with pytest.raises(error, match=says):
-        decode_upload(data)
+def test_other_files_are_refused_with_a_reason(data, status, says):
+    with pytest.raises(ImageReadError, match=says) as refused:
+        decode_upload(data, max_pixels=LIMIT)
+    assert http_status(refused.value) == status
+
+
+def test_a_gif_that_predict_reads_is_not_an_upload(tmp_path):
+    path = tmp_path / "cells.gif"
+    Image.fromarray(RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)).convert("P").save(path)
+    assert decode_image(path).shape == (20, 30, 3)  # files on disk: any format PIL knows
+    with pytest.raises(UnsupportedImage):
+        decode_upload(path.read_bytes(), max_pixels=LIMIT)
 
 
 def test_a_truncated_png_is_refused_as_damaged():
     buffer = io.BytesIO()
     Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    with pytest.raises(UnreadableImage, match="damaged PNG"):
-        decode_upload(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ImageReadError, match="not a readable image") as refused:
+        decode_upload(buffer.getvalue()[: len(buffer.getvalue()) // 2], max_pixels=LIMIT)
+    assert http_status(refused.value) == 422
 
 
-def test_stains_stack_as_load_image_stacks_stain_files():
-    planes = [RNG.integers(0, 256, (5, 6, 1), dtype=np.uint8) for _ in range(3)]
-    np.testing.assert_array_equal(compose_stains(planes), np.concatenate(planes, axis=-1))
-    with pytest.raises(UnreadableImage, match="stain images differ in size"):
-        compose_stains([planes[0], np.zeros((5, 7, 1), dtype=np.uint8)])
+def test_stains_stack_as_load_image_stacks_stain_files(tmp_path):
+    # Two grayscale stains and one saved in colour, as HPA's web images are: read as predict reads them.
+    images = [RNG.integers(0, 256, (5, 6, 1), dtype=np.uint8), RNG.integers(0, 256, (5, 6, 3), dtype=np.uint8),
+              RNG.integers(0, 256, (5, 6, 1), dtype=np.uint8)]
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(tmp_path / f"stain{index}.png")
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(paths[-1])
+    uploads = [decode_upload(path.read_bytes(), max_pixels=LIMIT) for path in paths]
+    np.testing.assert_array_equal(compose_upload_stains(uploads), load_image(paths, channels=3))
+    with pytest.raises(ImageReadError, match="stain images differ in size"):
+        compose_upload_stains([images[0], np.zeros((5, 7, 1), dtype=np.uint8)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from protloc.commands._options import add_engine_choice, add_engine_options
+from protloc.service.limits import ServiceLimits  # dataclass only: no web framework imported for --help
 
 # The literals, not service.limits' defaults: importing the service loads torch, too slow for --help.
 MIB = 1024 * 1024
@@ -40,9 +41,9 @@ def register(subparsers) -> None:
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-bytes", type=positive_int, default=50 * MIB, metavar="BYTES",
                         help="largest request body; larger ones get 413 (default %(default)s = 50 MiB)")
-    limits.add_argument("--max-pixels", type=positive_int, default=16_000_000, metavar="N",
-                        help="largest image, in pixels, read from the file's header before decoding; larger ones "
-                             "get 413 (default %(default)s: 4000 x 4000)")
+    limits.add_argument("--max-pixels", type=positive_int, default=ServiceLimits.max_pixels, metavar="N",
+                        help="largest image, in pixels (height x width x channels, as predict counts them), read "
+                             "from the file's header before decoding; larger ones get 413 (default %(default)s)")
     limits.add_argument("--max-connections", type=positive_int, default=64, metavar="N",
                         help="open connections; more get 503 (default %(default)s)")
     limits.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
@@ -59,7 +60,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from protloc.devices import resolve_device, resolve_precision
-    from protloc.service.limits import ServiceLimits
     from protloc.service.server import serve
 
     device = resolve_device(args.device)

@@ -30,6 +30,9 @@ TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic an
 MAX_PIXELS = 100_000_000
 MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
 
+# Decoded bytes allowed per pixel of the limit: 16-bit and float32 data at the limit fit, float64 stacks do not.
+BYTES_PER_PIXEL = 4
+
 # The intensity scales a dataset's pixels may have: the full scale of a pixel is 2**bit_depth - 1.
 BIT_DEPTHS = (8, 12, 16)
 
@@ -45,6 +48,14 @@ class ImageReadError(Exception):
     def __init__(self, message: str, path: str | Path | None = None):
         super().__init__(message)
         self.path = path
+
+
+class ImageTooLarge(ImageReadError):
+    """More pixels (or decoded bytes) than the limit, known from the header before decoding."""
+
+
+class UnsupportedImage(ImageReadError):
+    """Not an image format the reader takes."""
 
 
 def describe_read_error(source: str | Path | Sequence[str | Path], error: ImageReadError) -> str:
@@ -63,14 +74,16 @@ def pixel_limit() -> int:
     return int(text)
 
 
-def check_pixel_count(shape: Sequence[int]) -> None:
-    """Refuse an image whose header announces more pixels (height x width x channels) than the limit."""
-    count, limit = math.prod(shape), pixel_limit()
+def check_pixel_count(shape: Sequence[int], limit: int | None = None) -> None:
+    """Refuse an image whose header announces more pixels (height x width x channels) than `limit`, or than
+    pixel_limit() when None. Raises ImageTooLarge."""
+    count = math.prod(shape)
+    # Only the default limit is the user's to raise here; a caller's own (the service's --max-pixels) is not.
+    how_to_raise = f" (raise it with {MAX_PIXELS_VARIABLE} or protloc.data.images.MAX_PIXELS)" if limit is None else ""
+    limit = limit or pixel_limit()
     if count > limit:
-        raise ImageReadError(
-            f"{' x '.join(map(str, shape))} image: {count:,} pixels, more than the limit of {limit:,} "
-            f"(raise it with {MAX_PIXELS_VARIABLE} or protloc.data.images.MAX_PIXELS)"
-        )
+        raise ImageTooLarge(
+            f"{' x '.join(map(str, shape))} image: {count:,} pixels, more than the limit of {limit:,}{how_to_raise}")
 
 
 def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
@@ -113,34 +126,42 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def read_pixels(source: bytes | str | Path) -> np.ndarray:
+def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
+                formats: Sequence[str] | None = None) -> np.ndarray:
     """An image file, by path or as its bytes -> its pixels as stored: (H, W, C) with C in 1, 3, 4, of the file's
-    own type (uint8, uint16, float...). Raises ImageReadError.
+    own type (uint8, uint16, float...). Raises ImageReadError (ImageTooLarge, UnsupportedImage).
 
     TIFF (known by its signature, whatever the file is called) goes through tifffile: 16-bit, multi-channel
-    and channel-first stacks; everything else through PIL. The pixel count comes from the header and is
-    checked before the pixels are decoded.
+    and channel-first stacks; everything else through PIL, restricted to `formats` (PIL format names) when
+    given: the HTTP service lets only PNG and JPEG decoders see an upload. The pixel count comes from the
+    header and is checked against `max_pixels` (pixel_limit() when None) before the pixels are decoded.
     """
-    file = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
+    in_memory = isinstance(source, (bytes, bytearray, memoryview))
+    if in_memory and not len(source):
+        raise ImageReadError("empty file")
+    file = io.BytesIO(source) if in_memory else Path(source)
+    limit = max_pixels  # None: pixel_limit(), read when needed
     try:
-        array = _decode_tiff(file) if _is_tiff(file) else _decode_with_pil(file)
+        array = _decode_tiff(file, limit) if _is_tiff(file) else _decode_with_pil(file, limit, formats)
     except ImageReadError:
         raise
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
     except Image.DecompressionBombError as error:
-        raise ImageReadError(f"too many pixels to decode ({error})") from None
+        raise ImageTooLarge(f"too many pixels to decode ({error})") from None
     except UnidentifiedImageError:  # its message holds the path or a BytesIO's address, neither of use here
-        raise ImageReadError("not a readable image (not PNG, JPEG, TIFF or another format PIL knows)") from None
+        kinds = f"not {', '.join(formats)} or TIFF" if formats else "not PNG, JPEG, TIFF or another format PIL knows"
+        raise UnsupportedImage(f"not a readable image ({kinds})") from None
     except Exception as error:  # decoders raise many types for corrupt input (OSError, ValueError, struct.error...)
         raise ImageReadError(f"not a readable image ({type(error).__name__}: {error})") from None
     return to_channels_last(array)
 
 
-def decode_image(source: bytes | str | Path, *, bit_depth: int | None = None) -> np.ndarray:
+def decode_image(source: bytes | str | Path, *, bit_depth: int | None = None, max_pixels: int | None = None,
+                 formats: Sequence[str] | None = None) -> np.ndarray:
     """An image file, by path or as its bytes -> uint8 (H, W, C) with C in 1, 3, 4, wide pixels scaled by
-    `bit_depth` (see to_uint8). Raises ImageReadError."""
-    return to_uint8(read_pixels(source), bit_depth)
+    `bit_depth` (see to_uint8). Raises ImageReadError; see read_pixels for `max_pixels` and `formats`."""
+    return to_uint8(read_pixels(source, max_pixels=max_pixels, formats=formats), bit_depth)
 
 
 def _is_tiff(file: io.BytesIO | Path) -> bool:
@@ -150,32 +171,39 @@ def _is_tiff(file: io.BytesIO | Path) -> bool:
         return stream.read(4) in TIFF_SIGNATURES
 
 
-def _decode_tiff(file: io.BytesIO | Path) -> np.ndarray:
+def _decode_tiff(file: io.BytesIO | Path, limit: int | None) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(file) as tiff:
         if not tiff.series:
             raise ImageReadError("a TIFF file without image data")
-        check_pixel_count(tiff.series[0].shape)
-        array = np.asarray(tiff.asarray())
+        # The first page alone first: a file of many pages is refused before tifffile reads every page's header.
+        check_pixel_count(tiff.pages[0].shape, limit)
+        series = tiff.series[0]
+        check_pixel_count(series.shape, limit)
+        budget = (limit or pixel_limit()) * BYTES_PER_PIXEL
+        if series.size * series.dtype.itemsize > budget:
+            raise ImageTooLarge(f"TIFF data of {series.shape} {series.dtype}: more than the limit of {budget:,} "
+                                "decoded bytes")
+        array = np.asarray(series.asarray())
     # Channel-first TIFF stacks (C, H, W) are common in microscopy.
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
     return array
 
 
-def _decode_with_pil(file: io.BytesIO | Path) -> np.ndarray:
+def _decode_with_pil(file: io.BytesIO | Path, limit: int | None, formats: Sequence[str] | None) -> np.ndarray:
     with _PIL_OPEN_LOCK, warnings.catch_warnings():
         # PIL warns from, and refuses at twice, its own built-in limit; check_pixel_count below is the one limit
         # that decides, PROTLOC_MAX_PIXELS raised above PIL's included.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            image = Image.open(file)  # the header only
+            image = Image.open(file, formats=formats)  # the header only
         finally:
             Image.MAX_IMAGE_PIXELS = pil_limit
     with image:
-        check_pixel_count((image.height, image.width, len(image.getbands())))
+        check_pixel_count((image.height, image.width, len(image.getbands())), limit)
         image.load()
         return pil_to_array(image)
 

@@ -18,8 +18,9 @@ MIB = 1024 * 1024
 class ServiceLimits:
     # Uploads. A 2048 x 2048 16-bit RGBA TIFF, the largest HPA field, is 32 MiB uncompressed.
     max_upload_bytes: int = 50 * MIB
-    # Checked from the file's header, before any pixel is decoded: a 200 KB PNG may claim 9000 x 9000.
-    max_pixels: int = 16_000_000
+    # Height x width x channels, as `protloc predict` counts them, checked from the file's header before any
+    # pixel is decoded: a 200 KB PNG may claim 9000 x 9000. A 4096 x 4096 RGB field (50 million) fits.
+    max_pixels: int = 64_000_000
     max_files: int = 64  # images in one request
 
     # Decoding: at most this many uploads decode at once; the others wait up to `admission_wait_s`.

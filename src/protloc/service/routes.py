@@ -13,10 +13,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from python_multipart.multipart import parse_options_header
 
+from protloc.data.images import ImageReadError
 from protloc.data.stains import STAINS
 from protloc.service.runtime import Runtime
 from protloc.service.schemas import ClassExplanation, ExplainResponse, Health, ImageResult, PredictResponse, Problem
-from protloc.service.uploads import UploadError, compose_stains
+from protloc.service.uploads import compose_upload_stains, http_status
 
 router = APIRouter()
 
@@ -132,14 +133,14 @@ async def decode(runtime: Runtime, upload: Upload) -> np.ndarray:
     for name, data in upload.files:
         try:
             arrays.append(await runtime.decode(data))
-        except UploadError as error:
-            raise HTTPException(error.status, f"{name}: {error}") from None
+        except ImageReadError as error:
+            raise HTTPException(http_status(error), f"{name}: {error}") from None
     if len(arrays) == 1:
         return arrays[0]
     try:
-        return compose_stains(arrays)
-    except UploadError as error:
-        raise HTTPException(error.status, f"{upload.name}: {error}") from None
+        return compose_upload_stains(arrays)
+    except ImageReadError as error:
+        raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 
 
 async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool) -> np.ndarray:

@@ -79,7 +79,7 @@ class Runtime:
         return await asyncio.shield(future)
 
     async def decode(self, data: bytes) -> np.ndarray:
-        """An uploaded file -> uint8 (H, W, C); at most `decode_slots` at once. Raises UploadError."""
+        """An uploaded file -> uint8 (H, W, C); at most `decode_slots` at once. Raises ImageReadError."""
         loop = asyncio.get_running_loop()
         decode = partial(decode_upload, data, max_pixels=self.limits.max_pixels, bit_depth=self.predictor.config.bit_depth)
         return await self._in_slot(self.decode_slots, "image decoders",
