@@ -27,6 +27,13 @@ def test_a_missing_run_folder_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_a_port_in_use_is_a_one_line_error(run_dir, capsys):
+    from protloc.inference.onnx_export import run_onnx_session
+    from protloc.runs import load_config
+
+    # The CPU engine exports the run's model.onnx on first use, with a line of its own: done here first, so that
+    # serve's output is its error alone whichever tests (or none) used this run before.
+    run_onnx_session(run_dir, load_config(run_dir))
+    capsys.readouterr()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -3,68 +3,23 @@ the run ends bit-identical to one never interrupted, and no temporary file of th
 from __future__ import annotations
 
 import hashlib
+import itertools
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
 
+import protloc.training.run as run_module
 from protloc.cli import main
 from protloc.training.train import train
 
 RECIPE = dict(backbone="test_resnet", epochs=2, dropout=0.3)  # 3 epochs: frozen, then 2 of fine-tuning
-
-# Run in a fresh process: `protloc train` with a way to die. "step N": SIGKILL after the N-th training batch of
-# the run. "save N": SIGKILL while the N-th last.ckpt is being written, after half of its bytes. It computes with
-# as many threads as the test process (tests/training/conftest.py sets one): CPU results depend on the count.
-DRIVER = """
-import os, signal, sys
-
-import lightning as L
-import torch
-
-import protloc.training.run as run_module
-from protloc.cli import main
-
-mode, at, threads, argv = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-torch.set_num_threads(threads)
-count = 0
-
-
-def count_and_maybe_die():
-    global count
-    count += 1
-    return count == at
-
-
-class KillAtStep(L.Callback):
-    def on_train_batch_end(self, *args):
-        if count_and_maybe_die():
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-if mode == "step":
-    make_trainer = run_module.make_trainer
-    run_module.make_trainer = lambda config, engine, *, callbacks, **options: make_trainer(
-        config, engine, callbacks=[*callbacks, KillAtStep()], **options)
-else:
-    save = torch.save
-
-    def save_and_maybe_die(obj, file, *args, **kwargs):
-        if ".last.ckpt." in os.path.basename(str(file)) and count_and_maybe_die():
-            save(obj, file, *args, **kwargs)
-            with open(file, "r+b") as stream:
-                stream.truncate(os.path.getsize(file) // 2)
-            os.kill(os.getpid(), signal.SIGKILL)
-        return save(obj, file, *args, **kwargs)
-
-    torch.save = save_and_maybe_die
-sys.exit(main(argv))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +28,54 @@ def straight(demo_data, tiny_recipe, tmp_path_factory) -> Path:
     return train(tiny_recipe.config(demo_data, tmp_path_factory.mktemp("straight") / "run", **RECIPE))
 
 
-def killed_training(mode: str, at: int, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
-    threads = str(torch.get_num_threads())
-    return subprocess.run([sys.executable, "-c", DRIVER, mode, str(at), threads, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+def train_and_die(mode: str, at: int, argv: list[str], log: Path) -> None:
+    """`protloc train argv` with a way to die. "step N": SIGKILL after the N-th training batch of the run.
+    "save N": SIGKILL while the N-th last.ckpt is being written, after half of its bytes.
+
+    The body of a forked process: torch and Lightning come imported (seconds a fresh interpreter would spend
+    on each kill), and it computes with as many threads as the test process (tests/training/conftest.py sets
+    one), which CPU results depend on. It runs in the folder of `log`, and its output goes there, not into the
+    parent's capture."""
+    os.chdir(log.parent)
+    stream = open(log, "w", buffering=1)
+    os.dup2(stream.fileno(), 1)
+    os.dup2(stream.fileno(), 2)
+    sys.stdout = sys.stderr = stream
+    count = itertools.count(1)
+
+    if mode == "step":
+        class KillAtStep(L.Callback):
+            def on_train_batch_end(self, *args):
+                if next(count) == at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        make_trainer = run_module.make_trainer
+        run_module.make_trainer = lambda config, engine, *, callbacks, **options: make_trainer(
+            config, engine, callbacks=[*callbacks, KillAtStep()], **options)
+    else:
+        save = torch.save
+
+        def save_and_maybe_die(obj, file, *args, **kwargs):
+            if ".last.ckpt." in os.path.basename(str(file)) and next(count) == at:
+                save(obj, file, *args, **kwargs)
+                with open(file, "r+b") as written:
+                    written.truncate(os.path.getsize(file) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return save(obj, file, *args, **kwargs)
+
+        torch.save = save_and_maybe_die
+    sys.exit(main(argv))
+
+
+def killed_training(mode: str, at: int, argv: list[str], log: Path) -> int:
+    """The exit code of `train_and_die` in a forked process: -SIGKILL when it died as told."""
+    process = multiprocessing.get_context("fork").Process(target=train_and_die, args=(mode, at, argv, log))
+    process.start()
+    process.join(300)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+    return process.exitcode
 
 
 def sha256(path: Path) -> str:
@@ -93,8 +91,8 @@ def test_kill_9_then_resume_ends_identical_to_an_uninterrupted_run(straight, dem
                                                                   at):
     run = tmp_path / "run"
     args = ["train", str(demo_data), "--out", str(run), *tiny_recipe.args(**RECIPE)]
-    killed = killed_training(mode, at, args, tmp_path)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    log = tmp_path / "killed.log"
+    assert killed_training(mode, at, args, log) == -signal.SIGKILL, log.read_text()[-3000:]
     assert not (run / "model.safetensors").exists()
     if mode == "save":  # died writing the last epoch's checkpoint: its half-written temporary is there
         assert len(list(run.rglob("*.part"))) == 1 and len(scores(run)) == 3
