@@ -97,3 +97,19 @@ def test_the_old_spellings_are_refused(argv, capsys):
         build_parser().parse_args(argv)
     assert stopped.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_the_installed_command_keeps_exit_codes_and_short_errors(tmp_path):
+    """`protloc` as installed (its console script, which calls `run`) and `python -m protloc`, as processes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "protloc"
+    missing = tmp_path / "no-such-folder"
+    for command in ([str(script)], [sys.executable, "-m", "protloc"]):
+        result = subprocess.run([*command, "check", str(missing)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and str(missing) in result.stderr and "Traceback" not in result.stderr
+        version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=120)
+        assert version.returncode == 0 and version.stdout.startswith("protloc ")

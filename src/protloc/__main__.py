@@ -1,5 +1,5 @@
 import sys
 
-from protloc.cli import main
+from protloc.cli import run
 
-sys.exit(main())
+sys.exit(run())
