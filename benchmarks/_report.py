@@ -105,8 +105,8 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
     n_large = args.n * args.scale
     startups = {name: predict[f"cli_{name}"].seconds - predict["n"] / predict[f"{name}_cold"]
                 for name in ("torch", "onnx") if f"cli_{name}" in predict}
-    print("\nlimits (images/s) measured before training, after it and after prediction; training rows use the mean "
-          "of the first two, prediction rows of the last two:")
+    print("\nlimits (images/s) measured just before and after the scale*N training run and its feature pass (the "
+          "training rows use the mean of these two), then just before and after prediction (the prediction rows):")
     for key, name in (("finetune", "compute-only fine-tune step"), ("frozen_step", "frozen step (no_grad backbone)"),
                       ("forward", "forward only")):
         print(f"  {name}: " + ", ".join(f"{m[key]:.1f}" for m in cpu["each"]))

@@ -4,8 +4,8 @@
 
 One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next run):
   - limits: the same model and step on tensors already in memory (fine-tune step, forward only), measured
-    before training, between training and prediction, and at the end (each row uses the two beside it); PNG
-    decoding + resizing on all cores, and ONNX Runtime's forward;
+    just before and just after the training run the table reports, and just before and just after prediction
+    (each row uses the two beside it); PNG decoding + resizing on all cores, and ONNX Runtime's forward;
   - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32;
   - protloc: `protloc train` runs at N and scale*N images (--epochs-frozen 2 --epochs 1; the second frozen
     epoch and the fine-tune epoch read the cache the first epoch filled), the same with
@@ -92,15 +92,18 @@ def measure_seed_style(args, table) -> dict:
     return {"frozen": frozen, "finetune": finetune}
 
 
-def measure_training(args, small: Path, large: Path, work: Path) -> dict:
-    """The speed runs go unwatched; memory is sampled in the --head-only-features run, whose fine-tune epoch
-    (where the peak is) is the same as the others'."""
+def measure_training(args, small: Path, large: Path, work: Path, *, large_only: bool) -> dict:
+    """`protloc train` on scale*N images (`large_only`: the run the table's training rows come from), or else on
+    N images (for the cost at two sizes) and with --head-only-features. The speed runs go unwatched; memory is
+    sampled in the --head-only-features run, whose fine-tune epoch (where the peak is) is the same as the others'."""
     settings = dict(image_size=args.image_size, batch_size=args.batch_size, epochs_frozen=2, epochs=1)
-    results = {"work": work}
+    if large_only:
+        print("protloc train, scale*N images ...", flush=True)
+        measured, metrics = runs.train_run(large, work / "run-large", work / "cache-large", **settings)
+        return {"large": measured, "large_metrics": metrics}
+    results = {}
     print("protloc train, N images ...", flush=True)
     results["small"], _ = runs.train_run(small, work / "run-small", work / "cache-small", **settings)
-    print("protloc train, scale*N images ...", flush=True)
-    results["large"], results["large_metrics"] = runs.train_run(large, work / "run-large", work / "cache-large", **settings)
     print("protloc train --head-only-features, scale*N images, memory sampled ...", flush=True)
     results["head_only"], results["head_only_metrics"] = runs.train_run(
         large, work / "run-head-only", work / "cache-large", **settings, extra=("--head-only-features",),
@@ -168,19 +171,26 @@ def main() -> None:
     work = Path(args.data_dir) / "work"  # runs, caches and logs of this benchmark, replaced by the next
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    # Each row's limits are measured just before and just after it, and the seed-style loop runs right after
+    # the run it is compared with: this machine's speed drifts over minutes.
     print("limits ...", flush=True)
-    before = measure_limits(args)
-    print("seed-style loop ...", flush=True)
-    seed = measure_seed_style(args, read_dataset(small, split="train"))
-    training = measure_training(args, small, large, work)
+    before_training = measure_limits(args)
+    training = measure_training(args, small, large, work, large_only=True)
+    training["work"] = work
     features = measure_features(args, large, work)
     print("limits again ...", flush=True)
-    middle = measure_limits(args)
+    after_training = measure_limits(args)
+    print("seed-style loop ...", flush=True)
+    seed = measure_seed_style(args, read_dataset(small, split="train"))
+    training.update(measure_training(args, small, large, work, large_only=False))
+    print("limits before prediction ...", flush=True)
+    before_predict = measure_limits(args)
     print("predict ...", flush=True)
     predict = measure_predict(args, large, work)
-    print("limits a third time ...", flush=True)
-    after = measure_limits(args)
-    cpu = {"train": mean_of(before, middle), "predict": mean_of(middle, after), "each": (before, middle, after)}
+    print("limits after prediction ...", flush=True)
+    after_predict = measure_limits(args)
+    cpu = {"train": mean_of(before_training, after_training), "predict": mean_of(before_predict, after_predict),
+           "each": (before_training, after_training, before_predict, after_predict)}
     report.print_cpu_table(args, cpu, seed, training, features, predict, load_before, os.getloadavg())
     if torch.cuda.is_available():
         import _gpu as gpu
