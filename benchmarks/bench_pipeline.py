@@ -92,23 +92,27 @@ def measure_seed_style(args, table) -> dict:
     return {"frozen": frozen, "finetune": finetune}
 
 
-def measure_training(args, small: Path, large: Path, work: Path, *, large_only: bool) -> dict:
-    """`protloc train` on scale*N images (`large_only`: the run the table's training rows come from), or else on
-    N images (for the cost at two sizes) and with --head-only-features. The speed runs go unwatched; memory is
-    sampled in the --head-only-features run, whose fine-tune epoch (where the peak is) is the same as the others'."""
-    settings = dict(image_size=args.image_size, batch_size=args.batch_size, epochs_frozen=2, epochs=1)
-    if large_only:
-        print("protloc train, scale*N images ...", flush=True)
-        measured, metrics = runs.train_run(large, work / "run-large", work / "cache-large", **settings)
-        return {"large": measured, "large_metrics": metrics}
-    results = {}
+def training_settings(args) -> dict:
+    return dict(image_size=args.image_size, batch_size=args.batch_size, epochs_frozen=2, epochs=1)
+
+
+def measure_large_run(args, large: Path, work: Path) -> dict:
+    """`protloc train` on scale*N images, unwatched: the run the table's training rows come from."""
+    print("protloc train, scale*N images ...", flush=True)
+    measured, metrics = runs.train_run(large, work / "run-large", work / "cache-large", **training_settings(args))
+    return {"work": work, "large": measured, "large_metrics": metrics}
+
+
+def measure_other_runs(args, small: Path, large: Path, work: Path) -> dict:
+    """`protloc train` on N images (for the cost at two sizes), unwatched, and with --head-only-features, its
+    memory sampled: its fine-tune epoch (where the peak is) is the same as the other runs'."""
     print("protloc train, N images ...", flush=True)
-    results["small"], _ = runs.train_run(small, work / "run-small", work / "cache-small", **settings)
+    small_run, _ = runs.train_run(small, work / "run-small", work / "cache-small", **training_settings(args))
     print("protloc train --head-only-features, scale*N images, memory sampled ...", flush=True)
-    results["head_only"], results["head_only_metrics"] = runs.train_run(
-        large, work / "run-head-only", work / "cache-large", **settings, extra=("--head-only-features",),
-        sample_memory=True)
-    return results
+    head_only, head_only_metrics = runs.train_run(large, work / "run-head-only", work / "cache-large",
+                                                  **training_settings(args), extra=("--head-only-features",),
+                                                  sample_memory=True)
+    return {"small": small_run, "head_only": head_only, "head_only_metrics": head_only_metrics}
 
 
 def measure_features(args, large: Path, work: Path) -> float:
@@ -175,14 +179,13 @@ def main() -> None:
     # the run it is compared with: this machine's speed drifts over minutes.
     print("limits ...", flush=True)
     before_training = measure_limits(args)
-    training = measure_training(args, small, large, work, large_only=True)
-    training["work"] = work
+    training = measure_large_run(args, large, work)
     features = measure_features(args, large, work)
     print("limits again ...", flush=True)
     after_training = measure_limits(args)
     print("seed-style loop ...", flush=True)
     seed = measure_seed_style(args, read_dataset(small, split="train"))
-    training.update(measure_training(args, small, large, work, large_only=False))
+    training.update(measure_other_runs(args, small, large, work))
     print("limits before prediction ...", flush=True)
     before_predict = measure_limits(args)
     print("predict ...", flush=True)

@@ -83,9 +83,8 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_unconfigure(config):
-    """The process exits in half a second rather than three: the interpreter's last collections would walk
-    every object torch, Lightning and the tests left, for nothing, as the process ends. (A worker's exit is
-    the last thing the run waits for.)"""
+    """Exit without the interpreter's last garbage collections, as the `protloc` command does (cli.run): a
+    worker's exit is the last thing the run waits for."""
     gc.freeze()
 
 

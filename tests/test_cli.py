@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,10 +104,6 @@ def test_the_old_spellings_are_refused(argv, capsys):
 
 def test_the_installed_command_keeps_exit_codes_and_short_errors(tmp_path):
     """`protloc` as installed (its console script, which calls `run`) and `python -m protloc`, as processes."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(sys.executable).parent / "protloc"
     missing = tmp_path / "no-such-folder"
     for command in ([str(script)], [sys.executable, "-m", "protloc"]):
