@@ -55,7 +55,7 @@ def test_umap_is_the_default_map_and_is_seeded(run_dir, demo_data, tmp_path, cap
     from protloc.reports.embed import project_2d
 
     out = tmp_path / "test.parquet"
-    # The one test that runs UMAP: its first call compiles with numba (10-30 s).
+    # The one test that runs UMAP: its first call compiles with numba (5-15 s).
     assert main(["embed", str(run_dir), str(demo_data / "test"), "--out", str(out), "--workers", "0"]) == 0
     assert "a UMAP map to" in capsys.readouterr().out
     assert (tmp_path / "test_map.png").stat().st_size > 1000
@@ -65,6 +65,24 @@ def test_umap_is_the_default_map_and_is_seeded(run_dir, demo_data, tmp_path, cap
     np.testing.assert_array_equal(project_2d(features, "umap", seed=3)[0], first)
     # Three images: too few for UMAP's spectral start, so a seeded random one.
     assert project_2d(features[:3], "umap", seed=3)[0].shape == (3, 2)
+
+
+def test_umaps_neighbours_are_the_exact_ones_each_point_first_at_distance_0():
+    from protloc.reports.embed import UMAP_EXACT_BELOW, exact_neighbours
+
+    features = np.random.default_rng(1).normal(size=(40, 32)).astype(np.float32)
+    features[7] = features[3]  # a duplicate image: its twin is a neighbour at distance 0, itself still first
+    indices, distances = exact_neighbours(features, 6)
+    full = np.linalg.norm(features[:, None].astype(np.float64) - features[None], axis=-1)
+    np.fill_diagonal(full, -1)  # itself first, then the rest by distance
+    expected = np.argsort(full, axis=1, kind="stable")[:, :6]
+    assert indices.shape == distances.shape == (40, 6) and distances.dtype == np.float32
+    assert (indices[:, 0] == np.arange(40)).all() and (distances[:, 0] == 0).all()
+    assert {*indices[3, 1:2], *indices[7, 1:2]} == {3, 7} and distances[3, 1] < 1e-3
+    assert (np.sort(indices[:, 1:], axis=1) == np.sort(expected[:, 1:], axis=1)).all()
+    np.testing.assert_allclose(distances[:, 1:], np.sort(full, axis=1)[:, 1:6], rtol=1e-5, atol=1e-3)
+    # From UMAP's own switch to approximate neighbours on, UMAP searches itself.
+    assert exact_neighbours(np.zeros((UMAP_EXACT_BELOW, 2), np.float32), 6) == (None, None, None)
 
 
 def test_map_panels_show_each_class(demo_data):

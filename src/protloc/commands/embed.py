@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("data", metavar="DATA", help="dataset folder, CSV file or folder of images")
     parser.add_argument("--out", required=True, metavar="FILE", help="Parquet file to write, e.g. features.parquet")
     parser.add_argument("--method", choices=("umap", "pca"), default="umap",
-                        help="2-D map: umap (neighbourhoods kept; the first map of a session spends some 10-30 s "
+                        help="2-D map: umap (neighbourhoods kept; the first map of a session spends some 5-15 s "
                              "compiling) or pca (linear, instant) (default %(default)s)")
     parser.add_argument("--subset", choices=("train", "test"), default="train",
                         help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
