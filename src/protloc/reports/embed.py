@@ -72,8 +72,9 @@ def exact_neighbours(features: np.ndarray, neighbours: int) -> tuple:
     from sklearn.neighbors import NearestNeighbors
 
     distances, indices = NearestNeighbors(n_neighbors=neighbours - 1, algorithm="brute").fit(features).kneighbors()
-    own = np.arange(len(features))[:, None]
-    return (np.hstack([own, indices]), np.hstack([np.zeros_like(own, dtype=np.float32), distances.astype(np.float32)]))
+    itself = np.arange(len(features))[:, None]
+    at_zero = np.zeros((len(features), 1), np.float32)
+    return np.hstack([itself, indices]), np.hstack([at_zero, distances.astype(np.float32)])
 
 
 def plot_embedding_map(coords: np.ndarray, targets: np.ndarray | None, names: list[str], title: str):
