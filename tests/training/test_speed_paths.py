@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from protloc.data.cache import FEATURES_FOLDER, IMAGES_FOLDER, open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import read_dataset
-from protloc.data.transforms import batch_to_model_input, eval_transforms
+from protloc.data.transforms import batch_to_model_input, eval_transforms, train_transforms
 from protloc.models.classifier import build_model
-from protloc.training.datamodule import LocalisationData
+from protloc.training.datamodule import LocalisationData, SeededAugmentation
 from protloc.training.features import table_features
 from protloc.training.losses import make_loss
 from protloc.training.module import LocalisationModule
@@ -59,6 +59,19 @@ def test_runs_with_and_without_the_cache_end_with_identical_weights(demo_data, t
     warm = train(recipe(demo_data, tmp_path / "warm", cache_dir=cache_dir))
     assert_same_run(plain, filled)
     assert_same_run(plain, warm)
+
+
+def test_an_images_augmentation_follows_its_seed_alone_and_leaves_the_process_rng_alone(demo_data):
+    transform = train_transforms(image_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    augmented = SeededAugmentation(ImageDataset(read_dataset(demo_data), channels=3, transform=transform, image_size=32))
+    torch.manual_seed(1)
+    first = augmented[(0, 7)][0]
+    state = torch.get_rng_state()
+    again = augmented[(0, 7)][0]
+    assert torch.equal(torch.get_rng_state(), state)  # dropout's draws do not depend on data loading
+    torch.manual_seed(2)
+    assert torch.equal(augmented[(0, 7)][0], first) and torch.equal(again, first)
+    assert not torch.equal(augmented[(0, 8)][0], first)
 
 
 def test_the_frozen_backbone_runs_without_autograd_and_only_the_head_learns():

@@ -58,8 +58,11 @@ class SeededAugmentation(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
         # Leaves the process's own RNG untouched: the model's dropout draws stay independent of data loading.
+        # The augmentations draw from the CPU generator alone. torch.manual_seed would seed every device's too,
+        # and in a CUDA build whose CUDA is not yet started it records a stack trace each time to report later:
+        # milliseconds per image, on the cores that feed the model.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
 
 
