@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 from protloc.data.cache import FEATURES_FOLDER, IMAGES_FOLDER, open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import read_dataset
 from protloc.data.transforms import batch_to_model_input, eval_transforms, train_transforms
 from protloc.models.classifier import build_model
+from protloc.runs import load_config
 from protloc.training.datamodule import LocalisationData, SeededAugmentation
 from protloc.training.features import table_features
 from protloc.training.losses import make_loss
@@ -59,6 +61,24 @@ def test_runs_with_and_without_the_cache_end_with_identical_weights(demo_data, t
     warm = train(recipe(demo_data, tmp_path / "warm", cache_dir=cache_dir))
     assert_same_run(plain, filled)
     assert_same_run(plain, warm)
+
+
+def test_with_the_cache_only_training_images_are_read_in_worker_processes(demo_data, tmp_path, monkeypatch):
+    """Validation, and labelling the validation images once training ends, read decoded images from the cache in
+    the main process: workers forked after fine-tuning would share the activations it freed, then copy them."""
+    loaders = []  # (dataset type, worker processes) of every loader the run makes
+    make_loader = DataLoader.__init__
+
+    def recorded(loader, dataset, *args, **kwargs):
+        loaders.append((type(dataset).__name__, kwargs.get("num_workers", 0)))
+        make_loader(loader, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(DataLoader, "__init__", recorded)
+    run = train(recipe(demo_data, tmp_path / "run", cache_dir=str(tmp_path / "cache"), workers=1, batch_size=4))
+    assert load_config(run).training.n_val > 4  # more than one batch: a loader for them could use workers
+    assert ("SeededAugmentation", 1) in loaders
+    assert {workers for dataset, workers in loaders if dataset == "ImageDataset"} == {0}
+    assert loaders.count(("ImageDataset", 0)) >= 2  # validation during training, and labelling afterwards
 
 
 def test_an_images_augmentation_follows_its_seed_alone_and_leaves_the_process_rng_alone(demo_data):
