@@ -2,7 +2,7 @@
 torch.manual_seed (protloc before), side by side through a DataLoader, on generated images read from protloc's
 image cache as training reads them.
 
-    python benchmarks/bench_augmentation_seeding.py [--n 256] [--size 224] [--repeats 3]
+    python benchmarks/bench_augmentation_seeding.py [--n 256] [--size 224] [--repeats 5]
 
 Both give the same augmentations. torch.manual_seed also seeds every GPU's generator; in a CUDA build whose
 CUDA has not started, that queues the call and formats the caller's stack to report later, every time.
