@@ -9,9 +9,7 @@ One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next
   - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32;
   - protloc: `protloc train` runs at N and scale*N images (--epochs-frozen 2 --epochs 1; the second frozen
     epoch and the fine-tune epoch read the cache the first epoch filled), the same with
-    --head-only-features (its memory sampled), one fine-tune epoch and one frozen epoch on their own, each
-    between two measurements of its limit (the table's first two rows), and prediction, cold (decoding) and
-    warm (cache), torch and ONNX.
+    --head-only-features (its memory sampled), and prediction, cold (decoding) and warm (cache), torch and ONNX.
 Prints a markdown table. A GPU section follows when CUDA is present.
 """
 from __future__ import annotations
@@ -65,20 +63,14 @@ def prepare_data(folder: Path, n: int, scale: int) -> tuple[Path, Path]:
     return small, large
 
 
-def measure_limits(args, model_device: str = "cpu", dtype=None, which=("forward", "frozen_step", "finetune")) -> dict:
+def measure_limits(args, model_device: str = "cpu", dtype=None) -> dict:
     batches = limits.memory_batches(2, args.batch_size, args.image_size, 10, model_device)
     model = limits.fresh_model(args.backbone, 10, model_device)
-    measured = {}
-    if "forward" in which:
-        measured["forward"] = limits.forward_limit(model, batches, steps=4 * args.steps, device=model_device, dtype=dtype)
-    if "frozen_step" in which:
-        measured["frozen_step"] = limits.train_step_limit(model, batches, frozen=True, steps=2 * args.steps,
-                                                          device=model_device, dtype=dtype)
-    if "finetune" in which:
-        model = limits.fresh_model(args.backbone, 10, model_device)
-        measured["finetune"] = limits.train_step_limit(model, batches, frozen=False, steps=args.steps,
-                                                       device=model_device, dtype=dtype)
-    return measured
+    forward = limits.forward_limit(model, batches, steps=4 * args.steps, device=model_device, dtype=dtype)
+    frozen = limits.train_step_limit(model, batches, frozen=True, steps=2 * args.steps, device=model_device, dtype=dtype)
+    model = limits.fresh_model(args.backbone, 10, model_device)
+    finetune = limits.train_step_limit(model, batches, frozen=False, steps=args.steps, device=model_device, dtype=dtype)
+    return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
 
 
 def mean_of(*measurements: dict) -> dict:
@@ -121,23 +113,6 @@ def measure_other_runs(args, small: Path, large: Path, work: Path) -> dict:
                                                   **training_settings(args), extra=("--head-only-features",),
                                                   sample_memory=True)
     return {"small": small_run, "head_only": head_only, "head_only_metrics": head_only_metrics}
-
-
-def measure_epoch_rows(args, large: Path, work: Path) -> dict:
-    """The fine-tune and frozen rows: `protloc train` for that one epoch on scale*N images (cache warm), with its
-    limit measured right before and right after it. In the whole run those epochs lie minutes from a limit
-    measurement, and this machine's speed has changed 1.7x within such a window (seen).
-    Returns {phase: {"protloc": images/s, "limit": mean of the two, "each": (before, after)}}."""
-    rows = {}
-    for phase, limit, epochs_frozen, epochs in (("finetune", "finetune", 0, 1), ("frozen", "forward", 1, 0)):
-        print(f"{phase} epoch on its own, between two measurements of its limit ...", flush=True)
-        before = measure_limits(args, which=(limit,))[limit]
-        _, metrics = runs.train_run(large, work / f"run-{phase}-epoch", work / "cache-large",
-                                    **{**training_settings(args), "epochs_frozen": epochs_frozen, "epochs": epochs})
-        after = measure_limits(args, which=(limit,))[limit]
-        rate = float(metrics.loc[metrics["phase"] == phase, "images_per_second"].iloc[0])
-        rows[phase] = {"protloc": rate, "limit": (before + after) / 2, "each": (before, after)}
-    return rows
 
 
 def measure_features(args, large: Path, work: Path) -> float:
@@ -211,7 +186,6 @@ def main() -> None:
     print("seed-style loop ...", flush=True)
     seed = measure_seed_style(args, read_dataset(small, split="train"))
     training.update(measure_other_runs(args, small, large, work))
-    epochs = measure_epoch_rows(args, large, work)
     print("limits before prediction ...", flush=True)
     before_predict = measure_limits(args)
     print("predict ...", flush=True)
@@ -219,7 +193,7 @@ def main() -> None:
     print("limits after prediction ...", flush=True)
     after_predict = measure_limits(args)
     cpu = {"train": mean_of(before_training, after_training), "predict": mean_of(before_predict, after_predict),
-           "each": (before_training, after_training, before_predict, after_predict), "epochs": epochs}
+           "each": (before_training, after_training, before_predict, after_predict)}
     report.print_cpu_table(args, cpu, seed, training, features, predict, load_before, os.getloadavg())
     if torch.cuda.is_available():
         import _gpu as gpu
