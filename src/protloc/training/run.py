@@ -11,6 +11,7 @@ trained in one go (see resume.py).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
 from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, RunConfig,
                           eval_preset, save_run)
+from protloc.training.allocator import freed_memory_kept
 from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.datamodule import LocalisationData
@@ -88,7 +90,8 @@ def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, en
         channels_last=True,
     )
     data.first_epoch = phase.first_epoch
-    with expected_warnings_ignored():
+    keep_freed_memory = freed_memory_kept() if phase.name == "frozen" else contextlib.nullcontext()
+    with expected_warnings_ignored(), keep_freed_memory:
         trainer = make_trainer(config, engine, max_epochs=max_epochs or phase.epochs,
                                checkpoint_dir=Path(run_dir) / CHECKPOINT_DIR / phase.name,
                                callbacks=[SeedEachEpoch(config.seed), history])
