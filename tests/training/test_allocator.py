@@ -12,11 +12,12 @@ import pytest
 
 from protloc.training.allocator import _glibc
 
-PROBE = """
+BLOCK = 64 << 20  # over glibc's largest adaptive mmap threshold (32 MB): mmapped on its own by default
+PROBE = f"""
 import ctypes
 from protloc.training.allocator import _glibc, freed_memory_kept
 
-BLOCK = 64 << 20  # over glibc's largest adaptive mmap threshold (32 MB): mmapped on its own by default
+BLOCK = {BLOCK}
 
 
 class MallInfo2(ctypes.Structure):
@@ -52,5 +53,4 @@ def test_inside_large_blocks_come_from_the_heap_and_afterwards_are_mmapped_again
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     before, kept, inside, after = result.stdout.split()
-    block = 64 << 20
-    assert int(before) >= block and kept == "True" and int(inside) == 0 and int(after) >= block
+    assert int(before) >= BLOCK and kept == "True" and int(inside) == 0 and int(after) >= BLOCK

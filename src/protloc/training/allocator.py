@@ -19,8 +19,8 @@ KEPT_BELOW = 256 << 20  # blocks up to 256 MB come from the heap and are reused
 TRIM_ABOVE = 1 << 30  # the heap's top goes back to the kernel only beyond 1 GB free
 # What glibc's own adaptive thresholds reach after the first large blocks are freed: its maximum mmap
 # threshold (32 MB on 64-bit) and twice that for trimming.
-DEFAULT_MMAP_THRESHOLD = 32 << 20
-DEFAULT_TRIM_THRESHOLD = 64 << 20
+SETTLED_MMAP_THRESHOLD = 32 << 20
+SETTLED_TRIM_THRESHOLD = 64 << 20
 
 
 def _glibc():
@@ -46,6 +46,6 @@ def freed_memory_kept():
     try:
         yield True
     finally:
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-        libc.mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD)
+        libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
         libc.malloc_trim(0)
