@@ -41,7 +41,7 @@ def run_gpu_section(args, large, work) -> None:
         report.row("frozen-backbone epoch, augmented (cache warm)", speed[2], gpu["forward"], "forward only"),
         report.row("predict steady state, warm cache", predict, gpu["forward"], "forward only"),
     ]))
-    print(f"GPU run wall time {measured.seconds:.1f} s; device memory peak {torch.cuda.max_memory_allocated() / 1e9:.2f} GB in this process")
+    print(f"GPU run wall time {measured.seconds:.1f} s; device memory peak {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB in this process")
 
 
 def measure_gpu_limits(args, dtype) -> dict:

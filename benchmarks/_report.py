@@ -116,7 +116,8 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
               f"images, less their cold steady-state time): {startup:.1f} s")
     print(f"training peak memory of the process tree, loader workers included (private pages + shared once; PSS, "
           f"RSS sum in brackets), sampled each second in the --head-only-features run at {n_large} images: "
-          f"{watched.peak_gb:.2f} GB ({watched.peak_pss_gb:.2f}, {watched.peak_rss_gb:.2f})")
+          f"{watched.peak_gib:.2f} GiB ({watched.peak_pss_gib:.2f}, {watched.peak_rss_gib:.2f}); "
+          f"{watched.peak_gib * 2 ** 30 / 1e9:.2f} GB in powers of ten")
     print(f"cost of `protloc train --epochs-frozen 2 --epochs 1` (wall, start-up included): {small.seconds:.1f} s at "
           f"N={args.n}, {big.seconds:.1f} s at {n_large}: {big.seconds / small.seconds:.2f}x for {args.scale}x the images")
     frozen_seconds = 2 * n_large * 0.9 / large[2]
@@ -145,7 +146,7 @@ def print_criteria(cpu, seed, large, head_rate, predict, small, big, watched, ar
          predict["torch_cold"] / combined(predict["decode"], infer["forward"]) >= 0.85),
         *([("predict (cold, ONNX Runtime: predict's default on the CPU) >= 0.85x decode + ORT forward",
             predict["onnx_cold"] / combined(predict["decode"], predict["onnx_forward"]) >= 0.85)] if "onnx_cold" in predict else []),
-        ("training peak memory < 4 GB", watched.peak_gb < 4),
+        ("training peak memory < 4 GiB", watched.peak_gib < 4),
         (f"cost at {args.scale}N within {1.1 * args.scale:.1f}x of N", big.seconds / small.seconds <= 1.1 * args.scale),
     ]
     print("\ncriteria: " + "; ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in checks))

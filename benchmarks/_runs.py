@@ -63,12 +63,15 @@ def tree_memory_kb(pid: int) -> tuple[int, int, int]:
     return own, sum(p["Pss"] for p in processes), sum(p["Rss"] for p in processes)
 
 
+KIB_PER_GIB = 1024 ** 2  # /proc reports kB, which are KiB
+
+
 @dataclass
 class Measured:
     seconds: float
-    peak_gb: float  # see tree_memory_kb
-    peak_pss_gb: float
-    peak_rss_gb: float
+    peak_gib: float  # see tree_memory_kb
+    peak_pss_gib: float
+    peak_rss_gib: float
 
 
 def run_measured(command: list[str], log: Path, *, sample_memory: bool = True) -> Measured:
@@ -94,7 +97,7 @@ def run_measured(command: list[str], log: Path, *, sample_memory: bool = True) -
     seconds = time.perf_counter() - start
     if code != 0:
         sys.exit(f"benchmark: {' '.join(command)} failed (exit {code}); see {log}")
-    return Measured(seconds, peak[0] / 1e6, peak[1] / 1e6, peak[2] / 1e6)
+    return Measured(seconds, *(kib / KIB_PER_GIB for kib in peak))
 
 
 def protloc_command(*arguments) -> list[str]:

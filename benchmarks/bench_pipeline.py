@@ -6,7 +6,8 @@ One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next
   - limits: the same model and step on tensors already in memory (fine-tune step, forward only), measured
     just before and just after the training run the table reports, and just before and just after prediction
     (each row uses the two beside it); PNG decoding + resizing on all cores, and ONNX Runtime's forward;
-  - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32;
+  - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32, in a
+    process of its own as protloc's runs are (benchmarks/_seed_style.py);
   - protloc: `protloc train` runs at N and scale*N images (--epochs-frozen 2 --epochs 1; the second frozen
     epoch and the fine-tune epoch read the cache the first epoch filled), the same with
     --head-only-features (its memory sampled), and prediction, cold (decoding) and warm (cache), torch and ONNX.
@@ -75,21 +76,19 @@ def measure_limits(args, model_device: str = "cpu", dtype=None) -> dict:
 
 def mean_of(*measurements: dict) -> dict:
     """Each limit averaged over the measurements taken just before and just after the work it is compared with:
-    this shared machine's speed drifts (twice as fast for minutes at a time, seen), so a limit measured at
-    another time, or the best of several, would compare unlike moments."""
+    the limits rise as this process's heap grows (the forward pass about twice as fast once glibc keeps freed
+    memory; README, "Speed at real scale"), so a limit measured at another time, or the best of several, would
+    compare unlike moments."""
     return {key: sum(m[key] for m in measurements) / len(measurements) for key in measurements[0]}
 
 
-def measure_seed_style(args, table) -> dict:
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    dataset = limits.SeedStyleImages(table.frame["source"], table.targets,
-                                     limits.seed_transforms(512, args.image_size, mean, std))
-    workers = min(4, os.cpu_count() or 1)
-    model = limits.fresh_model(args.backbone, 10, "cpu", channels_last=False)
-    frozen = limits.seed_style_epoch(model, dataset, frozen=True, batch_size=args.batch_size, workers=workers)
-    model = limits.fresh_model(args.backbone, 10, "cpu", channels_last=False)
-    finetune = limits.seed_style_epoch(model, dataset, frozen=False, batch_size=args.batch_size, workers=workers)
-    return {"frozen": frozen, "finetune": finetune}
+def measure_seed_style(args, small: Path, work: Path) -> dict:
+    """The seed-style loop on the N images, in a new process (benchmarks/_seed_style.py)."""
+    command = [sys.executable, str(Path(__file__).parent / "_seed_style.py"), str(small), "--image-size",
+               str(args.image_size), "--batch-size", str(args.batch_size), "--backbone", args.backbone]
+    log = work / "seed-style.log"
+    runs.run_measured(command, log, sample_memory=False)
+    return next(json.loads(line) for line in reversed(log.read_text().splitlines()) if line.startswith("{"))
 
 
 def training_settings(args) -> dict:
@@ -168,8 +167,6 @@ def measure_predict(args, large: Path, work: Path) -> dict:
 def main() -> None:
     args = parse_args()
     small, large = prepare_data(Path(args.data_dir), args.n, args.scale)
-    from protloc.data.readers import read_dataset
-
     report.print_machine()
     load_before = os.getloadavg()
     work = Path(args.data_dir) / "work"  # runs, caches and logs of this benchmark, replaced by the next
@@ -184,7 +181,7 @@ def main() -> None:
     print("limits again ...", flush=True)
     after_training = measure_limits(args)
     print("seed-style loop ...", flush=True)
-    seed = measure_seed_style(args, read_dataset(small, split="train"))
+    seed = measure_seed_style(args, small, work)
     training.update(measure_other_runs(args, small, large, work))
     print("limits before prediction ...", flush=True)
     before_predict = measure_limits(args)

@@ -168,9 +168,9 @@ class LocalisationData(SeededData):
 
     def val_workers(self) -> int:
         # Validation images come decoded from the cache (the pre-training check and epoch 1 filled it), at about
-        # 0.3 ms each beside ~30 ms of model time: worker processes would hold memory (0.25 GB each) for nothing.
+        # 0.3 ms each beside ~30 ms of model time: worker processes would hold memory (0.24 GiB each) for nothing.
         # The same goes for labelling the validation images after training (run.finish_run), where workers
-        # forked from a process still holding the freed fine-tuning activations peaked at 4.17 GB (measured).
+        # forked from a process still holding the freed fine-tuning activations peaked at 3.98 GiB (measured).
         return 0 if self.cache is not None else self.workers
 
     def train_dataset(self) -> Dataset:
