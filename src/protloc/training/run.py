@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from protloc.allocator import freed_memory_kept
 from protloc.data.cache import ImageCache, open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
@@ -29,7 +30,6 @@ from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
 from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, RunConfig,
                           eval_preset, save_run)
-from protloc.training.allocator import freed_memory_kept
 from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.datamodule import LocalisationData

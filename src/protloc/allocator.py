@@ -1,11 +1,15 @@
-"""glibc's malloc settings for the frozen-backbone phase.
+"""glibc's malloc settings for work that runs forward passes batch after batch: the frozen-backbone phase
+of training, and prediction (or features) over many images.
 
 By default glibc hands large freed blocks back to the kernel (blocks over its mmap threshold, and a heap top
 over its trim threshold), so every batch faults its activations' pages in again. On the 2-core virtual machine
 the speed figures come from, that halved efficientnet_lite0's forward pass at batch 32 (22-28 images/s against
-43-57 with freed memory kept, README "Speed at real scale"). The frozen phase runs forward passes whose memory
-is small, so it keeps what it frees; fine-tuning, whose activations set the run's memory peak, gets memory
-back to the kernel again as glibc would by then.
+43-57 with freed memory kept, README "Speed at real scale"). A forward pass's memory is small, so that work
+keeps what it frees; fine-tuning, whose activations set the run's memory peak, gets memory back to the kernel
+again as glibc would by then.
+
+The settings are the process's: two threads inside at once share them, and the first to leave restores them.
+That costs speed, never results.
 """
 from __future__ import annotations
 
