@@ -18,8 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import _limits as limits  # noqa: E402
 from protloc.data.readers import read_dataset  # noqa: E402
-
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+from protloc.models.backbones import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def main() -> None:
