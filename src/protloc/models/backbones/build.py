@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from protloc.errors import ProtlocError, WeightsUnavailableError
+from protloc.models.backbones.activations import use_inplace_relu6
 from protloc.models.backbones.channels import adapt_stem
 from protloc.models.backbones.registry import DEFAULT_BACKBONE, BackboneSpec, backbone_spec, offline_backbones
 from protloc.models.backbones.weights import load_state, read_state_dict
@@ -66,6 +67,7 @@ def load_backbone(
     num_features = _remove_head(net, head, spec.library)
     if in_chans != 3:
         adapt_stem(net, in_chans)
+    use_inplace_relu6(net)
     cam_layer = spec.cam_layer_name or _find_cam_layer(net, in_chans, spec.input_size)
     return Backbone(net, spec, num_features, in_chans, cam_layer)
 
