@@ -6,7 +6,9 @@ transforms to the full-size image at every step, in fp32 without channels_last, 
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import time
 from multiprocessing import get_context
 
@@ -57,6 +59,17 @@ def rate(step, batches, steps: int, device: str) -> float:
         images += len(batch[0])
     synchronize(device)
     return images / (time.perf_counter() - start)
+
+
+def measure(backbone: str, batch_size: int, image_size: int, steps: int, device: str = "cpu", dtype=None) -> dict:
+    """Images per second of the forward pass, the frozen-backbone step and the fine-tune step (`steps` of them)."""
+    batches = memory_batches(2, batch_size, image_size, 10, device)
+    model = fresh_model(backbone, 10, device)
+    forward = forward_limit(model, batches, steps=4 * steps, device=device, dtype=dtype)
+    frozen = train_step_limit(model, batches, frozen=True, steps=2 * steps, device=device, dtype=dtype)
+    model = fresh_model(backbone, 10, device)
+    finetune = train_step_limit(model, batches, frozen=False, steps=steps, device=device, dtype=dtype)
+    return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
 
 
 def train_step_limit(model, batches, *, frozen: bool, steps: int, device: str, dtype=None) -> float:
@@ -162,3 +175,18 @@ def seed_style_epoch(model, dataset: Dataset, *, frozen: bool, batch_size: int, 
         optimizer.step()
         images += len(batch)
     return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    """`python benchmarks/_limits.py [--backbone ...]`: `measure` in a process of its own; JSON on the last line."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.backbone, args.batch_size, args.image_size, args.steps)))
+
+
+if __name__ == "__main__":
+    main()

@@ -105,8 +105,9 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
     n_large = args.n * args.scale
     startups = {name: predict[f"cli_{name}"].seconds - predict["n"] / predict[f"{name}_cold"]
                 for name in ("torch", "onnx") if f"cli_{name}" in predict}
-    print("\nlimits (images/s) measured just before and after the scale*N training run and its feature pass (the "
-          "training rows use the mean of these two), then just before and after prediction (the prediction rows):")
+    print("\nlimits (images/s) measured in a new process just before and after the scale*N training run and its "
+          "feature pass (the training rows use the mean of these two), then in the benchmark's process just before "
+          "and after prediction (the prediction rows):")
     for key, name in (("finetune", "compute-only fine-tune step"), ("frozen_step", "frozen step (no_grad backbone)"),
                       ("forward", "forward only")):
         print(f"  {name}: " + ", ".join(f"{m[key]:.1f}" for m in cpu["each"]))
@@ -146,7 +147,7 @@ def print_criteria(cpu, seed, large, head_rate, predict, small, big, watched, ar
          predict["torch_cold"] / combined(predict["decode"], infer["forward"]) >= 0.85),
         *([("predict (cold, ONNX Runtime: predict's default on the CPU) >= 0.85x decode + ORT forward",
             predict["onnx_cold"] / combined(predict["decode"], predict["onnx_forward"]) >= 0.85)] if "onnx_cold" in predict else []),
-        ("training peak memory < 4 GiB", watched.peak_gib < 4),
+        ("training peak memory < 4 GB (powers of ten, so also < 4 GiB)", watched.peak_gib * 2 ** 30 < 4e9),
         (f"cost at {args.scale}N within {1.1 * args.scale:.1f}x of N", big.seconds / small.seconds <= 1.1 * args.scale),
     ]
     print("\ncriteria: " + "; ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in checks))

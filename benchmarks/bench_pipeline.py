@@ -4,8 +4,9 @@
 
 One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next run):
   - limits: the same model and step on tensors already in memory (fine-tune step, forward only), measured
-    just before and just after the training run the table reports, and just before and just after prediction
-    (each row uses the two beside it); PNG decoding + resizing on all cores, and ONNX Runtime's forward;
+    just before and just after the training run the table reports (in a new process, as protloc trains), and
+    just before and just after prediction (in this process, where prediction is timed); each row uses the two
+    beside it; PNG decoding + resizing on all cores, and ONNX Runtime's forward;
   - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32, in a
     process of its own as protloc's runs are (benchmarks/_seed_style.py);
   - protloc: `protloc train` runs at N and scale*N images (--epochs-frozen 2 --epochs 1; the second frozen
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,21 +66,26 @@ def prepare_data(folder: Path, n: int, scale: int) -> tuple[Path, Path]:
     return small, large
 
 
-def measure_limits(args, model_device: str = "cpu", dtype=None) -> dict:
-    batches = limits.memory_batches(2, args.batch_size, args.image_size, 10, model_device)
-    model = limits.fresh_model(args.backbone, 10, model_device)
-    forward = limits.forward_limit(model, batches, steps=4 * args.steps, device=model_device, dtype=dtype)
-    frozen = limits.train_step_limit(model, batches, frozen=True, steps=2 * args.steps, device=model_device, dtype=dtype)
-    model = limits.fresh_model(args.backbone, 10, model_device)
-    finetune = limits.train_step_limit(model, batches, frozen=False, steps=args.steps, device=model_device, dtype=dtype)
-    return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
+def measure_limits(args) -> dict:
+    """The limits in this process: beside prediction, which the benchmark times in this process too."""
+    return limits.measure(args.backbone, args.batch_size, args.image_size, args.steps)
+
+
+def measure_limits_in_new_process(args) -> dict:
+    """The limits in a new process, as `protloc train` runs: beside the training rows. In this long-lived process
+    they rise as its heap grows (the fine-tune step from 9.8 to 12.3 images/s within one run), which a new
+    process never sees."""
+    command = [sys.executable, str(Path(__file__).parent / "_limits.py"), "--backbone", args.backbone,
+               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--steps", str(args.steps)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def mean_of(*measurements: dict) -> dict:
     """Each limit averaged over the measurements taken just before and just after the work it is compared with:
-    the limits rise as this process's heap grows (the forward pass about twice as fast once glibc keeps freed
-    memory; README, "Speed at real scale"), so a limit measured at another time, or the best of several, would
-    compare unlike moments."""
+    this machine's speed drifts over minutes, and in the benchmark's process the limits rise as its heap grows
+    (the forward pass about twice as fast once glibc keeps freed memory; README, "Speed at real scale"), so a
+    limit measured at another time, or the best of several, would compare unlike moments."""
     return {key: sum(m[key] for m in measurements) / len(measurements) for key in measurements[0]}
 
 
@@ -174,12 +181,12 @@ def main() -> None:
     work.mkdir(parents=True)
     # Each row's limits are measured just before and just after it, and the seed-style loop runs right after
     # the run it is compared with: this machine's speed drifts over minutes.
-    print("limits ...", flush=True)
-    before_training = measure_limits(args)
+    print("limits, in a new process ...", flush=True)
+    before_training = measure_limits_in_new_process(args)
     training = measure_large_run(args, large, work)
     features = measure_features(args, large, work)
-    print("limits again ...", flush=True)
-    after_training = measure_limits(args)
+    print("limits again, in a new process ...", flush=True)
+    after_training = measure_limits_in_new_process(args)
     print("seed-style loop ...", flush=True)
     seed = measure_seed_style(args, small, work)
     training.update(measure_other_runs(args, small, large, work))
