@@ -1,8 +1,9 @@
 """What the hardware allows and what the seed notebook's loop gets, for bench_pipeline.py.
 
-Limits run the same model, batch size, precision and memory format as protloc on tensors already in memory:
-nothing to decode, load or augment. The seed-style loop decodes each PNG with PIL and applies torchvision's
-transforms to the full-size image at every step, in fp32 without channels_last, as the seed notebook did.
+Limits run the same model, batch size, precision, memory format and malloc settings as protloc on tensors
+already in memory: nothing to decode, load or augment. The seed-style loop decodes each PNG with PIL and applies
+torchvision's transforms to the full-size image at every step, in fp32 without channels_last, as the seed
+notebook did.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from protloc.allocator import freed_memory_kept
 from protloc.data.cache import decode_resized
 from protloc.models.classifier import build_model, freeze_backbone
 
@@ -62,11 +64,14 @@ def rate(step, batches, steps: int, device: str) -> float:
 
 
 def measure(backbone: str, batch_size: int, image_size: int, steps: int, device: str = "cpu", dtype=None) -> dict:
-    """Images per second of the forward pass, the frozen-backbone step and the fine-tune step (`steps` of them)."""
+    """Images per second of the forward pass, the frozen-backbone step and the fine-tune step (`steps` of them),
+    each with glibc's malloc set as protloc sets it for that work: freed memory kept for forward passes (the
+    frozen phase, prediction), its defaults for fine-tuning."""
     batches = memory_batches(2, batch_size, image_size, 10, device)
     model = fresh_model(backbone, 10, device)
-    forward = forward_limit(model, batches, steps=4 * steps, device=device, dtype=dtype)
-    frozen = train_step_limit(model, batches, frozen=True, steps=2 * steps, device=device, dtype=dtype)
+    with freed_memory_kept():
+        forward = forward_limit(model, batches, steps=4 * steps, device=device, dtype=dtype)
+        frozen = train_step_limit(model, batches, frozen=True, steps=2 * steps, device=device, dtype=dtype)
     model = fresh_model(backbone, 10, device)
     finetune = train_step_limit(model, batches, frozen=False, steps=steps, device=device, dtype=dtype)
     return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
