@@ -110,3 +110,22 @@ def test_prediction_keeps_freed_memory_over_several_batches_and_not_for_one(libc
     beyond_mmapped.clear()
     predictor.predict_table(table, batch_size=len(table))
     assert beyond_mmapped == [True]
+
+
+def test_backbone_features_keep_freed_memory_over_several_batches(libc, untrained_run, demo_data):
+    from protloc.data.dataset import ImageDataset
+    from protloc.data.readers import read_dataset
+    from protloc.data.transforms import eval_transforms
+    from protloc.runs import load_run
+    from protloc.training.features import compute_features
+
+    config, model = load_run(untrained_run())
+    heap_served = []  # per batch, as the backbone's forward pass starts
+    model.backbone.register_forward_pre_hook(lambda _module, _inputs: heap_served.append(heap_serves_a_block(libc)))
+    table = read_dataset(demo_data, split="test")
+    transform = eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)
+    dataset = ImageDataset(table, channels=3, transform=transform, image_size=config.image_size)
+    features = compute_features(model, dataset, batch_size=len(table) // 2, workers=0, device="cpu",
+                                autocast_dtype=None, show_progress=False)
+    assert heap_served == [True, True] and len(features) == len(table)
+    assert a_block_beyond_the_free_memory_is_mmapped(libc)  # glibc's thresholds again on leaving

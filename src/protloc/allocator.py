@@ -53,3 +53,9 @@ def freed_memory_kept():
         libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD)
         libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
         libc.malloc_trim(0)
+
+
+def freed_memory_kept_for_batches(items: int, batch_size: int):
+    """`freed_memory_kept()` for forward passes over `items` in batches of `batch_size`, when there is more than
+    one batch; a single batch has nothing to reuse and keeps glibc's defaults."""
+    return freed_memory_kept() if items > batch_size else contextlib.nullcontext()

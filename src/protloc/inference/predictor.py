@@ -8,7 +8,6 @@ channels, bit depth, mean/std, thresholds) comes from the run's config.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from protloc.allocator import freed_memory_kept
+from protloc.allocator import freed_memory_kept_for_batches
 from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
@@ -90,7 +89,7 @@ def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor], dataset: Dat
     problems = [""] * len(dataset)
     # Batch after batch, each one's activations are the size of the last one's: kept, they are reused instead
     # of faulted in again (twice the images per second on the CPU; allocator.py). One batch has nothing to reuse.
-    keep_freed_memory = freed_memory_kept() if len(dataset) > batch_size else contextlib.nullcontext()
+    keep_freed_memory = freed_memory_kept_for_batches(len(dataset), batch_size)
     with keep_freed_memory, tqdm(total=len(dataset), desc=desc, unit="img", disable=not show_progress,
                                  leave=False) as bar:
         for images, _targets, rows, batch_problems in _loader(dataset, batch_size, workers):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from protloc.allocator import freed_memory_kept_for_batches
 from protloc.data.cache import FEATURES_FOLDER, ImageCache, entry_key
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
@@ -85,11 +86,14 @@ def compute_features(model, dataset: Dataset, *, batch_size: int, workers: int, 
                         pin_memory=device.startswith("cuda"))
     autocast = (torch.autocast(device.split(":")[0], dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
+    # Forward passes batch after batch, as in prediction: about twice as fast on the CPU (allocator.py).
+    keep_freed_memory = freed_memory_kept_for_batches(len(dataset), batch_size)
     try:
-        for images, *_ in tqdm(loader, desc="backbone features", unit="batch", disable=not show_progress):
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), autocast:
-                batches.append(model.backbone(images).float())  # kept on the device: no wait per batch
+        with keep_freed_memory:
+            for images, *_ in tqdm(loader, desc="backbone features", unit="batch", disable=not show_progress):
+                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), autocast:
+                    batches.append(model.backbone(images).float())  # kept on the device: no wait per batch
         features = torch.cat(batches).cpu().numpy() if batches else np.zeros((0, model.backbone.num_features), np.float32)
     finally:
         model.to("cpu", memory_format=torch.contiguous_format).train(was_training)
