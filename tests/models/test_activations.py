@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -25,8 +27,6 @@ def _saved_bytes(model: nn.Module, images: torch.Tensor) -> int:
 
 def _stock_copy(model: nn.Module) -> nn.Module:
     """The same network and weights with PyTorch's own in-place ReLU6 back in place of ours."""
-    import copy
-
     stock = copy.deepcopy(model)
     for name, module in list(stock.named_modules()):
         if isinstance(module, InplaceReLU6):

@@ -5,7 +5,8 @@ the registry (`list_backbones()`), then timm, then torchvision; `timm:NAME` or
 `torchvision:NAME` picks a library explicitly where both know a name.
 
 Modules: ``registry`` (names and specs), ``weights`` (ImageNet weights and state dict files),
-``channels`` (1- and 4-channel inputs), ``activations`` (a ReLU6 that saves no copy in training) and ``build`` (`load_backbone`, which puts them together).
+``channels`` (1- and 4-channel inputs), ``activations`` (a ReLU6 that saves no copy in training) and
+``build`` (`load_backbone`, which puts them together).
 """
 from __future__ import annotations
 

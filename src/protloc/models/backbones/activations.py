@@ -3,7 +3,7 @@
 PyTorch's in-place ReLU6 (`nn.ReLU6(inplace=True)`, which runs `hardtanh_`) keeps a copy of its input for the
 backward pass, so "in place" saves no memory in training (pytorch/pytorch#95432; the fix, #190506, is not in
 a release yet). efficientnet_lite0 and MobileNetV2 put one after nearly every convolution: at batch 32 and
-224 px the copies are about 0.75 GiB of efficientnet_lite0's 2.4 GiB of saved activations, which made
+224 px the copies are about 0.5 GiB of efficientnet_lite0's 2.4 GiB of saved activations, which made
 fine-tuning on the CPU peak over 4 GB.
 
 `InplaceReLU6` saves its output instead, as PyTorch's own `relu_` does. The output is clamped to [0, 6], so
