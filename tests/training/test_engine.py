@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 
 from protloc.devices import bf16_is_native
 from protloc.errors import ProtlocError
-from protloc.training.engine import LIGHTNING_PRECISIONS, Engine, resolve_engine, training_precision
+from protloc.training.engine import LIGHTNING_PRECISIONS, Engine, resolve_engine, training_precision, worker_count
 from protloc.training.train import train
 
 
@@ -29,6 +30,18 @@ def test_devices_map_to_lightnings_accelerator_and_devices():
     ddp = Engine(device="cpu", precision="fp32", processes=2, num_nodes=3, workers=0)
     assert (ddp.accelerator, ddp.lightning_devices, ddp.world_size) == ("cpu", 2, 6)
     assert ddp.describe() == "device cpu, precision fp32 (32-true), 2 processes x 3 nodes, 0 loader workers each"
+
+
+def test_loader_workers_default_to_none_on_the_cpu_with_the_image_cache(tiny_recipe):
+    """Cached images cost the CPU little to load, and loader processes would take cores from the model's threads."""
+    with_cache = tiny_recipe.config("d", "o", workers=None, cache=True)
+    without_cache = tiny_recipe.config("d", "o", workers=None, cache=False)
+    several = min(4, os.cpu_count() or 1)
+    assert worker_count(with_cache, "cpu") == 0
+    assert worker_count(without_cache, "cpu") == several  # decoding every epoch is work for other processes
+    assert worker_count(with_cache, "cuda") == several  # and so is feeding a GPU
+    assert worker_count(tiny_recipe.config("d", "o", workers=3, cache=True), "cpu") == 3  # --workers wins
+    assert resolve_engine(with_cache).workers == 0  # the tiny recipe trains on the CPU
 
 
 def test_engine_requests_that_cannot_be_had_are_refused(tiny_recipe):

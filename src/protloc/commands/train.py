@@ -114,7 +114,8 @@ def add_training_engine_options(parser) -> None:
         "precision": "auto: bf16 on GPUs that have it (else fp16) and on CPUs that compute bf16 natively; fp32 on "
                      "other CPUs, where bf16 is emulated and slow (default %(default)s)",
         "batch_size": "images per batch and process (default %(default)s)",
-        "workers": f"DataLoader processes per training process (default min(4, CPUs) = {min(4, os.cpu_count() or 1)})",
+        "workers": "DataLoader processes per training process (default: none on the CPU with the image cache, where "
+                   f"loading runs between steps; else min(4, CPUs) = {min(4, os.cpu_count() or 1)})",
     })
     add(engine, "devices", "processes per node, one per device; 2 or more train with DDP (gloo on the CPU)", type=positive_int)
     add(engine, "num_nodes", "machines for DDP, each running this command under a launcher that sets MASTER_ADDR, "

@@ -53,7 +53,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     precision: str = "auto"  # auto, fp32, bf16 or fp16
     batch_size: int = 32
-    workers: int | None = None  # None: min(4, CPU count)
+    workers: int | None = None  # None: engine.worker_count decides
     devices: int = 1  # processes per node; 2 or more train with DDP
     num_nodes: int = 1
     resume: bool = False
