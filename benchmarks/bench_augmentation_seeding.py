@@ -21,7 +21,7 @@ from protloc.data.cache import open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import read_dataset
 from protloc.data.synthetic import write_demo_dataset
-from protloc.data.transforms import train_transforms
+from protloc.data.transforms import Augmentation, eval_transforms
 from protloc.training.datamodule import SeededAugmentation
 
 
@@ -32,7 +32,7 @@ class SeededEverywhere(SeededAugmentation):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.dataset[index]
+            return (*self.dataset[index], self.augmentation.draw())
 
 
 def milliseconds_per_image(dataset, n: int) -> float:
@@ -55,13 +55,13 @@ def main() -> None:
         table = read_dataset(Path(folder) / "data")
         cache = open_image_cache(Path(folder) / "cache")
         cache.prepare(table.frame["source"], 3, args.size, bit_depth=table.bit_depth)
-        images = ImageDataset(table, channels=3, image_size=args.size, cache=cache,
-                              transform=train_transforms(image_size=args.size, mean=[0.5] * 3, std=[0.25] * 3))
-        cpu_only, everywhere = SeededAugmentation(images), SeededEverywhere(images)
-        assert torch.equal(cpu_only[(0, 5)][0], everywhere[(0, 5)][0])  # the same augmentation
+        transform = eval_transforms(image_size=args.size, mean=[0.5] * 3, std=[0.25] * 3, to_model_input=False)
+        images = ImageDataset(table, channels=3, image_size=args.size, cache=cache, transform=transform)
+        cpu_only, everywhere = SeededAugmentation(images, Augmentation()), SeededEverywhere(images, Augmentation())
+        assert torch.equal(cpu_only[(0, 5)][-1], everywhere[(0, 5)][-1])  # the same augmentation
         milliseconds_per_image(cpu_only, args.n)  # fills the cache: later rounds read decoded images
-        print(f"{args.n} generated {args.size} px images per round, read from the cache and augmented through a "
-              f"DataLoader (batch 32, no workers), ms per image:")
+        print(f"{args.n} generated {args.size} px images per round, read from the cache through a DataLoader with "
+              f"their augmentation maps drawn (batch 32, no workers), ms per image:")
         ratios = []
         for round_number in range(1, args.repeats + 1):
             new, old = milliseconds_per_image(cpu_only, args.n), milliseconds_per_image(everywhere, args.n)

@@ -1,4 +1,4 @@
-"""The fast paths change speed, not results: the image cache, device-side normalisation, the frozen backbone
+"""The fast paths change speed, not results: the image cache, batched work on the device, the frozen backbone
 without autograd, and the head-only shortcut (which changes results by design, but exactly reproducibly)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from protloc.data.cache import FEATURES_FOLDER, IMAGES_FOLDER, open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import read_dataset
-from protloc.data.transforms import batch_to_model_input, eval_transforms, train_transforms
+from protloc.data.transforms import Augmentation, augment_batch, batch_to_model_input, eval_transforms
 from protloc.models.classifier import build_model
 from protloc.runs import load_config
 from protloc.training.datamodule import LocalisationData, SeededAugmentation
@@ -82,16 +82,18 @@ def test_with_the_cache_only_training_images_are_read_in_worker_processes(demo_d
 
 
 def test_an_images_augmentation_follows_its_seed_alone_and_leaves_the_process_rng_alone(demo_data):
-    transform = train_transforms(image_size=32, mean=[0.5] * 3, std=[0.25] * 3)
-    augmented = SeededAugmentation(ImageDataset(read_dataset(demo_data), channels=3, transform=transform, image_size=32))
+    transform = eval_transforms(image_size=32, mean=[0.5] * 3, std=[0.25] * 3, to_model_input=False)
+    augmented = SeededAugmentation(ImageDataset(read_dataset(demo_data), channels=3, transform=transform, image_size=32),
+                                   Augmentation())
     torch.manual_seed(1)
-    first = augmented[(0, 7)][0]
+    image, *_, first = augmented[(0, 7)]
+    assert image.dtype == torch.uint8 and first.shape == (2, 3)  # the image as read, and its map
     state = torch.get_rng_state()
-    again = augmented[(0, 7)][0]
+    again = augmented[(0, 7)][-1]
     assert torch.equal(torch.get_rng_state(), state)  # dropout's draws do not depend on data loading
     torch.manual_seed(2)
-    assert torch.equal(augmented[(0, 7)][0], first) and torch.equal(again, first)
-    assert not torch.equal(augmented[(0, 8)][0], first)
+    assert torch.equal(augmented[(0, 7)][-1], first) and torch.equal(again, first)
+    assert not torch.equal(augmented[(0, 8)][-1], first)
 
 
 def test_the_frozen_backbone_runs_without_autograd_and_only_the_head_learns():
@@ -108,20 +110,23 @@ def test_the_frozen_backbone_runs_without_autograd_and_only_the_head_learns():
     assert all(p.grad is not None for p in model.head.parameters())
 
 
-def test_normalising_batches_on_the_device_gives_the_per_image_values(demo_data):
+def test_training_batches_are_augmented_on_the_device_and_validation_batches_are_as_prediction_sees_them(demo_data):
     table = read_dataset(demo_data, split="train")
     rows = np.arange(len(table))
-
-    def batches(on_device: bool):
-        data = LocalisationData(table, rows[:64], rows[64:], image_size=32, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3],
-                                channels=3, batch_size=16, workers=0, seed=3, normalize_on_device=on_device)
-        for loader in (data.train_dataloader(), data.val_dataloader()):
-            batch = next(iter(loader))
-            assert batch[0].dtype == (torch.uint8 if on_device else torch.float32)
-            yield data.on_after_batch_transfer(batch, 0)[0]
-
-    for per_image, batched in zip(batches(False), batches(True)):
-        assert torch.equal(per_image, batched)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    data = LocalisationData(table, rows[:64], rows[64:], image_size=32, mean=mean, std=std, channels=3, batch_size=16,
+                            workers=0, seed=3)
+    train_batch, val_batch = next(iter(data.train_dataloader())), next(iter(data.val_dataloader()))
+    assert train_batch[0].dtype == val_batch[0].dtype == torch.uint8  # a quarter of the bytes to copy to a GPU
+    images, targets, batch_rows, problems = data.on_after_batch_transfer(train_batch, 0)
+    plain = batch_to_model_input(train_batch[0], torch.tensor(mean), torch.tensor(std))
+    assert torch.equal(images, augment_batch(train_batch[0], train_batch[4], torch.tensor(mean), torch.tensor(std)))
+    assert images.dtype == torch.float32 and not torch.allclose(images, plain, atol=0.1)
+    assert torch.equal(targets, train_batch[1]) and torch.equal(batch_rows, train_batch[2]) and problems == train_batch[3]
+    # Validation batches: no augmentation, and the values prediction's per-image preset gives.
+    prediction = eval_transforms(image_size=32, mean=mean, std=std)
+    expected = torch.stack([prediction(data.val_dataset().read(index)) for index in range(16)])
+    assert torch.equal(data.on_after_batch_transfer(val_batch, 0)[0], expected)
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     mean, std = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.3, 0.2, 0.1])
     tail = eval_transforms(image_size=8, mean=mean.tolist(), std=std.tolist())

@@ -6,9 +6,10 @@ the run was stopped and resumed in between. That is what lets a resumed run end 
 uninterrupted one.
 
 Speed: with an ImageCache each image is decoded and resized once for the whole run (and later runs), so the
-loader's work per image is a 0.1 ms read plus the augmentation at training size. With `normalize_on_device`
-(the default on GPUs) the loader hands over uint8 batches, pinned, and the float conversion and normalisation
-run batched on the device after the (non-blocking) copy; the values are the same as the per-image path's.
+loader's work per image is a 0.1 ms read and the draw of its augmentation map. It hands over uint8 batches (with
+the maps of training images), pinned on a GPU, and the float conversion, normalisation and augmentation run
+batched on the device after the (non-blocking) copy: on a GPU instead of on the loader's few CPU cores, and on
+the CPU in one pass on all cores. Validation batches get the same values as prediction's per-image path.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
-from protloc.data.transforms import batch_to_model_input, eval_transforms, train_transforms
+from protloc.data.transforms import Augmentation, augment_batch, batch_to_model_input, eval_transforms
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -47,10 +48,12 @@ class EpochSeededSampler(DistributedSampler):
 
 
 class SeededAugmentation(Dataset):
-    """Items of `dataset` fetched by (row, seed): the augmentation draws from that seed, in whatever process."""
+    """Items of `dataset` fetched by (row, seed), each with its augmentation map (`Augmentation.draw`) appended:
+    the map draws from that seed, in whatever process."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Dataset, augmentation: Augmentation):
         self.dataset = dataset
+        self.augmentation = augmentation
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -63,7 +66,7 @@ class SeededAugmentation(Dataset):
         # milliseconds per image, on the cores that feed the model.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            return self.dataset[index]
+            return (*self.dataset[index], self.augmentation.draw())
 
 
 class SeededData(L.LightningDataModule):
@@ -144,7 +147,7 @@ class LocalisationData(SeededData):
         workers: int,
         seed: int,
         cache=None,
-        normalize_on_device: bool = False,
+        augmentation: Augmentation = Augmentation(),
     ):
         super().__init__(batch_size=batch_size, workers=workers, seed=seed)
         self.train_table = table.subset(train_rows)
@@ -153,7 +156,7 @@ class LocalisationData(SeededData):
         self.mean, self.std = list(mean), list(std)
         self.channels = channels
         self.cache = cache  # a protloc.data.cache.ImageCache, or None to decode every image on every read
-        self.normalize_on_device = normalize_on_device
+        self.augmentation = augmentation
         self._normalization: dict = {}  # device -> (mean, std) tensors
         self._cache_prepared = False
 
@@ -173,21 +176,24 @@ class LocalisationData(SeededData):
         # forked from a process still holding the freed fine-tuning activations peaked at 3.98 GiB (measured).
         return 0 if self.cache is not None else self.workers
 
+    def _resized(self, table: DatasetTable) -> ImageDataset:
+        """uint8 images of the training size: everything else happens to whole batches on the device."""
+        transform = eval_transforms(image_size=self.image_size, mean=self.mean, std=self.std, to_model_input=False)
+        return self._dataset(table, transform)
+
     def train_dataset(self) -> Dataset:
-        transform = train_transforms(image_size=self.image_size, mean=self.mean, std=self.std,
-                                     to_model_input=not self.normalize_on_device)
-        return SeededAugmentation(self._dataset(self.train_table, transform))
+        return SeededAugmentation(self._resized(self.train_table), self.augmentation)
 
     def val_dataset(self) -> Dataset:
-        transform = eval_transforms(image_size=self.image_size, mean=self.mean, std=self.std,
-                                    to_model_input=not self.normalize_on_device)
-        return self._dataset(self.val_table, transform)
+        return self._resized(self.val_table)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if not self.normalize_on_device:
-            return batch
-        images, *rest = batch
+        """uint8 batches to normalised float; training batches (which carry their maps) augmented too."""
+        images, targets, rows, problems, *maps = batch
         if images.device not in self._normalization:
             self._normalization[images.device] = tuple(torch.tensor(values, device=images.device)
                                                        for values in (self.mean, self.std))
-        return (batch_to_model_input(images, *self._normalization[images.device]), *rest)
+        normalization = self._normalization[images.device]
+        if maps:
+            return augment_batch(images, maps[0], *normalization), targets, rows, problems
+        return batch_to_model_input(images, *normalization), targets, rows, problems

@@ -111,7 +111,7 @@ def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: P
                                   workers=engine.workers, cache=cache)
     data = LocalisationData(table, train_rows, val_rows, image_size=image_size, mean=mean, std=std,
                             channels=config.channels, batch_size=config.batch_size, workers=engine.workers,
-                            seed=config.seed, cache=cache, normalize_on_device=engine.accelerator == "gpu")
+                            seed=config.seed, cache=cache)
     pos_weight = auto_pos_weight(table.targets[train_rows]) if config.pos_weight == "auto" else None
     history = TrainingHistory(run_dir / METRICS_FILE)
     fit = dict(run_dir=run_dir, loss=make_loss(config.loss, pos_weight), label_names=list(table.label_set.names),
