@@ -63,23 +63,46 @@ def rate(step, batches, steps: int, device: str) -> float:
     return images / (time.perf_counter() - start)
 
 
-def measure(backbone: str, batch_size: int, image_size: int, steps: int, device: str = "cpu", dtype=None) -> dict:
+def step_seconds(step, batches, steps: int, device: str) -> list[float]:
+    """Seconds of each of `steps` calls of `step`, cycling through `batches`, the first included."""
+    seconds = []
+    for index in range(steps):
+        start = time.perf_counter()
+        step(*batches[index % len(batches)])
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def measure(backbone: str, batch_size: int, image_size: int, steps: int, device: str = "cpu", dtype=None,
+            epoch_steps: int | None = None) -> dict:
     """Images per second of the forward pass, the frozen-backbone step and the fine-tune step (`steps` of them),
     each with glibc's malloc set as protloc sets it for that work: freed memory kept for forward passes (the
-    frozen phase, prediction), its defaults for fine-tuning."""
+    frozen phase, prediction), its defaults for fine-tuning.
+
+    With `epoch_steps`, fine-tuning is measured as an epoch of that many steps from a fresh model and optimiser,
+    the first step included ("finetune"), as protloc's fine-tuning epoch is timed; "finetune_steady" is the same
+    steps after the first. The first step chooses kernels for the backward pass and takes the activations' and
+    the optimiser's memory: about 1 s more than later steps (of about 3), so in an epoch of 14 steps it weighs
+    2-3%, and in a Zero-to-GANs epoch of 600 nothing."""
     batches = memory_batches(2, batch_size, image_size, 10, device)
     model = fresh_model(backbone, 10, device)
     with freed_memory_kept():
         forward = forward_limit(model, batches, steps=4 * steps, device=device, dtype=dtype)
         frozen = train_step_limit(model, batches, frozen=True, steps=2 * steps, device=device, dtype=dtype)
     model = fresh_model(backbone, 10, device)
-    finetune = train_step_limit(model, batches, frozen=False, steps=steps, device=device, dtype=dtype)
-    return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
+    if epoch_steps is None:
+        finetune = train_step_limit(model, batches, frozen=False, steps=steps, device=device, dtype=dtype)
+        return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
+    seconds = train_step_limit(model, batches, frozen=False, steps=epoch_steps, device=device, dtype=dtype, epoch=True)
+    return {"forward": forward, "frozen_step": frozen, "finetune": batch_size * epoch_steps / sum(seconds),
+            "finetune_steady": batch_size * (epoch_steps - 1) / sum(seconds[1:])}
 
 
-def train_step_limit(model, batches, *, frozen: bool, steps: int, device: str, dtype=None) -> float:
+def train_step_limit(model, batches, *, frozen: bool, steps: int, device: str, dtype=None, epoch: bool = False):
     """protloc's training step without Lightning or loading: forward (the frozen backbone under no_grad), BCE,
-    backward, gradient clipping by value 0.1, Adam."""
+    backward, gradient clipping by value 0.1, Adam. Images per second after a warm-up step; with `epoch`, the
+    seconds of each step instead, the first included."""
     model.train()
     if frozen:
         freeze_backbone(model)
@@ -101,7 +124,7 @@ def train_step_limit(model, batches, *, frozen: bool, steps: int, device: str, d
         torch.nn.utils.clip_grad_value_(trainable, 0.1)
         optimizer.step()
 
-    return rate(step, batches, steps, device)
+    return step_seconds(step, batches, steps, device) if epoch else rate(step, batches, steps, device)
 
 
 def forward_limit(model, batches, *, steps: int, device: str, dtype=None) -> float:
@@ -189,8 +212,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--epoch-steps", type=int, help="fine-tune as an epoch of this many steps, the first included")
     args = parser.parse_args()
-    print(json.dumps(measure(args.backbone, args.batch_size, args.image_size, args.steps)))
+    print(json.dumps(measure(args.backbone, args.batch_size, args.image_size, args.steps, epoch_steps=args.epoch_steps)))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def print_cpu_table(args, cpu, seed, training, features, predict, load_before, l
         "",
         "| step | protloc | limit (what) | protloc / limit | seed-style loop | protloc / seed-style |",
         "|---|---|---|---|---|---|",
-        row("fine-tune epoch (cache warm)", large[3], train["finetune"], "compute only", seed["finetune"]),
+        row("fine-tune epoch (cache warm)", large[3], train["finetune"], "compute-only epoch", seed["finetune"]),
         row("frozen-backbone epoch, augmented (cache warm)", large[2], train["forward"], "forward only", seed["frozen"]),
         row("first frozen epoch (the pre-training check filled the cache)", large[1], train["forward"], "forward only",
             seed["frozen"]),
@@ -108,9 +108,14 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
     print("\nlimits (images/s) measured in a new process just before and after the scale*N training run and its "
           "feature pass (the training rows use the mean of these two), then in the benchmark's process just before "
           "and after prediction (the prediction rows):")
-    for key, name in (("finetune", "compute-only fine-tune step"), ("frozen_step", "frozen step (no_grad backbone)"),
-                      ("forward", "forward only")):
-        print(f"  {name}: " + ", ".join(f"{m[key]:.1f}" for m in cpu["each"]))
+    for key, name in (("finetune", "compute-only fine-tune epoch (first step included; in the prediction process: "
+                                    "steps after a warm-up)"),
+                      ("finetune_steady", "the same epoch's steps after the first"),
+                      ("frozen_step", "frozen step (no_grad backbone)"), ("forward", "forward only")):
+        print(f"  {name}: " + ", ".join(f"{m[key]:.1f}" for m in cpu["each"] if key in m))
+    train = cpu["train"]
+    print(f"  fine-tune epoch against the steady-state limit (steps after the first): "
+          f"{large[3] / train['finetune_steady']:.2f}x")
     print(f"  PNG decode + resize on all cores: {predict['decode']:.1f}")
     for name, startup in startups.items():
         print(f"predict start-up, --engine {name} (CLI wall {predict[f'cli_{name}'].seconds:.1f} s for {predict['n']} new "

@@ -2,8 +2,9 @@
 
     python benchmarks/bench_loader_settings.py [--n 128] [--phase frozen|finetune|both] [--rounds 2]
 
-Feeds protloc's own training loader (LocalisationData: cached reads, per-image seeded augmentation) into the
-training step protloc runs (the frozen backbone under no_grad, or everything), for --workers 0/1/2 and
+Feeds protloc's own training loader (LocalisationData: cached reads and per-image seeded augmentation maps, the
+batch then converted and augmented in this process as Lightning has it done on the device) into the training
+step protloc runs (the frozen backbone under no_grad, or everything), for --workers 0/1/2 and
 torch.set_num_threads 1/2, and beside each the same step on the same number of batches already in memory.
 Settings run interleaved, round after round, so that a busy shared machine weighs on all of them alike; the
 ratio loader / in-memory of the same round and threads says whether loading starves the model.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import sys
 import time
@@ -48,10 +50,12 @@ def step_function(model, *, frozen: bool):
     return step
 
 
-def epoch_rate(batches, step) -> float:
-    """Images per second through `batches` (a loader, or tensors in memory) and `step`."""
+def epoch_rate(batches, step, prepare=lambda batch: batch) -> float:
+    """Images per second through `batches` (a loader, or tensors in memory), `prepare` (what Lightning does to a
+    batch after it reaches the device: for protloc's loader, conversion and augmentation) and `step`."""
     start, images = time.perf_counter(), 0
-    for batch, targets, *_ in batches:
+    for batch in batches:
+        batch, targets, *_ = prepare(batch)
         step(batch, targets)
         images += len(batch)
     return images / (time.perf_counter() - start)
@@ -91,6 +95,7 @@ def main() -> None:
         for phase, threads, workers in settings:
             torch.set_num_threads(threads)
             models[phase].train()
+            prepare = lambda batch: batch  # noqa: E731
             if workers == "memory":
                 batches = in_memory
             else:
@@ -99,9 +104,10 @@ def main() -> None:
                                         workers=workers, seed=round_, cache=cache)
                 data.setup("fit")
                 batches = data.train_dataloader()
+                prepare = functools.partial(data.on_after_batch_transfer, dataloader_idx=0)
             # As protloc trains: glibc keeps freed memory through the frozen phase (protloc.allocator).
             with freed_memory_kept() if phase == "frozen" else contextlib.nullcontext():
-                value = epoch_rate(batches, steppers[phase])
+                value = epoch_rate(batches, steppers[phase], prepare)
             if round_:
                 results.setdefault((phase, threads, workers), []).append(value)
                 print(f"round {round_}: {phase:8s} threads {threads} workers {workers}: {value:6.1f} images/s", flush=True)

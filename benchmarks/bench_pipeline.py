@@ -3,7 +3,8 @@
     python benchmarks/bench_pipeline.py [--n 128] [--scale 4] [--image-size 224] [--batch-size 32]
 
 One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next run):
-  - limits: the same model and step on tensors already in memory (fine-tune step, forward only), measured
+  - limits: the same model and step on tensors already in memory (a fine-tuning epoch of as many steps as
+    protloc's, its first step included; forward only), measured
     just before and just after the training run the table reports (in a new process, as protloc trains), and
     just before and just after prediction (in this process, where prediction is timed); each row uses the two
     beside it; PNG decoding + resizing on all cores, and ONNX Runtime's forward;
@@ -71,14 +72,28 @@ def measure_limits(args) -> dict:
     return limits.measure(args.backbone, args.batch_size, args.image_size, args.steps)
 
 
-def measure_limits_in_new_process(args) -> dict:
+def measure_limits_in_new_process(args, epoch_steps: int) -> dict:
     """The limits in a new process, as `protloc train` runs: beside the training rows. In this long-lived process
     they rise as its heap grows (the fine-tune step from 9.8 to 12.3 images/s within one run), which a new
-    process never sees."""
+    process never sees. Fine-tuning runs as an epoch of `epoch_steps` steps, its first included, as protloc's
+    fine-tuning epoch is timed (_limits.measure)."""
     command = [sys.executable, str(Path(__file__).parent / "_limits.py"), "--backbone", args.backbone,
-               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--steps", str(args.steps)]
+               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--steps", str(args.steps),
+               "--epoch-steps", str(epoch_steps)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def training_steps_per_epoch(args, data: Path) -> int:
+    """Optimiser steps in an epoch of `protloc train DATA` with its default validation split (ragged end dropped)."""
+    from protloc.data.readers import read_dataset
+    from protloc.training.config import TrainConfig
+    from protloc.training.splits import make_split
+
+    config = TrainConfig(data=str(data), out="")
+    train_rows, _ = make_split(config.validation_split, read_dataset(data, split="train").targets, config.val_fraction,
+                               config.seed)
+    return len(train_rows) // args.batch_size
 
 
 def mean_of(*measurements: dict) -> dict:
@@ -182,12 +197,13 @@ def main() -> None:
     work.mkdir(parents=True)
     # Each row's limits are measured just before and just after it, and the seed-style loop runs right after
     # the run it is compared with: this machine's speed drifts over minutes.
+    epoch_steps = training_steps_per_epoch(args, large)
     print("limits, in a new process ...", flush=True)
-    before_training = measure_limits_in_new_process(args)
+    before_training = measure_limits_in_new_process(args, epoch_steps)
     training = measure_large_run(args, large, work)
     features = measure_features(args, large, work)
     print("limits again, in a new process ...", flush=True)
-    after_training = measure_limits_in_new_process(args)
+    after_training = measure_limits_in_new_process(args, epoch_steps)
     print("seed-style loop ...", flush=True)
     seed = measure_seed_style(args, small, work)
     training.update(measure_other_runs(args, small, large, work))
