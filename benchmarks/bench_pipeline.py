@@ -9,7 +9,8 @@ One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next
     just before and just after prediction (in this process, where prediction is timed); each row uses the two
     beside it; PNG decoding + resizing on all cores, and ONNX Runtime's forward;
   - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32, in a
-    process of its own as protloc's runs are (benchmarks/_seed_style.py);
+    process of its own as protloc's runs are, with PyTorch's and glibc's memory defaults as the notebook ran
+    (benchmarks/_seed_style.py);
   - protloc: `protloc train` runs at N and scale*N images (--epochs-frozen 2 --epochs 1; the second frozen
     epoch and the fine-tune epoch read the cache the first epoch filled), the same with
     --head-only-features (its memory sampled), and prediction, cold (decoding) and warm (cache), torch and ONNX.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _limits as limits  # noqa: E402
 import _report as report  # noqa: E402
 import _runs as runs  # noqa: E402
+from protloc.allocator import use_huge_pages_for_tensors  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,11 +78,13 @@ def measure_limits_in_new_process(args, epoch_steps: int) -> dict:
     """The limits in a new process, as `protloc train` runs: beside the training rows. In this long-lived process
     they rise as its heap grows (the fine-tune step from 9.8 to 12.3 images/s within one run), which a new
     process never sees. Fine-tuning runs as an epoch of `epoch_steps` steps, its first included, as protloc's
-    fine-tuning epoch is timed (_limits.measure)."""
+    fine-tuning epoch is timed (_limits.measure), and with huge pages for tensors, as protloc trains."""
     command = [sys.executable, str(Path(__file__).parent / "_limits.py"), "--backbone", args.backbone,
                "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--steps", str(args.steps),
                "--epoch-steps", str(epoch_steps)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    environment = dict(os.environ)
+    use_huge_pages_for_tensors(environment)  # as `protloc train` sets it for its own process
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 

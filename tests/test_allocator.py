@@ -11,6 +11,7 @@ a block larger than all the heap's free memory is always mmapped.
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,50 @@ def test_backbone_features_keep_freed_memory_over_several_batches(libc, untraine
                                 autocast_dtype=None, show_progress=False)
     assert heap_served == [True, True] and len(features) == len(table)
     assert a_block_beyond_the_free_memory_is_mmapped(libc)  # glibc's thresholds again on leaving
+
+
+HUGE_PAGES_PROBE = """
+from protloc.allocator import use_huge_pages_for_tensors
+
+use_huge_pages_for_tensors()
+import torch
+
+before = torch.ones(1)
+tensor = torch.ones(64 << 18)  # 64 MiB of float32
+for line in open("/proc/self/smaps_rollup"):
+    if line.startswith("AnonHugePages:"):
+        print(int(line.split()[1]))
+"""
+
+
+def transparent_huge_pages_mode() -> str:
+    """The kernel's mode, the bracketed word of /sys/kernel/mm/transparent_hugepage/enabled, or "" if unknown."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    return text.partition("[")[2].partition("]")[0]
+
+
+def test_training_backs_large_tensors_with_huge_pages_unless_the_environment_says_no(monkeypatch):
+    if transparent_huge_pages_mode() != "madvise":
+        pytest.skip("huge pages on request only show apart from the kernel's own choice in its madvise mode")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+
+    def huge_kib(**environment) -> int:
+        env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+        result = subprocess.run([sys.executable, "-c", HUGE_PAGES_PROBE], capture_output=True, text=True, check=True,
+                                cwd=REPO, env={**env, **environment}, timeout=120)
+        return int(result.stdout.split()[-1])
+
+    assert huge_kib() >= 32 << 10  # most of the 64 MiB tensor on 2 MiB pages
+    assert huge_kib(THP_MEM_ALLOC_ENABLE="0") == 0  # a user's explicit choice stands
+
+
+def test_protloc_train_turns_huge_pages_on_before_torch_loads(demo_data, tiny_recipe, tmp_path, monkeypatch):
+    from protloc.cli import main
+
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert main(["train", str(demo_data), "--out", str(tmp_path / "run"), *tiny_recipe.args(epochs_frozen=0),
+                 "--backbone", "mobilenetv3_small_050"]) == 0
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"  # what the rest of the process, and DDP's ranks, inherit

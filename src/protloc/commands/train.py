@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from protloc.allocator import use_huge_pages_for_tensors
 from protloc.commands._options import add_cache_options, add_dataset_options, add_engine_options
 from protloc.errors import ProtlocError
 from protloc.files import check_output_path
@@ -145,7 +146,9 @@ def resumed_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Torch and Lightning load only when training starts.
+    # Before torch loads, which reads the switch once (allocator.use_huge_pages_for_tensors). Torch and Lightning
+    # load only when training starts.
+    use_huge_pages_for_tensors()
     from protloc.training.engine import rank
     from protloc.training.train import train
 
