@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-# The eight symmetries of the square (right-angle turns, each with and without a mirror), as 2x2 matrices on
-# (x, y): a microscope field has no up and no handedness.
+# The four right-angle turns as 2x2 matrices on (x, y). With the flips they give all eight symmetries of the
+# square: a microscope field has no up and no handedness.
 _TURNS = ((1, 0, 0, 1), (0, -1, 1, 0), (-1, 0, 0, -1), (0, 1, -1, 0))
 
 
