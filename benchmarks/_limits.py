@@ -76,27 +76,26 @@ def step_seconds(step, batches, steps: int, device: str) -> list[float]:
 
 def measure(backbone: str, batch_size: int, image_size: int, steps: int, device: str = "cpu", dtype=None,
             epoch_steps: int | None = None) -> dict:
-    """Images per second of the forward pass, the frozen-backbone step and the fine-tune step (`steps` of them),
-    each with glibc's malloc set as protloc sets it for that work: freed memory kept for forward passes (the
-    frozen phase, prediction), its defaults for fine-tuning.
+    """Images per second of the forward pass and the frozen-backbone step (`steps` of them, after a warm-up), each
+    with glibc's malloc set as protloc sets it for that work: freed memory kept for forward passes (the frozen
+    phase, prediction), its defaults for fine-tuning.
 
-    With `epoch_steps`, fine-tuning is measured as an epoch of that many steps from a fresh model and optimiser,
-    the first step included ("finetune"), as protloc's fine-tuning epoch is timed; "finetune_steady" is the same
-    steps after the first. The first step chooses kernels for the backward pass and takes the activations' and
-    the optimiser's memory: about 1 s more than later steps (of about 3), so in an epoch of 14 steps it weighs
-    2-3%, and in a Zero-to-GANs epoch of 600 nothing."""
+    Fine-tuning is measured as an epoch of `epoch_steps` steps (default `steps` + 1) from a fresh model and
+    optimiser, the first step included ("finetune"), as protloc's fine-tuning epoch is timed; "finetune_steady"
+    is the same steps after the first. The first step chooses kernels for the backward pass and takes the
+    activations' and the optimiser's memory: about 1 s more than later steps (of about 3), so in an epoch of 14
+    steps it weighs 2-3%, and in a Zero-to-GANs epoch of 600 nothing."""
     batches = memory_batches(2, batch_size, image_size, 10, device)
     model = fresh_model(backbone, 10, device)
     with freed_memory_kept():
         forward = forward_limit(model, batches, steps=4 * steps, device=device, dtype=dtype)
         frozen = train_step_limit(model, batches, frozen=True, steps=2 * steps, device=device, dtype=dtype)
     model = fresh_model(backbone, 10, device)
-    if epoch_steps is None:
-        finetune = train_step_limit(model, batches, frozen=False, steps=steps, device=device, dtype=dtype)
-        return {"forward": forward, "frozen_step": frozen, "finetune": finetune}
+    epoch_steps = epoch_steps or steps + 1
     seconds = train_step_limit(model, batches, frozen=False, steps=epoch_steps, device=device, dtype=dtype, epoch=True)
+    later = seconds[1:]  # none in an epoch of one step
     return {"forward": forward, "frozen_step": frozen, "finetune": batch_size * epoch_steps / sum(seconds),
-            "finetune_steady": batch_size * (epoch_steps - 1) / sum(seconds[1:])}
+            "finetune_steady": batch_size * len(later) / sum(later) if later else float("nan")}
 
 
 def train_step_limit(model, batches, *, frozen: bool, steps: int, device: str, dtype=None, epoch: bool = False):

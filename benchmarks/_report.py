@@ -108,11 +108,10 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
     print("\nlimits (images/s) measured in a new process just before and after the scale*N training run and its "
           "feature pass (the training rows use the mean of these two), then in the benchmark's process just before "
           "and after prediction (the prediction rows):")
-    for key, name in (("finetune", "compute-only fine-tune epoch (first step included; in the prediction process: "
-                                    "steps after a warm-up)"),
+    for key, name in (("finetune", "compute-only fine-tune epoch (first step included)"),
                       ("finetune_steady", "the same epoch's steps after the first"),
                       ("frozen_step", "frozen step (no_grad backbone)"), ("forward", "forward only")):
-        print(f"  {name}: " + ", ".join(f"{m[key]:.1f}" for m in cpu["each"] if key in m))
+        print(f"  {name}: " + ", ".join(f"{m[key]:.1f}" for m in cpu["each"]))
     train = cpu["train"]
     print(f"  fine-tune epoch against the steady-state limit (steps after the first): "
           f"{large[3] / train['finetune_steady']:.2f}x")
