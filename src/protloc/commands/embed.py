@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_run_data_options,
-                                       announce_depth_reading)
+                                       add_subset_option, announce_depth_reading)
 
 
 def register(subparsers) -> None:
@@ -20,8 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--method", choices=("umap", "pca"), default="umap",
                         help="2-D map: umap (neighbourhoods kept; the first map of a session spends some 5-15 s "
                              "compiling) or pca (linear, instant) (default %(default)s)")
-    parser.add_argument("--subset", choices=("train", "test"), default="train",
-                        help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
+    add_subset_option(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
     add_engine_options(parser)
     add_run_data_options(parser)
