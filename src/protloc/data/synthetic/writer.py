@@ -128,9 +128,9 @@ def _render_all(jobs: list[RenderJob], workers: int, show_progress: bool,
             ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
             pool = ctx.Pool(min(workers, total))
         if show_progress:
-            from tqdm import tqdm
+            from protloc.progress import progress_bar
 
-            progress = tqdm(total=total, desc="synthetic images", unit="img")
+            progress = progress_bar(total=total, desc="synthetic images", unit="img")
         if pool is None:
             results = map(_render_job, jobs)
         else:
