@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from protloc.allocator import use_huge_pages_for_tensors
+from protloc.data import BIT_DEPTHS
 from protloc.commands._options import add_cache_options, add_dataset_options, add_engine_options
 from protloc.errors import ProtlocError
 from protloc.files import check_output_path
@@ -78,7 +79,7 @@ def add_model_options(model) -> None:
 
 
 def add_data_options(data) -> None:
-    data.add_argument("--bit-depth", dest="bit_depth", type=int, choices=(8, 12, 16), default=DEFAULTS["bit_depth"],
+    data.add_argument("--bit-depth", dest="bit_depth", type=int, choices=BIT_DEPTHS, default=DEFAULTS["bit_depth"],
                       help="intensity scale of the images: 16-bit files holding 12-bit camera data (0..4095) are 12; "
                            "stored in the run and applied to every image it reads (default: detected from a sample "
                            "of the training images)")
