@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_cache_options, add_gray_as_option, add_inference_options, image_cache_from_args,
-                                     threshold_value)
+from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option, add_inference_options,
+                                     announce_depth_reading, image_cache_from_args, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                     "a folder of images, or image files; stain files <Id>_<stain>.png (red, green, blue, yellow) are one "
                     "image per Id. Writes the input's Kaggle submission format: "
                     "Image,Label (HPA 2018: Id,Predicted), labels as space-separated class numbers.")
-    parser.add_argument("run", help="run folder written by protloc train")
+    parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="dataset folder, CSV, image folder or image files")
     parser.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
@@ -32,6 +32,7 @@ def register(subparsers) -> None:
                         help="unreadable images: fail (exit 2, nothing written) or skip (left out of the file, each "
                              "named) (default %(default)s)")
     add_gray_as_option(parser)
+    add_bit_depth_option(parser)
     add_inference_options(parser)
     add_cache_options(parser)
     parser.set_defaults(handler=run)
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
                                           f"written (--on-error skip writes the others)")
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as, cache=image_cache_from_args(args))
+                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
+                               cache=image_cache_from_args(args))
+    announce_depth_reading(table, config, args.bit_depth)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                      show_progress=True)
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable

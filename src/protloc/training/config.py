@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
 
 VALIDATION_SPLITS = ("mask", "random", "stratified")
@@ -32,7 +33,7 @@ class TrainConfig:
     format: str | None = None  # dataset layout; None: detected
     labels: str | None = None  # label set; None: the layout's
     channels: int = 3
-    bit_depth: int | None = None  # 8, 12 or 16; None: detected from a sample of the training images
+    bit_depth: int | None = None  # one of data.BIT_DEPTHS; None: detected from a sample of the training images
     image_size: int | None = None  # None: the backbone's native input size
     validation_split: str = "mask"
     val_fraction: float = 0.1
@@ -94,7 +95,8 @@ def check_config(config: TrainConfig) -> None:
     expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
     expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
-    expect(config.bit_depth in (None, 8, 12, 16), f"--bit-depth {config.bit_depth}: expected 8, 12 or 16")
+    expect(config.bit_depth in (None, *BIT_DEPTHS),
+           f"--bit-depth {config.bit_depth}: expected {', '.join(map(str, BIT_DEPTHS))}")
     expect(config.cache_limit_gb is None or config.cache_limit_gb >= 0, f"--cache-limit-gb {config.cache_limit_gb}: expected 0 or more")
     if problems:
         raise ProtlocError(*problems)
