@@ -24,8 +24,10 @@ def load(run: str | Path, *, device: str = "auto", engine: str = "auto", onnx: s
          stain_map: str | dict | None = None) -> "Predictor":
     """A Predictor on a run folder.
 
-    engine: "auto" (ONNX Runtime in fp32 on the CPU, exporting the run's model.onnx on first use; torch on a GPU
-    or with precision "bf16"), "onnx" (the run's model.onnx, or the file `onnx`) or "torch".
+    engine: "auto" (ONNX Runtime in fp32 on the CPU; torch on a GPU or with precision "bf16"), "onnx" (the file
+    `onnx`, or the run's model.onnx from `protloc export`, else an export made on first use and kept in the cache
+    folder, $PROTLOC_CACHE_DIR or ~/.cache/protloc) or "torch". Loading writes nothing into the run folder and
+    prints nothing; the process's settings (plotting backend, memory allocator) are left as they were.
     device: "auto" (a CUDA GPU if there is one, else the CPU), "cpu", "cuda" or "cuda:N".
     precision: "auto" (fp32 on the CPU; bf16, or fp16 where bf16 is missing, on a GPU), "fp32", "bf16" or "fp16".
     gray_as: a stain name ("green" for a protein-only image) under which a grayscale image enters a run of 3 or 4

@@ -140,10 +140,10 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32,
 def add_engine_choice(parser: argparse.ArgumentParser) -> None:
     """--engine auto|torch|onnx and --onnx FILE, for the commands that need only probabilities."""
     parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help=f"onnx: ONNX Runtime (CPU, fp32) on --onnx FILE or the run's {ONNX_FILE}, which is exported on "
-                             "first use and again when the weights change; torch: the PyTorch model; auto: onnx on the CPU "
-                             "in fp32 (the same probabilities on every machine), torch on a GPU or with --precision "
-                             "bf16 (default %(default)s)")
+                        help=f"onnx: ONNX Runtime (CPU, fp32) on --onnx FILE, the run's {ONNX_FILE} from protloc export, "
+                             "or an export kept in the cache folder (made on first use, again when the weights "
+                             "change); torch: the PyTorch model; auto: onnx on the CPU in fp32 (the same probabilities "
+                             "on every machine), torch on a GPU or with --precision bf16 (default %(default)s)")
     parser.add_argument("--onnx", default=None, metavar="FILE", help=f"ONNX file for --engine onnx (default RUN/{ONNX_FILE})")
 
 

@@ -47,5 +47,15 @@ def run(args: argparse.Namespace) -> int:
     scores = evaluation.scores["thresholds"]
     print(f"{len(table)} images: macro F1 {scores['f1_macro']:.4f}, micro F1 {scores['f1_micro']:.4f}, "
           f"course F-score {scores['fscore_course']:.4f} ({evaluation.threshold_source}); "
-          f"open {args.out}/index.html")
+          f"{sample_note(config, args.data)}; open {args.out}/index.html")
     return 0
+
+
+def sample_note(config, data) -> str:
+    """Whether these scores are in-sample: DATA is the folder or file RUN trained on (and tuned its thresholds on)."""
+    from pathlib import Path
+
+    trained_on = (config.training.recipe or {}).get("data")
+    if trained_on and Path(trained_on).resolve() == Path(data).resolve():
+        return "IN-SAMPLE: RUN trained on these images, so these scores flatter it"
+    return "held out, unless these images were also in RUN's training data"

@@ -36,8 +36,8 @@ MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
 BYTES_PER_PIXEL = 4
 
 
-# warnings.catch_warnings and Image.MAX_IMAGE_PIXELS are process-wide state: threads (the HTTP service) take turns
-# around them. Only Image.open runs under them, which reads the header alone.
+# warnings.catch_warnings changes process-wide state and restores it: threads (the HTTP service) take turns around
+# it. Only Image.open runs under it, which reads the header alone.
 _PIL_OPEN_LOCK = threading.Lock()
 
 
@@ -230,21 +230,35 @@ def _decode_tiff(file: io.BytesIO | Path, limit: int | None):
 
 
 def _decode_with_pil(file: io.BytesIO | Path, limit: int | None, formats: Sequence[str] | None) -> np.ndarray:
-    with _PIL_OPEN_LOCK, warnings.catch_warnings():
-        # PIL warns from, and refuses at twice, its own built-in limit; check_pixel_count below is the one limit
-        # that decides, PROTLOC_MAX_PIXELS raised above PIL's included.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            image = Image.open(file, formats=formats)  # the header only
-        finally:
-            Image.MAX_IMAGE_PIXELS = pil_limit
-    with image:
+    with _open_header(file, formats) as image:
         check_pixel_count((image.height, image.width, len(image.getbands())), limit)
         if _is_sixteen_bit_png(image):
             return _decode_png_at_stored_depth(file)
         image.load()
         return pil_to_array(image)
+
+
+def _open_header(file: io.BytesIO | Path, formats: Sequence[str] | None) -> Image.Image:
+    """Image.open (the header alone), with check_pixel_count as the one limit that decides. PIL warns from its own
+    MAX_IMAGE_PIXELS and refuses at twice it; that setting is the process's, so it is left alone: a header PIL
+    refuses is opened by its format's plugin directly, as Image.open itself would, and checked by protloc's limit
+    (PROTLOC_MAX_PIXELS raised above PIL's included)."""
+    with _PIL_OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(file, formats=formats)
+        except Image.DecompressionBombError:
+            pass
+    stream = file if isinstance(file, io.BytesIO) else io.BytesIO(Path(file).read_bytes())
+    stream.seek(0)
+    prefix = stream.read(16)
+    Image.init()
+    for name in formats or Image.ID:
+        factory, accept = Image.OPEN[name.upper()]
+        if accept is None or accept(prefix) is True:
+            stream.seek(0)
+            return factory(stream, "")
+    raise UnsupportedImage("not an image format PIL reads")
 
 
 def _is_sixteen_bit_png(image: Image.Image) -> bool:

@@ -197,7 +197,7 @@ class Predictor:
             if self.run_dir is None:
                 raise ProtlocError("this needs the torch model (an ONNX file holds only the probabilities); use --engine torch")
             _config, model = load_run(self.run_dir)
-            self._cpu_torch_engine = TorchEngine(model, device="cpu", precision="fp32")
+            self._cpu_torch_engine = TorchEngine(model, device="cpu", precision="fp32", own_model=True)
         return self._cpu_torch_engine
 
     def dataset(self, table: DatasetTable) -> ImageDataset:
@@ -287,8 +287,9 @@ def choose_engine(engine: str, device: str, precision: str, onnx_path: str | Pat
 def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
                    onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None,
                    bit_depth: int | None = None, stain_map: str | dict | None = None, cache=None) -> Predictor:
-    """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx,
-    exported first where it is missing or older than the weights; "auto" picks (choose_engine). With an ImageCache
+    """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx
+    where it matches the weights, else on an export kept in the cache folder (onnx_export.run_onnx_session);
+    "auto" picks (choose_engine). Nothing is written into the run folder. With an ImageCache
     (protloc.data.cache), images of tables are decoded and resized once, for later calls too."""
     engine = choose_engine(engine, device, precision, onnx_path)
     if engine == "onnx":
@@ -296,10 +297,12 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
             raise ProtlocError(f"--engine onnx runs on the CPU in fp32 (ONNX Runtime's CPU provider), not "
                                f"--device {device} --precision {precision}; use --engine torch for those")
         config = load_config(run_dir)
-        session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config)
+        cache_dir = cache.folder if cache is not None else None
+        session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config, cache_dir)
         return Predictor(config, session, gray_as=gray_as, bit_depth=bit_depth, stain_map=stain_map, run_dir=run_dir,
                          cache=cache)
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
+    model = TorchEngine(model, device=device, precision=precision, own_model=True)
     return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, bit_depth=bit_depth,
                      stain_map=stain_map, run_dir=run_dir, cache=cache)

@@ -13,6 +13,7 @@ from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
 
 VALIDATION_SPLITS = ("mask", "random", "stratified")
+FOLD_SPLITS = ("stratified", "random")  # "mask" cannot make K disjoint folds
 NORMALIZATIONS = ("backbone", "dataset")
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("bce", "focal")
@@ -39,6 +40,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 42
     folds: int = 1  # K >= 2: K-fold cross-validation, one run per fold in OUT/fold-<k>
+    fold_split: str = "stratified"  # how K-fold assigns images to folds, whatever validation_split says
     normalize: str = "backbone"  # or "dataset": per-channel mean/std of the training images
     epochs_frozen: int = 1
     epochs: int = 5
@@ -76,7 +78,7 @@ def check_config(config: TrainConfig) -> None:
         if not ok:
             problems.append(message)
 
-    for name, allowed in (("validation_split", VALIDATION_SPLITS), ("normalize", NORMALIZATIONS),
+    for name, allowed in (("validation_split", VALIDATION_SPLITS), ("fold_split", FOLD_SPLITS), ("normalize", NORMALIZATIONS),
                           ("optimizer", OPTIMIZERS), ("loss", LOSSES), ("pos_weight", POS_WEIGHTS),
                           ("grad_clip_mode", GRAD_CLIP_MODES)):
         value = getattr(config, name)
@@ -118,8 +120,14 @@ def recipe_of(config: TrainConfig) -> dict:
 
 
 def upgrade_recipe(values: dict) -> dict:
-    """A recorded recipe with today's key names (earlier versions said "split" and "layout")."""
-    return {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+    """A recorded recipe with today's key names (earlier versions said "split" and "layout").
+
+    Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
+    a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began."""
+    upgraded = {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+    if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:
+        upgraded["fold_split"] = "stratified" if upgraded.get("validation_split") == "stratified" else "random"
+    return upgraded
 
 
 def config_from_recipe(values: dict, **changes) -> TrainConfig:
