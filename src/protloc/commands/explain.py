@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option,
+from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_recursive_option,
                                        add_stain_map_option, add_subset_option, announce_reading)
 
 
@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     add_subset_option(parser)
     add_engine_options(parser, batches=False)
     add_gray_as_option(parser)
+    add_recursive_option(parser)
     add_bit_depth_option(parser)
     add_stain_map_option(parser)
     parser.set_defaults(handler=run)
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, folder=True)
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
-    table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans)
+    table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans,
+                        recursive=args.recursive, gray_as=args.gray_as)
     predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as,
                                bit_depth=args.bit_depth,
                                stain_map=args.stain_map)

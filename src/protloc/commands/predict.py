@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option,
-                                       add_inference_options, add_stain_map_option, announce_reading,
+                                       add_inference_options, add_recursive_option, add_stain_map_option, announce_reading,
                                        image_cache_from_args, threshold_value)
 
 
@@ -40,6 +40,7 @@ def register(subparsers) -> None:
                         help="with --cells: the cells of each image, DIR/<id>.png (or .tif) label images: 0 background, "
                              "k for cell k (from protloc segment, cellpose, CellProfiler, HPA-Cell-Segmentation)")
     add_gray_as_option(parser)
+    add_recursive_option(parser)
     add_bit_depth_option(parser)
     add_stain_map_option(parser)
     add_inference_options(parser)
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.run)
     # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
     label_set = LabelSet(config.label_set, tuple(config.label_names))
-    table = read_inputs(args.inputs, layout=args.format, split="test", label_set=label_set, channels=config.in_chans)
+    table = read_inputs(args.inputs, layout=args.format, split="test", label_set=label_set, channels=config.in_chans,
+                        recursive=args.recursive, gray_as=args.gray_as)
     missing = find_missing_files(table) if args.on_error == "fail" else []
     if missing:
         raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
