@@ -17,21 +17,18 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from protloc.data.readers import DatasetTable  # noqa: E402
-from protloc.errors import ProtlocError  # noqa: E402
-from protloc.labels import did_you_mean, list_classes  # noqa: E402
-from protloc.files import save_figure  # noqa: E402
-from protloc.inference.predictor import Predictor  # noqa: E402
-from protloc.reports import html  # noqa: E402
-from protloc.reports.explore import rgb_view  # noqa: E402
+from protloc.data.readers import DatasetTable
+from protloc.errors import ProtlocError
+from protloc.labels import did_you_mean, list_classes
+from protloc.files import save_figure
+from protloc.inference.predictor import Predictor
+from protloc.reports import html
+from protloc.reports.explore import rgb_view
 
 PANEL_COLUMNS = 4
 TARGET_MODES = ("predicted", "all")
@@ -266,7 +263,7 @@ def plot_explanation(explanation: Explanation, image: np.ndarray, config):
     columns = min(PANEL_COLUMNS, panels)
     image_rows = int(np.ceil(panels / columns))
     width = max(3.0 * columns, 0.35 * len(names) + 1.5, 6.0)
-    figure = plt.figure(figsize=(width, 3.2 * image_rows + 3.0), layout="constrained")
+    figure = Figure(figsize=(width, 3.2 * image_rows + 3.0), layout="constrained")
     grid = figure.add_gridspec(image_rows + 1, columns, height_ratios=[3.2] * image_rows + [2.6])
     image_panel(figure, grid[0, 0], rgb,
                 textwrap.fill(explanation.id, 30) + f"\ninput ({image.shape[0]} px, as the model sees it)")

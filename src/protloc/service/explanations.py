@@ -29,13 +29,13 @@ def explain_image(predictor: Predictor, image: np.ndarray, classes: Sequence[str
     """{class name: (PNG of its map drawn over the image, PNG of the map alone on a colour scale)} for one decoded
     image (H, W, C uint8): the input comes from the predictor, the maps and their drawing from reports/explain.py,
     as `protloc explain` makes them."""
-    from protloc.reports.explain import compute_cams, heatmap_colours, model_view, overlay_map
+    from protloc.reports.explain import compute_model_cams, heatmap_colours, model_view, overlay_map
 
     indices = [predictor.label_names.index(name) for name in classes]
     if not indices:
         return {}
     tensor = predictor.prepare(image)[None]
-    cams = compute_cams(predictor.model, tensor, indices)
+    cams = compute_model_cams(predictor.model, tensor, indices)  # a K-fold folder's: the mean of its folds' maps
     seen = rgb_view(model_view(tensor, predictor.config))
     return {name: (png_bytes(as_uint8(overlay_map(seen, cam))), png_bytes(as_uint8(heatmap_colours(cam))))
             for name, cam in zip(classes, cams)}

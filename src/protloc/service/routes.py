@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from python_multipart.multipart import parse_options_header
 
+from protloc.data import BIT_DEPTHS
 from protloc.data.images import ImageReadError
 from protloc.data.stains import STAINS
 from protloc.service.runtime import Runtime
@@ -47,6 +48,7 @@ class Options:
     threshold: float | None = None
     allow_empty: bool = False
     thumbnails: bool = False
+    bit_depth: int | None = None
 
 
 def _either(name: str, query, form):
@@ -59,6 +61,15 @@ TTA = "average over the 8 flips and quarter turns of each image (8x slower)"
 THRESHOLD = "one threshold for every class instead of the run's tuned per-class thresholds"
 ALLOW_EMPTY = "allow images with no label (default: each image gets at least its most likely class)"
 THUMBNAILS = "add each image's thumbnail (a PNG data URL, at most 96 px) to the answer"
+BIT_DEPTH = (f"depth of the images' pixels, {', '.join(map(str, BIT_DEPTHS))} (12 for 12-bit camera data in 16-bit "
+             "files), each scaled from its full scale into the run's range (default: the run's bit depth; a run of "
+             "8-bit images reads a 16-bit file by its container, 0..65535)")
+
+
+def _bit_depth(value: int | None) -> int | None:
+    if value is not None and value not in BIT_DEPTHS:
+        raise HTTPException(422, f"bit_depth {value}: expected one of {', '.join(map(str, BIT_DEPTHS))}")
+    return value
 
 
 def read_options(
@@ -70,11 +81,14 @@ def read_options(
     allow_empty_field: Annotated[bool | None, Form(alias="allow_empty", description=ALLOW_EMPTY)] = None,
     thumbnails: Annotated[bool | None, Query(description=THUMBNAILS)] = None,
     thumbnails_field: Annotated[bool | None, Form(alias="thumbnails", description=THUMBNAILS)] = None,
+    bit_depth: Annotated[int | None, Query(description=BIT_DEPTH)] = None,
+    bit_depth_field: Annotated[int | None, Form(alias="bit_depth", description=BIT_DEPTH)] = None,
 ) -> Options:
     return Options(tta=bool(_either("tta", tta, tta_field)),
                    threshold=_either("threshold", threshold, threshold_field),
                    allow_empty=bool(_either("allow_empty", allow_empty, allow_empty_field)),
-                   thumbnails=bool(_either("thumbnails", thumbnails, thumbnails_field)))
+                   thumbnails=bool(_either("thumbnails", thumbnails, thumbnails_field)),
+                   bit_depth=_bit_depth(_either("bit_depth", bit_depth, bit_depth_field)))
 
 
 # ---------------------------------------------------------------- images: files, a stain set, or the body
@@ -155,11 +169,11 @@ def check_channels(name: str, image: np.ndarray, stains: list[str]) -> None:
                              f"Send a colour composite, or the stains as a set of one file each: {files}")
 
 
-async def decode(runtime: Runtime, upload: Upload) -> np.ndarray:
+async def decode(runtime: Runtime, upload: Upload, bit_depth: int | None = None) -> np.ndarray:
     arrays = []
     for name, data in upload.files:
         try:
-            arrays.append(await runtime.decode(data))
+            arrays.append(await runtime.decode(data, bit_depth=bit_depth))
         except ImageReadError as error:
             raise HTTPException(http_status(error), f"{name}: {error}") from None
     if len(arrays) == 1:
@@ -171,7 +185,7 @@ async def decode(runtime: Runtime, upload: Upload) -> np.ndarray:
         raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 
 
-async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool,
+async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool, bit_depth: int | None = None,
                           thumbnails: bool = False) -> tuple[np.ndarray, list[str | None]]:
     """(N, C) probabilities, and each image's thumbnail data URL when asked for (else None). Each image joins the
     batching queue as soon as it is decoded, so decoding the next one overlaps the model's work on this one."""
@@ -180,7 +194,7 @@ async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool,
     loop = asyncio.get_running_loop()
     try:
         for upload in uploads:
-            image = await decode(runtime, upload)
+            image = await decode(runtime, upload, bit_depth)
             pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=tta)))
             pictures.append(data_url(await loop.run_in_executor(runtime.decoders, thumbnail_png, image))
                             if thumbnails else None)
@@ -214,7 +228,8 @@ async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
     stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
     uploads = await gather_uploads(request, runtime, files, stains)
-    probabilities, thumbnails = await predict_uploads(runtime, uploads, options.tta, options.thumbnails)
+    probabilities, thumbnails = await predict_uploads(runtime, uploads, options.tta, options.bit_depth,
+                                                      options.thumbnails)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
     names = predictor.label_names
@@ -264,7 +279,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     uploads = await gather_uploads(request, runtime, files, dict(zip(STAIN_FIELDS, (red, green, blue, yellow))))
     if len(uploads) != 1:
         raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
-    image = await decode(runtime, uploads[0])
+    image = await decode(runtime, uploads[0], options.bit_depth)
     probabilities = await runtime.batching.predict(image, tta=options.tta)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities[None], threshold=options.threshold, allow_empty=options.allow_empty)[0]
