@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from protloc.data.readers import DatasetTable
 from protloc.errors import ProtlocError
-from protloc.labels import did_you_mean, list_classes
 from protloc.files import save_figure
 from protloc.inference.predictor import Predictor
+from protloc.labels import did_you_mean, list_classes
 from protloc.reports import html
 from protloc.reports.explore import rgb_view
 
@@ -224,7 +225,7 @@ def overlay_map(image: np.ndarray, cam: np.ndarray, shares: tuple[float, ...] = 
 
 def heatmap_colours(cam: np.ndarray) -> np.ndarray:
     """A map (H, W) in 0..1 as RGB (H, W, 3) in 0..1 on the HEATMAP colour scale."""
-    return plt.colormaps[HEATMAP](np.clip(cam, 0, 1))[..., :3].astype(np.float32)
+    return colormaps[HEATMAP](np.clip(cam, 0, 1))[..., :3].astype(np.float32)
 
 
 def plot_probabilities(ax, explanation: Explanation, thresholds: list[float], names: list[str]):
