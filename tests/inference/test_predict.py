@@ -56,6 +56,18 @@ def test_labels_are_the_probabilities_cut_at_the_run_thresholds(run_dir, demo_da
     assert labels["Label"].tolist() == [" ".join(map(str, np.flatnonzero(row))) for row in expected]
 
 
+def test_label_names_spell_out_the_classes_beside_numbers_or_probabilities(run_dir, demo_data, tmp_path):
+    assert predict(run_dir, demo_data, "--out", tmp_path / "labels.csv", "--label-names") == 0
+    assert predict(run_dir, demo_data, "--out", tmp_path / "probs.csv", "--probabilities", "--label-names") == 0
+    labels = pd.read_csv(tmp_path / "labels.csv", dtype=str, keep_default_na=False)
+    probs = pd.read_csv(tmp_path / "probs.csv", dtype={"Image": str}, keep_default_na=False)
+    assert list(labels.columns) == ["Image", "Label", "Class names"]
+    assert list(probs.columns) == ["Image", "Class names", *HPA10.names]
+    named = [[HPA10.names[int(i)] for i in numbers.split()] for numbers in labels["Label"]]
+    assert [names.split("; ") for names in labels["Class names"]] == named
+    assert probs["Class names"].tolist() == labels["Class names"].tolist()
+
+
 def test_threshold_override_and_allow_empty(run_dir, demo_data, tmp_path):
     out = tmp_path / "high.csv"
     assert predict(run_dir, demo_data, "--out", out, "--threshold", "0.999", "--allow-empty") == 0

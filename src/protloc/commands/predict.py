@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
     parser.add_argument("--probabilities", action="store_true",
                         help="write the id then one probability column per class (named by class) instead of labels")
+    parser.add_argument("--label-names", action="store_true",
+                        help="also write the predicted classes by name, \"; \"-joined, in a column 'Class names' (after "
+                             "the class numbers, or before the probabilities); the file is then more than a Kaggle "
+                             "submission")
     parser.add_argument("--threshold", type=threshold_value, default=None,
                         help="one threshold for every class instead of the run's tuned per-class thresholds")
     parser.add_argument("--allow-empty", action="store_true",
@@ -99,10 +103,13 @@ def run(args: argparse.Namespace) -> int:
         return _write_cells(args, predictor, table.subset(np.flatnonzero(ok)), probabilities[ok])
     ids = table.frame["id"][ok].tolist()
     layout = output_layout(table.layout, config.layout)
+    decided = predictor.decide(probabilities[ok], threshold=args.threshold, allow_empty=args.allow_empty)
+    names = config.label_names if args.label_names else None
     if args.probabilities:
-        frame = probability_frame(ids, probabilities[ok], config.label_names, layout)
+        frame = probability_frame(ids, probabilities[ok], config.label_names, layout,
+                                  predicted=decided if args.label_names else None)
     else:
-        frame = submission_frame(ids, predictor.decide(probabilities[ok], threshold=args.threshold, allow_empty=args.allow_empty), layout)
+        frame = submission_frame(ids, decided, layout, label_names=names)
     write_csv(args.out, frame)
     what = f"probabilities of {config.num_classes} classes" if args.probabilities else ",".join(frame.columns)
     print(f"wrote {args.out}: {len(frame)} images ({what})")
