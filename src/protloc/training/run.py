@@ -40,7 +40,7 @@ from protloc.training.metrics import scores_as_deployed
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
 from protloc.training.outcome import TrainingOutcome
-from protloc.training.plots import plot_learning_rate, plot_training_curves
+from protloc.plots import plot_learning_rate, plot_training_curves
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
 from protloc.training.sampling import rare_class_weights
 
@@ -188,7 +188,6 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
         model, val_images, run_config, batch_size=config.batch_size, workers=data.val_workers(),
         show_progress=False, device=engine.device, precision="fp32",
     )
-    model.to("cpu", memory_format=torch.contiguous_format)
     targets = data.val_table.targets
     if config.threshold_method == "class-ratio":
         thresholds = class_ratio_thresholds(probabilities, data.train_table.targets.mean(axis=0))
