@@ -370,8 +370,10 @@ def explanation_blocks(explanations: list[Explanation], config, prefix: str = ""
     return blocks
 
 
-def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path, maps: str = "") -> None:
-    """index.html over the figures; `maps` is `describe_maps`'s text."""
+def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path, maps: str = "",
+                           more: list[str] | None = None) -> None:
+    """index.html over the figures; `maps` is `describe_maps`'s text, `more` blocks go last (the cells)."""
     blocks = [html.paragraph("Images are shown as the model saw them (resized), beside their protein stain alone."),
               *([html.paragraph(maps)] if maps else [])]
-    html.write_page(Path(out_dir) / "index.html", "Explanations", blocks + explanation_blocks(explanations, config))
+    html.write_page(Path(out_dir) / "index.html", "Explanations",
+                    blocks + explanation_blocks(explanations, config) + list(more or []))
