@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_engine_options, add_gray_as_option, add_run_data_options
+from protloc.commands._options import (add_engine_options, add_gray_as_option, add_process_options, add_run_data_options,
+                                       ranks_from_args)
 
 
 def register(subparsers) -> None:
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--subset", choices=("train", "test"), default="train",
                         help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
-    add_engine_options(parser)
+    add_process_options(add_engine_options(parser))
     add_run_data_options(parser)
     add_gray_as_option(parser)
     parser.set_defaults(handler=run)
@@ -38,13 +39,18 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_path(args.out)
     check_output_path(map_path(args.out), option="--out (its map)")
+    ranks = ranks_from_args(args, args.out)
     config = load_config(args.run)
     method = resolve_method(args.method)  # before the slow part: a missing umap-learn fails fast
     label_set = get_label_set(args.labels) if args.labels else None
     table = read_dataset(args.data, layout=args.format, split=args.subset, label_set=label_set, channels=config.in_chans)
-    predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as)
-    features, map_file = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size,
-                                     workers=args.workers, seed=args.seed, data_name=str(args.data))
+    predictor = load_predictor(args.run, device=ranks.device if ranks else args.device, engine="torch",
+                               precision=args.precision, gray_as=args.gray_as)
+    embedded = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size, workers=args.workers,
+                           seed=args.seed, data_name=str(args.data), ranks=ranks)
+    if embedded is None:
+        return 0  # one of several processes: process 0 writes the whole table
+    features, map_file = embedded
     where = f" and a {method.upper()} map to {map_file}" if map_file else " (too few images for a map)"
     print(f"{features.shape[0]} images x {features.shape[1]} features written to {args.out}{where}")
     return 0

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_gray_as_option, add_inference_options, add_run_data_options, read_run_dataset,
-                                       threshold_value)
+from protloc.commands._options import (add_gray_as_option, add_inference_options, add_process_options, add_run_data_options,
+                                       ranks_from_args, read_run_dataset, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the evaluation")
     parser.add_argument("--threshold", type=threshold_value, default=None, metavar="T",
                         help="one threshold for every class instead of the run's per-class thresholds")
-    add_inference_options(parser)
+    add_process_options(add_inference_options(parser))
     add_run_data_options(parser)
     add_gray_as_option(parser)
     parser.set_defaults(handler=run)
@@ -27,18 +27,23 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from protloc.files import atomic_dir, check_output_path
     from protloc.inference.predictor import load_predictor
-    from protloc.reports.evaluate import check_label_names, evaluate_run
+    from protloc.reports.evaluate import check_label_names, evaluate_table, write_evaluation
     from protloc.runs import load_config
 
     check_output_path(args.out, folder=True)
+    ranks = ranks_from_args(args, args.out)
     config = load_config(args.run)
     table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast
-    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as)
+    device, onnx_threads = (ranks.device, ranks.threads) if ranks else (args.device, None)
+    predictor = load_predictor(args.run, device=device, engine=args.engine, onnx_path=args.onnx, precision=args.precision,
+                               gray_as=args.gray_as, onnx_threads=onnx_threads)
+    evaluation = evaluate_table(predictor, table, threshold=args.threshold, tta=args.tta, batch_size=args.batch_size,
+                                workers=args.workers, data_name=str(args.data), ranks=ranks)
+    if evaluation is None:
+        return 0  # one of several processes: process 0 writes the evaluation
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
-        evaluation = evaluate_run(predictor, table, out, threshold=args.threshold, tta=args.tta,
-                                  batch_size=args.batch_size, workers=args.workers, data_name=str(args.data))
+        write_evaluation(evaluation, out, f"Evaluation on {args.data}")
     scores = evaluation.scores["thresholds"]
     print(f"{len(table)} images: macro F1 {scores['f1_macro']:.4f}, micro F1 {scores['f1_micro']:.4f}, "
           f"course F-score {scores['fscore_course']:.4f} ({evaluation.threshold_source}); "

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_cache_options, add_gray_as_option, add_inference_options, image_cache_from_args,
-                                     threshold_value)
+from protloc.commands._options import (add_cache_options, add_gray_as_option, add_inference_options, add_process_options,
+                                       image_cache_from_args, ranks_from_args, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                         help="unreadable images: fail (exit 2, nothing written) or skip (left out of the file, each "
                              "named) (default %(default)s)")
     add_gray_as_option(parser)
-    add_inference_options(parser)
+    add_process_options(add_inference_options(parser))
     add_cache_options(parser)
     parser.set_defaults(handler=run)
 
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.runs import load_config
 
     check_output_path(args.out)
+    ranks = ranks_from_args(args, args.out)  # before the input: several machines without a launcher fail at once
     config = load_config(args.run)
     # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
     label_set = LabelSet(config.label_set, tuple(config.label_names))
@@ -55,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
                                           f"written (--on-error skip writes the others)")
-    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as, cache=image_cache_from_args(args))
+    device, onnx_threads = (ranks.device, ranks.threads) if ranks else (args.device, None)
+    predictor = load_predictor(args.run, device=device, engine=args.engine, onnx_path=args.onnx, precision=args.precision,
+                               gray_as=args.gray_as, cache=image_cache_from_args(args), onnx_threads=onnx_threads)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
-                                     show_progress=True)
+                                     show_progress=True, ranks=ranks)
+    if result is None:
+        return 0  # one of several processes: process 0 writes the whole table
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable
     if problems:
         if args.on_error == "fail" and len(table) == 1:

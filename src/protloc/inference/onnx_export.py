@@ -116,16 +116,16 @@ def weights_digest(run_dir: str | Path) -> str:
         raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)") from None
 
 
-def run_onnx_session(run_dir: str | Path, config: RunConfig):
+def run_onnx_session(run_dir: str | Path, config: RunConfig, *, threads: int | None = None):
     """An ONNX Runtime session on RUN/model.onnx, exported first when it is missing, was exported from other
-    weights, or no longer fits the run's config."""
+    weights, or no longer fits the run's config; `threads` as open_onnx_session."""
     from protloc.inference.engines import open_onnx_session
 
     path = Path(run_dir) / ONNX_FILE
     digest = weights_digest(run_dir)
     if path.is_file():
         try:
-            session = open_onnx_session(path, config, run_dir)
+            session = open_onnx_session(path, config, run_dir, threads=threads)
         except ProtlocError:  # unreadable, or made for another image size or class count: export again
             session = None
         if session is not None and session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest:
@@ -137,4 +137,4 @@ def run_onnx_session(run_dir: str | Path, config: RunConfig):
     except OSError as error:
         raise ProtlocError(f"{path}: cannot write the ONNX model ({error.strerror or error}); export it elsewhere with "
                            f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, or use --engine torch") from None
-    return open_onnx_session(path, config, run_dir)
+    return open_onnx_session(path, config, run_dir, threads=threads)
