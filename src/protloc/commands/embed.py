@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_engine_options, add_gray_as_option, add_process_options, add_run_data_options,
-                                       ranks_from_args)
+from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_process_options,
+                                       add_run_data_options, add_subset_option, announce_depth_reading, ranks_from_args)
 
 
 def register(subparsers) -> None:
@@ -20,12 +20,12 @@ def register(subparsers) -> None:
     parser.add_argument("--method", choices=("umap", "pca"), default="umap",
                         help="2-D map: umap (neighbourhoods kept; the first map of a session spends some 5-15 s "
                              "compiling) or pca (linear, instant) (default %(default)s)")
-    parser.add_argument("--subset", choices=("train", "test"), default="train",
-                        help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
+    add_subset_option(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
     add_process_options(add_engine_options(parser))
     add_run_data_options(parser)
     add_gray_as_option(parser)
+    add_bit_depth_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     label_set = get_label_set(args.labels) if args.labels else None
     table = read_dataset(args.data, layout=args.format, split=args.subset, label_set=label_set, channels=config.in_chans)
     predictor = load_predictor(args.run, device=ranks.device if ranks else args.device, engine="torch",
-                               precision=args.precision, gray_as=args.gray_as)
+                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth)
+    announce_depth_reading(table, config, args.bit_depth)
     embedded = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size, workers=args.workers,
                            seed=args.seed, data_name=str(args.data), ranks=ranks)
     if embedded is None:

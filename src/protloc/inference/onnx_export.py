@@ -7,15 +7,17 @@ Exporter: the TorchScript-based one (`dynamo=False`). The torch.export-based exp
 torch 2.9, needs the onnxscript package, which is not installed here; the legacy one handles these CNNs.
 Every export is checked with onnx.checker and compared with torch on a random batch before it is kept.
 
-A run's own RUN/model.onnx doubles as a cache for the default CPU engine: `run_onnx_session` exports it on
-first use and again whenever it no longer matches RUN/model.safetensors (the SHA-256 of the weights file is
-stored in the graph's metadata) or the run's config.
+The default CPU engine runs the run's own RUN/model.onnx (written by `protloc export`) when it matches
+RUN/model.safetensors (the SHA-256 of the weights file is stored in the graph's metadata) and fits the run's
+config; otherwise `run_onnx_session` exports one into the cache folder (data/cache.py: $PROTLOC_CACHE_DIR, else
+~/.cache/protloc), on first use and again whenever the weights change. Loading a run writes nothing into its
+folder, and says what it exports through the "protloc" logger, which the command line shows.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 import warnings
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from torch import nn
 
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
+from protloc.inference.engines import open_onnx_session
 from protloc.runs import ONNX_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
 
 DEFAULT_OPSET = 17
@@ -32,6 +35,11 @@ PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 WEIGHTS_DIGEST_KEY = "protloc_weights_sha256"  # metadata: the weights file the graph was exported from
+CACHE_FOLDER = "onnx-v1"  # in the cache folder: <key>.onnx, the default engine's exports (cached_onnx_path)
+# What the graph does not hold: a change to these leaves an export usable.
+NOT_IN_THE_GRAPH = ("thresholds", "training", "label_set", "layout", "bit_depth")
+
+log = logging.getLogger(__name__)
 
 
 class ProbabilityModel(nn.Module):
@@ -116,25 +124,46 @@ def weights_digest(run_dir: str | Path) -> str:
         raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)") from None
 
 
-def run_onnx_session(run_dir: str | Path, config: RunConfig, *, threads: int | None = None):
-    """An ONNX Runtime session on RUN/model.onnx, exported first when it is missing, was exported from other
-    weights, or no longer fits the run's config; `threads` as open_onnx_session."""
-    from protloc.inference.engines import open_onnx_session
+def cached_onnx_path(cache_dir: str | Path, digest: str, config: RunConfig) -> Path:
+    """Where the default engine keeps its export of weights `digest` for `config`, in the cache folder."""
+    graph_fields = {key: value for key, value in config.to_dict().items() if key not in NOT_IN_THE_GRAPH}
+    key = hashlib.sha256(f"{digest}|{json.dumps(graph_fields, sort_keys=True)}".encode()).hexdigest()
+    return Path(cache_dir) / CACHE_FOLDER / f"{key[:40]}.onnx"
 
-    path = Path(run_dir) / ONNX_FILE
+
+def _fresh_session(path: Path, config: RunConfig, run_dir: str | Path, digest: str, threads: int | None = None):
+    """A session on `path` when it exists, fits the config and was exported from weights `digest`; else None."""
+    if not path.is_file():
+        return None
+    try:
+        session = open_onnx_session(path, config, run_dir, threads=threads)
+    except ProtlocError:  # unreadable, or made for another image size or class count
+        return None
+    return session if session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest else None
+
+
+def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Path | None = None, *,
+                     threads: int | None = None):
+    """An ONNX Runtime session for the run: on RUN/model.onnx when it was exported from the run's weights and fits
+    its config, else on an export in `cache_dir` (default: the image cache's folder), made first when missing;
+    `threads` as open_onnx_session."""
+    from protloc.data.cache import default_cache_dir
+
     digest = weights_digest(run_dir)
-    if path.is_file():
-        try:
-            session = open_onnx_session(path, config, run_dir, threads=threads)
-        except ProtlocError:  # unreadable, or made for another image size or class count: export again
-            session = None
-        if session is not None and session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest:
-            return session
-    print(f"protloc: exporting {path} for ONNX Runtime (once; again whenever the weights change)", file=sys.stderr)
+    session = _fresh_session(Path(run_dir) / ONNX_FILE, config, run_dir, digest, threads)
+    if session is not None:
+        return session
+    path = cached_onnx_path(cache_dir or default_cache_dir(), digest, config)
+    session = _fresh_session(path, config, run_dir, digest, threads)
+    if session is not None:
+        return session
+    log.info("exporting %s to %s for ONNX Runtime (once; again whenever the weights change)", run_dir, path)
     _config, model = load_run(run_dir)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, config, path, weights_digest=digest)
     except OSError as error:
         raise ProtlocError(f"{path}: cannot write the ONNX model ({error.strerror or error}); export it elsewhere with "
-                           f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, or use --engine torch") from None
+                           f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, set $PROTLOC_CACHE_DIR, or use "
+                           f"--engine torch") from None
     return open_onnx_session(path, config, run_dir, threads=threads)
