@@ -69,10 +69,11 @@ class ShareWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and self.show_progress:
-            from tqdm import tqdm
+            from protloc.progress import progress_bar
 
             share = len(range(0, self.total, trainer.world_size))
-            self.bar = tqdm(total=share, desc=f"{self.desc} (process 1 of {trainer.world_size})", unit="img", leave=False)
+            self.bar = progress_bar(total=share, desc=f"{self.desc} (process 1 of {trainer.world_size})", unit="img",
+                                    leave=False)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         batch_rows, outputs, problems = prediction
