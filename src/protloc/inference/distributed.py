@@ -173,10 +173,12 @@ class Ranks:
                     precision="32-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, default_root_dir=self.exchange,
                 )
-            except MisconfigurationException as error:  # e.g. more --devices than the machine has
+            # More --devices than the machine has; under srun, --devices or --num-nodes that are not the job's tasks
+            # per node and nodes (Lightning's SLURM checks raise ValueError and RuntimeError).
+            except (MisconfigurationException, ValueError, RuntimeError) as error:
                 raise ProtlocError(f"--device {self.kind} --devices {self.devices} --num-nodes {self.num_nodes}: "
                                    f"{error}") from None
-        check_launcher(trainer.strategy.cluster_environment, self.num_nodes)
+        check_launch(trainer.strategy.cluster_environment, self.devices, self.num_nodes)
         return trainer
 
     @property
@@ -212,12 +214,21 @@ class Ranks:
         return writer.collected if self.trainer.is_global_zero else None
 
 
-def check_launcher(cluster_environment, num_nodes: int) -> None:
-    """Several machines need a launcher on each (torchrun, srun, or MASTER_ADDR and NODE_RANK set by hand);
-    without one, Lightning would start this machine's processes and wait for the others forever."""
+def check_launch(cluster_environment, devices: int, num_nodes: int) -> None:
+    """Before any work, what Lightning would otherwise find only once it launches (a traceback) or never (a hang):
+    --devices and --num-nodes that are not srun's tasks per node and nodes; several machines without a launcher on
+    each (torchrun, srun, or MASTER_ADDR and NODE_RANK set by hand), where Lightning would start this machine's
+    processes and wait for the others forever. (Under torchrun or srun Lightning reads their variables, not those
+    of its own environment, whose node rank may also come as GROUP_RANK.)"""
+    try:
+        cluster_environment.validate_settings(num_devices=devices, num_nodes=num_nodes)
+    except ValueError as error:
+        raise ProtlocError(f"--devices {devices} --num-nodes {num_nodes}: {error}") from None
     if num_nodes < 2 or type(cluster_environment) is not LightningEnvironment:
         return
     missing = [name for name in ("MASTER_ADDR", "NODE_RANK") if name not in os.environ]
+    if missing == ["NODE_RANK"] and "GROUP_RANK" in os.environ:
+        missing = []
     if missing:
         raise ProtlocError(f"--num-nodes {num_nodes}: no launcher found ({' and '.join(missing)} not set); start the "
                            f"command on every machine with torchrun or srun (see docs/cluster.md), or run on one "
