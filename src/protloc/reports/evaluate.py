@@ -2,7 +2,7 @@
 curves with each class's operating point, and the label sets the model gets wrong most often.
 
 `score_predictions` is pure (probabilities in, tables out); `write_evaluation` writes metrics.json,
-predictions.csv, the plots and index.html; `evaluate_run` predicts with a run's Predictor first.
+predictions.csv, the plots and index.html; `evaluate_table` predicts with a run's Predictor and scores, `evaluate_run` both and writes.
 """
 from __future__ import annotations
 
