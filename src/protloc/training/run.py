@@ -184,10 +184,10 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
     )
     val_images = ImageDataset(data.val_table, channels=config.channels, transform=eval_preset(run_config),
                               image_size=image_size, cache=data.cache)
-    probabilities, _ok = predict_probabilities(
+    probabilities = predict_probabilities(
         model, val_images, run_config, batch_size=config.batch_size, workers=data.val_workers(),
         show_progress=False, device=engine.device, precision="fp32",
-    )
+    ).outputs
     targets = data.val_table.targets
     if config.threshold_method == "class-ratio":
         thresholds = class_ratio_thresholds(probabilities, data.train_table.targets.mean(axis=0))
