@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from protloc.cli import main
+from protloc.runs import load_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -56,10 +57,29 @@ def wait_for(condition, timeout: float = 30, what: str = "the page"):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def api_labels(url: str, paths) -> dict[str, list[str]]:
+def api_results(url: str, paths) -> dict[str, dict]:
     with httpx2.Client(trust_env=False, timeout=30) as http:
         response = http.post(url + "/predict", files=[("files", (p.name, p.read_bytes())) for p in paths])
-    return {result["name"]: result["labels"] for result in response.json()["images"]}
+    return {result["name"]: result for result in response.json()["images"]}
+
+
+def api_labels(url: str, paths) -> dict[str, list[str]]:
+    return {name: result["labels"] for name, result in api_results(url, paths).items()}
+
+
+def test_the_page_warns_on_the_row_of_an_image_unlike_the_training_images(browser, live_server, real_data):
+    from selenium.webdriver.common.by import By
+
+    driver, _downloads = browser
+    real = Path(real_data) / "z2g-sample" / "10034.png"
+    assert api_results(live_server.url, [real])[real.name]["outlier"]  # a real cell, for a run described on demo cells
+    driver.get(live_server.url + "/")
+    wait_for(lambda: "test_resnet" in driver.find_element(By.ID, "run-about").text, what="the run's description")
+    picker = driver.find_element(By.ID, "picker")
+    driver.execute_script("arguments[0].style.display = 'block'", picker)
+    picker.send_keys(str(real))
+    warning = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#results tbody tr .outlier"), what="the warning")
+    assert warning[0].is_displayed() and "unlike the training images" in warning[0].text
 
 
 def test_the_page_labels_images_explains_one_and_downloads_the_csv(browser, live_server, image_paths, run_dir, tmp_path):
@@ -69,6 +89,7 @@ def test_the_page_labels_images_explains_one_and_downloads_the_csv(browser, live
     paths = image_paths[:3]
     driver.get(live_server.url + "/")
     wait_for(lambda: "test_resnet" in driver.find_element(By.ID, "run-about").text, what="the run's description")
+    assert driver.find_element(By.ID, "trained-on").text == f"The model was {load_config(run_dir).trained_on}."
 
     picker = driver.find_element(By.ID, "picker")
     driver.execute_script("arguments[0].style.display = 'block'", picker)  # it hides inside its button
@@ -81,6 +102,9 @@ def test_the_page_labels_images_explains_one_and_downloads_the_csv(browser, live
              [label.text for label in row.find_elements(By.CSS_SELECTOR, ".label")] for row in rows}
     expected = api_labels(live_server.url, paths)
     assert shown == expected
+    warned = {row.find_element(By.CSS_SELECTOR, "td.name").text: bool(row.find_elements(By.CSS_SELECTOR, ".outlier"))
+              for row in rows}
+    assert warned == {name: result["outlier"] for name, result in api_results(live_server.url, paths).items()}
 
     rows[0].click()
     first = expected[paths[0].name]

@@ -27,7 +27,8 @@ from protloc.data.stains import describe_missing_stain, run_stains
 from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
-from protloc.inference.engines import OnnxEngine, TorchEngine, make_engine, open_onnx_session, predict_batch  # noqa: F401
+from protloc.inference.engines import (OnnxEngine, TorchEngine, make_engine, open_onnx_session,  # noqa: F401
+                                      predict_batch, predict_scored_batch)
 from protloc.inference.inputs import InputImages, as_image_list, image_ids, read_input
 from protloc.inference.onnx_export import run_onnx_session
 from protloc.inference.thresholds import apply_thresholds
@@ -56,6 +57,7 @@ class TableResult(NamedTuple):
 
     outputs: np.ndarray  # (N, width) float32: probabilities or features; meaningless where a problem is
     problems: list[str]  # "" for an image that was read, else 'PATH: why'
+    outlier_scores: np.ndarray | None = None  # (N,) float32 with probabilities, where the run has an outlier description
 
     @property
     def ok(self) -> np.ndarray:
@@ -76,9 +78,10 @@ def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
 
 
-def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, *, width: int | None,
+def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor | tuple], dataset: Dataset, *, width: int | None,
                  batch_size: int, workers: int, show_progress: bool, desc: str) -> TableResult:
-    """`run_batch` on each batch of images, rows in `dataset` order.
+    """`run_batch` on each batch of images, rows in `dataset` order. It gives outputs, or (outputs, outlier scores
+    or None).
 
     width=None: the width of the first batch's outputs (0 for an empty dataset), for outputs such as
     features whose width only the model knows.
@@ -86,6 +89,8 @@ def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor], dataset: Dat
     from tqdm import tqdm
 
     outputs = None if width is None else np.zeros((len(dataset), width), dtype=np.float32)
+    scores = np.full(len(dataset), np.nan, dtype=np.float32)
+    scored = False
     problems = [""] * len(dataset)
     # Batch after batch, each one's activations are the size of the last one's: kept, they are reused instead
     # of faulted in again (twice the images per second on the CPU; allocator.py). One batch has nothing to reuse.
@@ -93,14 +98,21 @@ def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor], dataset: Dat
     with keep_freed_memory, tqdm(total=len(dataset), desc=desc, unit="img", disable=not show_progress,
                                  leave=False) as bar:
         for images, _targets, rows, batch_problems in _loader(dataset, batch_size, workers):
-            batch = run_batch(images).numpy()
+            batch = run_batch(images)
+            if isinstance(batch, tuple):
+                batch, batch_scores = batch
+                if batch_scores is not None:
+                    scores[rows.numpy()] = batch_scores.numpy()
+                    scored = True
+            batch = batch.numpy()
             if outputs is None:
                 outputs = np.zeros((len(dataset), batch.shape[1]), dtype=np.float32)
             outputs[rows.numpy()] = batch
             for row, problem in zip(rows.tolist(), batch_problems):
                 problems[row] = problem
             bar.update(len(rows))
-    return TableResult(outputs if outputs is not None else np.zeros((0, 0), dtype=np.float32), problems)
+    return TableResult(outputs if outputs is not None else np.zeros((0, 0), dtype=np.float32), problems,
+                       scores if scored else None)
 
 
 # ---------------------------------------------------------------- the door
@@ -114,6 +126,17 @@ class Prediction:
     label_names: list[str]
     probabilities: np.ndarray  # (N, C) float32
     predicted: np.ndarray  # (N, C) bool
+    # How unlike the training images each image is (inference/outliers.py), and the run's threshold for
+    # `outliers`; None for a run trained before outlier scores.
+    outlier_scores: np.ndarray | None = None  # (N,) float32
+    outlier_threshold: float | None = None
+
+    @property
+    def outliers(self) -> np.ndarray | None:
+        """(N,) bool: images whose outlier score is above the run's threshold (their labels deserve doubt)."""
+        if self.outlier_scores is None or self.outlier_threshold is None:
+            return None
+        return self.outlier_scores > self.outlier_threshold
 
     @property
     def labels(self) -> list[list[str]]:
@@ -125,10 +148,14 @@ class Prediction:
         return [[int(i) for i in np.flatnonzero(row)] for row in self.predicted]
 
     def to_frame(self) -> pd.DataFrame:
-        """Columns: id, labels ("; "-joined class names), then one probability column per class."""
+        """Columns: id, labels ("; "-joined class names), one probability column per class, then outlier_score
+        and outlier (where the run has them)."""
         frame = pd.DataFrame(self.probabilities, columns=self.label_names)
         frame.insert(0, "labels", ["; ".join(names) for names in self.labels])
         frame.insert(0, "id", self.ids)
+        if self.outliers is not None:
+            frame["outlier_score"] = self.outlier_scores
+            frame["outlier"] = self.outliers
         return frame
 
 
@@ -139,13 +166,13 @@ class Predictor:
     lets a grayscale image into a run of more channels as that stain, the others dark."""
 
     def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto",
-                 gray_as: str | None = None, run_dir: str | Path | None = None, cache=None):
+                 gray_as: str | None = None, run_dir: str | Path | None = None, cache=None, scorer=None):
         if gray_as is not None and gray_as not in run_stains(config.in_chans):
             raise ProtlocError(f"--gray-as {gray_as}: the run reads {', '.join(run_stains(config.in_chans))}")
         self.config = config
         self.gray_as = gray_as
         self.run_dir = run_dir  # where the torch model is loaded from when an ONNX engine is asked for it
-        self.engine = make_engine(engine, device=device, precision=precision)
+        self.engine = make_engine(engine, device=device, precision=precision, scorer=scorer)
         self._cpu_torch_engine: TorchEngine | None = None
         self.transform = eval_preset(config)
         self.cache = cache  # a protloc.data.cache.ImageCache: tables' images decoded and resized once
@@ -158,6 +185,17 @@ class Predictor:
     @property
     def label_names(self) -> list[str]:
         return list(self.config.label_names)
+
+    @property
+    def outlier_threshold(self) -> float | None:
+        """The run's outlier threshold; None where this engine gives no outlier scores."""
+        has_scores = getattr(self.engine, "scored_model", None) is not None or getattr(self.engine, "has_scores", False)
+        return self.config.outlier_threshold if has_scores else None
+
+    def flag_outliers(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """(N,) bool from outlier scores: above the run's threshold."""
+        threshold = self.outlier_threshold
+        return None if scores is None or threshold is None else np.asarray(scores) > threshold
 
     @property
     def label_set(self) -> LabelSet:
@@ -204,9 +242,9 @@ class Predictor:
 
     def predict_table(self, data: DatasetTable | Dataset, *, batch_size: int = 32, workers: int = 0,
                       tta: bool = False, show_progress: bool = False) -> TableResult:
-        """Probabilities of every image of a table (or of a Dataset with ImageDataset-shaped items)."""
+        """Probabilities (and outlier scores) of every image of a table (or of a Dataset with ImageDataset-shaped items)."""
         dataset = self.dataset(data) if isinstance(data, DatasetTable) else data
-        return _run_batches(lambda images: predict_batch(self.engine, images, tta), dataset,
+        return _run_batches(lambda images: predict_scored_batch(self.engine, images, tta), dataset,
                             width=self.config.num_classes, batch_size=batch_size, workers=workers,
                             show_progress=show_progress, desc="predict")
 
@@ -224,9 +262,14 @@ class Predictor:
         """(N, C) probabilities for one image or a list of them: paths, files' bytes, numpy arrays (H, W[, C];
         uint8, uint16 or 0..1 float), PIL images, or stain sets ({stain: image}, or a tuple in the run's channel
         order); see read_input."""
+        return self.predict_scored(images, tta=tta, batch_size=batch_size).outputs
+
+    def predict_scored(self, images, *, tta: bool = False, batch_size: int = 32) -> TableResult:
+        """Probabilities and outlier scores (None for a run without them) of images as predict_proba takes them;
+        an unreadable image raises ProtlocError."""
         dataset = InputImages(as_image_list(images), channels=self.config.in_chans, transform=self.transform,
                               bit_depth=self.config.bit_depth, gray_as=self.gray_as)
-        return self.predict_table(dataset, batch_size=batch_size, tta=tta).outputs
+        return self.predict_table(dataset, batch_size=batch_size, tta=tta)
 
     def decide(self, probabilities: np.ndarray, *, threshold: float | None = None, allow_empty: bool = False) -> np.ndarray:
         """Boolean labels (N, C): the run's per-class thresholds, or one `threshold` for all classes."""
@@ -236,16 +279,17 @@ class Predictor:
     def predict(self, images, *, tta: bool = False, threshold: float | None = None,
                 allow_empty: bool = False, batch_size: int = 32) -> Prediction:
         images = as_image_list(images)
-        probabilities = self.predict_proba(images, tta=tta, batch_size=batch_size)
-        predicted = self.decide(probabilities, threshold=threshold, allow_empty=allow_empty)
-        return Prediction(image_ids(images), self.label_names, probabilities, predicted)
+        result = self.predict_scored(images, tta=tta, batch_size=batch_size)
+        predicted = self.decide(result.outputs, threshold=threshold, allow_empty=allow_empty)
+        return Prediction(image_ids(images), self.label_names, result.outputs, predicted, result.outlier_scores,
+                          self.outlier_threshold)
 
 
 def predict_probabilities(model_or_session, data: DatasetTable | Dataset, config: RunConfig, *, batch_size: int = 32,
                           workers: int = 0, tta: bool = False, show_progress: bool = True, device: str = "cpu",
-                          precision: str = "auto") -> TableResult:
+                          precision: str = "auto", scorer=None) -> TableResult:
     """Predictor(config, model).predict_table(data): for code that holds a model rather than a run folder."""
-    predictor = Predictor(config, model_or_session, device=device, precision=precision)
+    predictor = Predictor(config, model_or_session, device=device, precision=precision, scorer=scorer)
     return predictor.predict_table(data, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress)
 
 
@@ -275,6 +319,10 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
         config = load_config(run_dir)
         session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config)
         return Predictor(config, session, gray_as=gray_as, run_dir=run_dir, cache=cache)
+    from protloc.inference.outliers import load_scorer
+
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
-    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, run_dir=run_dir, cache=cache)
+    scorer = load_scorer(run_dir, config, model)
+    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, run_dir=run_dir, cache=cache,
+                     scorer=scorer)

@@ -143,24 +143,28 @@ async def decode(runtime: Runtime, upload: Upload) -> np.ndarray:
         raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 
 
-async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool) -> np.ndarray:
-    """(N, C) probabilities. Each image joins the batching queue as soon as it is decoded, so decoding the
+async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool) -> tuple[np.ndarray, list[float | None]]:
+    """(N, C) probabilities and N outlier scores (None for a run without them). Each image joins the batching queue as soon as it is decoded, so decoding the
     next one overlaps the model's work on this one."""
     pending: list[asyncio.Future] = []
     try:
         for upload in uploads:
             image = await decode(runtime, upload)
             pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=tta)))
-        return np.stack(await asyncio.gather(*pending))
+        answers = await asyncio.gather(*pending)
+        return np.stack([probabilities for probabilities, _ in answers]), [score for _, score in answers]
     finally:
         for task in pending:
             task.cancel()  # no-op for finished ones; drops the rest when one image failed
 
 
-def image_result(name: str, probabilities: np.ndarray, decided: np.ndarray, label_names: list[str]) -> ImageResult:
+def image_result(name: str, probabilities: np.ndarray, decided: np.ndarray, label_names: list[str],
+                 outlier_score: float | None = None, outlier_threshold: float | None = None) -> ImageResult:
     classes = [int(i) for i in np.flatnonzero(decided)]
+    flagged = None if outlier_score is None or outlier_threshold is None else bool(outlier_score > outlier_threshold)
     return ImageResult(name=name, labels=[label_names[i] for i in classes], classes=classes,
-                       probabilities={label: float(p) for label, p in zip(label_names, probabilities)})
+                       probabilities={label: float(p) for label, p in zip(label_names, probabilities)},
+                       outlier_score=outlier_score if flagged is not None else None, outlier=flagged)
 
 
 # ---------------------------------------------------------------- routes
@@ -179,12 +183,13 @@ async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
     stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
     uploads = await gather_uploads(request, runtime, files, stains)
-    probabilities = await predict_uploads(runtime, uploads, options.tta)
+    probabilities, scores = await predict_uploads(runtime, uploads, options.tta)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
     names = predictor.label_names
     thresholds = predictor.config.thresholds if options.threshold is None else [options.threshold] * len(names)
-    images = [image_result(upload.name, p, d, names) for upload, p, d in zip(uploads, probabilities, decided)]
+    images = [image_result(upload.name, p, d, names, score, predictor.outlier_threshold)
+              for upload, p, d, score in zip(uploads, probabilities, decided, scores)]
     return PredictResponse(images=images, thresholds={name: float(t) for name, t in zip(names, thresholds)})
 
 
@@ -226,7 +231,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     if len(uploads) != 1:
         raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
     image = await decode(runtime, uploads[0])
-    probabilities = await runtime.batching.predict(image, tta=options.tta)
+    probabilities, score = await runtime.batching.predict(image, tta=options.tta)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities[None], threshold=options.threshold, allow_empty=options.allow_empty)[0]
     names = predictor.label_names
@@ -235,5 +240,6 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     numbers = [names.index(name) for name in targets]
     explanations = [ClassExplanation(label=names[i], number=i, probability=float(probabilities[i]),
                                      predicted=bool(decided[i]), overlay=data_url(overlays[names[i]])) for i in numbers]
-    return ExplainResponse(image=image_result(uploads[0].name, probabilities, decided, names),
+    return ExplainResponse(image=image_result(uploads[0].name, probabilities, decided, names, score,
+                                              predictor.outlier_threshold),
                            composite=data_url(composite), green=data_url(green_channel), explanations=explanations)

@@ -19,6 +19,11 @@ class Health(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_files: int
+    trained_on: str = Field(description="what the model learned from, in one line (config.json's training_data)")
+    training_data: dict | None = Field(description="config.json's record of the training data: folder, kind (demo or "
+                                                   "real), images, classes, bit depth, date, protloc version")
+    outlier_threshold: float | None = Field(description="outlier score above which an image is flagged as unlike "
+                                                        "the training images; null for a run without outlier scores")
 
 
 class ImageResult(BaseModel):
@@ -26,6 +31,10 @@ class ImageResult(BaseModel):
     labels: list[str] = Field(description="predicted class names")
     classes: list[int] = Field(description="predicted class numbers, as in Kaggle submission files")
     probabilities: dict[str, float] = Field(description="probability per class name")
+    outlier_score: float | None = Field(None, description="how unlike the training images this image is (higher: "
+                                                          "less like them); null for a run without outlier scores")
+    outlier: bool | None = Field(None, description="outlier_score above the run's threshold: the image is unlike "
+                                                   "what the model learned from, so its labels deserve doubt")
 
 
 class PredictResponse(BaseModel):

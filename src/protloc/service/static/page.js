@@ -154,10 +154,21 @@ function renderRow(item) {
   } else {
     if (!item.result.labels.length) labels.append(element("span", "pending", "no label"));
     item.result.labels.forEach((label) => labels.append(element("span", "label", label)));
+    if (item.result.outlier) labels.append(outlierWarning(item.result));
     bars.append(spark(item.result));
   }
   item.row.replaceChildren(thumb, element("td", "name", item.name), labels, bars);
   item.row.classList.toggle("selected", item === selected);
+  item.row.classList.toggle("is-outlier", Boolean(item.result && item.result.outlier));
+}
+
+// An image unlike the training images: the labels are a guess from a model that never saw its like.
+function outlierWarning(result) {
+  const warning = element("span", "outlier", "\u26a0 unlike the training images: labels doubtful");
+  warning.title = `outlier score ${result.outlier_score.toFixed(1)}, above the run's threshold ` +
+    `${run.outlier_threshold.toFixed(1)}; the model ${run.trained_on}`;
+  warning.setAttribute("role", "note");
+  return warning;
 }
 
 function updateStatus() {
@@ -165,6 +176,8 @@ function updateStatus() {
   const failed = items.filter((item) => item.error).length;
   const pending = items.length - done - failed;
   const parts = [`${done} of ${items.length} images labelled`];
+  const outliers = items.filter((item) => item.result && item.result.outlier).length;
+  if (outliers) parts.push(`${outliers} unlike the training images`);
   if (pending) parts.push(`${pending} waiting`);
   if (failed) parts.push(`${failed} failed`);
   byId("status").textContent = parts.join(", ");
@@ -230,6 +243,7 @@ async function openDetail(item) {
     return;
   }
   probabilityBars(item);
+  if (item.result.outlier) byId("detail-bars").prepend(outlierWarning(item.result));
   if (!item.explanation) {
     status.textContent = "computing Grad-CAM\u2026";
     try {
@@ -309,6 +323,12 @@ async function start() {
   byId("run-name").textContent = `\u00b7 ${run.run}`;
   byId("run-about").textContent = `${run.backbone}, ${run.labels.length} classes; images are seen at ` +
     `${run.image_size} px. Images go to this server only.`;
+  const trainedOn = byId("trained-on");
+  trainedOn.textContent = `The model was ${run.trained_on}.`;
+  if (run.training_data && run.training_data.kind === "demo") {
+    trainedOn.textContent += " It has only seen generated cells: do not trust it on real images.";
+    trainedOn.className = "demo";
+  }
   wireDropZone();
 }
 
