@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import logging
 import pkgutil
 import sys
 
 import protloc.commands
 from protloc import __version__
+from protloc.allocator import allow_malloc_settings
 from protloc.data.images import ImageReadError, pixel_limit
 from protloc.errors import ProtlocError
 
 
 # --help lists commands in the order of a user's work; a new command module not named here comes last.
-WORKFLOW_ORDER = ("demo_data", "check", "explore", "convert", "train", "compare", "predict", "tune",
+WORKFLOW_ORDER = ("demo_data", "check", "explore", "convert", "train", "compare", "segment", "predict", "tune",
                   "evaluate", "explain", "embed", "export", "serve", "report")
 
 
@@ -36,8 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrNotes(logging.Handler):
+    """The library's notes (the "protloc" logger, INFO and up) as "protloc: ..." lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"protloc: {record.getMessage()}", file=sys.stderr)
+
+
+def show_library_notes() -> None:
+    """Let the library's notes through to stderr (once per process): the library itself prints nothing."""
+    logger = logging.getLogger("protloc")
+    if not any(isinstance(handler, _StderrNotes) for handler in logger.handlers):
+        logger.addHandler(_StderrNotes(logging.INFO))
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    allow_malloc_settings()  # the process is the command's own (allocator.py)
+    show_library_notes()
     try:
         pixel_limit()  # a bad PROTLOC_MAX_PIXELS is said once, not once for every image
         return int(args.handler(args) or 0)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from protloc.data import BIT_DEPTHS
 from protloc.data.readers import LAYOUTS, DatasetTable, read_dataset
 from protloc.data.stains import STAINS
 from protloc.inference import ENGINES
@@ -40,10 +42,35 @@ def add_gray_as_option(parser: argparse.ArgumentParser) -> None:
                              "channels than the run reads is refused; give one file per stain, <Id>_<stain>.png")
 
 
+def add_bit_depth_option(parser: argparse.ArgumentParser) -> None:
+    """--bit-depth N: the depth of the input's pixels, where it differs from the run's (images.to_uint8)."""
+    parser.add_argument("--bit-depth", type=int, choices=BIT_DEPTHS, default=None, metavar="N",
+                        help="depth of the input's pixels: 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit "
+                             "files); each image is scaled from its full scale, 2**N - 1, into the run's range. "
+                             "Default: the run's bit depth, except that a run of 8-bit images reads a 16-bit file by "
+                             "its container (0..65535), saying so in one line. 8-bit files are always 0..255")
+
+
+def announce_depth_reading(table: DatasetTable, config, stated: int | None) -> None:
+    """One line on stderr where the input's pixels are read at another depth than the run's (intensity.py)."""
+    from protloc.data.intensity import describe_depth_reading
+
+    note = describe_depth_reading(table, config.bit_depth, stated)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def read_run_dataset(args: argparse.Namespace, config, path):
     """DATA read with the run's channel count."""
     label_set = get_label_set(args.labels) if args.labels else None
     return read_dataset(path, layout=args.format, label_set=label_set, channels=config.in_chans)
+
+
+def add_subset_option(parser: argparse.ArgumentParser) -> None:
+    """--subset: which images of a dataset with train and test parts a command reads; the same default everywhere."""
+    parser.add_argument("--subset", choices=("train", "test"), default="train",
+                        help="which images of a dataset folder with train and test parts to read: train (labelled, "
+                             "so true and missed classes can be shown) or test (default %(default)s)")
 
 
 def threshold_value(text: str) -> float:
@@ -92,10 +119,10 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32,
 def add_engine_choice(parser: argparse.ArgumentParser) -> None:
     """--engine auto|torch|onnx and --onnx FILE, for the commands that need only probabilities."""
     parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help=f"onnx: ONNX Runtime (CPU, fp32) on --onnx FILE or the run's {ONNX_FILE}, which is exported on "
-                             "first use and again when the weights change; torch: the PyTorch model; auto: onnx on the CPU "
-                             "in fp32 (the same probabilities on every machine), torch on a GPU or with --precision "
-                             "bf16 (default %(default)s)")
+                        help=f"onnx: ONNX Runtime (CPU, fp32) on --onnx FILE, the run's {ONNX_FILE} from protloc export, "
+                             "or an export kept in the cache folder (made on first use, again when the weights "
+                             "change); torch: the PyTorch model; auto: onnx on the CPU in fp32 (the same probabilities "
+                             "on every machine), torch on a GPU or with --precision bf16 (default %(default)s)")
     parser.add_argument("--onnx", default=None, metavar="FILE", help=f"ONNX file for --engine onnx (default RUN/{ONNX_FILE})")
 
 

@@ -10,15 +10,18 @@ Exporter: the TorchScript-based one (`dynamo=False`). The torch.export-based exp
 torch 2.9, needs the onnxscript package, which is not installed here; the legacy one handles these CNNs.
 Every export is checked with onnx.checker and compared with torch on a random batch before it is kept.
 
-A run's own RUN/model.onnx doubles as a cache for the default CPU engine: `run_onnx_session` exports it on
-first use and again whenever it no longer matches RUN/model.safetensors (the SHA-256 of the weights file is
-stored in the graph's metadata, together with that of the outlier description) or the run's config.
+The default CPU engine runs the run's own RUN/model.onnx (written by `protloc export`) when it matches
+RUN/model.safetensors (the SHA-256 of the weights file, and of the outlier description, is stored in the graph's
+metadata) and fits the run's config; otherwise `run_onnx_session` exports one into the cache folder
+(data/cache.py: $PROTLOC_CACHE_DIR, else ~/.cache/protloc), on first use and again whenever the weights change.
+Loading a run writes nothing into its folder, and says what it exports through the "protloc" logger, which the
+command line shows.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 import warnings
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from torch import nn
 
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
+from protloc.inference.engines import open_onnx_session
 from protloc.runs import ONNX_FILE, OUTLIER_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
 
 DEFAULT_OPSET = 17
@@ -36,6 +40,11 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 SCORE_OUTPUT_NAME = "outlier_score"
 WEIGHTS_DIGEST_KEY = "protloc_weights_sha256"  # metadata: the weights file the graph was exported from
+CACHE_FOLDER = "onnx-v1"  # in the cache folder: <key>.onnx, the default engine's exports (cached_onnx_path)
+# What the graph does not hold: a change to these leaves an export usable.
+NOT_IN_THE_GRAPH = ("thresholds", "training", "label_set", "layout", "bit_depth", "outlier_threshold", "training_data")
+
+log = logging.getLogger(__name__)
 
 
 class ProbabilityModel(nn.Module):
@@ -138,28 +147,47 @@ def weights_digest(run_dir: str | Path) -> str:
     return digest
 
 
-def run_onnx_session(run_dir: str | Path, config: RunConfig):
-    """An ONNX Runtime session on RUN/model.onnx, exported first when it is missing, was exported from other
-    weights, or no longer fits the run's config."""
-    from protloc.inference.engines import open_onnx_session
+def cached_onnx_path(cache_dir: str | Path, digest: str, config: RunConfig) -> Path:
+    """Where the default engine keeps its export of weights `digest` for `config`, in the cache folder."""
+    graph_fields = {key: value for key, value in config.to_dict().items() if key not in NOT_IN_THE_GRAPH}
+    key = hashlib.sha256(f"{digest}|{json.dumps(graph_fields, sort_keys=True)}".encode()).hexdigest()
+    return Path(cache_dir) / CACHE_FOLDER / f"{key[:40]}.onnx"
 
-    path = Path(run_dir) / ONNX_FILE
+
+def _fresh_session(path: Path, config: RunConfig, run_dir: str | Path, digest: str):
+    """A session on `path` when it exists, fits the config and was exported from weights `digest`; else None."""
+    if not path.is_file():
+        return None
+    try:
+        session = open_onnx_session(path, config, run_dir)
+    except ProtlocError:  # unreadable, or made for another image size or class count
+        return None
+    return session if session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest else None
+
+
+def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Path | None = None):
+    """An ONNX Runtime session for the run: on RUN/model.onnx when it was exported from the run's weights and fits
+    its config, else on an export in `cache_dir` (default: the image cache's folder), made first when missing."""
+    from protloc.data.cache import default_cache_dir
+
     digest = weights_digest(run_dir)
-    if path.is_file():
-        try:
-            session = open_onnx_session(path, config, run_dir)
-        except ProtlocError:  # unreadable, or made for another image size or class count: export again
-            session = None
-        if session is not None and session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest:
-            return session
+    session = _fresh_session(Path(run_dir) / ONNX_FILE, config, run_dir, digest)
+    if session is not None:
+        return session
+    path = cached_onnx_path(cache_dir or default_cache_dir(), digest, config)
+    session = _fresh_session(path, config, run_dir, digest)
+    if session is not None:
+        return session
     from protloc.inference.outliers import load_scorer
 
     _config, model = load_run(run_dir)
     scorer = load_scorer(run_dir, config, model)  # a damaged description stops here, before any export
-    print(f"protloc: exporting {path} for ONNX Runtime (once; again whenever the weights change)", file=sys.stderr)
+    log.info("exporting %s to %s for ONNX Runtime (once; again whenever the weights change)", run_dir, path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, config, path, weights_digest=digest, scorer=scorer)
     except OSError as error:
         raise ProtlocError(f"{path}: cannot write the ONNX model ({error.strerror or error}); export it elsewhere with "
-                           f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, or use --engine torch") from None
+                           f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, set $PROTLOC_CACHE_DIR, or use "
+                           f"--engine torch") from None
     return open_onnx_session(path, config, run_dir)

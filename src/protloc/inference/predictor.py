@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from protloc.allocator import freed_memory_kept_for_batches
+from protloc.data import BIT_DEPTHS
 from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
@@ -86,7 +87,7 @@ def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor | tuple], data
     width=None: the width of the first batch's outputs (0 for an empty dataset), for outputs such as
     features whose width only the model knows.
     """
-    from tqdm import tqdm
+    from protloc.progress import progress_bar
 
     outputs = None if width is None else np.zeros((len(dataset), width), dtype=np.float32)
     scores = np.full(len(dataset), np.nan, dtype=np.float32)
@@ -95,7 +96,7 @@ def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor | tuple], data
     # Batch after batch, each one's activations are the size of the last one's: kept, they are reused instead
     # of faulted in again (twice the images per second on the CPU; allocator.py). One batch has nothing to reuse.
     keep_freed_memory = freed_memory_kept_for_batches(len(dataset), batch_size)
-    with keep_freed_memory, tqdm(total=len(dataset), desc=desc, unit="img", disable=not show_progress,
+    with keep_freed_memory, progress_bar(total=len(dataset), desc=desc, unit="img", disable=not show_progress,
                                  leave=False) as bar:
         for images, _targets, rows, batch_problems in _loader(dataset, batch_size, workers):
             batch = run_batch(images)
@@ -163,14 +164,21 @@ class Predictor:
     """A loaded run: `predict` / `predict_proba` on images, `predict_table` / `embed_table` on datasets.
 
     Every image is read as the run's config says (bit depth, channels, eval preset); `gray_as` (a stain name)
-    lets a grayscale image into a run of more channels as that stain, the others dark."""
+    lets a grayscale image into a run of more channels as that stain, the others dark; `bit_depth` states the
+    depth of the inputs' pixels (12 for 12-bit camera data in 16-bit files) where it differs from the run's: each
+    image is scaled from its own full scale to 0..1, as the run's training images were from theirs."""
 
     def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto",
-                 gray_as: str | None = None, run_dir: str | Path | None = None, cache=None, scorer=None):
+                 gray_as: str | None = None, bit_depth: int | None = None, run_dir: str | Path | None = None,
+                 cache=None, scorer=None):
         if gray_as is not None and gray_as not in run_stains(config.in_chans):
             raise ProtlocError(f"--gray-as {gray_as}: the run reads {', '.join(run_stains(config.in_chans))}")
+        if bit_depth is not None and bit_depth not in BIT_DEPTHS:
+            raise ProtlocError(f"--bit-depth {bit_depth}: expected one of {', '.join(map(str, BIT_DEPTHS))}")
         self.config = config
         self.gray_as = gray_as
+        # The scale wide pixels are read at: the stated depth, else the run's (images.to_uint8).
+        self.bit_depth = bit_depth if bit_depth is not None else config.bit_depth
         self.run_dir = run_dir  # where the torch model is loaded from when an ONNX engine is asked for it
         self.engine = make_engine(engine, device=device, precision=precision, scorer=scorer)
         self._cpu_torch_engine: TorchEngine | None = None
@@ -214,13 +222,13 @@ class Predictor:
             if self.run_dir is None:
                 raise ProtlocError("this needs the torch model (an ONNX file holds only the probabilities); use --engine torch")
             _config, model = load_run(self.run_dir)
-            self._cpu_torch_engine = TorchEngine(model, device="cpu", precision="fp32")
+            self._cpu_torch_engine = TorchEngine(model, device="cpu", precision="fp32", own_model=True)
         return self._cpu_torch_engine
 
     def dataset(self, table: DatasetTable) -> ImageDataset:
         """The run's eval preset over a table, read at the run's bit depth; unreadable images come back with their
         problem, not an exception."""
-        table = dataclasses.replace(table, bit_depth=self.config.bit_depth)
+        table = dataclasses.replace(table, bit_depth=self.bit_depth)
         if self.cache is not None:
             self.cache.prepare(table.frame["source"], self.config.in_chans, self.config.image_size,
                                bit_depth=table.bit_depth, gray_as=self.gray_as)
@@ -229,7 +237,7 @@ class Predictor:
 
     def read(self, image) -> np.ndarray:
         """One image (see read_input) as the run reads it: uint8 (H, W, channels). Raises ProtlocError."""
-        return read_input(image, self.config.in_chans, bit_depth=self.config.bit_depth, gray_as=self.gray_as)
+        return read_input(image, self.config.in_chans, bit_depth=self.bit_depth, gray_as=self.gray_as)
 
     def prepare(self, image) -> torch.Tensor:
         """One image (see read_input) as the model takes it: (C, H, W) float, the eval preset applied. Raises
@@ -268,7 +276,7 @@ class Predictor:
         """Probabilities and outlier scores (None for a run without them) of images as predict_proba takes them;
         an unreadable image raises ProtlocError."""
         dataset = InputImages(as_image_list(images), channels=self.config.in_chans, transform=self.transform,
-                              bit_depth=self.config.bit_depth, gray_as=self.gray_as)
+                              bit_depth=self.bit_depth, gray_as=self.gray_as)
         return self.predict_table(dataset, batch_size=batch_size, tta=tta)
 
     def decide(self, probabilities: np.ndarray, *, threshold: float | None = None, allow_empty: bool = False) -> np.ndarray:
@@ -307,9 +315,10 @@ def choose_engine(engine: str, device: str, precision: str, onnx_path: str | Pat
 
 def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
                    onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None,
-                   cache=None) -> Predictor:
-    """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx,
-    exported first where it is missing or older than the weights; "auto" picks (choose_engine). With an ImageCache
+                   bit_depth: int | None = None, cache=None) -> Predictor:
+    """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx
+    where it matches the weights, else on an export kept in the cache folder (onnx_export.run_onnx_session);
+    "auto" picks (choose_engine). Nothing is written into the run folder. With an ImageCache
     (protloc.data.cache), images of tables are decoded and resized once, for later calls too."""
     engine = choose_engine(engine, device, precision, onnx_path)
     if engine == "onnx":
@@ -317,12 +326,14 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
             raise ProtlocError(f"--engine onnx runs on the CPU in fp32 (ONNX Runtime's CPU provider), not "
                                f"--device {device} --precision {precision}; use --engine torch for those")
         config = load_config(run_dir)
-        session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config)
-        return Predictor(config, session, gray_as=gray_as, run_dir=run_dir, cache=cache)
+        cache_dir = cache.folder if cache is not None else None
+        session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config, cache_dir)
+        return Predictor(config, session, gray_as=gray_as, bit_depth=bit_depth, run_dir=run_dir, cache=cache)
     from protloc.inference.outliers import load_scorer
 
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
     scorer = load_scorer(run_dir, config, model)
-    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, run_dir=run_dir, cache=cache,
-                     scorer=scorer)
+    model = TorchEngine(model, device=device, precision=precision, own_model=True, scorer=scorer)
+    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, bit_depth=bit_depth,
+                     run_dir=run_dir, cache=cache)

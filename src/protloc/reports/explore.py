@@ -5,23 +5,21 @@ and the per-channel intensity statistics a normalisation would use.
 """
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+from matplotlib.colors import SymLogNorm
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import SymLogNorm  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from protloc.data.images import ImageReadError, load_image  # noqa: E402
-from protloc.data.readers import DatasetTable  # noqa: E402
-from protloc.files import save_figure, write_json  # noqa: E402
-from protloc.reports import html  # noqa: E402
+from protloc.data.images import ImageReadError, load_image
+from protloc.data.readers import DatasetTable
+from protloc.files import save_figure, write_json
+from protloc.plots import subplots
+from protloc.reports import html
 
 # HPA stain order; a 1-channel image is the protein (green) stain, as data.images.convert_channels makes it.
 CHANNEL_NAMES = {1: ["green (protein)"], 3: ["red (microtubules)", "green (protein)", "blue (nucleus)"],
@@ -101,16 +99,17 @@ def summarise_labels(table: DatasetTable) -> dict:
 
 
 def compute_channel_stats(table: DatasetTable, channels: int, rows: np.ndarray, show_progress: bool = True) -> ChannelStats:
-    """Mean and std per channel over all pixels of the chosen rows; unreadable images are listed, not fatal."""
-    from tqdm import tqdm
+    """Mean and std per channel over all pixels of the chosen rows, read at the table's bit depth as training
+    reads them; unreadable images are listed, not fatal."""
+    from protloc.progress import progress_bar
 
     total = np.zeros(channels, dtype=np.float64)
     total_squares = np.zeros(channels, dtype=np.float64)
     pixels, images, unreadable = 0, 0, []
     sources = table.frame["source"]
-    for row in tqdm(rows, desc="channel statistics", unit="image", disable=not show_progress):
+    for row in progress_bar(rows, desc="channel statistics", unit="image", disable=not show_progress):
         try:
-            image = load_image(sources.iloc[row], channels)
+            image = load_image(sources.iloc[row], channels, bit_depth=table.bit_depth)
         except ImageReadError as error:
             unreadable.append(f"{describe_source(sources.iloc[row])}: {error}")
             continue
@@ -129,7 +128,7 @@ def compute_channel_stats(table: DatasetTable, channels: int, rows: np.ndarray, 
 
 def plot_class_frequency(counts: pd.DataFrame):
     ordered = counts.sort_values("images", ascending=True)
-    figure, axes = plt.subplots(figsize=(8, 0.8 + 0.32 * len(ordered)))
+    figure, axes = subplots(figsize=(8, 0.8 + 0.32 * len(ordered)))
     bars = axes.barh(ordered["class"], ordered["images"], color="#4c72b0")
     labels = [f"{n}  ({share:.1%})" for n, share in zip(ordered["images"], ordered["share"])]
     axes.bar_label(bars, labels=labels, padding=3, fontsize=8)
@@ -149,7 +148,7 @@ def plot_co_occurrence(matrix: np.ndarray, names: list[str]):
     labels = [f"{name} ({matrix[i, i]})" for i, name in enumerate(names)]
     # The diagonal (each class's own count) would swamp the colour scale; it is in the tick labels instead.
     mask = np.eye(size, dtype=bool)
-    figure, axes = plt.subplots(figsize=(2.5 + 0.55 * size, 1.5 + 0.5 * size))
+    figure, axes = subplots(figsize=(2.5 + 0.55 * size, 1.5 + 0.5 * size))
     # A log-like colour scale: one dominant pair (Nucleoplasm + Cytosol in HPA) would otherwise leave the
     # rest of the matrix one dark colour. Linear below 1 so that zero stays representable.
     norm = SymLogNorm(linthresh=1, vmin=0, vmax=max(int(matrix[~mask].max(initial=1)), 1))
@@ -161,7 +160,8 @@ def plot_co_occurrence(matrix: np.ndarray, names: list[str]):
     axes.set_title("Label co-occurrence: images carrying both classes\n(class totals in brackets)")
     axes.tick_params(axis="x", labelrotation=45, labelsize=8)
     axes.tick_params(axis="y", labelrotation=0, labelsize=8)
-    plt.setp(axes.get_xticklabels(), ha="right", rotation_mode="anchor")
+    for label in axes.get_xticklabels():
+        label.set(horizontalalignment="right", rotation_mode="anchor")
     figure.tight_layout()
     return figure
 
@@ -171,7 +171,7 @@ def plot_labels_per_image(labels_per_image: dict[str, int]):
     xs = list(range(min(counts), max(counts) + 1))
     ys = [counts.get(x, 0) for x in xs]
     total = sum(ys)
-    figure, axes = plt.subplots(figsize=(5.5, 3.5))
+    figure, axes = subplots(figsize=(5.5, 3.5))
     bars = axes.bar(xs, ys, color="#55a868")
     axes.bar_label(bars, labels=[f"{y}\n({y / total:.1%})" for y in ys], padding=2, fontsize=8)
     axes.set_xticks(xs)
@@ -188,7 +188,7 @@ def plot_sample_grid(images: list[np.ndarray | None], titles: list[str]):
     n = len(images)
     columns = min(SAMPLE_GRID, n)
     rows = int(np.ceil(n / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.3 * rows), squeeze=False)
+    figure, axes = subplots(rows, columns, figsize=(3.0 * columns, 3.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
@@ -204,7 +204,7 @@ def plot_sample_grid(images: list[np.ndarray | None], titles: list[str]):
 def plot_channel_stats(stats: ChannelStats):
     colours = [CHANNEL_COLOURS[name.split()[0]] for name in stats.channels]
     short = [name.split()[0] for name in stats.channels]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(7, 3))
+    figure, (left, right) = subplots(1, 2, figsize=(7, 3))
     for ax, values, title in ((left, stats.mean, "mean"), (right, stats.std, "std")):
         bars = ax.bar(short, values, color=colours)
         ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
@@ -225,7 +225,7 @@ def read_samples(table: DatasetTable, rows: np.ndarray, channels: int) -> tuple[
     for row in rows:
         record = table.frame.iloc[row]
         try:
-            images.append(load_image(record["source"], channels))
+            images.append(load_image(record["source"], channels, bit_depth=table.bit_depth))
         except ImageReadError:
             images.append(None)
         label_text = ", ".join(names[i] for i in record["labels"]) if table.labelled else "unlabelled"
@@ -235,11 +235,17 @@ def read_samples(table: DatasetTable, rows: np.ndarray, channels: int) -> tuple[
 
 def explore_dataset(table: DatasetTable, out_dir: str | Path, *, channels: int = 3, max_images: int | None = None,
                     seed: int = 0, source_name: str = "", show_progress: bool = True) -> dict:
-    """Write the exploration of `table` into `out_dir`; returns the summary written to summary.json."""
+    """Write the exploration of `table` into `out_dir`; returns the summary written to summary.json. Images are
+    read at the table's bit depth, or the one training would detect for it (intensity.detect_bit_depth)."""
+    from protloc.data.intensity import detect_bit_depth
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    detected = table.bit_depth is None
+    table = dataclasses.replace(table, bit_depth=table.bit_depth or detect_bit_depth(table))
+    depth = f"{table.bit_depth}-bit ({'detected as training would' if detected else 'as given'})"
     blocks = [html.paragraph(f"{source_name or table.root}: {len(table)} images, layout {table.layout}, "
-                             f"label set {table.label_set.name} ({len(table.label_set)} classes).")]
+                             f"label set {table.label_set.name} ({len(table.label_set)} classes), {depth}.")]
 
     summary = summarise_labels(table) if table.labelled else {
         "images": len(table), "layout": table.layout, "label_set": table.label_set.name, "labelled": False}
@@ -289,6 +295,7 @@ def explore_dataset(table: DatasetTable, out_dir: str | Path, *, channels: int =
                                 + (f" (first {len(shown)} below, {more} more in channel_stats.json)" if more else "")))
         blocks.append(html.code("\n".join(shown)))
 
+    summary["bit_depth"] = table.bit_depth
     summary["channel_stats"] = "channel_stats.json"
     write_json(out_dir / "summary.json", summary)
     html.write_page(out_dir / "index.html", f"Dataset exploration: {source_name or table.root}", blocks)

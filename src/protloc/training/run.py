@@ -2,8 +2,8 @@
 
 Two phases, each its own `Trainer.fit`: "frozen" trains the new head over a frozen ImageNet backbone, then
 "finetune" trains everything; each phase has a fresh optimiser and its own one-cycle schedule. The best
-epoch by validation macro F1 (at 0.5) is kept, per-class thresholds are tuned on validation, and the run
-folder gets config.json, model.safetensors, metrics.csv, lr.csv, curves.png and lr.png.
+epoch by validation macro F1 is kept (images labelled as predict labels them at 0.5: each at least one label),
+per-class thresholds are tuned on validation under the same rule, and the run folder gets config.json, model.safetensors, metrics.csv, lr.csv, curves.png and lr.png.
 
 Shuffling and augmentation follow (seed, epoch, image) and the model's randomness is reseeded from (seed,
 epoch) each epoch, so a run stopped (`stop_after`, Ctrl-C) and resumed ends with the same weights as one
@@ -26,7 +26,7 @@ from protloc.data.readers import DatasetTable
 from protloc.files import save_figure, write_csv
 from protloc.inference.outliers import MahalanobisScore, describe_features, outlier_threshold, save_description
 from protloc.inference.predictor import predict_probabilities
-from protloc.inference.thresholds import apply_thresholds, tune_thresholds
+from protloc.inference.thresholds import tune_thresholds
 from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
 from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, OUTLIER_FILE,
@@ -37,11 +37,11 @@ from protloc.training.datamodule import LocalisationData
 from protloc.training.engine import Engine, expected_warnings_ignored, make_trainer, rank
 from protloc.training.features import compute_features, frozen_phase_data
 from protloc.training.losses import auto_pos_weight, make_loss
-from protloc.training.metrics import multilabel_scores, scores_at_threshold
+from protloc.training.metrics import scores_as_deployed
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
 from protloc.training.outcome import TrainingOutcome
-from protloc.training.plots import plot_learning_rate, plot_training_curves
+from protloc.plots import plot_learning_rate, plot_training_curves
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
 from protloc.training.training_data import record_training_data
 
@@ -169,7 +169,6 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
         workers=data.val_workers(), show_progress=False, device=engine.device, precision="fp32",
         scorer=MahalanobisScore(description),
     )
-    model.to("cpu", memory_format=torch.contiguous_format)
     probabilities, targets = result.outputs, data.val_table.targets
     thresholds = tune_thresholds(targets, probabilities)
     run_config.thresholds = [float(t) for t in thresholds]
@@ -179,9 +178,9 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
         recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),
         best_epoch=int(best["epoch"]), best_phase=str(best["phase"]), precision_used=engine.precision,
         world_size=engine.world_size, images_per_second={phase: float(value) for phase, value in speed.items()},
-        val_at_05=scores_at_threshold(targets, probabilities, 0.5),
-        val_at_05_predicted=multilabel_scores(targets, apply_thresholds(probabilities, 0.5)),
-        val_tuned=multilabel_scores(targets, apply_thresholds(probabilities, thresholds)),
+        # Both in-sample: these images picked the epoch, and the thresholds too.
+        val_at_05=scores_as_deployed(targets, probabilities, 0.5),
+        val_tuned=scores_as_deployed(targets, probabilities, thresholds),
     )
     save_description(run_dir / OUTLIER_FILE, description)  # before config.json: a config never lacks its file
     write_run_folder(run_dir, run_config, model, history)
