@@ -26,6 +26,19 @@ class Health(BaseModel):
                                                         "the training images; null for a run without outlier scores")
 
 
+class CellResult(BaseModel):
+    cell: int = Field(description="the cell's number in the image's mask, 1..K")
+    labels: list[str] = Field(description="the cell's predicted class names (may be none)")
+    classes: list[int]
+    probabilities: dict[str, float] = Field(description="the cell's probability per class: the geometric mean of the "
+                                                        "cell's alone and its image's")
+    centroid: list[float] = Field(description="[x, y] in the image's pixels")
+    area: int = Field(description="pixels")
+    touches_border: bool
+    outline: list[list[float]] = Field(description="the cell's boundary, [x, y] points in the image's pixels, a "
+                                                   "closed polygon")
+
+
 class ImageResult(BaseModel):
     name: str = Field(description="the uploaded file's name; for a stain set, the common id of its files")
     labels: list[str] = Field(description="predicted class names")
@@ -39,6 +52,9 @@ class ImageResult(BaseModel):
                                                           "less like them); null for a run without outlier scores")
     outlier: bool | None = Field(None, description="outlier_score above the run's threshold: the image is unlike "
                                                    "what the model learned from, so its labels deserve doubt")
+    size: list[int] | None = Field(default=None, description="[width, height] of the image in pixels; with cells")
+    cells: list[CellResult] | None = Field(default=None, description="one per cell, found by segmentation; only when "
+                                                                     "the request asks for cells")
 
 
 class PredictResponse(BaseModel):
