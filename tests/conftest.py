@@ -38,7 +38,7 @@ TOGETHER = (
 )
 # Measured on 2 cores, slowest first (each over 2 s); the rest follow in the usual order.
 SLOWEST_FIRST = (
-    "tests/training/test_ddp.py", "tests/reports/test_embed.py", "tests/service/test_page.py",
+    "tests/training/test_ddp.py", "tests/inference/test_distributed.py", "tests/reports/test_embed.py", "tests/service/test_page.py",
     "tests/reports/test_run_report.py", "tests/training/test_speed_paths.py", "tests/training/test_resume.py",
     "tests/inference/test_ensemble.py", "tests/training/test_crash.py", "tests/test_hostile_input.py",
     "tests/reports/test_explore.py", "tests/inference/test_onnx.py", "tests/reports/test_explain.py",

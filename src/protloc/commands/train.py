@@ -14,7 +14,7 @@ import pandas as pd
 
 from protloc.allocator import use_huge_pages_for_tensors
 from protloc.data import BIT_DEPTHS
-from protloc.commands._options import add_cache_options, add_dataset_options, add_engine_options
+from protloc.commands._options import add_cache_options, add_dataset_options, add_engine_options, positive_int
 from protloc.errors import ProtlocError
 from protloc.files import check_output_path
 from protloc.runs import (CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, LR_PLOT_FILE, METRICS_FILE,
@@ -27,13 +27,6 @@ from protloc.training.resume import RESUMABLE_CHANGES, resumed_config
 from protloc.training.training_data import DATA_KINDS
 
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected 1 or more")
-    return value
 
 
 def count(text: str) -> int:
