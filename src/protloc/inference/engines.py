@@ -147,3 +147,13 @@ def predict_scored_batch(engine, images: torch.Tensor, tta: bool = False) -> tup
     probabilities = torch.stack([view[0] for view in views]).mean(dim=0)
     scores = None if views[0][1] is None else torch.stack([view[1] for view in views]).mean(dim=0)
     return probabilities, scores
+
+
+OUTLIER_SCORE = "outlier_score"  # a scored batch's extra beside its probabilities (predictor.TableResult.outlier_scores)
+
+
+def scored_outputs(engine, images: torch.Tensor, tta: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+    """A batch's probabilities, with the outlier scores of the same forward pass beside them (named, as
+    predictor.named_outputs takes them) where the run has them."""
+    probabilities, scores = predict_scored_batch(engine, images, tta)
+    return probabilities if scores is None else {"outputs": probabilities, OUTLIER_SCORE: scores}

@@ -28,8 +28,8 @@ from protloc.data.stains import describe_missing_stain, parse_stain_map, run_sta
 from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
-from protloc.inference.engines import (OnnxEngine, TorchEngine, make_engine, open_onnx_session,  # noqa: F401
-                                      predict_batch, predict_scored_batch)
+from protloc.inference.engines import (OUTLIER_SCORE, OnnxEngine, TorchEngine, make_engine,  # noqa: F401
+                                      open_onnx_session, predict_batch, scored_outputs)
 from protloc.inference.inputs import InputImages, as_image_list, image_ids, read_input
 from protloc.inference.onnx_export import run_onnx_session
 from protloc.inference.thresholds import apply_thresholds
@@ -85,15 +85,6 @@ class TableResult(NamedTuple):
     @property
     def unreadable(self) -> list[str]:
         return [problem for problem in self.problems if problem]
-
-
-OUTLIER_SCORE = "outlier_score"  # the extra of a scored prediction (TableResult.outlier_scores)
-
-
-def scored_outputs(engine, images: torch.Tensor, tta: bool) -> torch.Tensor | dict[str, torch.Tensor]:
-    """A batch's probabilities, with the outlier scores of the same forward pass beside them where the run has them."""
-    probabilities, scores = predict_scored_batch(engine, images, tta)
-    return probabilities if scores is None else {"outputs": probabilities, OUTLIER_SCORE: scores}
 
 
 def named_outputs(outputs) -> dict[str, torch.Tensor]:
