@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import struct
 import traceback
 import zlib
@@ -142,6 +143,8 @@ def make_hostile_data(root: Path) -> dict[str, Path]:
         for stain in ("red", "green", "blue", "yellow"):
             save_png(hpa / "train" / f"{identifier}_{stain}.png", seed=index, mode="L")
     (hpa / "train.csv").write_text("Id,Target\na,0\nb,2\n")
+    paths["hpa"] = root / "hpa"
+    shutil.copytree(hpa, paths["hpa"])
     (hpa / "train" / "b_green.png").write_bytes(png_bomb())
     paths["hpa_escape"] = root / "hpa-escape"
     shutil.copytree(hpa, paths["hpa_escape"])
@@ -238,7 +241,8 @@ class Case:
     argv: str  # the command line after `protloc`, {name} for a path of the world; {out} is the case's own folder
     expect: str  # text the error output must contain: the file or field at fault
     watch: tuple[str, ...] = ()  # paths of the world that must not change (the case's folder is always watched)
-    make: tuple[tuple[str, str], ...] = ()  # ("file" | "dir", path) made before the command runs
+    # ("file" | "dir" | "locked" | "fifo" | "image", path) or ("link", "path->target") made before the command runs
+    make: tuple[tuple[str, str], ...] = ()
     env: dict = field(default_factory=dict)
     skip: str = ""  # "root": needs a user that file modes bind; "gpu": needs a machine without a CUDA GPU
 
@@ -367,6 +371,30 @@ CASES = [
     *out_dir_cases("compare", "compare {run}", ".png"),
     Case("compare-metrics-garbage", "compare {run_metrics_garbage} --out {out}/c.png", "metrics.csv"),
     Case("compare-not-a-run", "compare {data} --out {out}/c.png", "metrics.csv"),
+    # outputs that must not be replaced (issue 31, finding 3): special files, links, inputs, runs, input data
+    Case("compare-out-a-fifo", "compare {run} --out {out}/pipe", "special file", make=(("fifo", "{out}/pipe"),)),
+    Case("predict-out-a-fifo", f"{PREDICT} --out {{out}}/pipe", "special file", make=(("fifo", "{out}/pipe"),)),
+    Case("predict-out-a-link", f"{PREDICT} --out {{out}}/link.csv", "symbolic link",
+         make=(("file", "{out}/target.csv"), ("link", "{out}/link.csv->{out}/target.csv"))),
+    Case("explore-out-a-link", "explore {data} --out {out}/link", "symbolic link",
+         make=(("dir", "{out}/real"), ("link", "{out}/link->{out}/real"))),
+    Case("predict-out-is-its-input", "predict {run} {out}/img.png --out {out}/img.png --workers 0", "input files",
+         make=(("image", "{out}/img.png"),)),
+    Case("predict-out-run-config", "predict {run} {good} --out {run}/config.json --workers 0", "config.json",
+         watch=("run",)),
+    Case("compare-out-run-metrics", "compare {run} --out {run}/metrics.csv", "metrics.csv", watch=("run",)),
+    Case("export-out-run-weights", "export {run} --out {run}/model.safetensors", "model.safetensors", watch=("run",)),
+    Case("evaluate-out-the-run", "evaluate {run} {data} --out {run} --workers 0", "is a run folder", watch=("run",)),
+    Case("convert-out-inside-source", "convert hpa2018-to-hpa10 {hpa} --out {hpa}/train", "input folder",
+         watch=("hpa",)),
+    Case("explore-out-inside-data", "explore {data} --out {data}/explore", "input folder", watch=("data",)),
+    Case("predict-out-inside-input-folder", "predict {run} {images} --out {images}/p.csv --workers 0", "input folder",
+         watch=("images",)),
+    # cache options (issue 31, finding 8)
+    Case("predict-cache-limit-inf", f"{PREDICT} --out {{out}}/p.csv --cache-limit-gb inf", "--cache-limit-gb"),
+    Case("train-cache-limit-inf", f"train {{data}} --out {{out}}/r {TRAIN} --cache-limit-gb inf", "--cache-limit-gb"),
+    Case("predict-cache-limit-env-inf", f"{PREDICT} --out {{out}}/p.csv", "PROTLOC_CACHE_LIMIT_GB",
+         env={"PROTLOC_CACHE_LIMIT_GB": "inf"}),
     # serve: refused before it listens
     Case("serve-tampered-thresholds", "serve {run_threshold_abc} --port 0", "thresholds"),
     Case("serve-tampered-labels", "serve {run_labels9} --port 0", "label_names"),
@@ -388,7 +416,13 @@ def snapshot(path: Path) -> dict | None:
             state[os.path.relpath(os.path.join(folder, name), path)] = "folder"
         for name in files:
             file = Path(folder) / name
-            state[os.path.relpath(file, path)] = (file.stat().st_mode, hashlib.sha256(file.read_bytes()).hexdigest())
+            mode = file.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                state[os.path.relpath(file, path)] = ("link", os.readlink(file))
+            elif not stat.S_ISREG(mode):  # a FIFO or device: its kind, never its content (reading one may block)
+                state[os.path.relpath(file, path)] = ("special", mode)
+            else:
+                state[os.path.relpath(file, path)] = (mode, hashlib.sha256(file.read_bytes()).hexdigest())
     return state
 
 
@@ -435,10 +469,17 @@ def test_hostile_input_exits_2_with_short_lines_and_writes_nothing(case, world, 
         pytest.skip(reason)
     values = {**world, "out": str(tmp_path / "out")}
     for kind, template in case.make:
-        path = Path(template.format(**values))
+        path, _, target = template.format(**values).partition("->")
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if kind == "file":
             path.write_text("keep me\n")
+        elif kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "link":
+            path.symlink_to(target)
+        elif kind == "image":
+            save_png(path, seed=3)
         else:
             path.mkdir()
             if kind == "locked":

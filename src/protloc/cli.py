@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import logging
 import pkgutil
 import sys
 
@@ -36,8 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class WarningLines(logging.Handler):
+    """The library's warnings (logger "protloc": an image cache it cannot use...) as one `protloc: warning:` line
+    each on the stderr of the moment (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"protloc: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def show_library_warnings() -> None:
+    logger = logging.getLogger("protloc")
+    if not any(isinstance(handler, WarningLines) for handler in logger.handlers):
+        logger.addHandler(WarningLines(logging.WARNING))
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_library_warnings()
     try:
         pixel_limit()  # a bad PROTLOC_MAX_PIXELS is said once, not once for every image
         return int(args.handler(args) or 0)

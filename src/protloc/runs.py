@@ -41,6 +41,20 @@ ENSEMBLE_FILE = "ensemble.json"  # in a K-fold folder: the folds it averages and
 OUT_OF_FOLD_FILE = "out_of_fold.csv"  # in a K-fold folder: each training image's probabilities from the fold that held it out
 
 
+def is_run_part(name: str) -> bool:
+    """Whether `name` inside a run folder (or a K-fold folder) is one of the files and folders that make it: only
+    train writes them, and tune rewrites the config."""
+    parts = {CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, LR_FILE, CURVES_FILE, LR_PLOT_FILE, CHECKPOINT_DIR, FOLDS_FILE,
+             ENSEMBLE_FILE, OUT_OF_FOLD_FILE}
+    return name in parts or fold_number(name) is not None
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """A folder that train wrote, or is writing: its config.json, ensemble.json or checkpoints' recipe is there."""
+    folder = Path(folder)
+    return any(os.path.isfile(folder / name) for name in (CONFIG_FILE, ENSEMBLE_FILE, f"{CHECKPOINT_DIR}/{RECIPE_FILE}"))
+
+
 def fold_dir(out: str | Path, fold: int) -> Path:
     return Path(out) / f"{FOLD_PREFIX}{fold}"
 

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.reports.evaluate import check_label_names, evaluate_run
     from protloc.runs import load_config
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=[args.data])
     config = load_config(args.run)
     table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast

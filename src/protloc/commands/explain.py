@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from protloc.runs import load_config
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=args.images)
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
     table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.labels import LabelSet
     from protloc.runs import load_config
 
-    check_output_path(args.out)
+    check_output_path(args.out, inputs=args.inputs)
     config = load_config(args.run)
     # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
     label_set = LabelSet(config.label_set, tuple(config.label_names))
