@@ -112,3 +112,30 @@ def test_the_installed_command_keeps_exit_codes_and_short_errors(tmp_path):
         assert result.stderr.count("\n") == 1 and str(missing) in result.stderr and "Traceback" not in result.stderr
         version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=120)
         assert version.returncode == 0 and version.stdout.startswith("protloc ")
+
+
+def test_positional_arguments_are_named_in_one_vocabulary():
+    """RUN, DATA, IMAGE...: upper case in every usage line, and --subset has one default wherever it is."""
+    for name, parser in commands().items():
+        for action in parser._actions:
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                shown = action.metavar or action.dest
+                assert shown.isupper(), f"{name}: positional {shown!r}"
+    subsets = {name: option(parser, "--subset").default for name, parser in commands().items() if option(parser, "--subset")}
+    assert set(subsets) >= {"explain", "explore", "embed"} and set(subsets.values()) == {"train"}
+
+
+def test_train_usage_shows_out_as_required():
+    usage = commands()["train"].format_usage()
+    assert "DATA --out RUN" in usage and "[--out" not in usage and "--resume RUN" in usage
+
+
+def test_help_imports_no_deep_learning_or_plotting_library():
+    """`protloc COMMAND --help` must answer at once: registering the commands imports none of the heavy libraries
+    (their import alone takes seconds); each command imports them when it runs."""
+    heavy = ("torch", "lightning", "timm", "torchvision", "matplotlib", "sklearn", "fastapi", "onnxruntime", "umap")
+    code = ("import sys; from protloc.cli import build_parser; build_parser(); "
+            f"print(' '.join(name for name in {heavy!r} if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []

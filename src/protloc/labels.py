@@ -1,6 +1,7 @@
 """Label sets: the class names a model predicts, in the order of its outputs."""
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -80,7 +81,8 @@ class LabelSet:
             raise ValueError(f"label {index} is outside 0..{len(self.names) - 1}")
         if token.lower() in self._index_of_name:
             return self._index_of_name[token.lower()]
-        raise ValueError(f"label {token!r} is not a class of {self.name} (a number 0..{len(self.names) - 1} or a class name)")
+        raise ValueError(f"label {token!r} is not a class of {self.name}{did_you_mean(token, self.names)} "
+                         f"(a number 0..{len(self.names) - 1} or a class name)")
 
     def parse_labels(self, text: str) -> list[int]:
         """Labels of one image: numbers or names, space-separated, or separated by ';', '|' or ','.
@@ -111,6 +113,21 @@ class LabelSet:
         if errors:
             raise ValueError("; ".join(errors))
         return labels
+
+
+def did_you_mean(token: str, names) -> str:
+    """"; did you mean 'Mitochondria'?" for a misspelt class name, or "" when no name is close."""
+    by_lower = {name.lower(): name for name in names}
+    token = token.strip().lower()
+    # A beginning ("golgi") or a close spelling; the cutoff keeps merely similar words ("ribosome") out.
+    close = [name for name in by_lower if len(token) >= 3 and name.startswith(token)][:2] or \
+        difflib.get_close_matches(token, list(by_lower), n=2, cutoff=0.75)
+    return f"; did you mean {' or '.join(repr(by_lower[match]) for match in close)}?" if close else ""
+
+
+def list_classes(names) -> str:
+    """"0 Mitochondria, 1 Nuclear bodies, ...": each class with its number, as options take them."""
+    return ", ".join(f"{index} {name}" for index, name in enumerate(names))
 
 
 HPA10 = LabelSet("hpa10", HPA10_NAMES)

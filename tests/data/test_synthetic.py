@@ -322,3 +322,68 @@ def test_image_green_follows_each_label():
     assert frac(9, masks["nucleus"]) > 0.45
     assert frac(1, masks["nucleus"]) > 4 * frac(6, masks["nucleus"])
     assert frac(9, masks["nucleus"]) > 4 * frac(6, masks["nucleus"])
+
+
+# ---------------------------------------------------------------- per-cell truth (--cells)
+
+
+@pytest.fixture(scope="module")
+def cells_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn-cells")
+    write_demo_dataset(root, n_train=24, n_test=2, size=128, seed=5, show_progress=False, workers=2, cells=True)
+    return root
+
+
+def _cell_rows(root: Path) -> dict[int, list[set[int]]]:
+    rows = _read_csv(root / "cells.csv")
+    assert rows[0] == ["Image", "Cell", "Label"]
+    by_image: dict[int, list[set[int]]] = {}
+    for image, cell, label in rows[1:]:
+        cells = by_image.setdefault(int(image), [])
+        assert int(cell) == len(cells) + 1  # cells numbered 1..K in order
+        cells.append({int(c) for c in label.split()})
+    return by_image
+
+
+def test_cells_are_deterministic_per_seed(cells_set, tmp_path):
+    write_demo_dataset(tmp_path, n_train=24, n_test=2, size=128, seed=5, show_progress=False, workers=1, cells=True)
+    assert _all_files(cells_set) == _all_files(tmp_path)
+    assert len(list((cells_set / "cells").iterdir())) == 26  # a mask for the test images too
+
+
+def test_cell_masks_match_cells_csv_and_image_labels_are_the_union(cells_set):
+    by_image = _cell_rows(cells_set)
+    train = {int(i): {int(c) for c in label.split()} for i, label in _read_csv(cells_set / "train.csv")[1:]}
+    assert sorted(by_image) == sorted(train)
+    for image, cells in by_image.items():
+        mask = np.asarray(Image.open(cells_set / "cells" / f"{image}.png"))
+        assert mask.dtype == np.uint16 and mask.shape == (128, 128)
+        assert sorted(np.unique(mask[mask > 0])) == list(range(1, len(cells) + 1))
+        assert set().union(*cells) == train[image]
+
+
+def test_cells_differ_at_the_documented_rates(cells_set):
+    by_image = _cell_rows(cells_set)
+    train = {int(i): {int(c) for c in label.split()} for i, label in _read_csv(cells_set / "train.csv")[1:]}
+    pairs = [(label in cell) for image, cells in by_image.items() for cell in cells for label in train[image]]
+    absent = 1 - np.mean(pairs)
+    assert 0.3 <= absent <= 0.6  # each pair shown with probability 0.55, a few more given to a cell
+    negative = np.mean([not cell for cells in by_image.values() for cell in cells])
+    assert negative > 0.15
+
+
+def test_a_cell_that_shows_no_label_has_no_pattern_green(cells_set):
+    by_image = _cell_rows(cells_set)
+    shown, dark = [], []
+    for image, cells in by_image.items():
+        mask = np.asarray(Image.open(cells_set / "cells" / f"{image}.png"))
+        green = np.asarray(Image.open(cells_set / "train" / f"{image}.png"))[..., 1].astype(float)
+        for number, labels in enumerate(cells, 1):
+            (shown if labels else dark).append(green[mask == number].mean())
+    assert np.median(dark) < 0.5 * np.median(shown)
+
+
+def test_cells_leave_a_dataset_without_them_as_it_was(small_set, tmp_path):
+    write_demo_dataset(tmp_path, n_train=10, n_test=5, size=64, seed=3, show_progress=False, workers=1, cells=True)
+    assert _read_csv(tmp_path / "train.csv") == _read_csv(small_set / "train.csv")
+    assert not (small_set / "cells.csv").exists()

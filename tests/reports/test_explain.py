@@ -72,7 +72,17 @@ def test_named_target_classes_get_one_panel_each(predictor, demo_data):
 def test_unknown_target_class_exits_2(run_dir, demo_data, tmp_path, capsys):
     image = str(sorted((demo_data / "test").glob("*.png"))[0])
     assert main(["explain", str(run_dir), image, "--out", str(tmp_path), "--target-classes", "Ribosome"]) == 2
-    assert "'Ribosome' is not a class" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'Ribosome' is not a class" in err and "did you mean" not in err and "0 Mitochondria, 1 Nuclear bodies" in err
+
+
+def test_a_misspelt_target_class_gets_a_suggestion_and_the_list(run_dir, demo_data, tmp_path, capsys):
+    image = str(sorted((demo_data / "test").glob("*.png"))[0])
+    assert main(["explain", str(run_dir), image, "--out", str(tmp_path), "--target-classes", "Mitocondria"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "'Mitocondria' is not a class of this run; did you mean 'Mitochondria'?" in err
+    assert "9 Nuclear speckles" in err
 
 
 def test_missing_run_folder_exits_2(demo_data, tmp_path, capsys):

@@ -46,6 +46,13 @@ def read_run_dataset(args: argparse.Namespace, config, path):
     return read_dataset(path, layout=args.format, label_set=label_set, channels=config.in_chans)
 
 
+def add_subset_option(parser: argparse.ArgumentParser) -> None:
+    """--subset: which images of a dataset with train and test parts a command reads; the same default everywhere."""
+    parser.add_argument("--subset", choices=("train", "test"), default="train",
+                        help="which images of a dataset folder with train and test parts to read: train (labelled, "
+                             "so true and missed classes can be shown) or test (default %(default)s)")
+
+
 def threshold_value(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:

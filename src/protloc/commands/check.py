@@ -9,7 +9,7 @@ from protloc.commands._options import add_dataset_options
 def register(subparsers) -> None:
     parser = subparsers.add_parser("check", help="validate a dataset and list every problem",
                                    description="Validate a dataset: CSV format, labels, ids and every image. Exit 0 when clean, 2 otherwise.")
-    parser.add_argument("data", help="dataset folder or CSV file")
+    parser.add_argument("data", metavar="DATA", help="dataset folder or CSV file")
     add_dataset_options(parser)
     parser.set_defaults(handler=run)
 

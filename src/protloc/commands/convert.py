@@ -11,7 +11,7 @@ def register(subparsers) -> None:
         "convert", help="convert a dataset to another layout / label set",
         description="hpa2018-to-hpa10: keep the HPA 2018 images that carry at least one of the 10 Zero-to-GANs "
                     "classes, drop the other labels, and write RGB composites in the Zero-to-GANs layout.")
-    parser.add_argument("conversion", choices=CONVERSIONS, help="which conversion: hpa2018-to-hpa10")
+    parser.add_argument("conversion", metavar="CONVERSION", choices=CONVERSIONS, help="which conversion: hpa2018-to-hpa10")
     parser.add_argument("source", metavar="SRC", help="HPA 2018 dataset folder (train.csv + train/<Id>_<stain>.png)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--labels-only", action="store_true", help="write train.csv only, no images")

@@ -18,6 +18,10 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the images and their labels: the same seed writes the same files (default %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="processes drawing images (default: all cores)")
+    parser.add_argument("--cells", action="store_true",
+                        help="cells differ: each shows each of its image's labels with probability 0.55 (the image's "
+                             "labels are the union of its cells'); also write the truth, cells/<Image>.png (uint16 "
+                             "instance masks) and cells.csv (Image,Cell,Label)")
     parser.set_defaults(handler=run)
 
 
@@ -27,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_path(args.out, folder=True)
 
-    write_demo_dataset(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, seed=args.seed, workers=args.workers)
-    print(f"wrote {args.n_train} train and {args.n_test} test images ({args.size}x{args.size}) to {args.out}")
+    write_demo_dataset(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, seed=args.seed, workers=args.workers,
+                       cells=args.cells)
+    cells = " with per-cell masks and labels" if args.cells else ""
+    print(f"wrote {args.n_train} train and {args.n_test} test images ({args.size}x{args.size}){cells} to {args.out}")
     return 0

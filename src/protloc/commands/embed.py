@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_engine_options, add_gray_as_option, add_run_data_options
+from protloc.commands._options import add_engine_options, add_gray_as_option, add_run_data_options, add_subset_option
 
 
 def register(subparsers) -> None:
@@ -19,8 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--method", choices=("umap", "pca"), default="umap",
                         help="2-D map: umap (neighbourhoods kept; the first map of a session spends some 5-15 s "
                              "compiling) or pca (linear, instant) (default %(default)s)")
-    parser.add_argument("--subset", choices=("train", "test"), default="train",
-                        help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
+    add_subset_option(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
     add_engine_options(parser)
     add_run_data_options(parser)

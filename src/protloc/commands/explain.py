@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import add_engine_options, add_gray_as_option
+from protloc.commands._options import add_engine_options, add_gray_as_option, add_subset_option
 
 
 def register(subparsers) -> None:
@@ -24,9 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--target-classes", default="predicted", metavar="WHICH",
                         help="predicted, all, or class names/numbers separated by commas (default %(default)s)")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="layout of a dataset given as IMAGE")
-    parser.add_argument("--subset", choices=("train", "test"), default="test",
-                        help="which part of a Kaggle layout to read: train has labels, so missed classes are shown "
-                             "(default %(default)s)")
+    add_subset_option(parser)
     add_engine_options(parser, batches=False)
     add_gray_as_option(parser)
     parser.set_defaults(handler=run)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_dataset_options, read_dataset_from_args
+from protloc.commands._options import add_dataset_options, add_subset_option, read_dataset_from_args
 
 
 def register(subparsers) -> None:
@@ -13,8 +13,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("data", metavar="DATA", help="dataset folder, CSV file or folder of images")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the plots and index.html")
-    parser.add_argument("--subset", choices=("train", "test"), default="train",
-                        help="which images of a Kaggle layout to read: its train or its test images (default %(default)s)")
+    add_subset_option(parser)
     parser.add_argument("--max-images", type=int, default=None, metavar="N",
                         help="compute channel statistics on a random sample of N images (default: all)")
     parser.add_argument("--seed", type=int, default=0,

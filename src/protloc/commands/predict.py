@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                     "a folder of images, or image files; stain files <Id>_<stain>.png (red, green, blue, yellow) are one "
                     "image per Id. Writes the input's Kaggle submission format: "
                     "Image,Label (HPA 2018: Id,Predicted), labels as space-separated class numbers.")
-    parser.add_argument("run", help="run folder written by protloc train")
+    parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="dataset folder, CSV, image folder or image files")
     parser.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")

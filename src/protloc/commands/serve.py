@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                     "'files', or a stain set in fields red, green, blue[, yellow]) and answers labels and "
                     "probabilities as JSON; POST /explain gives Grad-CAM overlays; /docs documents the API. "
                     "Example: curl -F files=@cell.png http://127.0.0.1:8000/predict")
-    parser.add_argument("run", help="run folder (config.json + model.safetensors) written by protloc train")
+    parser.add_argument("run", metavar="RUN", help="run folder (config.json + model.safetensors) written by protloc train")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 every interface (default %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default %(default)s)")

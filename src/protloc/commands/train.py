@@ -49,13 +49,15 @@ def add(group, name: str, help: str, **kwargs) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a classifier on a labelled dataset",
+        # --out is required except with --resume RUN, which argparse cannot say: the usage says it instead.
+        usage="protloc train DATA --out RUN [options]\n       protloc train --resume RUN [options]",
         description="Transfer learning from an ImageNet CNN, as the seed notebook does: first only a new head trains "
                     "over the frozen backbone (--epochs-frozen), then the whole network (--epochs); each phase follows "
                     "its own one-cycle learning rate, stepped every batch. The epoch with the best validation macro F1 "
                     "is kept and per-class thresholds are tuned on validation. RUN gets config.json, model.safetensors, "
                     "metrics.csv, lr.csv, curves.png, lr.png and checkpoints/ (for --resume).")
-    parser.add_argument("data", nargs="?", help="labelled dataset: folder or CSV (see --format)")
-    parser.add_argument("--out", metavar="RUN", help="run folder to write (no default: needed unless --resume RUN)")
+    parser.add_argument("data", metavar="DATA", nargs="?", help="labelled dataset: folder or CSV (see --format)")
+    parser.add_argument("--out", metavar="RUN", help="run folder to write (required, unless --resume RUN continues a stopped run)")
     add_model_options(parser.add_argument_group("model"))
     add_dataset_options(parser)
     add_data_options(parser.add_argument_group("data"))
@@ -177,9 +179,12 @@ def print_run(run_dir: Path, config: TrainConfig) -> None:
     speed = ", ".join(f"{phase} {value:.1f}" for phase, value in training.images_per_second.items())
     print(f"run: {run_dir} (config.json, model.safetensors)")
     print(f"plots: {run_dir / CURVES_FILE}, {run_dir / LR_PLOT_FILE}; per-epoch scores: {run_dir / METRICS_FILE}")
-    print(f"best epoch {training.best_epoch} ({training.best_phase}): val macro F1 "
-          f"{training.val_at_05['f1_macro']:.4f} at 0.5; labelled as predict does, "
-          f"{training.val_at_05_predicted['f1_macro']:.4f} at 0.5 and {training.val_tuned['f1_macro']:.4f} with tuned thresholds")
+    print(f"best epoch {training.best_epoch} ({training.best_phase}); macro F1 on the validation images (the mean "
+          f"over classes of each class's F1, 0 to 1):")
+    print(f"  {training.val_tuned['f1_macro']:.4f} as predict labels images: each class's threshold tuned on these "
+          f"images, at least one label per image")
+    print(f"  {training.val_at_05_predicted['f1_macro']:.4f} with every threshold at 0.5, at least one label per image; "
+          f"{training.val_at_05['f1_macro']:.4f} at 0.5 alone (metrics.csv's val_f1_macro)")
     print(f"training speed (images/s, training loop only): {speed}")
 
 

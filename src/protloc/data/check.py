@@ -7,8 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 import numpy as np
 
 from protloc.data.images import ImageReadError, convert_channels, read_pixels
@@ -16,6 +14,7 @@ from protloc.data.readers import DatasetTable, read_dataset
 from protloc.data.stains import describe_missing_stain
 from protloc.errors import DataError
 from protloc.labels import LabelSet
+from protloc.progress import progress_bar
 
 # Channels each file of a layout must have; other files need as many as the table is read for, at least
 # (or any number, for a 1-channel table: the green one is read).
@@ -75,7 +74,7 @@ def find_image_problems(table: DatasetTable, *, show_progress: bool = True, desc
     it holds and stores the others (protloc.data.cache)."""
     owners = _file_owners(table)
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
-        results = list(tqdm(pool.map(probe, owners), total=len(owners), desc=description, disable=not show_progress, unit="file"))
+        results = list(progress_bar(pool.map(probe, owners), total=len(owners), desc=description, disable=not show_progress, unit="file"))
     problems = []
     shapes = {}
     for path, shape, error in results:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from protloc.data.images import load_image
 from protloc.data.intensity import detect_bit_depth
@@ -16,6 +15,7 @@ from protloc.data.readers import DatasetTable, read_hpa2018
 from protloc.errors import DataError
 from protloc.files import atomic_path, write_csv
 from protloc.labels import HPA10, HPA28, HPA28_TO_HPA10
+from protloc.progress import progress_bar
 
 MAX_LISTED = 20
 
@@ -53,7 +53,7 @@ def convert_hpa2018_to_hpa10(source: Path, out: Path, *, labels_only: bool = Fal
         bit_depth = detect_bit_depth(table.subset(table.frame.index[table.frame["id"].isin(converted["Image"])]))
         jobs = [(sources[identifier], out / "train" / f"{identifier}.png", bit_depth) for identifier in converted["Image"]]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(tqdm(pool.map(_compose, jobs), total=len(jobs), desc="composing RGB", unit="image", disable=not show_progress))
+            list(progress_bar(pool.map(_compose, jobs), total=len(jobs), desc="composing RGB", unit="image", disable=not show_progress))
     write_csv(out / "train.csv", converted)
     return len(converted)
 

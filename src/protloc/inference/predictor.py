@@ -83,14 +83,14 @@ def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor], dataset: Dat
     width=None: the width of the first batch's outputs (0 for an empty dataset), for outputs such as
     features whose width only the model knows.
     """
-    from tqdm import tqdm
+    from protloc.progress import progress_bar
 
     outputs = None if width is None else np.zeros((len(dataset), width), dtype=np.float32)
     problems = [""] * len(dataset)
     # Batch after batch, each one's activations are the size of the last one's: kept, they are reused instead
     # of faulted in again (twice the images per second on the CPU; allocator.py). One batch has nothing to reuse.
     keep_freed_memory = freed_memory_kept_for_batches(len(dataset), batch_size)
-    with keep_freed_memory, tqdm(total=len(dataset), desc=desc, unit="img", disable=not show_progress,
+    with keep_freed_memory, progress_bar(total=len(dataset), desc=desc, unit="img", disable=not show_progress,
                                  leave=False) as bar:
         for images, _targets, rows, batch_problems in _loader(dataset, batch_size, workers):
             batch = run_batch(images).numpy()

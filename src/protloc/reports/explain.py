@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from protloc.data.readers import DatasetTable  # noqa: E402
 from protloc.errors import ProtlocError  # noqa: E402
+from protloc.labels import did_you_mean, list_classes  # noqa: E402
 from protloc.files import save_figure  # noqa: E402
 from protloc.inference.predictor import Predictor  # noqa: E402
 from protloc.reports import html  # noqa: E402
@@ -81,8 +82,9 @@ def parse_target_classes(spec: str, label_names: list[str]) -> str | list[int]:
         elif token.lower() in lowered:
             indices.append(lowered[token.lower()])
         else:
-            raise ProtlocError(f"--target-classes: {token!r} is not a class of this run "
-                               f"(predicted, all, or names/numbers 0..{len(label_names) - 1} from its config)")
+            raise ProtlocError(f"--target-classes: {token!r} is not a class of this run"
+                               f"{did_you_mean(token, label_names) or '.'} Expected predicted, all, or class names or "
+                               f"numbers separated by commas: {list_classes(label_names)}")
     if not indices:
         raise ProtlocError("--target-classes: expected predicted, all, or class names separated by commas")
     return list(dict.fromkeys(indices))
@@ -280,14 +282,14 @@ def true_classes(table: DatasetTable, config) -> list[list[int]] | None:
 def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path,
                   targets: str | list[int] = "predicted", show_progress: bool = True) -> list[Explanation]:
     """One PNG per image of `table` in `out_dir`; returns what each shows. Labelled tables show missed classes."""
-    from tqdm import tqdm
+    from protloc.progress import progress_bar
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     explanations, used = [], set()
     truth = true_classes(table, predictor.config) or [None] * len(table)
     rows = zip(table.frame["id"], table.frame["source"], truth)
-    for identifier, source, true in tqdm(rows, total=len(table), desc="Grad-CAM", unit="image",
+    for identifier, source, true in progress_bar(rows, total=len(table), desc="Grad-CAM", unit="image",
                                          disable=not show_progress):
         explanation, figure = explain_image(predictor, str(identifier), source, targets, true)
         while explanation.figure in used:  # two ids that sanitise to one name

@@ -102,13 +102,13 @@ def summarise_labels(table: DatasetTable) -> dict:
 
 def compute_channel_stats(table: DatasetTable, channels: int, rows: np.ndarray, show_progress: bool = True) -> ChannelStats:
     """Mean and std per channel over all pixels of the chosen rows; unreadable images are listed, not fatal."""
-    from tqdm import tqdm
+    from protloc.progress import progress_bar
 
     total = np.zeros(channels, dtype=np.float64)
     total_squares = np.zeros(channels, dtype=np.float64)
     pixels, images, unreadable = 0, 0, []
     sources = table.frame["source"]
-    for row in tqdm(rows, desc="channel statistics", unit="image", disable=not show_progress):
+    for row in progress_bar(rows, desc="channel statistics", unit="image", disable=not show_progress):
         try:
             image = load_image(sources.iloc[row], channels)
         except ImageReadError as error:

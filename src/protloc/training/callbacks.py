@@ -1,5 +1,5 @@
 """Cross-cutting parts of training: reseeding each epoch, the history behind metrics.csv, curves.png and lr.png,
-checkpoints that survive a moved run folder, and a progress bar of one line per epoch."""
+checkpoints that survive a moved run folder, and a progress bar of one line per epoch (on stderr)."""
 from __future__ import annotations
 
 import os
@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
 from protloc.files import write_csv
+from protloc.progress import bar_class
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -179,8 +180,9 @@ class RunProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self._validated = False
         # Opened with its final description and length, so that its first line already says which epoch it is.
-        self.train_progress_bar = Tqdm(
+        # On stderr with every other bar; off a terminal, one line when the epoch ends (progress.py).
+        self.train_progress_bar = bar_class(Tqdm)(
             desc=f"epoch {pl_module.global_epoch + 1}/{self.run_epochs} {pl_module.phase}",
             total=convert_inf(self.total_train_batches), disable=self.is_disabled, leave=True, dynamic_ncols=True,
-            file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT,
+            file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT,
         )

@@ -77,7 +77,7 @@ def backbone_fingerprint(model) -> str:
 def compute_features(model, dataset: Dataset, *, batch_size: int, workers: int, device: str,
                      autocast_dtype: torch.dtype | None, show_progress: bool) -> np.ndarray:
     """Pooled backbone features (N, F) float32 in dataset order, the backbone in eval mode (as frozen)."""
-    from tqdm.auto import tqdm
+    from protloc.progress import progress_bar
 
     was_training = model.training
     # Outside inference mode: parameters converted inside it could never train again.
@@ -91,7 +91,7 @@ def compute_features(model, dataset: Dataset, *, batch_size: int, workers: int, 
     keep_freed_memory = freed_memory_kept_for_batches(len(dataset), batch_size)
     try:
         with keep_freed_memory:
-            for images, *_ in tqdm(loader, desc="backbone features", unit="batch", disable=not show_progress):
+            for images, *_ in progress_bar(loader, desc="backbone features", unit="batch", disable=not show_progress):
                 images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode(), autocast:
                     batches.append(model.backbone(images).float())  # kept on the device: no wait per batch

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
 from protloc.data.transforms import eval_transforms
 from protloc.models.backbones import backbone_spec
+from protloc.progress import progress_bar
 from protloc.training.config import TrainConfig
 from protloc.training.engine import rank
 from protloc.training.resume import check_same_recipe, read_recipe, recipe_path, write_recipe
@@ -29,7 +29,7 @@ def measure_normalization(table: DatasetTable, *, image_size: int, channels: int
     squares = torch.zeros(channels, dtype=torch.float64)
     pixels = 0
     loader = DataLoader(dataset, batch_size=64, num_workers=workers)
-    for images, *_ in tqdm(loader, desc="measuring mean/std", unit="batch", disable=not show_progress):
+    for images, *_ in progress_bar(loader, desc="measuring mean/std", unit="batch", disable=not show_progress):
         images = images.double()
         total += images.sum(dim=(0, 2, 3))
         squares += (images**2).sum(dim=(0, 2, 3))

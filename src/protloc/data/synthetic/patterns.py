@@ -23,8 +23,12 @@ class Stage:
     def __init__(self, field: Field, gain: np.ndarray):
         self.field = field
         self.shape, self.s = field.shape, field.s
+        self.set_gain(gain)
+
+    def set_gain(self, gain: np.ndarray) -> None:
+        """Each cell's green brightness (0: the cell does not show the pattern)."""
         self.gain = gain  # per cell
-        lab = field.label
+        lab = self.field.label
         self.gmap = np.where(lab >= 0, gain[np.maximum(lab, 0)], 0.0).astype(np.float32)
 
     @cached_property
@@ -59,9 +63,13 @@ def pattern(class_name: str) -> Callable[[Pattern], Pattern]:
 
 
 def green_channel(
-    labels: tuple[int, ...], field: Field, rng: np.random.Generator, gain: np.ndarray
+    labels: tuple[int, ...], field: Field, rng: np.random.Generator, gain: np.ndarray,
+    shown: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The green channel before noise (the sum of the labels' patterns) and each label's pattern by name."""
+    """The green channel before noise (the sum of the labels' patterns) and each label's pattern by name.
+
+    `shown` (per label, a boolean per cell) keeps a label's pattern to the cells that show it: the others draw
+    it with zero brightness, so the generator's stream of draws is the same with or without it."""
     stage = Stage(field, gain)
     green = np.zeros(field.shape, dtype=np.float32)
     drawn: dict[str, np.ndarray] = {}
@@ -69,6 +77,8 @@ def green_channel(
         # Drawn before the pattern, and only for several labels: the order every dataset's bytes rest on.
         strength = rng.uniform(0.6, 1.0) if len(labels) > 1 else 1.0
         name = HPA10_NAMES[c]
+        if shown is not None:
+            stage.set_gain(gain * shown[c])
         pat = PATTERNS[name](stage, rng)
         green += strength * pat
         drawn[name] = pat

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from protloc.data.synthetic.cells import CellTruth, choose_cell_labels
 from protloc.data.synthetic.drawing import blur, smooth_noise
 from protloc.data.synthetic.field import Field
 from protloc.data.synthetic.label_sets import N_CLASSES
@@ -27,7 +28,7 @@ def render_image_with_masks(
     The masks (all ``(size, size)``): ``cells`` (int32 cell number, -1 background), ``nucleus``,
     ``nucleoli``, ``cytoplasm`` and ``rim`` (cell boundary pixels), booleans.
     """
-    image, field, _ = _render(labels, size, rng)
+    image, field, _, _ = _render(labels, size, rng)
     masks = {
         "cells": field.label,
         "nucleus": field.nucleus,
@@ -48,8 +49,19 @@ def render_field_with_masks(
     :func:`pattern_mask`). They are the ground truth for how well a saliency map (Grad-CAM) finds a
     class. Drawing them costs one sort per label; the image is the same as without them.
     """
-    image, _, patterns = _render(labels, size, rng)
+    image, _, patterns, _ = _render(labels, size, rng)
     return image, {name: pattern_mask(pat) for name, pat in patterns.items()}
+
+
+def render_image_with_cells(
+    labels: tuple[int, ...], size: int, rng: np.random.Generator, cell_rng: np.random.Generator
+) -> tuple[np.ndarray, CellTruth]:
+    """An image whose cells differ: each shows each of the labels or not (drawn from `cell_rng`; see cells.py).
+
+    Returns the uint8 RGB image and its CellTruth: the uint16 instance mask and each cell's labels. The image's
+    labels are the union of its cells'."""
+    image, _, _, truth = _render(labels, size, rng, cell_rng)
+    return image, truth
 
 
 def _check_request(labels: tuple[int, ...], size: int) -> tuple[tuple[int, ...], int]:
@@ -64,21 +76,23 @@ def _check_request(labels: tuple[int, ...], size: int) -> tuple[tuple[int, ...],
 
 
 def _render(
-    labels: tuple[int, ...], size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, Field, dict[str, np.ndarray]]:
-    """The uint8 image, its field of cells and each label's green pattern by class name."""
+    labels: tuple[int, ...], size: int, rng: np.random.Generator, cell_rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, Field, dict[str, np.ndarray], CellTruth | None]:
+    """The uint8 image, its field of cells, each label's green pattern by class name and, with `cell_rng`,
+    which cells show which labels (otherwise every cell shows every label)."""
     labels, size = _check_request(labels, size)
     field = Field(size, rng)
+    truth = None if cell_rng is None else choose_cell_labels(labels, field, cell_rng)
     n = len(field.cells)
     red = red_channel(field, rng)
     blue = blue_channel(field, rng, rng.uniform(0.45, 0.8, n))
     ggain = np.clip(rng.lognormal(0.0, 0.35, n), 0.3, 1.6).astype(np.float32)
-    green, patterns = green_channel(labels, field, rng, ggain)
+    green, patterns = green_channel(labels, field, rng, ggain, None if truth is None else truth.shown)
     # Weak nonspecific green: a haze over the cells and the whole field.
     haze = blur(field.cell_mask.astype(np.float32), 3.0 * field.s)
     green = green + rng.uniform(0.01, 0.05) * haze + rng.uniform(0.0, 0.015)
     img = np.stack([red, green, blue], axis=-1).astype(np.float32, copy=False)
-    return _photograph(img, field, rng), field, patterns
+    return _photograph(img, field, rng), field, patterns, truth
 
 
 def _photograph(img: np.ndarray, field: Field, rng: np.random.Generator) -> np.ndarray:

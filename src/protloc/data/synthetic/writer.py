@@ -9,11 +9,14 @@ import numpy as np
 from PIL import Image
 
 from protloc.data.synthetic.label_sets import sample_label_sets
-from protloc.data.synthetic.render import render_image
+from protloc.data.synthetic.render import render_image, render_image_with_cells
 from protloc.errors import ProtlocError
 from protloc.files import TEMP_SUFFIX, atomic_path
 
-RenderJob = tuple[str, int, int, tuple[int, ...], int, int]  # path, image id, index, labels, size, seed
+# path, image id, index, labels, size, seed, and the per-cell mask's path (None: every cell shows every label)
+RenderJob = tuple[str, int, int, tuple[int, ...], int, int, str | None]
+CELLS_DIR = "cells"
+CELLS_CSV = "cells.csv"
 
 
 def write_demo_dataset(
@@ -25,6 +28,7 @@ def write_demo_dataset(
     seed: int = 0,
     show_progress: bool = True,
     workers: int | None = None,
+    cells: bool = False,
 ) -> None:
     """Write a synthetic dataset in the Kaggle "Zero to GANs" layout under ``out_dir``.
 
@@ -33,6 +37,10 @@ def write_demo_dataset(
     seeded shuffle of ``0..n_train+n_test-1``; the CSVs list them in increasing order. The
     same seed gives byte-identical files whatever ``workers`` is. Existing files of the same
     names are replaced; other files in ``out_dir`` are left alone.
+
+    With ``cells``, cells differ (each shows each of its image's labels or not; see cells.py) and the truth is
+    written too: ``cells/<Image>.png`` for every image (uint16 instance mask: 0 background, cell k = k) and
+    ``cells.csv`` (``Image,Cell,Label``, the train images' cells; Label empty for a cell that shows none).
     """
     n_train = _check_int("n_train", n_train, 1)
     n_test = _check_int("n_test", n_test, 0)
@@ -46,6 +54,7 @@ def write_demo_dataset(
 
     out = Path(out_dir)
     train_dir, test_dir = _make_folders(out)
+    cells_dir = _make_cells_folder(out) if cells else None
     label_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     total = n_train + n_test
     label_sets = sample_label_sets(total, label_rng)
@@ -55,8 +64,14 @@ def write_demo_dataset(
     for index in range(total):
         folder = train_dir if index < n_train else test_dir
         image_id = int(ids[index])
-        jobs.append((str(folder / f"{image_id}.png"), image_id, index, label_sets[index], size, seed))
-    _render_all(jobs, workers, show_progress, (train_dir, test_dir))
+        mask_path = None if cells_dir is None else str(cells_dir / f"{image_id}.png")
+        jobs.append((str(folder / f"{image_id}.png"), image_id, index, label_sets[index], size, seed, mask_path))
+    folders = (train_dir, test_dir) if cells_dir is None else (train_dir, test_dir, cells_dir)
+    cell_labels = _render_all(jobs, workers, show_progress, folders)
+    if cells_dir is not None:
+        train_ids = sorted(int(ids[i]) for i in range(n_train))
+        _write_text(out / CELLS_CSV, "Image,Cell,Label\n" + "".join(
+            f"{i},{k},{' '.join(map(str, shows))}\n" for i in train_ids for k, shows in enumerate(cell_labels[i], 1)))
 
     train_rows = sorted((int(ids[i]), label_sets[i]) for i in range(n_train))
     test_ids = sorted(int(ids[i]) for i in range(n_train, total))
@@ -87,9 +102,21 @@ def _make_folders(out: Path) -> tuple[Path, Path]:
     return train_dir, test_dir
 
 
-def _render_all(jobs: list[RenderJob], workers: int, show_progress: bool, folders: tuple[Path, ...]) -> None:
-    """Render and write every job's image, in worker processes when there are several."""
+def _make_cells_folder(out: Path) -> Path:
+    folder = out / CELLS_DIR
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ProtlocError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def _render_all(jobs: list[RenderJob], workers: int, show_progress: bool,
+                folders: tuple[Path, ...]) -> dict[int, list[tuple[int, ...]]]:
+    """Render and write every job's image, in worker processes when there are several; the labels of each image's
+    cells by image id (empty lists without per-cell truth)."""
     total = len(jobs)
+    cell_labels: dict[int, list[tuple[int, ...]]] = {}
     pool = None
     progress = None
     try:
@@ -101,16 +128,17 @@ def _render_all(jobs: list[RenderJob], workers: int, show_progress: bool, folder
             ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
             pool = ctx.Pool(min(workers, total))
         if show_progress:
-            from tqdm import tqdm
+            from protloc.progress import progress_bar
 
-            progress = tqdm(total=total, desc="synthetic images", unit="img")
+            progress = progress_bar(total=total, desc="synthetic images", unit="img")
         if pool is None:
             results = map(_render_job, jobs)
         else:
             # Small chunks keep the workers evenly loaded and the progress bar moving.
             chunk = max(1, min(16, total // (workers * 8)))
             results = pool.imap_unordered(_render_job, jobs, chunksize=chunk)
-        for _ in results:
+        for image_id, labels_of_cells in results:
+            cell_labels[image_id] = labels_of_cells
             if progress is not None:
                 progress.update(1)
         if pool is not None:
@@ -122,6 +150,7 @@ def _render_all(jobs: list[RenderJob], workers: int, show_progress: bool, folder
         if progress is not None:
             progress.close()
         _remove_leftovers(folders)
+    return cell_labels
 
 
 def _remove_leftovers(folders: tuple[Path, ...]) -> None:
@@ -139,17 +168,25 @@ def _image_seed(seed: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(1, index))
 
 
-def _render_job(job: RenderJob) -> int:
-    path, image_id, index, labels, size, seed = job
+def _render_job(job: RenderJob) -> tuple[int, list[tuple[int, ...]]]:
+    path, image_id, index, labels, size, seed, mask_path = job
     rng = np.random.default_rng(_image_seed(seed, index))
-    _write_png(Path(path), render_image(labels, size, rng))
-    return image_id
+    if mask_path is None:
+        _write_png(Path(path), render_image(labels, size, rng))
+        return image_id, []
+    # A stream of its own for the per-cell draws: the image's other draws stay those of its index.
+    cell_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, index)))
+    image, truth = render_image_with_cells(labels, size, rng, cell_rng)
+    _write_png(Path(path), image)
+    _write_png(Path(mask_path), truth.mask)
+    return image_id, truth.cell_labels
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as temp:
-        # Fixed settings and no metadata: the bytes depend on the pixels only.
-        Image.fromarray(array, mode="RGB").save(temp, format="PNG", compress_level=6, optimize=False)
+        # Fixed settings and no metadata: the bytes depend on the pixels only. A 2-D array is a uint16 mask.
+        image = Image.fromarray(array, mode="RGB") if array.ndim == 3 else Image.fromarray(array.astype(np.uint16))
+        image.save(temp, format="PNG", compress_level=6, optimize=False)
 
 
 def _write_text(path: Path, text: str) -> None:
