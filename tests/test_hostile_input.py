@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from protloc.cli import main
-from protloc.data.images import ImageReadError, decode_image
+from protloc.data.images import ImageReadError, ImageTooLarge, decode_image
 from protloc.errors import ProtlocError
 
 
@@ -66,6 +66,31 @@ def jpeg_bomb(side: int = 60_000) -> bytes:
     frame = data.index(b"\xff\xc0")
     data[frame + 5:frame + 9] = struct.pack(">HH", side, side)
     return bytes(data)
+
+
+def deflate_tiff_bomb(side: int = 64, inflated: int = 64 * 2**20) -> bytes:
+    """A TIFF whose header says side x side grayscale pixels, one deflate strip that inflates to `inflated` bytes."""
+    data = zlib.compress(b"\0" * inflated, 9)
+    entries = [(256, 4, side), (257, 4, side), (258, 3, 8), (259, 3, 8), (262, 3, 1),
+               (273, 4, 0), (277, 3, 1), (278, 4, side), (279, 4, len(data))]
+    data_offset = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = data_offset if tag == 273 else value
+        packed = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0)
+        ifd += struct.pack("<HHI", tag, kind, 1) + packed
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + data
+
+
+def many_page_tiff(pages: int = 5000) -> bytes:
+    """A TIFF of `pages` one-pixel pages, alternating in shape so that tifffile cannot take them as one series."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for index in range(pages):
+            writer.write(np.zeros((1 + index % 2, 1), np.uint8), metadata=None)
+    return buffer.getvalue()
 
 
 def save_png(path: Path, size: int = 32, seed: int = 0, mode: str = "RGB") -> None:
@@ -543,6 +568,35 @@ def test_every_decoder_refuses_a_bomb_from_its_header_as_file_or_bytes(bomb, tmp
     for source in (tmp_path / "bomb", bomb()):
         with pytest.raises(ImageReadError, match="pixels, more than the limit of 100,000,000"):
             decode_image(source)
+
+
+@pytest.mark.parametrize("decoders", ["imagecodecs", "tifffile-fallback"])
+def test_a_deflate_tiff_bomb_is_refused_whichever_decoder_tifffile_has(decoders, monkeypatch):
+    """Issue 31, finding 2: one strip inflating far past the 64 x 64 its header gives. tifffile without imagecodecs
+    (or without its deflate codec) falls back to zlib.decompress, with no bound."""
+    import tifffile
+
+    if decoders == "tifffile-fallback":
+        from tifffile import _imagecodecs as fallback
+
+        monkeypatch.setitem(tifffile.TIFF.DECOMPRESSORS._codecs, 8, fallback.zlib_decode)
+    with pytest.raises(ImageReadError) as raised:
+        decode_image(deflate_tiff_bomb())
+    if decoders == "tifffile-fallback":
+        assert isinstance(raised.value, ImageTooLarge) and "inflates past the 4,096 bytes" in str(raised.value)
+
+
+def test_a_tiff_of_many_pages_is_refused_before_tifffile_reads_them(tmp_path):
+    """Issue 31, finding 5: pages are counted from their offsets first; tifffile's reading grows quadratically."""
+    from protloc.data.tiff_limits import MAX_TIFF_PAGES, count_tiff_pages
+
+    data = many_page_tiff()
+    assert count_tiff_pages(io.BytesIO(data)) == MAX_TIFF_PAGES + 1  # counting stops past the limit
+    (tmp_path / "pages.tif").write_bytes(data)
+    for source in (data, tmp_path / "pages.tif"):
+        with pytest.raises(ImageTooLarge, match="more than 512 pages"):
+            decode_image(source)
+    assert decode_image(many_page_tiff(4)).shape[:2] == (2, 1)  # a few pages still read
 
 
 # ---------------------------------------------------------------- random input to the readers

@@ -174,17 +174,27 @@ def _is_tiff(file: io.BytesIO | Path) -> bool:
 def _decode_tiff(file: io.BytesIO | Path, limit: int | None) -> np.ndarray:
     import tifffile
 
+    from protloc.data.tiff_limits import MAX_TIFF_PAGES, check_fallback_segments, count_tiff_pages
+
+    # Pages counted from their offsets before tifffile reads any: many small pages cost it minutes.
+    if count_tiff_pages(file) > MAX_TIFF_PAGES:
+        raise ImageTooLarge(f"a TIFF of more than {MAX_TIFF_PAGES:,} pages (an image has at most 4 channels)")
     with tifffile.TiffFile(file) as tiff:
-        if not tiff.series:
+        if not len(tiff.pages):
             raise ImageReadError("a TIFF file without image data")
         # The first page alone first: a file of many pages is refused before tifffile reads every page's header.
         check_pixel_count(tiff.pages[0].shape, limit)
+        if not tiff.series:
+            raise ImageReadError("a TIFF file without image data")
         series = tiff.series[0]
         check_pixel_count(series.shape, limit)
         budget = (limit or pixel_limit()) * BYTES_PER_PIXEL
         if series.size * series.dtype.itemsize > budget:
             raise ImageTooLarge(f"TIFF data of {series.shape} {series.dtype}: more than the limit of {budget:,} "
                                 "decoded bytes")
+        for page in series.pages:  # only where tifffile would inflate without a bound (no imagecodecs)
+            if page is not None and (why := check_fallback_segments(tiff, getattr(page, "keyframe", page), page)):
+                raise ImageTooLarge(why)
         array = np.asarray(series.asarray())
     # Channel-first TIFF stacks (C, H, W) are common in microscopy.
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
