@@ -251,7 +251,7 @@ def trained_kfold(demo_data, tiny_recipe, tmp_path_factory) -> Path:
     torch.set_num_threads(1)  # two compute threads on two shared cores stall each other
     try:
         assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args(epochs_frozen=0),
-                     "--backbone", "mobilenetv3_small_050", "--folds", "2", "--validation-split", "stratified"]) == 0
+                     "--backbone", "mobilenetv3_small_050", "--folds", "2"]) == 0
     finally:
         torch.set_num_threads(threads)
     return out

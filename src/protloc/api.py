@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def load(run: str | Path, *, device: str = "auto", engine: str = "auto", onnx: str | Path | None = None,
-         precision: str = "auto", gray_as: str | None = None) -> "Predictor":
+         precision: str = "auto", gray_as: str | None = None, bit_depth: int | None = None) -> "Predictor":
     """A Predictor on a run folder.
 
     engine: "auto" (ONNX Runtime in fp32 on the CPU, exporting the run's model.onnx on first use; torch on a GPU
@@ -29,8 +29,12 @@ def load(run: str | Path, *, device: str = "auto", engine: str = "auto", onnx: s
     precision: "auto" (fp32 on the CPU; bf16, or fp16 where bf16 is missing, on a GPU), "fp32", "bf16" or "fp16".
     gray_as: a stain name ("green" for a protein-only image) under which a grayscale image enters a run of 3 or 4
     channels, the others dark; without it such an image is refused.
+    bit_depth: the depth of the images' pixels, 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit files),
+    where it differs from the run's (its config.json's bit_depth, the default): each image is scaled from its own
+    full scale, 2**bit_depth - 1, as the run's training images were from theirs.
     """
     # Imported here so that `import protloc` does not import torch.
     from protloc.inference.predictor import load_predictor
 
-    return load_predictor(run, device=device, engine=engine, onnx_path=onnx, precision=precision, gray_as=gray_as)
+    return load_predictor(run, device=device, engine=engine, onnx_path=onnx, precision=precision, gray_as=gray_as,
+                          bit_depth=bit_depth)

@@ -16,7 +16,7 @@ from protloc.errors import ProtlocError
 
 
 # --help lists commands in the order of a user's work; a new command module not named here comes last.
-WORKFLOW_ORDER = ("demo_data", "check", "explore", "convert", "train", "compare", "predict", "tune",
+WORKFLOW_ORDER = ("demo_data", "check", "explore", "convert", "train", "compare", "segment", "predict", "tune",
                   "evaluate", "explain", "embed", "export", "serve", "report")
 
 

@@ -17,6 +17,7 @@ import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path, write_json
 from protloc.training.outcome import TrainingOutcome
@@ -79,7 +80,7 @@ class RunConfig:
     dropout: float = 0.0
     # Layout of the training data: predict writes that layout's Kaggle submission format by default.
     layout: str = "z2g"
-    # Full scale of the training images' pixels, 2**bit_depth - 1 (8, 12 or 16; data/intensity.py), applied to
+    # Full scale of the training images' pixels, 2**bit_depth - 1 (data.BIT_DEPTHS; data/intensity.py), applied to
     # every image the run reads. None in configs from before it was stored: each image's guessed from its maximum.
     bit_depth: int | None = None
     # The recipe and what came of it (split, seed, best epoch...), for the record; nothing reads it back
@@ -109,8 +110,8 @@ class RunConfig:
             raise ProtlocError(f"{source}: training {reprlib.repr(data['training'])}: expected a JSON object")
         config = cls(**{key: value for key, value in data.items() if key in names})
         problems = config_problems(config)
-        if config.bit_depth not in (None, 8, 12, 16):
-            problems.append(f"bit_depth {config.bit_depth!r} (expected 8, 12 or 16)")
+        if config.bit_depth not in (None, *BIT_DEPTHS):
+            problems.append(f"bit_depth {config.bit_depth!r} (expected {', '.join(map(str, BIT_DEPTHS))})")
         if problems:
             raise ProtlocError(*(f"{source}: {problem}" for problem in problems))
         return config

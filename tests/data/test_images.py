@@ -31,11 +31,42 @@ def test_sixteen_bit_png_scales_to_eight_bit_by_the_bit_depth(tmp_path):
     assert read_pixels(tmp_path / "x.png").dtype == np.uint16
     assert decode_image(tmp_path / "x.png", bit_depth=16)[0, :, 0].tolist() == [0, 16, 128, 255]
     assert decode_image(tmp_path / "x.png", bit_depth=12)[0, :, 0].tolist() == [0, 255, 255, 255]  # saturated above 4095
-    with pytest.raises(ImageReadError, match="16-bit pixels, but the run reads 8-bit images"):
-        decode_image(tmp_path / "x.png", bit_depth=8)
+    assert decode_image(tmp_path / "x.png", bit_depth=10)[0, :, 0].tolist() == [0, 255, 255, 255]
+    # An 8-bit dataset has no scale for wider pixels: they are read by their container, 0..65535.
+    assert decode_image(tmp_path / "x.png", bit_depth=8)[0, :, 0].tolist() == [0, 16, 128, 255]
     eight_bit = np.array([[0, 100, 255]], dtype=np.uint8)
-    for depth in (8, 12, 16, None):  # an 8-bit file is on the 0..255 scale whatever the dataset's depth
+    for depth in (8, 10, 12, 14, 16, None):  # an 8-bit file is on the 0..255 scale whatever the dataset's depth
         assert decode_image(_png_bytes(eight_bit), bit_depth=depth)[0, :, 0].tolist() == [0, 100, 255]
+
+
+def test_sixteen_bit_colour_pngs_keep_their_stored_depth(tmp_path):
+    import imagecodecs
+
+    rgb = np.zeros((3, 4, 3), dtype=np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 1000, 4000, 2000
+    rgb[0, 0] = (1, 65535, 4095)
+    (tmp_path / "rgb.png").write_bytes(imagecodecs.png_encode(rgb))
+    pixels = read_pixels(tmp_path / "rgb.png")
+    assert pixels.dtype == np.uint16 and pixels.shape == (3, 4, 3)
+    np.testing.assert_array_equal(pixels, rgb)
+    np.testing.assert_array_equal(read_pixels((tmp_path / "rgb.png").read_bytes()), rgb)  # bytes alike
+    # 12-bit data: 1000, 4000, 2000 are grey levels 62, 249, 125 (PIL alone would give 3, 15, 7).
+    assert decode_image(tmp_path / "rgb.png", bit_depth=12)[1, 1].tolist() == [62, 249, 125]
+    gray_alpha = np.stack([np.full((2, 2), 3000, np.uint16), np.full((2, 2), 65535, np.uint16)], axis=-1)
+    rgba = np.concatenate([rgb, np.full((3, 4, 1), 65535, np.uint16)], axis=-1)
+    assert read_pixels(imagecodecs.png_encode(gray_alpha)).tolist() == [[[3000]] * 2] * 2  # alpha dropped
+    np.testing.assert_array_equal(read_pixels(imagecodecs.png_encode(rgba)), rgba)
+
+
+def test_sixteen_bit_png_and_tiff_of_the_same_pixels_read_alike(tmp_path):
+    import imagecodecs
+
+    pixels = np.random.default_rng(0).integers(0, 4096, (8, 9, 3), dtype=np.uint16)
+    (tmp_path / "a.png").write_bytes(imagecodecs.png_encode(pixels))
+    tifffile.imwrite(tmp_path / "a.tif", pixels)
+    for depth in (10, 12, 16):
+        np.testing.assert_array_equal(decode_image(tmp_path / "a.png", bit_depth=depth),
+                                      decode_image(tmp_path / "a.tif", bit_depth=depth))
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

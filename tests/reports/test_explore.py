@@ -90,3 +90,26 @@ def test_hpa2018_stains_are_composed(demo_data, tmp_path):
 def test_missing_dataset_exits_2(tmp_path, capsys):
     assert main(["explore", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_sixteen_bit_images_are_read_at_the_datasets_bit_depth(tmp_path):
+    import tifffile
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    dim = np.full((8, 8, 3), 1000, np.uint16)  # 12-bit camera data, dim in every image
+    bright = dim.copy()
+    bright[0, 0] = 4000
+    tifffile.imwrite(folder / "a.tif", dim)
+    tifffile.imwrite(folder / "b.tif", bright)
+    out = tmp_path / "out"
+    assert main(["explore", str(folder), "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["bit_depth"] == 12
+    stats = json.loads((out / "channel_stats.json").read_text())
+    # 1000 of 4095 is grey level 62 in both images, not scaled by each image's own maximum.
+    expected = (62 * 127 + round(4000 / 4095 * 255)) / 128 / 255
+    np.testing.assert_allclose(stats["mean"], [expected] * 3, rtol=1e-9)
+    assert "12-bit (detected as training would)" in (out / "index.html").read_text()
+    assert main(["explore", str(folder), "--out", str(tmp_path / "given"), "--bit-depth", "16"]) == 0
+    given = json.loads((tmp_path / "given" / "channel_stats.json").read_text())
+    assert given["mean"][0] == pytest.approx((4 * 127 + 16) / 128 / 255)  # 1000 and 4000 of 65535: levels 4 and 16

@@ -309,3 +309,49 @@ def test_concurrent_requests_share_forward_passes(predictor, image_paths):
         assert service.batching.forward_passes - before < 8  # fewer passes than requests: they were batched
         alone = predictor.predict_proba(image_paths[:8])
         np.testing.assert_allclose([probabilities_of(a.json()["images"][0]) for a in answers], alone, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the input's bit depth; K-fold folders
+
+
+@pytest.mark.parametrize("where", ["params", "data"])
+def test_bit_depth_states_the_depth_of_uploaded_pixels(client, run_dir, image_paths, where):
+    import imagecodecs
+
+    import protloc
+
+    twelve_bit = np.asarray(Image.open(image_paths[0]).convert("RGB")).astype(np.uint16) * 16
+    upload = [("files", ("deep.png", imagecodecs.png_encode(twelve_bit), "image/png"))]
+    response = client.post("/predict", files=upload, **{where: {"bit_depth": "12"}})
+    assert response.status_code == 200, response.text
+    expected = protloc.load(run_dir, precision="fp32", bit_depth=12).predict_proba(twelve_bit)[0]
+    np.testing.assert_allclose(probabilities_of(response.json()["images"][0]), expected, atol=1e-5)
+    as_sixteen = client.post("/predict", files=upload, **{where: {"bit_depth": "16"}}).json()["images"][0]
+    assert np.abs(np.array(probabilities_of(as_sixteen)) - expected).max() > 1e-3
+    response = client.post("/predict", files=upload, **{where: {"bit_depth": "11"}})
+    assert response.status_code == 422 and "bit_depth 11: expected one of 8, 10, 12, 14, 16" in response.text
+
+
+def test_explain_on_a_kfold_folder_answers_as_protloc_explain_does(untrained_run, image_paths, tmp_path):
+    import protloc
+    from protloc.reports.explain import explain_image as explain_file
+    from protloc.reports.explain import model_view, overlay_map
+    from protloc.runs import fold_dir, write_ensemble
+    from protloc.training.outcome import TrainingOutcome
+
+    out = tmp_path / "cv"
+    for fold in range(2):
+        untrained_run(fold_dir(out, fold), image_size=64, spread=10.0 * (fold + 1))
+    write_ensemble(out, ["fold-0", "fold-1"], HPA10.name, NAMES, [0.5] * len(NAMES), TrainingOutcome())
+    predictor = protloc.load(out, engine="torch", precision="fp32")
+    limits = ServiceLimits(max_upload_bytes=1_000_000, max_pixels=1_000_000, max_files=8, batch_size=8)
+    with TestClient(create_app(predictor, run_name="cv", limits=limits, allowed_hosts=["testserver"])) as kfold:
+        response = kfold.post("/explain", files=files_of(image_paths[:1]), data={"classes": ["Cytosol"]})
+    assert response.status_code == 200, response.text
+    explanation, figure = explain_file(predictor, "x", str(image_paths[0]), [NAMES.index("Cytosol")])
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    seen = model_view(predictor.prepare(str(image_paths[0]))[None], predictor.config)
+    expected = (overlay_map(seen, explanation.cams[0]) * 255 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(decode_data_url(response.json()["explanations"][0]["overlay"]), expected)

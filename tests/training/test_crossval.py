@@ -12,9 +12,9 @@ import pytest
 import protloc
 from protloc.cli import main
 from protloc.data.readers import read_dataset
-from protloc.inference.thresholds import apply_thresholds, tune_thresholds
+from protloc.inference.thresholds import apply_thresholds, cross_fitted_labels, tune_thresholds
 from protloc.runs import ENSEMBLE_FILE, FOLDS_FILE, OUT_OF_FOLD_FILE, EnsembleConfig, load_config
-from protloc.training.metrics import multilabel_scores, scores_at_threshold
+from protloc.training.metrics import multilabel_scores, scores_as_deployed
 from protloc.training.splits import kfold_splits
 
 
@@ -24,9 +24,11 @@ def test_kfold_trains_one_complete_run_per_fold(trained_kfold):
     n_val = []
     for fold in ("0", "1"):
         training = load_config(trained_kfold / f"fold-{fold}").training
-        assert training.best_epoch == 1 and training.validation_split == "stratified"
+        # Stratified folds by default, whatever the single-run --validation-split (left at its default, mask).
+        assert training.best_epoch == 1 and training.validation_split == "mask"
+        assert training.recipe["fold_split"] == "stratified"
         assert summary.loc[fold, "best_val_f1_macro"] == pytest.approx(training.val_at_05["f1_macro"])
-        assert summary.loc[fold, "val_f1_macro_at_0.5"] == pytest.approx(training.val_at_05_predicted["f1_macro"])
+        assert summary.loc[fold, "val_f1_macro_at_0.5"] == pytest.approx(training.val_at_05["f1_macro"])
         assert summary.loc[fold, "val_f1_macro_tuned"] == pytest.approx(training.val_tuned["f1_macro"])
         n_val.append(training.n_val)
     assert sum(n_val) == 96  # the two validation folds partition the data
@@ -59,11 +61,16 @@ def test_ensemble_thresholds_are_tuned_on_all_out_of_fold_predictions(trained_kf
     np.testing.assert_allclose(config.thresholds, expected)
     tuned = multilabel_scores(table.targets, apply_thresholds(probabilities, expected))
     assert config.training.val_tuned["f1_macro"] == pytest.approx(tuned["f1_macro"])
-    at_05 = scores_at_threshold(table.targets, probabilities, 0.5)
+    at_05 = scores_as_deployed(table.targets, probabilities, 0.5)
     assert config.training.val_at_05["f1_macro"] == pytest.approx(at_05["f1_macro"])
     pooled = pd.read_csv(trained_kfold / FOLDS_FILE, dtype={"fold": str}).set_index("fold").loc["out-of-fold"]
     assert pooled["images"] == 96
     assert pooled["val_f1_macro_oof_thresholds"] == pytest.approx(tuned["f1_macro"])
+    # The honest score of tuning: each fold's images at thresholds tuned on the other fold alone.
+    held_out_by = pd.read_csv(trained_kfold / OUT_OF_FOLD_FILE)["fold"].to_numpy()
+    cross_fitted = multilabel_scores(table.targets, cross_fitted_labels(table.targets, probabilities, held_out_by))
+    assert pooled["val_f1_macro_cross_fitted"] == pytest.approx(cross_fitted["f1_macro"])
+    assert config.training.val_tuned_cross_fitted["f1_macro"] == pytest.approx(cross_fitted["f1_macro"])
 
 
 def test_resume_writes_a_missing_ensemble_and_keeps_an_existing_one(trained_kfold, tmp_path):

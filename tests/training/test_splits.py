@@ -82,7 +82,7 @@ def test_stratified_handles_rows_without_labels():
     assert_valid_split(*split_stratified(targets, 0.3, seed=0), 60)
 
 
-@pytest.mark.parametrize("method", ["stratified", "random", "mask"])
+@pytest.mark.parametrize("method", ["stratified", "random"])
 def test_kfold_validation_folds_partition_the_rows(method):
     targets = skewed_targets(n=90)
     folds = kfold_splits(targets, k=3, seed=1, method=method)
@@ -105,5 +105,31 @@ def test_bad_options_raise_protloc_error():
         make_split("mask", targets[:1], 0.2, seed=0)
     with pytest.raises(ProtlocError, match="folds"):
         kfold_splits(targets, k=1, seed=0)
-    with pytest.raises(ProtlocError, match="unknown split method"):
-        kfold_splits(targets, k=2, seed=0, method="bogus")
+    for method in ("bogus", "mask"):
+        with pytest.raises(ProtlocError, match="unknown fold split method"):
+            kfold_splits(targets, k=2, seed=0, method=method)
+
+
+def fold_positives(targets, folds):
+    """(folds, classes): how many of each class's positives each validation fold holds."""
+    return np.array([targets[val].sum(axis=0) for _train, val in folds])
+
+
+def test_kfold_is_stratified_by_default_each_fold_holds_its_share_of_every_class():
+    targets = skewed_targets(n=400)
+    expected = targets.sum(axis=0) / 5  # a fifth of each class's positives, 41 down to 1.6
+    stratified = fold_positives(targets, kfold_splits(targets, k=5, seed=0))
+    assert (np.abs(stratified - expected) < 1).all(), stratified
+    # A shuffled K-fold misses by several images on the same data: the check above can fail.
+    shuffled = fold_positives(targets, kfold_splits(targets, k=5, seed=0, method="random"))
+    assert (np.abs(shuffled - expected) >= 1).any()
+
+
+def test_kfold_runs_use_the_fold_split_whatever_the_validation_split():
+    from protloc.training.config import TrainConfig, config_from_recipe
+
+    config = TrainConfig(data="d", out="o", folds=5, validation_split="mask")
+    assert config.fold_split == "stratified"
+    # A K-fold run recorded before fold_split existed resumes on the folds it began with.
+    assert config_from_recipe({"data": "d", "out": "o", "folds": 5, "validation_split": "mask"}).fold_split == "random"
+    assert config_from_recipe({"data": "d", "out": "o", "folds": 5, "validation_split": "stratified"}).fold_split == "stratified"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from protloc.data import BIT_DEPTHS
 from protloc.data.readers import LAYOUTS, DatasetTable, read_dataset
 from protloc.data.stains import STAINS
 from protloc.inference import ENGINES
@@ -38,6 +40,24 @@ def add_gray_as_option(parser: argparse.ArgumentParser) -> None:
                         help="read a grayscale (1-channel) image as this stain (red, green, blue or yellow), the run's "
                              "other channels left dark: green for a protein-only image. Without it, an image with fewer "
                              "channels than the run reads is refused; give one file per stain, <Id>_<stain>.png")
+
+
+def add_bit_depth_option(parser: argparse.ArgumentParser) -> None:
+    """--bit-depth N: the depth of the input's pixels, where it differs from the run's (images.to_uint8)."""
+    parser.add_argument("--bit-depth", type=int, choices=BIT_DEPTHS, default=None, metavar="N",
+                        help="depth of the input's pixels: 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit "
+                             "files); each image is scaled from its full scale, 2**N - 1, into the run's range. "
+                             "Default: the run's bit depth, except that a run of 8-bit images reads a 16-bit file by "
+                             "its container (0..65535), saying so in one line. 8-bit files are always 0..255")
+
+
+def announce_depth_reading(table: DatasetTable, config, stated: int | None) -> None:
+    """One line on stderr where the input's pixels are read at another depth than the run's (intensity.py)."""
+    from protloc.data.intensity import describe_depth_reading
+
+    note = describe_depth_reading(table, config.bit_depth, stated)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def read_run_dataset(args: argparse.Namespace, config, path):

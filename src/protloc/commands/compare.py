@@ -65,12 +65,14 @@ def folder_label(folder: Path) -> str:
 
 
 def split_method(folder: Path) -> str:
-    """The run's validation split; a run still in training (no config.json yet) has it in its recipe."""
+    """The run's validation split (a K-fold fold's: the fold split); a run still in training (no config.json yet)
+    has it in its recipe."""
     if (folder / CONFIG_FILE).is_file():
-        split = load_config(folder).training.validation_split
+        recipe = load_config(folder).training.recipe
     else:
-        split = (read_recipe(folder) or {"config": {}})["config"].get("validation_split")
-    return split or "unknown"
+        recipe = (read_recipe(folder) or {"config": {}})["config"]
+    key = "fold_split" if (recipe.get("folds") or 1) >= 2 else "validation_split"
+    return recipe.get(key) or "unknown"
 
 
 def run(args: argparse.Namespace) -> int:

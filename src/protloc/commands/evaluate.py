@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_gray_as_option, add_inference_options, add_run_data_options, read_run_dataset,
-                                       threshold_value)
+from protloc.commands._options import (add_bit_depth_option, add_gray_as_option, add_inference_options, add_run_data_options,
+                                       announce_depth_reading, read_run_dataset, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     add_inference_options(parser)
     add_run_data_options(parser)
     add_gray_as_option(parser)
+    add_bit_depth_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -35,12 +36,23 @@ def run(args: argparse.Namespace) -> int:
     table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as)
+                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth)
+    announce_depth_reading(table, config, args.bit_depth)
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
         evaluation = evaluate_run(predictor, table, out, threshold=args.threshold, tta=args.tta,
                                   batch_size=args.batch_size, workers=args.workers, data_name=str(args.data))
     scores = evaluation.scores["thresholds"]
     print(f"{len(table)} images: macro F1 {scores['f1_macro']:.4f}, micro F1 {scores['f1_micro']:.4f}, "
           f"course F-score {scores['fscore_course']:.4f} ({evaluation.threshold_source}); "
-          f"open {args.out}/index.html")
+          f"{sample_note(config, args.data)}; open {args.out}/index.html")
     return 0
+
+
+def sample_note(config, data) -> str:
+    """Whether these scores are in-sample: DATA is the folder or file RUN trained on (and tuned its thresholds on)."""
+    from pathlib import Path
+
+    trained_on = (config.training.recipe or {}).get("data")
+    if trained_on and Path(trained_on).resolve() == Path(data).resolve():
+        return "IN-SAMPLE: RUN trained on these images, so these scores flatter it"
+    return "held out, unless these images were also in RUN's training data"

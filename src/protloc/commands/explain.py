@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import add_engine_options, add_gray_as_option, add_subset_option
+from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_subset_option,
+                                       announce_depth_reading)
 
 
 def register(subparsers) -> None:
@@ -27,6 +28,7 @@ def register(subparsers) -> None:
     add_subset_option(parser)
     add_engine_options(parser, batches=False)
     add_gray_as_option(parser)
+    add_bit_depth_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -47,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
     table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans)
-    predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as)
+    predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as,
+                               bit_depth=args.bit_depth)
+    announce_depth_reading(table, config, args.bit_depth)
     if table.labelled and true_classes(table, predictor.config) is None:
         print(f"note: the labels of {' '.join(args.images)} are not in the run's classes; "
               "true and missed classes are not shown", file=sys.stderr)

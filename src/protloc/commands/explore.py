@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from protloc.commands._options import add_dataset_options, add_subset_option, read_dataset_from_args
+from protloc.data import BIT_DEPTHS
 
 
 def register(subparsers) -> None:
@@ -18,6 +19,9 @@ def register(subparsers) -> None:
                         help="compute channel statistics on a random sample of N images (default: all)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for the sample images and --max-images sample (default %(default)s)")
+    parser.add_argument("--bit-depth", type=int, choices=BIT_DEPTHS, default=None, metavar="N",
+                        help="intensity scale of the images, 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit "
+                             "files), as protloc train --bit-depth (default: detected as train detects it)")
     add_dataset_options(parser)
     parser.set_defaults(handler=run)
 
@@ -31,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ProtlocError(f"--max-images must be at least 1, got {args.max_images}")
     check_output_path(args.out, folder=True, inputs=[args.data])
     table = read_dataset_from_args(args, split=args.subset)
+    table.bit_depth = args.bit_depth
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
         summary = explore_dataset(table, out, channels=args.channels, max_images=args.max_images,
                                   seed=args.seed, source_name=str(args.data))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_cache_options, add_gray_as_option, add_inference_options, image_cache_from_args,
-                                     threshold_value)
+from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option, add_inference_options,
+                                     announce_depth_reading, image_cache_from_args, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -31,22 +31,38 @@ def register(subparsers) -> None:
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="unreadable images: fail (exit 2, nothing written) or skip (left out of the file, each "
                              "named) (default %(default)s)")
+    parser.add_argument("--cells", action="store_true",
+                        help="one row per cell instead of per image: Image,Cell,Label (with --probabilities: one "
+                             "column per class and the cell's geometry); cells from --masks or found by protloc "
+                             "segment's method (docs/cells.md)")
+    parser.add_argument("--masks", default=None, metavar="DIR",
+                        help="with --cells: the cells of each image, DIR/<id>.png (or .tif) label images: 0 background, "
+                             "k for cell k (from protloc segment, cellpose, CellProfiler, HPA-Cell-Segmentation)")
     add_gray_as_option(parser)
+    add_bit_depth_option(parser)
     add_inference_options(parser)
     add_cache_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
     from protloc.data.readers import read_inputs
-    from protloc.errors import DataError, listed
+    from protloc.errors import DataError, ProtlocError, listed
     from protloc.files import check_output_path, write_csv
     from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.submission import output_layout, probability_frame, submission_frame
     from protloc.labels import LabelSet
     from protloc.runs import load_config
 
-    check_output_path(args.out, inputs=args.inputs)
+    check_output_path(args.out, inputs=[*args.inputs, args.masks])
+    if args.masks is not None and not args.cells:
+        raise ProtlocError("--masks gives the cells for --cells; add --cells")
+    if args.masks is not None and not Path(args.masks).is_dir():
+        raise ProtlocError(f"--masks {args.masks}: not a folder")
     config = load_config(args.run)
     # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
     label_set = LabelSet(config.label_set, tuple(config.label_names))
@@ -56,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
                                           f"written (--on-error skip writes the others)")
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as, cache=image_cache_from_args(args))
+                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
+                               cache=image_cache_from_args(args))
+    announce_depth_reading(table, config, args.bit_depth)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                      show_progress=True)
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable
@@ -72,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"protloc: warning: skipped {line}", file=sys.stderr)
         print(f"protloc: warning: skipped {len(problems)} of {len(table)} images that could not be read", file=sys.stderr)
 
+    if args.cells:
+        return _write_cells(args, predictor, table.subset(np.flatnonzero(ok)), probabilities[ok])
     ids = table.frame["id"][ok].tolist()
     layout = output_layout(table.layout, config.layout)
     if args.probabilities:
@@ -81,4 +101,28 @@ def run(args: argparse.Namespace) -> int:
     write_csv(args.out, frame)
     what = f"probabilities of {config.num_classes} classes" if args.probabilities else ",".join(frame.columns)
     print(f"wrote {args.out}: {len(frame)} images ({what})")
+    return 0
+
+
+def _write_cells(args: argparse.Namespace, predictor, table, image_probabilities) -> int:
+    """The per-cell file: each image's cells (its mask, or segmentation) labelled one by one."""
+    from protloc.cells.predict import cell_frame, predict_table_cells
+    from protloc.errors import DataError, listed
+    from protloc.files import write_csv
+
+    predictions, problems = [], []
+    for _row, prediction, _mask, problem in predict_table_cells(
+            predictor, table, image_probabilities, args.masks, tta=args.tta, batch_size=args.batch_size,
+            show_progress=True):
+        (problems.append(problem) if problem else predictions.append(prediction))
+    if problems and len(table) == 1:
+        raise DataError(*problems)  # the one line says it all
+    if problems and (args.on_error == "fail" or not predictions):
+        raise DataError(*listed(problems), f"{len(problems)} of {len(table)} images have no cells to label; nothing "
+                                           "written" + (" (--on-error skip writes the others)" if predictions else ""))
+    for line in problems:
+        print(f"protloc: warning: skipped {line}", file=sys.stderr)
+    frame = cell_frame(predictions, predictor.label_names, probabilities=args.probabilities)
+    write_csv(args.out, frame)
+    print(f"wrote {args.out}: {len(frame)} cells of {len(predictions)} images ({','.join(frame.columns[:3])}...)")
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from protloc.allocator import use_huge_pages_for_tensors
+from protloc.data import BIT_DEPTHS
 from protloc.commands._options import add_cache_options, add_dataset_options, add_engine_options
 from protloc.errors import ProtlocError
 from protloc.files import check_output_path
@@ -20,7 +21,7 @@ from protloc.runs import (CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE, FOLDS_FILE, F
                           load_config)
 # Light at import (no torch, no Lightning): `protloc --help` stays fast.
 from protloc.training.config import (
-    GRAD_CLIP_MODES, LOSSES, NORMALIZATIONS, OPTIMIZERS, POS_WEIGHTS, VALIDATION_SPLITS, TrainConfig, option,
+    GRAD_CLIP_MODES, LOSSES, NORMALIZATIONS, OPTIMIZERS, POS_WEIGHTS, VALIDATION_SPLITS, FOLD_SPLITS, TrainConfig, option,
 )
 from protloc.training.resume import RESUMABLE_CHANGES, resumed_config
 
@@ -78,18 +79,21 @@ def add_model_options(model) -> None:
 
 
 def add_data_options(data) -> None:
-    data.add_argument("--bit-depth", dest="bit_depth", type=int, choices=(8, 12, 16), default=DEFAULTS["bit_depth"],
+    data.add_argument("--bit-depth", dest="bit_depth", type=int, choices=BIT_DEPTHS, default=DEFAULTS["bit_depth"],
                       help="intensity scale of the images: 16-bit files holding 12-bit camera data (0..4095) are 12; "
                            "stored in the run and applied to every image it reads (default: detected from a sample "
                            "of the training images)")
     data.add_argument("--image-size", dest="image_size", type=int, default=DEFAULTS["image_size"],
                       help="square input size in pixels (default: the backbone's, 224 for efficientnet_lite0)")
-    add(data, "validation_split", "mask (each image independently, like the seed), random (exact size, like "
-                                  "train_test_split) or stratified (multi-label stratified)", choices=VALIDATION_SPLITS)
+    add(data, "validation_split", "a single run's split: mask (each image independently, like the seed), random (exact "
+                                  "size, like train_test_split) or stratified (multi-label stratified)",
+        choices=VALIDATION_SPLITS)
     add(data, "val_fraction", "share of images for validation", type=float)
     add(data, "folds", "K >= 2: K-fold cross-validation, RUN/fold-0 ... fold-K-1, then RUN is the folds' ensemble "
                        "(mean probability, thresholds tuned out-of-fold; RUN/ensemble.json, folds.csv); 1: one split",
         type=positive_int)
+    add(data, "fold_split", "how --folds K assigns images to folds, whatever --validation-split says: stratified "
+                            "(iterative multi-label stratification) or random (a shuffled K-fold)", choices=FOLD_SPLITS)
     add(data, "normalize", "input mean/std: the backbone's, or measured per channel on the training images",
         choices=NORMALIZATIONS)
 
@@ -180,11 +184,12 @@ def print_run(run_dir: Path, config: TrainConfig) -> None:
     print(f"run: {run_dir} (config.json, model.safetensors)")
     print(f"plots: {run_dir / CURVES_FILE}, {run_dir / LR_PLOT_FILE}; per-epoch scores: {run_dir / METRICS_FILE}")
     print(f"best epoch {training.best_epoch} ({training.best_phase}); macro F1 on the validation images (the mean "
-          f"over classes of each class's F1, 0 to 1):")
-    print(f"  {training.val_tuned['f1_macro']:.4f} as predict labels images: each class's threshold tuned on these "
-          f"images, at least one label per image")
-    print(f"  {training.val_at_05_predicted['f1_macro']:.4f} with every threshold at 0.5, at least one label per image; "
-          f"{training.val_at_05['f1_macro']:.4f} at 0.5 alone (metrics.csv's val_f1_macro)")
+          f"over classes of each class's F1, 0 to 1), images labelled as predict labels them (at least one label each):")
+    print(f"  {training.val_tuned['f1_macro']:.4f} with each class's threshold tuned on these images")
+    print(f"  {training.val_at_05['f1_macro']:.4f} with every threshold at 0.5 (metrics.csv's val_f1_macro, which "
+          f"picked the epoch)")
+    print(f"  both in-sample: these {training.n_val} images picked the epoch and tuned the thresholds, so they flatter "
+          f"the model; protloc evaluate on held-out images, or train --folds K (out-of-fold), gives honest scores")
     print(f"training speed (images/s, training loop only): {speed}")
 
 
@@ -196,11 +201,12 @@ def print_folds(out: Path) -> None:
     folds = pd.read_csv(path, dtype={"fold": str}).set_index("fold")
     for fold, row in folds.drop(index=list(FOLDS_SUMMARY_ROWS)).iterrows():
         print(f"fold {fold}: best val macro F1 {row['best_val_f1_macro']:.4f} (epoch {int(row['best_epoch'])}), "
-              f"{row['val_f1_macro_tuned']:.4f} at its thresholds -> {row['run']}")
+              f"{row['val_f1_macro_tuned']:.4f} at its thresholds (both in-sample) -> {row['run']}")
     mean, spread, pooled = (folds.loc[name] for name in FOLDS_SUMMARY_ROWS)
     print(f"mean val macro F1 over {len(folds) - len(FOLDS_SUMMARY_ROWS)} folds: {mean['best_val_f1_macro']:.4f} +/- "
-          f"{spread['best_val_f1_macro']:.4f}; summary: {path}")
+          f"{spread['best_val_f1_macro']:.4f} (in-sample: each fold's images picked its epoch); summary: {path}")
     print(f"out-of-fold macro F1 of all {int(pooled['images'])} images: {pooled['val_f1_macro_at_0.5']:.4f} at 0.5, "
-          f"{pooled['val_f1_macro_oof_thresholds']:.4f} at the ensemble's thresholds (tuned on them)")
+          f"{pooled['val_f1_macro_cross_fitted']:.4f} at thresholds tuned on the other folds (the honest figure with "
+          f"tuning), {pooled['val_f1_macro_oof_thresholds']:.4f} at the ensemble's thresholds (in-sample: tuned on them)")
     print(f"model: {out} (the mean of the folds' probabilities; {ENSEMBLE_FILE} holds its thresholds), for predict, "
           f"evaluate, explain, export, serve and protloc.load")

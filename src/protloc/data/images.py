@@ -1,8 +1,9 @@
 """Reading microscope images of any common kind into one form: uint8, height x width x channels.
 
 PNG, JPEG and TIFF; 8- or 16-bit; 1, 3 or 4 channels; any size. `read_pixels` is the one decoder, for files
-and for uploaded bytes alike; `decode_image` scales its pixels to uint8 by the dataset's bit depth, the same
-for every image of a run (see to_uint8). The HPA layouts store one grayscale file per stain, which
+and for uploaded bytes alike, and keeps each file's stored depth (a 16-bit RGB PNG stays 16-bit: PIL would keep
+only its high byte, so such PNGs go through libpng by imagecodecs); `decode_image` scales its pixels to uint8 by
+the dataset's bit depth, the same for every image of a run (see to_uint8). The HPA layouts store one grayscale file per stain, which
 `load_image` composes when given a stain set (see stains.py); `convert_channels` fits an image to a run's
 channels by fixed, documented rules and refuses what it cannot fit without a guess.
 """
@@ -19,6 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from protloc.data import BIT_DEPTHS
 from protloc.data.stains import run_stains
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -33,8 +35,6 @@ MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
 # Decoded bytes allowed per pixel of the limit: 16-bit and float32 data at the limit fit, float64 stacks do not.
 BYTES_PER_PIXEL = 4
 
-# The intensity scales a dataset's pixels may have: the full scale of a pixel is 2**bit_depth - 1.
-BIT_DEPTHS = (8, 12, 16)
 
 # warnings.catch_warnings and Image.MAX_IMAGE_PIXELS are process-wide state: threads (the HTTP service) take turns
 # around them. Only Image.open runs under them, which reads the header alone.
@@ -89,10 +89,12 @@ def check_pixel_count(shape: Sequence[int], limit: int | None = None) -> None:
 def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     """Pixels of any type -> uint8, 0..255.
 
-    uint8 stays as it is and floats are taken as 0..1 intensities (the convention of image libraries). Wider
-    integers (16-bit files) are divided by the full scale of `bit_depth`: 4095 for 12-bit camera data in 16-bit
-    files, 65535 for 16-bit data, brighter values saturating. The bit depth belongs to the dataset (a run's
-    config.json), so one pixel value maps to one grey level in every image. bit_depth=8 refuses wider pixels;
+    uint8 stays as it is (an 8-bit file holds no more) and floats are taken as 0..1 intensities (the convention
+    of image libraries). Wider integers (16-bit files) are divided by the full scale of `bit_depth`: 4095 for
+    12-bit camera data in 16-bit files, 65535 for 16-bit data, brighter values saturating. The bit depth belongs
+    to the dataset (a run's config.json) or is stated for the input (--bit-depth), so one pixel value maps to one
+    grey level in every image. bit_depth=8, a dataset of 8-bit files, has no scale for wider pixels: they are
+    read by their container's depth (0..65535 for a 16-bit file), the one reading that keeps every value.
     None, for runs from before bit depths were stored, guesses per image from its maximum (12-bit when it is
     at most 4095), which makes a pixel's grey level depend on the brightest pixel of its image.
     """
@@ -105,15 +107,18 @@ def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     if bit_depth not in BIT_DEPTHS and bit_depth is not None:
         raise ValueError(f"bit depth {bit_depth}: expected one of {', '.join(map(str, BIT_DEPTHS))} or None")
     if bit_depth == 8:
-        raise ImageReadError(
-            f"{array.dtype.itemsize * 8}-bit pixels, but the run reads 8-bit images (bit_depth 8 in its config.json): "
-            "save the image with 8 bits per channel, or use a run trained on data of this bit depth")
+        bit_depth = container_depth(array.dtype)
     array = array.astype(np.float32)
     if bit_depth is None:
         top = float(array.max()) if array.size else 0.0
         bit_depth = 12 if top <= 4095 else 16
     full_scale = float(2**bit_depth - 1)
     return (np.clip(array / full_scale, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def container_depth(dtype: np.dtype) -> int:
+    """The bits a pixel type holds: 8 for uint8, 16 for uint16 (and int16, whose negative values read as 0)."""
+    return np.dtype(dtype).itemsize * 8
 
 
 def pil_to_array(image: Image.Image) -> np.ndarray:
@@ -214,8 +219,23 @@ def _decode_with_pil(file: io.BytesIO | Path, limit: int | None, formats: Sequen
             Image.MAX_IMAGE_PIXELS = pil_limit
     with image:
         check_pixel_count((image.height, image.width, len(image.getbands())), limit)
+        if _is_sixteen_bit_png(image):
+            return _decode_png_at_stored_depth(file)
         image.load()
         return pil_to_array(image)
+
+
+def _is_sixteen_bit_png(image: Image.Image) -> bool:
+    """A PNG of 16 bits per sample: PIL reads 16-bit colour (and gray + alpha) as 8-bit, so libpng decodes these."""
+    return image.format == "PNG" and any(";16" in str(tile.args) for tile in image.tile)
+
+
+def _decode_png_at_stored_depth(file: io.BytesIO | Path) -> np.ndarray:
+    """A PNG's pixels as stored, 16 bits per sample kept (imagecodecs: libpng). Its header has been checked."""
+    import imagecodecs
+
+    data = file.getvalue() if isinstance(file, io.BytesIO) else Path(file).read_bytes()
+    return np.asarray(imagecodecs.png_decode(data))
 
 
 def to_chw_tensor(array: np.ndarray):

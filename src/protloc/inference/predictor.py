@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from protloc.allocator import freed_memory_kept_for_batches
+from protloc.data import BIT_DEPTHS
 from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
@@ -136,14 +137,21 @@ class Predictor:
     """A loaded run: `predict` / `predict_proba` on images, `predict_table` / `embed_table` on datasets.
 
     Every image is read as the run's config says (bit depth, channels, eval preset); `gray_as` (a stain name)
-    lets a grayscale image into a run of more channels as that stain, the others dark."""
+    lets a grayscale image into a run of more channels as that stain, the others dark; `bit_depth` states the
+    depth of the inputs' pixels (12 for 12-bit camera data in 16-bit files) where it differs from the run's: each
+    image is scaled from its own full scale to 0..1, as the run's training images were from theirs."""
 
     def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto",
-                 gray_as: str | None = None, run_dir: str | Path | None = None, cache=None):
+                 gray_as: str | None = None, bit_depth: int | None = None, run_dir: str | Path | None = None,
+                 cache=None):
         if gray_as is not None and gray_as not in run_stains(config.in_chans):
             raise ProtlocError(f"--gray-as {gray_as}: the run reads {', '.join(run_stains(config.in_chans))}")
+        if bit_depth is not None and bit_depth not in BIT_DEPTHS:
+            raise ProtlocError(f"--bit-depth {bit_depth}: expected one of {', '.join(map(str, BIT_DEPTHS))}")
         self.config = config
         self.gray_as = gray_as
+        # The scale wide pixels are read at: the stated depth, else the run's (images.to_uint8).
+        self.bit_depth = bit_depth if bit_depth is not None else config.bit_depth
         self.run_dir = run_dir  # where the torch model is loaded from when an ONNX engine is asked for it
         self.engine = make_engine(engine, device=device, precision=precision)
         self._cpu_torch_engine: TorchEngine | None = None
@@ -182,7 +190,7 @@ class Predictor:
     def dataset(self, table: DatasetTable) -> ImageDataset:
         """The run's eval preset over a table, read at the run's bit depth; unreadable images come back with their
         problem, not an exception."""
-        table = dataclasses.replace(table, bit_depth=self.config.bit_depth)
+        table = dataclasses.replace(table, bit_depth=self.bit_depth)
         if self.cache is not None:
             self.cache.prepare(table.frame["source"], self.config.in_chans, self.config.image_size,
                                bit_depth=table.bit_depth, gray_as=self.gray_as)
@@ -191,7 +199,7 @@ class Predictor:
 
     def read(self, image) -> np.ndarray:
         """One image (see read_input) as the run reads it: uint8 (H, W, channels). Raises ProtlocError."""
-        return read_input(image, self.config.in_chans, bit_depth=self.config.bit_depth, gray_as=self.gray_as)
+        return read_input(image, self.config.in_chans, bit_depth=self.bit_depth, gray_as=self.gray_as)
 
     def prepare(self, image) -> torch.Tensor:
         """One image (see read_input) as the model takes it: (C, H, W) float, the eval preset applied. Raises
@@ -225,7 +233,7 @@ class Predictor:
         uint8, uint16 or 0..1 float), PIL images, or stain sets ({stain: image}, or a tuple in the run's channel
         order); see read_input."""
         dataset = InputImages(as_image_list(images), channels=self.config.in_chans, transform=self.transform,
-                              bit_depth=self.config.bit_depth, gray_as=self.gray_as)
+                              bit_depth=self.bit_depth, gray_as=self.gray_as)
         return self.predict_table(dataset, batch_size=batch_size, tta=tta).outputs
 
     def decide(self, probabilities: np.ndarray, *, threshold: float | None = None, allow_empty: bool = False) -> np.ndarray:
@@ -263,7 +271,7 @@ def choose_engine(engine: str, device: str, precision: str, onnx_path: str | Pat
 
 def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
                    onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None,
-                   cache=None) -> Predictor:
+                   bit_depth: int | None = None, cache=None) -> Predictor:
     """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx,
     exported first where it is missing or older than the weights; "auto" picks (choose_engine). With an ImageCache
     (protloc.data.cache), images of tables are decoded and resized once, for later calls too."""
@@ -274,7 +282,8 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
                                f"--device {device} --precision {precision}; use --engine torch for those")
         config = load_config(run_dir)
         session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config)
-        return Predictor(config, session, gray_as=gray_as, run_dir=run_dir, cache=cache)
+        return Predictor(config, session, gray_as=gray_as, bit_depth=bit_depth, run_dir=run_dir, cache=cache)
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
-    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, run_dir=run_dir, cache=cache)
+    return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, bit_depth=bit_depth,
+                     run_dir=run_dir, cache=cache)

@@ -96,3 +96,25 @@ def apply_thresholds(probabilities, thresholds, allow_empty: bool = False) -> np
         best = np.argmax(probs[empty] / cutoffs, axis=1)
         labels[np.flatnonzero(empty), best] = True
     return labels
+
+
+def cross_fitted_labels(targets, probabilities, groups, shrinkage: float = DEFAULT_SHRINKAGE) -> np.ndarray:
+    """Labels of every image at thresholds tuned without it: each group's images (a K-fold's validation folds)
+    at `tune_thresholds` of all the other groups' images, then `apply_thresholds`.
+
+    Thresholds tuned on the images they are scored on flatter the score (in-sample); these labels give the
+    honest score of tuning, at the price of tuning each time on (K-1)/K of the images.
+    """
+    actual = _to_numpy(targets, "targets")
+    probs = _to_numpy(probabilities, "probabilities")
+    groups = np.asarray(groups)
+    if groups.shape != (probs.shape[0],):
+        raise ProtlocError(f"groups: expected one per image ({probs.shape[0]}), got shape {groups.shape}")
+    if np.unique(groups).size < 2:
+        raise ProtlocError("groups: expected at least two groups to tune on one and score another")
+    labels = np.zeros(probs.shape, dtype=bool)
+    for group in np.unique(groups):
+        held_out = groups == group
+        cutoffs = tune_thresholds(actual[~held_out], probs[~held_out], shrinkage=shrinkage)
+        labels[held_out] = apply_thresholds(probs[held_out], cutoffs)
+    return labels

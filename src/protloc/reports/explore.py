@@ -5,6 +5,7 @@ and the per-channel intensity statistics a normalisation would use.
 """
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
@@ -101,7 +102,8 @@ def summarise_labels(table: DatasetTable) -> dict:
 
 
 def compute_channel_stats(table: DatasetTable, channels: int, rows: np.ndarray, show_progress: bool = True) -> ChannelStats:
-    """Mean and std per channel over all pixels of the chosen rows; unreadable images are listed, not fatal."""
+    """Mean and std per channel over all pixels of the chosen rows, read at the table's bit depth as training
+    reads them; unreadable images are listed, not fatal."""
     from protloc.progress import progress_bar
 
     total = np.zeros(channels, dtype=np.float64)
@@ -110,7 +112,7 @@ def compute_channel_stats(table: DatasetTable, channels: int, rows: np.ndarray, 
     sources = table.frame["source"]
     for row in progress_bar(rows, desc="channel statistics", unit="image", disable=not show_progress):
         try:
-            image = load_image(sources.iloc[row], channels)
+            image = load_image(sources.iloc[row], channels, bit_depth=table.bit_depth)
         except ImageReadError as error:
             unreadable.append(f"{describe_source(sources.iloc[row])}: {error}")
             continue
@@ -225,7 +227,7 @@ def read_samples(table: DatasetTable, rows: np.ndarray, channels: int) -> tuple[
     for row in rows:
         record = table.frame.iloc[row]
         try:
-            images.append(load_image(record["source"], channels))
+            images.append(load_image(record["source"], channels, bit_depth=table.bit_depth))
         except ImageReadError:
             images.append(None)
         label_text = ", ".join(names[i] for i in record["labels"]) if table.labelled else "unlabelled"
@@ -235,11 +237,17 @@ def read_samples(table: DatasetTable, rows: np.ndarray, channels: int) -> tuple[
 
 def explore_dataset(table: DatasetTable, out_dir: str | Path, *, channels: int = 3, max_images: int | None = None,
                     seed: int = 0, source_name: str = "", show_progress: bool = True) -> dict:
-    """Write the exploration of `table` into `out_dir`; returns the summary written to summary.json."""
+    """Write the exploration of `table` into `out_dir`; returns the summary written to summary.json. Images are
+    read at the table's bit depth, or the one training would detect for it (intensity.detect_bit_depth)."""
+    from protloc.data.intensity import detect_bit_depth
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    detected = table.bit_depth is None
+    table = dataclasses.replace(table, bit_depth=table.bit_depth or detect_bit_depth(table))
+    depth = f"{table.bit_depth}-bit ({'detected as training would' if detected else 'as given'})"
     blocks = [html.paragraph(f"{source_name or table.root}: {len(table)} images, layout {table.layout}, "
-                             f"label set {table.label_set.name} ({len(table.label_set)} classes).")]
+                             f"label set {table.label_set.name} ({len(table.label_set)} classes), {depth}.")]
 
     summary = summarise_labels(table) if table.labelled else {
         "images": len(table), "layout": table.layout, "label_set": table.label_set.name, "labelled": False}
@@ -289,6 +297,7 @@ def explore_dataset(table: DatasetTable, out_dir: str | Path, *, channels: int =
                                 + (f" (first {len(shown)} below, {more} more in channel_stats.json)" if more else "")))
         blocks.append(html.code("\n".join(shown)))
 
+    summary["bit_depth"] = table.bit_depth
     summary["channel_stats"] = "channel_stats.json"
     write_json(out_dir / "summary.json", summary)
     html.write_page(out_dir / "index.html", f"Dataset exploration: {source_name or table.root}", blocks)

@@ -45,11 +45,12 @@ def folds_table_block(run_dir: Path) -> list[str]:
         return [html.note(f"{path} not found.")]
     frame = pd.read_csv(path, dtype={"fold": str}).drop(columns=["run"], errors="ignore")
     return [html.paragraph(
-        "Macro F1 of each fold on its validation images: at 0.5 as in training (best_val), labelled as predict "
-        "labels them at 0.5, at the fold's own thresholds (tuned), and at the ensemble's out-of-fold thresholds; "
-        "then the mean and spread over the folds, and all out-of-fold predictions pooled. The out-of-fold "
-        "thresholds were tuned on those same predictions, so their pooled score is optimistic; an evaluation "
-        "on held-out data (--data) is the honest one."), html.table(frame, float_digits=4)]
+        "Macro F1 of each fold on its validation images, labelled as predict labels them: its best epoch in "
+        "training (best_val) and its weights at 0.5, at the fold's own thresholds (tuned), at the ensemble's "
+        "out-of-fold thresholds (oof_thresholds) and at thresholds tuned on the other folds alone (cross_fitted); "
+        "then the mean and spread over the folds, and all out-of-fold predictions pooled. In-sample: best_val, "
+        "tuned and oof_thresholds (the same images picked the epoch or tuned the cut). Honest: cross_fitted, "
+        "and an evaluation on held-out data (--data)."), html.table(frame, float_digits=4)]
 
 
 def out_of_fold_blocks(run_dir: Path, config: EnsembleConfig, report_dir: Path, prefix: str) -> list[str]:
@@ -68,7 +69,8 @@ def out_of_fold_blocks(run_dir: Path, config: EnsembleConfig, report_dir: Path, 
                                    config.thresholds, names, "the ensemble's thresholds")
     write_evaluation(evaluation, report_dir / OUT_OF_FOLD_DIR, "Out-of-fold evaluation")
     return [html.paragraph(f"Each of the {len(frame)} training images as predicted by the fold that did not train "
-                           "on it (a single fold's probability, not the ensemble's)."),
+                           "on it (a single fold's probability, not the ensemble's), at the ensemble's thresholds: "
+                           "in-sample, as those thresholds were tuned on these predictions."),
             *evaluation_blocks(evaluation, f"{prefix}{OUT_OF_FOLD_DIR}/")]
 
 

@@ -60,8 +60,9 @@ def validation_blocks(config) -> list[str]:
         "at tuned thresholds": [tuned.get(f"f1_{variant}") for variant in VALIDATION_SCORES],
         "at 0.5": [at_half.get(f"f1_{variant}") for variant in VALIDATION_SCORES],
     })
-    blocks = [html.paragraph(f"Model kept from {kept} (best validation macro F1); scores on {images}, "
-                             "the same images the thresholds were tuned on, so they flatter it a little."),
+    blocks = [html.paragraph(f"Model kept from {kept} (best validation macro F1, images labelled as predict labels "
+                             f"them); scores on {images}. In-sample: the same images picked the epoch and tuned the "
+                             "thresholds, so they flatter the model; held-out or out-of-fold scores are the honest ones."),
               html.table(scores)]
     per_class = {"class": config.label_names, "threshold": config.thresholds}
     for column, scores_at in (("F1 at tuned threshold", tuned), ("F1 at 0.5", at_half)):

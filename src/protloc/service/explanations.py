@@ -26,13 +26,13 @@ def png_bytes(array: np.ndarray) -> bytes:
 def explain_image(predictor: Predictor, image: np.ndarray, classes: Sequence[str]) -> dict[str, bytes]:
     """{class name: PNG of its map drawn over the image} for one decoded image (H, W, C uint8): the input comes
     from the predictor, the maps and their drawing from reports/explain.py, as `protloc explain` makes them."""
-    from protloc.reports.explain import compute_cams, model_view, overlay_map
+    from protloc.reports.explain import compute_model_cams, model_view, overlay_map
 
     indices = [predictor.label_names.index(name) for name in classes]
     if not indices:
         return {}
     tensor = predictor.prepare(image)[None]
-    cams = compute_cams(predictor.model, tensor, indices)
+    cams = compute_model_cams(predictor.model, tensor, indices)  # a K-fold folder's: the mean of its folds' maps
     seen = rgb_view(model_view(tensor, predictor.config))
     return {name: png_bytes((overlay_map(seen, cam) * 255 + 0.5).astype(np.uint8)) for name, cam in zip(classes, cams)}
 

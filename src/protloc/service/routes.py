@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from python_multipart.multipart import parse_options_header
 
+from protloc.data import BIT_DEPTHS
 from protloc.data.images import ImageReadError
 from protloc.data.stains import STAINS
 from protloc.service.runtime import Runtime
@@ -45,6 +46,7 @@ class Options:
     tta: bool = False
     threshold: float | None = None
     allow_empty: bool = False
+    bit_depth: int | None = None
 
 
 def _either(name: str, query, form):
@@ -56,6 +58,15 @@ def _either(name: str, query, form):
 TTA = "average over the 8 flips and quarter turns of each image (8x slower)"
 THRESHOLD = "one threshold for every class instead of the run's tuned per-class thresholds"
 ALLOW_EMPTY = "allow images with no label (default: each image gets at least its most likely class)"
+BIT_DEPTH = (f"depth of the images' pixels, {', '.join(map(str, BIT_DEPTHS))} (12 for 12-bit camera data in 16-bit "
+             "files), each scaled from its full scale into the run's range (default: the run's bit depth; a run of "
+             "8-bit images reads a 16-bit file by its container, 0..65535)")
+
+
+def _bit_depth(value: int | None) -> int | None:
+    if value is not None and value not in BIT_DEPTHS:
+        raise HTTPException(422, f"bit_depth {value}: expected one of {', '.join(map(str, BIT_DEPTHS))}")
+    return value
 
 
 def read_options(
@@ -65,10 +76,13 @@ def read_options(
     tta_field: Annotated[bool | None, Form(alias="tta", description=TTA)] = None,
     threshold_field: Annotated[float | None, Form(alias="threshold", gt=0, lt=1, description=THRESHOLD)] = None,
     allow_empty_field: Annotated[bool | None, Form(alias="allow_empty", description=ALLOW_EMPTY)] = None,
+    bit_depth: Annotated[int | None, Query(description=BIT_DEPTH)] = None,
+    bit_depth_field: Annotated[int | None, Form(alias="bit_depth", description=BIT_DEPTH)] = None,
 ) -> Options:
     return Options(tta=bool(_either("tta", tta, tta_field)),
                    threshold=_either("threshold", threshold, threshold_field),
-                   allow_empty=bool(_either("allow_empty", allow_empty, allow_empty_field)))
+                   allow_empty=bool(_either("allow_empty", allow_empty, allow_empty_field)),
+                   bit_depth=_bit_depth(_either("bit_depth", bit_depth, bit_depth_field)))
 
 
 # ---------------------------------------------------------------- images: files, a stain set, or the body
@@ -128,11 +142,11 @@ async def gather_uploads(request: Request, runtime: Runtime, files: list[UploadF
     return uploads
 
 
-async def decode(runtime: Runtime, upload: Upload) -> np.ndarray:
+async def decode(runtime: Runtime, upload: Upload, bit_depth: int | None = None) -> np.ndarray:
     arrays = []
     for name, data in upload.files:
         try:
-            arrays.append(await runtime.decode(data))
+            arrays.append(await runtime.decode(data, bit_depth=bit_depth))
         except ImageReadError as error:
             raise HTTPException(http_status(error), f"{name}: {error}") from None
     if len(arrays) == 1:
@@ -143,13 +157,13 @@ async def decode(runtime: Runtime, upload: Upload) -> np.ndarray:
         raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 
 
-async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool) -> np.ndarray:
+async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool, bit_depth: int | None = None) -> np.ndarray:
     """(N, C) probabilities. Each image joins the batching queue as soon as it is decoded, so decoding the
     next one overlaps the model's work on this one."""
     pending: list[asyncio.Future] = []
     try:
         for upload in uploads:
-            image = await decode(runtime, upload)
+            image = await decode(runtime, upload, bit_depth)
             pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=tta)))
         return np.stack(await asyncio.gather(*pending))
     finally:
@@ -179,7 +193,7 @@ async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
     stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
     uploads = await gather_uploads(request, runtime, files, stains)
-    probabilities = await predict_uploads(runtime, uploads, options.tta)
+    probabilities = await predict_uploads(runtime, uploads, options.tta, options.bit_depth)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
     names = predictor.label_names
@@ -225,7 +239,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     uploads = await gather_uploads(request, runtime, files, dict(zip(STAIN_FIELDS, (red, green, blue, yellow))))
     if len(uploads) != 1:
         raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
-    image = await decode(runtime, uploads[0])
+    image = await decode(runtime, uploads[0], options.bit_depth)
     probabilities = await runtime.batching.predict(image, tta=options.tta)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities[None], threshold=options.threshold, allow_empty=options.allow_empty)[0]

@@ -78,10 +78,12 @@ class Runtime:
         future.add_done_callback(free_slot)
         return await asyncio.shield(future)
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """An uploaded file -> uint8 (H, W, C); at most `decode_slots` at once. Raises ImageReadError."""
+    async def decode(self, data: bytes, *, bit_depth: int | None = None) -> np.ndarray:
+        """An uploaded file -> uint8 (H, W, C), wide pixels read at `bit_depth` (the request's) or the predictor's;
+        at most `decode_slots` at once. Raises ImageReadError."""
         loop = asyncio.get_running_loop()
-        decode = partial(decode_upload, data, max_pixels=self.limits.max_pixels, bit_depth=self.predictor.config.bit_depth)
+        depth = bit_depth if bit_depth is not None else self.predictor.bit_depth
+        decode = partial(decode_upload, data, max_pixels=self.limits.max_pixels, bit_depth=depth)
         return await self._in_slot(self.decode_slots, "image decoders",
                                    lambda: loop.run_in_executor(self.decoders, decode))
 

@@ -98,6 +98,7 @@ class TrainingHistory(L.Callback):
             "val_f1_micro": scores["val_f1_micro"],
             "val_f1_samples": scores["val_f1_samples"],
             "val_fscore_course": scores["val_fscore_course"],
+            "val_fscore_course_notebook": scores["val_fscore_course_notebook"],
             "lr": self.learning_rates[-1][1] if self.learning_rates else float("nan"),
             "images_per_second": images / max(seconds, 1e-9),
         }

@@ -9,9 +9,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
 
 VALIDATION_SPLITS = ("mask", "random", "stratified")
+FOLD_SPLITS = ("stratified", "random")  # "mask" cannot make K disjoint folds
 NORMALIZATIONS = ("backbone", "dataset")
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("bce", "focal")
@@ -32,12 +34,13 @@ class TrainConfig:
     format: str | None = None  # dataset layout; None: detected
     labels: str | None = None  # label set; None: the layout's
     channels: int = 3
-    bit_depth: int | None = None  # 8, 12 or 16; None: detected from a sample of the training images
+    bit_depth: int | None = None  # one of data.BIT_DEPTHS; None: detected from a sample of the training images
     image_size: int | None = None  # None: the backbone's native input size
     validation_split: str = "mask"
     val_fraction: float = 0.1
     seed: int = 42
     folds: int = 1  # K >= 2: K-fold cross-validation, one run per fold in OUT/fold-<k>
+    fold_split: str = "stratified"  # how K-fold assigns images to folds, whatever validation_split says
     normalize: str = "backbone"  # or "dataset": per-channel mean/std of the training images
     epochs_frozen: int = 1
     epochs: int = 5
@@ -75,7 +78,7 @@ def check_config(config: TrainConfig) -> None:
         if not ok:
             problems.append(message)
 
-    for name, allowed in (("validation_split", VALIDATION_SPLITS), ("normalize", NORMALIZATIONS),
+    for name, allowed in (("validation_split", VALIDATION_SPLITS), ("fold_split", FOLD_SPLITS), ("normalize", NORMALIZATIONS),
                           ("optimizer", OPTIMIZERS), ("loss", LOSSES), ("pos_weight", POS_WEIGHTS),
                           ("grad_clip_mode", GRAD_CLIP_MODES)):
         value = getattr(config, name)
@@ -94,7 +97,8 @@ def check_config(config: TrainConfig) -> None:
     expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
     expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
-    expect(config.bit_depth in (None, 8, 12, 16), f"--bit-depth {config.bit_depth}: expected 8, 12 or 16")
+    expect(config.bit_depth in (None, *BIT_DEPTHS),
+           f"--bit-depth {config.bit_depth}: expected {', '.join(map(str, BIT_DEPTHS))}")
     expect(config.cache_limit_gb is None or config.cache_limit_gb >= 0, f"--cache-limit-gb {config.cache_limit_gb}: expected 0 or more")
     if problems:
         raise ProtlocError(*problems)
@@ -116,8 +120,14 @@ def recipe_of(config: TrainConfig) -> dict:
 
 
 def upgrade_recipe(values: dict) -> dict:
-    """A recorded recipe with today's key names (earlier versions said "split" and "layout")."""
-    return {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+    """A recorded recipe with today's key names (earlier versions said "split" and "layout").
+
+    Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
+    a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began."""
+    upgraded = {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+    if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:
+        upgraded["fold_split"] = "stratified" if upgraded.get("validation_split") == "stratified" else "random"
+    return upgraded
 
 
 def config_from_recipe(values: dict, **changes) -> TrainConfig:

@@ -1,8 +1,17 @@
 """K-fold cross-validation: one complete run per fold in OUT/fold-<k>, then the K folds as one model.
 
-Every fold starts from the same initial network. After the last fold, every training image is predicted by
-the fold that held it out (its out-of-fold prediction, OUT/out_of_fold.csv); the ensemble's per-class
-thresholds are tuned on all of them at once, with the shrinkage of a single run's. The K folds averaged with
+Every fold starts from the same initial network. The folds are stratified (iterative multi-label stratification,
+`--fold-split`) whatever `--validation-split` says for a single run: a plain shuffle can leave a fold with none
+of a rare class. After the last fold, every training image is predicted by the fold that held it out (its
+out-of-fold prediction, OUT/out_of_fold.csv); the ensemble's per-class thresholds are tuned on all of them at
+once, with the shrinkage of a single run's.
+
+Which scores are honest: out-of-fold probabilities come from folds that never trained on the image, but each
+fold's epoch was picked on those very images, and thresholds tuned on all of them are scored in-sample. The
+cross-fitted score labels each fold's images at thresholds tuned on the other folds alone: no image tunes the cut
+it is scored at. Why the ensemble's thresholds come from single-fold probabilities, not from the ensemble's own:
+every training image was seen in training by K-1 of the K folds, so the ensemble's probabilities exist unseen
+only on new images; `protloc tune OUT HELDOUT` retunes them there, on the ensemble's own probabilities. The K folds averaged with
 those thresholds are the model of OUT/ensemble.json, which every command opens like a run folder; OUT/folds.csv
 scores each fold, their mean and spread, and the pooled out-of-fold predictions.
 
@@ -21,13 +30,13 @@ import pandas as pd
 from protloc.data.readers import DatasetTable
 from protloc.errors import DataError
 from protloc.files import write_csv
-from protloc.inference.thresholds import apply_thresholds, tune_thresholds
+from protloc.inference.thresholds import apply_thresholds, cross_fitted_labels, tune_thresholds
 from protloc.models.classifier import ProtlocNet
 from protloc.runs import (CONFIG_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, METRICS_FILE, OUT_OF_FOLD_FILE,
                           WEIGHTS_FILE, fold_dir, load_config, write_ensemble)
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.engine import Engine, rank
-from protloc.training.metrics import multilabel_scores, scores_at_threshold
+from protloc.training.metrics import multilabel_scores, scores_as_deployed
 from protloc.training.outcome import TrainingOutcome
 from protloc.training.resume import holds_run
 from protloc.training.run import train_run
@@ -40,7 +49,7 @@ def train_folds(config: TrainConfig, engine: Engine, table: DatasetTable, model:
     """Train every fold into `config.out`; True when all finished (rank 0 has then written the ensemble)."""
     out = Path(config.out)
     initial_state = {key: value.clone() for key, value in model.state_dict().items()}
-    folds = kfold_splits(table.targets, config.folds, config.seed, config.validation_split)
+    folds = kfold_splits(table.targets, config.folds, config.seed, config.fold_split)
     trained = False
     for fold, (train_rows, val_rows) in enumerate(folds):
         run_dir = fold_dir(out, fold)
@@ -81,13 +90,14 @@ def finish_ensemble(config: TrainConfig, engine: Engine, table: DatasetTable, fo
     held_out_by = np.zeros(len(table), dtype=int)
     for fold, (_train_rows, val_rows) in enumerate(folds):
         held_out_by[val_rows] = fold
+    cross_fitted = cross_fitted_labels(targets, probabilities, held_out_by)
     write_out_of_fold(out, table, held_out_by, probabilities)
-    write_fold_summary(out, summarize_folds(out, folds, targets, probabilities, thresholds))
+    write_fold_summary(out, summarize_folds(out, folds, targets, probabilities, thresholds, cross_fitted))
     training = TrainingOutcome(
         recipe=recipe_of(config), n_val=len(table),
-        val_at_05=scores_at_threshold(targets, probabilities, 0.5),
-        val_at_05_predicted=multilabel_scores(targets, apply_thresholds(probabilities, 0.5)),
-        val_tuned=multilabel_scores(targets, apply_thresholds(probabilities, thresholds)),
+        val_at_05=scores_as_deployed(targets, probabilities, 0.5),
+        val_tuned=scores_as_deployed(targets, probabilities, thresholds),  # in-sample: tuned on these
+        val_tuned_cross_fitted=multilabel_scores(targets, cross_fitted),
     )
     write_ensemble(out, [fold_dir(out, fold).name for fold in range(len(folds))], table.label_set.name,
                    list(table.label_set.names), thresholds, training)
@@ -103,33 +113,39 @@ def write_out_of_fold(out: Path, table: DatasetTable, held_out_by: np.ndarray, p
 
 
 def summarize_run(run_dir: Path) -> dict:
-    """A fold's row of folds.csv, from its run folder: its best epoch, scored at 0.5 (as metrics.csv), labelled
-    as predict does at 0.5, and at its own tuned thresholds."""
+    """A fold's row of folds.csv, from its run folder: its best epoch's score in metrics.csv, labelled as predict
+    does at 0.5, and at its own tuned thresholds (in-sample)."""
     training = load_config(run_dir).training
     metrics = pd.read_csv(run_dir / METRICS_FILE)
     best_f1 = metrics.loc[metrics["epoch"] == training.best_epoch, "val_f1_macro"].iloc[0]
+    # Runs of earlier versions kept the plain 0.5 cut in val_at_05 and predict's labels in val_at_05_predicted.
+    at_half = training.val_at_05_predicted or training.val_at_05
     return {"run": str(run_dir), "best_epoch": training.best_epoch, "images": training.n_val,
-            "best_val_f1_macro": float(best_f1), "val_f1_macro_at_0.5": training.val_at_05_predicted["f1_macro"],
+            "best_val_f1_macro": float(best_f1), "val_f1_macro_at_0.5": at_half["f1_macro"],
             "val_f1_macro_tuned": training.val_tuned["f1_macro"]}
 
 
 def summarize_folds(out: Path, folds: list[Split], targets: np.ndarray, probabilities: np.ndarray,
-                    thresholds: np.ndarray) -> list[dict]:
-    """A row per fold (its validation images also scored at the ensemble's thresholds), then the pooled
-    out-of-fold predictions: at 0.5, each image at its own fold's thresholds, and at the ensemble's."""
+                    thresholds: np.ndarray, cross_fitted: np.ndarray) -> list[dict]:
+    """A row per fold (its validation images also scored at the ensemble's thresholds, in-sample, and at the
+    cross-fitted ones, tuned on the other folds), then the pooled out-of-fold predictions: at 0.5, each image
+    at its own fold's thresholds, at the ensemble's, and cross-fitted."""
     rows, own_labels = [], np.zeros(targets.shape, dtype=bool)
     for fold, (_train_rows, val_rows) in enumerate(folds):
         row = summarize_run(fold_dir(out, fold))
         at_ensemble = apply_thresholds(probabilities[val_rows], thresholds)
         rows.append({"fold": str(fold), **row,
-                     "val_f1_macro_oof_thresholds": multilabel_scores(targets[val_rows], at_ensemble)["f1_macro"]})
+                     "val_f1_macro_oof_thresholds": multilabel_scores(targets[val_rows], at_ensemble)["f1_macro"],
+                     "val_f1_macro_cross_fitted": multilabel_scores(targets[val_rows], cross_fitted[val_rows])["f1_macro"]})
         own_labels[val_rows] = apply_thresholds(probabilities[val_rows], load_config(fold_dir(out, fold)).thresholds)
+    at_half = scores_as_deployed(targets, probabilities, 0.5)["f1_macro"]
     pooled = {
         "fold": OUT_OF_FOLD_ROW, "run": str(out), "images": len(targets),
-        "best_val_f1_macro": scores_at_threshold(targets, probabilities, 0.5)["f1_macro"],
-        "val_f1_macro_at_0.5": multilabel_scores(targets, apply_thresholds(probabilities, 0.5))["f1_macro"],
+        "best_val_f1_macro": at_half,
+        "val_f1_macro_at_0.5": at_half,
         "val_f1_macro_tuned": multilabel_scores(targets, own_labels)["f1_macro"],
         "val_f1_macro_oof_thresholds": multilabel_scores(targets, apply_thresholds(probabilities, thresholds))["f1_macro"],
+        "val_f1_macro_cross_fitted": multilabel_scores(targets, cross_fitted)["f1_macro"],
     }
     return rows + spread_rows(rows) + [pooled]
 

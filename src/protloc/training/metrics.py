@@ -1,9 +1,16 @@
 """Multi-label scores for validation and `evaluate`: scikit-learn F1s plus the course's F-score.
 
+One labelling rule from training to deployment: `scores_as_deployed` labels probabilities exactly as `predict`,
+`evaluate` and the service do (`apply_thresholds`: p >= threshold, and every image at least one label), and
+that is what validation scores, best-epoch selection and threshold tuning see. Scoring validation under another
+rule picks epochs by a number no deployed model produces: plain p >= 0.5 leaves images with no label, so an
+epoch whose rare classes sit just under 0.5 looks worse than it labels.
+
 `fscore_course` is the Zero-to-GANs course's F-score, kept because published notebooks on this data
 report it: it averages precision and recall over images *before* combining them, so it is neither
 sklearn's "samples" F1 (which averages per-image F1s) nor its micro F1. It is a transcription, in
-torch float32, so numbers line up with those notebooks to the last digit.
+torch float32, so numbers line up with those notebooks to the last digit. `fscore_course_notebook_rule`
+labels as those notebooks did (plain p >= 0.5, images may get no label), for metrics.csv's column of that name.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from protloc.errors import ProtlocError
+from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds
 
 _COURSE_EPSILON = 1e-12
 
@@ -74,10 +82,25 @@ def multilabel_scores(targets, predictions) -> dict:
     }
 
 
+def scores_as_deployed(targets, probabilities, thresholds=DEFAULT_THRESHOLD) -> dict:
+    """`multilabel_scores` of the labels `predict` would give: `apply_thresholds` at `thresholds` (a scalar or
+    one per class), every image at least one label."""
+    actual = as_class_matrix(targets, "targets")
+    probs = as_class_matrix(probabilities, "probabilities")
+    _check_same_shape(actual, probs, "probabilities")
+    return multilabel_scores(actual, apply_thresholds(probs, thresholds))
+
+
+def fscore_course_notebook_rule(targets, probabilities) -> float:
+    """The course F-score labelled as the published notebooks label: plain p >= 0.5, an image may get none."""
+    return scores_at_threshold(targets, probabilities, DEFAULT_THRESHOLD)["fscore_course"]
+
+
 def scores_at_threshold(targets, probabilities, thresholds=0.5) -> dict:
     """`multilabel_scores` after labelling p >= threshold (a scalar or one threshold per class).
 
     Plain thresholding: an image may end up with no label here, unlike `apply_thresholds(allow_empty=False)`.
+    No deployed model labels this way; it is here for the notebooks' course F-score (and their comparisons).
     """
     actual = as_class_matrix(targets, "targets")
     probs = as_class_matrix(probabilities, "probabilities").astype(np.float64)

@@ -17,10 +17,23 @@ import torch
 from torch import nn
 
 from protloc.models.classifier import ProtlocNet, freeze_backbone, unfreeze_backbone
-from protloc.training.metrics import scores_at_threshold
+from protloc.training.metrics import fscore_course_notebook_rule, scores_as_deployed
 
 PHASES = ("frozen", "finetune")
+# The thresholds are tuned after training, so each epoch is scored at the default cut, under the deployed rule.
 VAL_THRESHOLD = 0.5
+# Logged every epoch (val_f1_macro picks the best one); the last is the course F-score under the notebooks' rule.
+LOGGED_SCORES = ("val_loss", "val_f1_macro", "val_f1_micro", "val_f1_samples", "val_fscore_course",
+                 "val_fscore_course_notebook")
+
+
+def validation_scores(targets: np.ndarray, probabilities: np.ndarray) -> dict:
+    """An epoch's validation scores, images labelled as `predict` labels them at 0.5 (each at least one label):
+    val_f1_macro, val_f1_micro, val_f1_samples, val_fscore_course, val_f1_per_class; and
+    val_fscore_course_notebook, the course F-score as the published notebooks compute it (plain p >= 0.5)."""
+    scores = scores_as_deployed(targets, probabilities, VAL_THRESHOLD)
+    return {**{f"val_{name}": value for name, value in scores.items()},
+            "val_fscore_course_notebook": fscore_course_notebook_rule(targets, probabilities)}
 
 
 class LocalisationModule(L.LightningModule):
@@ -58,7 +71,7 @@ class LocalisationModule(L.LightningModule):
         self.label_names = list(label_names)
         self.channels_last = channels_last
         self.head_only = head_only
-        # Filled by each validation epoch: the scores at 0.5 (per-class F1 included) for the history.
+        # Filled by each validation epoch: `validation_scores` (per-class F1 included) for the history.
         self.val_scores: dict = {}
         self._val_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         if phase == "frozen":
@@ -106,10 +119,9 @@ class LocalisationModule(L.LightningModule):
         logits, targets = self._gather_validation(logits, targets, rows)
         loss = float(self.loss(logits, targets))
         probabilities = torch.sigmoid(logits).cpu().numpy()
-        scores = scores_at_threshold(targets.cpu().numpy(), probabilities, VAL_THRESHOLD)
-        self.val_scores = {"val_loss": loss, **{f"val_{name}": value for name, value in scores.items()}}
+        self.val_scores = {"val_loss": loss, **validation_scores(targets.cpu().numpy(), probabilities)}
         # Every rank scored the same gathered set: the mean over ranks (sync_dist) changes nothing.
-        for name in ("val_loss", "val_f1_macro", "val_f1_micro", "val_f1_samples", "val_fscore_course"):
+        for name in LOGGED_SCORES:
             self.log(name, self.val_scores[name], prog_bar=name in ("val_loss", "val_f1_macro"), sync_dist=True)
 
     def _gather_validation(self, logits, targets, rows) -> tuple[torch.Tensor, torch.Tensor]:

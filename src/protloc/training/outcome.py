@@ -24,11 +24,15 @@ class TrainingOutcome:
     precision_used: str | None = None
     world_size: int | None = None  # processes that trained
     images_per_second: dict[str, float] | None = None  # per phase, training loop only
-    # Validation scores of the best epoch's weights: the plain 0.5 cut (as in metrics.csv), then labels as
-    # predict gives them (each image at least one), at 0.5 and at the tuned thresholds.
+    # Validation scores of the best epoch's weights, images labelled as predict labels them (each at least one
+    # label), at 0.5 and at the tuned thresholds. In-sample: the same images picked the epoch and tuned the
+    # thresholds. (Runs of earlier versions: val_at_05 at a plain 0.5 cut, val_at_05_predicted as predict.)
     val_at_05: dict | None = None
     val_at_05_predicted: dict | None = None
     val_tuned: dict | None = None
+    # K-fold only: out-of-fold labels, each fold's images at thresholds tuned on the other folds' out-of-fold
+    # predictions. The honest estimate of tuned thresholds: no image tuned the cut it is scored at.
+    val_tuned_cross_fitted: dict | None = None
     thresholds_tuned_on: dict | None = None  # written by `protloc tune`
 
     @property

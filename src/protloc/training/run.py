@@ -2,8 +2,8 @@
 
 Two phases, each its own `Trainer.fit`: "frozen" trains the new head over a frozen ImageNet backbone, then
 "finetune" trains everything; each phase has a fresh optimiser and its own one-cycle schedule. The best
-epoch by validation macro F1 (at 0.5) is kept, per-class thresholds are tuned on validation, and the run
-folder gets config.json, model.safetensors, metrics.csv, lr.csv, curves.png and lr.png.
+epoch by validation macro F1 is kept (images labelled as predict labels them at 0.5: each at least one label),
+per-class thresholds are tuned on validation under the same rule, and the run folder gets config.json, model.safetensors, metrics.csv, lr.csv, curves.png and lr.png.
 
 Shuffling and augmentation follow (seed, epoch, image) and the model's randomness is reseeded from (seed,
 epoch) each epoch, so a run stopped (`stop_after`, Ctrl-C) and resumed ends with the same weights as one
@@ -25,7 +25,7 @@ from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
 from protloc.files import save_figure, write_csv
 from protloc.inference.predictor import predict_probabilities
-from protloc.inference.thresholds import apply_thresholds, tune_thresholds
+from protloc.inference.thresholds import tune_thresholds
 from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
 from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, RunConfig,
@@ -36,7 +36,7 @@ from protloc.training.datamodule import LocalisationData
 from protloc.training.engine import Engine, expected_warnings_ignored, make_trainer, rank
 from protloc.training.features import frozen_phase_data
 from protloc.training.losses import auto_pos_weight, make_loss
-from protloc.training.metrics import multilabel_scores, scores_at_threshold
+from protloc.training.metrics import scores_as_deployed
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
 from protloc.training.outcome import TrainingOutcome
@@ -172,9 +172,9 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
         recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),
         best_epoch=int(best["epoch"]), best_phase=str(best["phase"]), precision_used=engine.precision,
         world_size=engine.world_size, images_per_second={phase: float(value) for phase, value in speed.items()},
-        val_at_05=scores_at_threshold(targets, probabilities, 0.5),
-        val_at_05_predicted=multilabel_scores(targets, apply_thresholds(probabilities, 0.5)),
-        val_tuned=multilabel_scores(targets, apply_thresholds(probabilities, thresholds)),
+        # Both in-sample: these images picked the epoch, and the thresholds too.
+        val_at_05=scores_as_deployed(targets, probabilities, 0.5),
+        val_tuned=scores_as_deployed(targets, probabilities, thresholds),
     )
     write_run_folder(run_dir, run_config, model, history)
 

@@ -11,7 +11,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStrati
 from sklearn.model_selection import KFold, train_test_split
 
 from protloc.errors import ProtlocError
-from protloc.training.config import VALIDATION_SPLITS
+from protloc.training.config import FOLD_SPLITS, VALIDATION_SPLITS
 from protloc.training.metrics import as_class_matrix
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -73,13 +73,14 @@ def split_stratified(targets, val_fraction: float, seed: int) -> Split:
 def kfold_splits(targets, k: int, seed: int, method: str = "stratified") -> list[Split]:
     """K (train, val) folds; every row is in exactly one validation fold.
 
-    "stratified" uses multi-label stratified K-fold; "random" and "mask" both use a shuffled K-fold, since
-    an independent mask cannot make K disjoint folds.
+    "stratified" (iterative multi-label stratification, the default) keeps each class's positives near a K-th
+    per fold; "random" is a shuffled K-fold, which can leave a fold with none of a rare class. (An independent
+    mask, a single run's "mask" split, cannot make K disjoint folds.)
     """
     labels = as_class_matrix(targets, "targets")
     n = labels.shape[0]
-    if method not in VALIDATION_SPLITS:
-        raise ProtlocError(f"unknown split method {method!r}: expected one of {', '.join(VALIDATION_SPLITS)}")
+    if method not in FOLD_SPLITS:
+        raise ProtlocError(f"unknown fold split method {method!r}: expected one of {', '.join(FOLD_SPLITS)}")
     if not 2 <= k <= n:
         raise ProtlocError(f"number of folds must be between 2 and the number of images ({n}), got {k}")
     if method == "stratified":
