@@ -114,6 +114,8 @@ def world(tmp_path_factory, untrained_run, tiny_recipe) -> dict[str, str]:
     root = tmp_path_factory.mktemp("hostile")
     paths = make_hostile_data(root)
     make_tampered_runs(root, untrained_run(root / "run"), paths)
+    make_tampered_ensembles(root, paths)
+    make_round_two_data(root, paths)
     make_damaged_stopped_runs(root, tiny_recipe.config(paths["data"], root, backbone="test_resnet", stop_after=1), paths)
     return {name: str(path) for name, path in paths.items()}
 
@@ -212,6 +214,68 @@ def make_tampered_runs(root: Path, run: Path, paths: dict[str, Path]) -> None:
     tampered("run_no_weights", "model.safetensors")
     tampered("run_onnx_garbage", "model.onnx", b"not an onnx graph")
     tampered("run_metrics_garbage", "metrics.csv", b"\xff\xfe\x00\x01" * 40)
+
+
+def make_tampered_ensembles(root: Path, paths: dict[str, Path]) -> None:
+    """A K-fold folder of two copies of the good run, and copies with one field of ensemble.json tampered with
+    (issue 31, findings 8 and 9)."""
+    good = paths["kfold"] = root / "kfold"
+    for fold in ("fold-0", "fold-1"):
+        shutil.copytree(paths["run"], good / fold)
+    config = json.loads((paths["run"] / "config.json").read_text())
+    record = {"kind": "ensemble", "folds": ["fold-0", "fold-1"], "label_set": config["label_set"],
+              "label_names": config["label_names"], "thresholds": [0.5] * 10, "training": {}}
+    (good / "ensemble.json").write_text(json.dumps(record))
+
+    def tampered(name: str, **changes) -> None:
+        copy = paths[name] = root / name
+        shutil.copytree(good, copy, symlinks=True)
+        (copy / "ensemble.json").write_text(json.dumps({**record, **changes}))
+
+    tampered("kfold_thresholds_null", thresholds=[None] * 10)
+    tampered("kfold_thresholds_text", thresholds=["abc"] * 10)
+    tampered("kfold_thresholds_5", thresholds=[5.0] * 10)
+    tampered("kfold_thresholds_true", thresholds=[True] * 10)
+    tampered("kfold_training_text", training="oops")
+    tampered("kfold_same_fold", folds=["fold-0", "fold-0", "fold-0"])
+    tampered("kfold_fold_link")
+    shutil.rmtree(paths["kfold_fold_link"] / "fold-1")
+    (paths["kfold_fold_link"] / "fold-1").symlink_to(paths["run_labels9"])
+
+
+def make_round_two_data(root: Path, paths: dict[str, Path]) -> None:
+    """Issue 31: a FIFO, a NUL byte and a duplicate in disguise in datasets; NaN pixels; damaged or diverged
+    weights."""
+    import tifffile
+    from safetensors.torch import load_file, save_file
+
+    generic = paths["tiff_csv"].parent
+    os.mkfifo(generic / "pipe.png")
+    paths["fifo_csv"] = generic / "fifo.csv"
+    paths["fifo_csv"].write_text("path,labels\ncell0.png,1\npipe.png,2\n")
+    first_id = paths["bomb_id"]
+    for name, row in (("nul_data", "abc\0def,1"), ("dup_data", f"./{first_id},1")):
+        paths[name] = root / name
+        shutil.copytree(paths["data"], paths[name])
+        with open(paths[name] / "train.csv", "a") as handle:
+            handle.write(row + "\n")
+    paths["nan_tif"] = root / "nan.tif"
+    pixels = np.full((32, 32, 3), 0.5, np.float32)
+    pixels[3, 4, 1] = np.nan
+    tifffile.imwrite(paths["nan_tif"], pixels)
+
+    run = paths["run"]
+    changed = paths["run_weights_changed"] = root / "run_weights_changed"  # same length, one byte flipped
+    shutil.copytree(run, changed)
+    data = bytearray((changed / "model.safetensors").read_bytes())
+    data[-5] ^= 0x01
+    (changed / "model.safetensors").write_bytes(bytes(data))
+    diverged = paths["run_weights_nan"] = root / "run_weights_nan"  # as a run that diverged was written before
+    shutil.copytree(run, diverged)
+    state = load_file(str(diverged / "model.safetensors"))
+    state["head.1.bias"][0] = float("nan")
+    save_file(state, str(diverged / "model.safetensors"))
+    (diverged / "model.safetensors.sha256").unlink()
 
 
 def make_damaged_stopped_runs(root: Path, recipe, paths: dict[str, Path]) -> None:
@@ -420,6 +484,36 @@ CASES = [
     Case("train-cache-limit-inf", f"train {{data}} --out {{out}}/r {TRAIN} --cache-limit-gb inf", "--cache-limit-gb"),
     Case("predict-cache-limit-env-inf", f"{PREDICT} --out {{out}}/p.csv", "PROTLOC_CACHE_LIMIT_GB",
          env={"PROTLOC_CACHE_LIMIT_GB": "inf"}),
+    # training options and numbers that cannot train (issue 31, findings 7, 8 and 11)
+    Case("train-lr-inf", f"train {{data}} --out {{out}}/r {TRAIN} --lr inf", "--lr inf"),
+    Case("train-lr-frozen-nan", f"train {{data}} --out {{out}}/r {TRAIN} --lr-frozen nan", "--lr-frozen nan"),
+    Case("train-seed-negative", f"train {{data}} --out {{out}}/r {TRAIN} --seed -1", "--seed -1"),
+    Case("train-seed-huge", f"train {{data}} --out {{out}}/r {TRAIN} --seed 100000000000000000000000", "--seed"),
+    Case("train-image-size-huge", f"train {{data}} --out {{out}}/r {TRAIN} --image-size 20000", "--image-size 20000"),
+    Case("train-num-nodes-without-launcher", f"train {{data}} --out {{out}}/r {TRAIN} --num-nodes 2", "--num-nodes 2"),
+    Case("train-diverges", f"train {{data}} --out {{out}}/r {TRAIN} --lr-frozen 1e38 --lr 1e38", "training stopped"),
+    Case("train-nul-byte-in-id", f"train {{nul_data}} --out {{out}}/r {TRAIN}", "NUL byte"),
+    Case("check-nul-byte-in-id", "check {nul_data}", "NUL byte"),
+    Case("check-same-id-in-disguise", "check {dup_data}", "duplicate"),
+    Case("check-fifo-in-csv", "check {fifo_csv}", "pipe.png"),
+    Case("predict-nan-pixels", "predict {run} {nan_tif} --out {out}/p.csv --workers 0", "NaN"),
+    # K-fold ensembles checked as run configs are (findings 8 and 9)
+    *[Case(f"predict-{name.replace('_', '-')}", f"predict {{{name}}} {{good}} --out {{out}}/p.csv --workers 0", text,
+           watch=(name,)) for name, text in (
+        ("kfold_thresholds_null", "thresholds"), ("kfold_thresholds_text", "thresholds"),
+        ("kfold_thresholds_5", "thresholds"), ("kfold_thresholds_true", "thresholds"),
+        ("kfold_training_text", "training"), ("kfold_same_fold", "more than once"),
+        ("kfold_fold_link", "symbolic link"))],
+    Case("tune-kfold-thresholds-text", "tune {kfold_thresholds_text} {data} --workers 0", "thresholds",
+         watch=("kfold_thresholds_text",)),
+    # weights changed since training, or written non-finite (findings 7 and 10)
+    Case("predict-weights-changed", "predict {run_weights_changed} {good} --engine torch --out {out}/p.csv --workers 0",
+         "model.safetensors", watch=("run_weights_changed",)),
+    Case("predict-weights-nan", "predict {run_weights_nan} {good} --engine torch --out {out}/p.csv --workers 0",
+         "NaN", watch=("run_weights_nan",)),
+    # segment
+    Case("segment-png-bomb", "segment {bomb_png} --out {out}/s", "bomb.png"),
+    Case("segment-out-inside-input", "segment {images} --out {images}/masks", "input folder", watch=("images",)),
     # serve: refused before it listens
     Case("serve-tampered-thresholds", "serve {run_threshold_abc} --port 0", "thresholds"),
     Case("serve-tampered-labels", "serve {run_labels9} --port 0", "label_names"),

@@ -256,6 +256,49 @@ def _move_into(source: Path, target: Path) -> None:
             os.replace(entry, destination)
 
 
+# ---------------------------------------------------------------- digests beside files (docs/security.md)
+
+DIGEST_SUFFIX = ".sha256"  # FILE.sha256 beside FILE, in sha256sum's format: `sha256sum -c FILE.sha256` checks it
+
+
+def digest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def write_digest(path: str | Path) -> str:
+    """Record `path`'s SHA-256 beside it (written after the file itself: a crash between leaves a digest that no
+    longer matches, never a file taken for checked); returns the digest."""
+    digest = file_sha256(path)
+    write_text(digest_path(path), f"{digest}  {Path(path).name}\n")
+    return digest
+
+
+def recorded_digest(path: str | Path) -> str | None:
+    """The SHA-256 recorded beside `path`, or None when there is none (files written before digests were)."""
+    try:
+        text = digest_path(path).read_text(encoding="ascii").split()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    except OSError as error:
+        raise ProtlocError(f"{digest_path(path)}: cannot be read ({error.strerror or error})") from None
+    return text[0].lower() if text else ""
+
+
+def check_digest(path: str | Path) -> None:
+    """Raise ProtlocError when `path` no longer has the SHA-256 recorded beside it (changed or damaged since it
+    was written); nothing when none is recorded."""
+    recorded = recorded_digest(path)
+    if recorded is not None and file_sha256(path) != recorded:
+        raise ProtlocError(f"{path}: its content differs from the SHA-256 in {digest_path(path).name}, written "
+                           "with it (changed or damaged since)")
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as temp:
         temp.write_text(text, encoding="utf-8")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path, write_json
+from protloc.files import DIGEST_SUFFIX, atomic_path, check_digest, write_digest, write_json
 from protloc.training.outcome import TrainingOutcome
 
 # Every file a run folder holds is named here, once; all other modules import these names.
@@ -46,7 +46,7 @@ def is_run_part(name: str) -> bool:
     """Whether `name` inside a run folder (or a K-fold folder) is one of the files and folders that make it: only
     train writes them, and tune rewrites the config."""
     parts = {CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, LR_FILE, CURVES_FILE, LR_PLOT_FILE, CHECKPOINT_DIR, FOLDS_FILE,
-             ENSEMBLE_FILE, OUT_OF_FOLD_FILE}
+             ENSEMBLE_FILE, OUT_OF_FOLD_FILE, WEIGHTS_FILE + DIGEST_SUFFIX}
     return name in parts or fold_number(name) is not None
 
 
@@ -164,8 +164,13 @@ def save_run(run_dir: str | Path, config: RunConfig, model) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if broken:
+        raise ProtlocError(f"{run_dir / WEIGHTS_FILE}: not written: {len(broken)} weight tensors hold NaN or infinite "
+                           f"values (e.g. {broken[0]}); training diverged")
     with atomic_path(run_dir / WEIGHTS_FILE) as temp:
         save_file(state, str(temp))
+    write_digest(run_dir / WEIGHTS_FILE)  # checked by load_run
     save_config(run_dir, config)
 
 
@@ -229,10 +234,15 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     shapes = read_weight_shapes(weights_path)
     model = build_model(config.backbone, config.num_classes, pretrained=False, in_chans=config.in_chans, dropout=config.dropout)
     check_weights_fit(config, shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, weights_path)
+    check_digest(weights_path)
     try:
         state = load_file(str(weights_path), device=device)
     except Exception as error:  # safetensors raises its own error, OSError or others for damaged files
         raise ProtlocError(f"{weights_path}: not a readable safetensors file ({type(error).__name__})") from None
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if broken:
+        raise ProtlocError(f"{weights_path}: {len(broken)} weight tensors hold NaN or infinite values (e.g. "
+                           f"{broken[0]}); the run's training diverged, retrain it")
     model.load_state_dict(state, strict=True)
     return config, model.to(device).eval()
 
@@ -335,8 +345,25 @@ def read_ensemble_record(path: Path) -> dict:
     # Only fold-<k> names, so that the file cannot point the model anywhere outside its own folder.
     if not isinstance(folds, list) or not folds or not all(isinstance(f, str) and fold_number(f) is not None and f == Path(f).name for f in folds):
         raise ProtlocError(f"{path}: \"folds\" must list one or more fold folder names (fold-0, fold-1, ...), got {folds!r}")
-    if not isinstance(data["thresholds"], list) or len(data["thresholds"]) != len(data["label_names"]):
-        raise ProtlocError(f"{path}: expected one threshold per class ({len(data['label_names'])} classes)")
+    problems = []
+    if len(set(folds)) != len(folds):
+        problems.append(f"folds {reprlib.repr(folds)}: a fold is listed more than once")
+    for fold in dict.fromkeys(folds):
+        if (path.parent / fold).is_symlink():
+            problems.append(f"folds: {fold} is a symbolic link (a fold is a folder of its own K-fold folder)")
+    names = data["label_names"]
+    if not (isinstance(names, list) and names and all(isinstance(name, str) and name.strip() for name in names)
+            and len(set(names)) == len(names)):
+        problems.append(f"label_names {reprlib.repr(names)}: expected a list of distinct class names")
+    elif not (_numbers(data["thresholds"], len(names)) and all(0 < value <= 1 for value in data["thresholds"])):
+        problems.append(f"thresholds {reprlib.repr(data['thresholds'])}: expected {len(names)} numbers in (0, 1], "
+                        "one per class of label_names")
+    if not isinstance(data["label_set"], str):
+        problems.append(f"label_set {reprlib.repr(data['label_set'])}: expected the label set's name")
+    if not isinstance(data.get("training") or {}, dict):
+        problems.append(f"training {reprlib.repr(data['training'])}: expected a JSON object")
+    if problems:
+        raise ProtlocError(*(f"{path}: {problem}" for problem in problems))
     return data
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -103,6 +104,8 @@ def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():  # NaN would become black without a word
+            raise ImageReadError("floating-point pixels that are NaN or infinite (expected intensities in 0..1)")
         return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if bit_depth not in BIT_DEPTHS and bit_depth is not None:
         raise ValueError(f"bit depth {bit_depth}: expected one of {', '.join(map(str, BIT_DEPTHS))} or None")
@@ -146,6 +149,8 @@ def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
         raise ImageReadError("empty file")
     file = io.BytesIO(source) if in_memory else Path(source)
     limit = max_pixels  # None: pixel_limit(), read when needed
+    if not in_memory:
+        check_regular_file(file)
     try:
         array = _decode_tiff(file, limit) if _is_tiff(file) else _decode_with_pil(file, limit, formats)
     except ImageReadError:
@@ -160,6 +165,20 @@ def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
     except Exception as error:  # decoders raise many types for corrupt input (OSError, ValueError, struct.error...)
         raise ImageReadError(f"not a readable image ({type(error).__name__}: {error})") from None
     return to_channels_last(array)
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO would block its reader for ever, a device
+    would be read without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError("file not found") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the name
+        raise ImageReadError(f"cannot be opened ({getattr(error, 'strerror', None) or error})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or other special file"
+        raise ImageReadError(f"{kind}, not an image file")
 
 
 def decode_image(source: bytes | str | Path, *, bit_depth: int | None = None, max_pixels: int | None = None,

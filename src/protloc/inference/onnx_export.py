@@ -9,7 +9,8 @@ Every export is checked with onnx.checker and compared with torch on a random ba
 
 A run's own RUN/model.onnx doubles as a cache for the default CPU engine: `run_onnx_session` exports it on
 first use and again whenever it no longer matches RUN/model.safetensors (the SHA-256 of the weights file is
-stored in the graph's metadata) or the run's config.
+stored in the graph's metadata) or the run's config, or its own SHA-256, recorded beside it at export
+(model.onnx.sha256), no longer holds: an edited graph is never taken for the run's.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path
+from protloc.files import atomic_path, file_sha256, write_digest
 from protloc.runs import ONNX_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
 
 DEFAULT_OPSET = 17
@@ -82,6 +83,7 @@ def export_onnx(model: nn.Module, config: RunConfig, path: str | Path, *, opset:
                 f"{path}: ONNX Runtime and torch disagree by {difference:.2e} on a random batch "
                 f"(tolerance {PARITY_TOLERANCE:.0e}); nothing written. Try another --opset."
             )
+    write_digest(path)  # PATH.sha256: the graph's own digest, checked before a session opens it (engines.py)
     return difference
 
 
@@ -110,8 +112,7 @@ def weights_digest(run_dir: str | Path) -> str:
         return hashlib.sha256(digests.encode()).hexdigest()
     path = Path(run_dir) / WEIGHTS_FILE
     try:
-        with open(path, "rb") as stream:
-            return hashlib.file_digest(stream, "sha256").hexdigest()
+        return file_sha256(path)
     except FileNotFoundError:
         raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)") from None
 
@@ -124,11 +125,11 @@ def run_onnx_session(run_dir: str | Path, config: RunConfig):
     path = Path(run_dir) / ONNX_FILE
     digest = weights_digest(run_dir)
     if path.is_file():
-        try:
-            session = open_onnx_session(path, config, run_dir)
-        except ProtlocError:  # unreadable, or made for another image size or class count: export again
+        try:  # its own digest checked first: a graph edited since its export is exported again
+            session = open_onnx_session(path, config, run_dir, weights=digest)
+        except ProtlocError:  # unreadable, changed, from other weights, or for another image size or class count
             session = None
-        if session is not None and session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest:
+        if session is not None:
             return session
     print(f"protloc: exporting {path} for ONNX Runtime (once; again whenever the weights change)", file=sys.stderr)
     _config, model = load_run(run_dir)
