@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from protloc import allocator
 from protloc.allocator import _glibc
 
 BLOCK = 64 << 20  # over glibc's largest adaptive mmap threshold (32 MB): mmapped on its own by default
@@ -61,14 +62,17 @@ def a_block_beyond_the_free_memory_is_mmapped(libc) -> bool:
 
 
 PROBE = """
-from protloc.allocator import freed_memory_kept
+from protloc.allocator import allow_malloc_settings, freed_memory_kept
 from tests.test_allocator import glibc_with_mallinfo, mmapped_for_a_block
 
 libc = glibc_with_mallinfo()
 first = mmapped_for_a_block(libc)
+with freed_memory_kept() as refused:
+    pass
+allow_malloc_settings()  # as the command line does
 with freed_memory_kept() as kept:
     inside = mmapped_for_a_block(libc)
-print(first, kept, inside, mmapped_for_a_block(libc))
+print(first, refused, kept, inside, mmapped_for_a_block(libc))
 """
 
 
@@ -83,11 +87,19 @@ def libc():
 def test_inside_large_blocks_come_from_the_heap_and_afterwards_are_mmapped_again(libc):
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    before, kept, inside, after = result.stdout.split()
+    before, refused, kept, inside, after = result.stdout.split()
+    assert refused == "False"  # not allowed: a library call leaves the process's settings alone
     assert int(before) >= BLOCK and kept == "True" and int(inside) == 0 and int(after) >= BLOCK
 
 
-def test_prediction_keeps_freed_memory_over_several_batches_and_not_for_one(libc, untrained_run, demo_data):
+@pytest.fixture
+def settings_allowed(monkeypatch):
+    """The process's malloc settings are protloc's to change, as in a `protloc` command."""
+    monkeypatch.setattr(allocator, "_settings_allowed", True)
+
+
+def test_prediction_keeps_freed_memory_over_several_batches_and_not_for_one(libc, settings_allowed, untrained_run,
+                                                                            demo_data):
     from protloc.data.readers import read_dataset
     from protloc.inference.engines import TorchEngine
     from protloc.inference.predictor import Predictor
@@ -113,7 +125,7 @@ def test_prediction_keeps_freed_memory_over_several_batches_and_not_for_one(libc
     assert beyond_mmapped == [True]
 
 
-def test_backbone_features_keep_freed_memory_over_several_batches(libc, untrained_run, demo_data):
+def test_backbone_features_keep_freed_memory_over_several_batches(libc, settings_allowed, untrained_run, demo_data):
     from protloc.data.dataset import ImageDataset
     from protloc.data.readers import read_dataset
     from protloc.data.transforms import eval_transforms
@@ -170,10 +182,10 @@ def test_training_backs_large_tensors_with_huge_pages_unless_the_environment_say
     assert huge_kib(THP_MEM_ALLOC_ENABLE="0") == 0  # a user's explicit choice stands
 
 
-def test_protloc_train_turns_huge_pages_on_before_torch_loads(demo_data, tiny_recipe, tmp_path, monkeypatch):
+def test_protloc_train_turns_huge_pages_on_before_anything_else(monkeypatch, capsys):
     from protloc.cli import main
 
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
-    assert main(["train", str(demo_data), "--out", str(tmp_path / "run"), *tiny_recipe.args(epochs_frozen=0),
-                 "--backbone", "mobilenetv3_small_050"]) == 0
+    assert main(["train"]) == 2  # no data: refused before any work, with the switch already set
+    assert "needs DATA" in capsys.readouterr().err
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"  # what the rest of the process, and DDP's ranks, inherit

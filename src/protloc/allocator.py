@@ -9,8 +9,11 @@ the speed figures come from, that halved efficientnet_lite0's forward pass at ba
 keeps what it frees; fine-tuning, whose activations set the run's memory peak, gets memory back to the kernel
 again as glibc would by then.
 
-The settings are the process's: two threads inside at once share them, and the first to leave restores them.
-That costs speed, never results.
+The settings are the process's, and glibc offers no way to read them back: a library that changed them could
+not restore a caller's own. So they change only in a process the `protloc` command runs, whose entry point
+calls `allow_malloc_settings()`; called from Python (`protloc.load(...).predict`, training from a notebook),
+protloc leaves the allocator as it found it. Threads inside at once share the settings; the last to leave
+hands memory back.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
 from typing import MutableMapping
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's malloc.h
@@ -40,22 +44,42 @@ def _glibc():
     return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+_settings_allowed = False
+_settings_lock = threading.Lock()
+_threads_inside = 0
+
+
+def allow_malloc_settings() -> None:
+    """Let `freed_memory_kept` change glibc's settings in this process: for the command-line entry point, whose
+    process protloc owns."""
+    global _settings_allowed
+    _settings_allowed = True
+
+
 @contextlib.contextmanager
 def freed_memory_kept():
-    """Inside, glibc keeps freed blocks for reuse; on leaving, it returns what is free and trims as it does by
-    default once a process has freed large blocks. Does nothing where the C library is not glibc."""
-    libc = _glibc()
+    """Inside, glibc keeps freed blocks for reuse; when the last thread inside leaves, it returns what is free and
+    trims as it does by default once a process has freed large blocks. Does nothing unless the process allowed it
+    (allow_malloc_settings), or where the C library is not glibc."""
+    global _threads_inside
+    libc = _glibc() if _settings_allowed else None
     if libc is None:
         yield False
         return
-    libc.mallopt(M_MMAP_THRESHOLD, KEPT_BELOW)
-    libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE)
+    with _settings_lock:
+        _threads_inside += 1
+        if _threads_inside == 1:
+            libc.mallopt(M_MMAP_THRESHOLD, KEPT_BELOW)
+            libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE)
     try:
         yield True
     finally:
-        libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD)
-        libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
-        libc.malloc_trim(0)
+        with _settings_lock:
+            _threads_inside -= 1
+            if _threads_inside == 0:
+                libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD)
+                libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
+                libc.malloc_trim(0)
 
 
 def freed_memory_kept_for_batches(items: int, batch_size: int):

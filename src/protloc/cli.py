@@ -11,6 +11,7 @@ import sys
 
 import protloc.commands
 from protloc import __version__
+from protloc.allocator import allow_malloc_settings
 from protloc.data.images import ImageReadError, pixel_limit
 from protloc.errors import ProtlocError
 
@@ -37,24 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class WarningLines(logging.Handler):
-    """The library's warnings (logger "protloc": an image cache it cannot use...) as one `protloc: warning:` line
-    each on the stderr of the moment (tests swap it)."""
+class _StderrNotes(logging.Handler):
+    """The library's notes (the "protloc" logger, INFO and up) as "protloc: ..." lines on the current stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"protloc: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        kind = "warning: " if record.levelno >= logging.WARNING else ""  # an unusable image cache, a small split
+        print(f"protloc: {kind}{record.getMessage()}", file=sys.stderr)
 
 
-def show_library_warnings() -> None:
+def show_library_notes() -> None:
+    """Let the library's notes through to stderr (once per process): the library itself prints nothing."""
     logger = logging.getLogger("protloc")
-    if not any(isinstance(handler, WarningLines) for handler in logger.handlers):
-        logger.addHandler(WarningLines(logging.WARNING))
-        logger.propagate = False
+    if not any(isinstance(handler, _StderrNotes) for handler in logger.handlers):
+        logger.addHandler(_StderrNotes(logging.INFO))
+        logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    show_library_warnings()
+    allow_malloc_settings()  # the process is the command's own (allocator.py)
+    show_library_notes()
     try:
         pixel_limit()  # a bad PROTLOC_MAX_PIXELS is said once, not once for every image
         return int(args.handler(args) or 0)

@@ -315,9 +315,10 @@ def write_csv(path: str | Path, frame) -> None:
 
 
 def save_figure(path: str | Path, figure) -> None:
-    """A matplotlib figure as PNG, then closed to free its memory."""
-    import matplotlib.pyplot as plt
+    """A free-standing matplotlib Figure (protloc.plots) as PNG, drawn by the Agg canvas whatever backend the
+    process has chosen."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    FigureCanvasAgg(figure)
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)

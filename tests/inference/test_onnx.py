@@ -75,9 +75,10 @@ def test_missing_or_foreign_onnx_file_is_a_clear_error(exported_run, demo_data, 
                  "--onnx", str(exported_run / "model.onnx")]) == 2
     assert "the run expects" in capsys.readouterr().err
     assert not out.exists()
-    # The run's own model.onnx is a cache: exported again to fit.
+    # The run's own model.onnx no longer fits: the engine exports one that does into the cache, not over it.
     assert main(["predict", str(other), str(demo_data), "--out", str(out), "--engine", "onnx", "--workers", "0"]) == 0
     assert "exporting" in capsys.readouterr().err
+    assert (other / "model.onnx").read_bytes() == (exported_run / "model.onnx").read_bytes()
 
 
 def test_evaluate_with_the_onnx_engine_matches_torch(exported_run, demo_data, tmp_path):
@@ -101,14 +102,19 @@ def test_the_onnx_engine_refuses_gpu_and_low_precision_settings(exported_run, de
     assert not out.exists()
 
 
-def test_default_cpu_prediction_is_onnx_runtime_within_1e4_of_torch_fp32(untrained_run, demo_data, tmp_path, capsys):
-    """The default backbone, untrained: `predict` with no engine options exports RUN/model.onnx on first use and
-    gives ONNX Runtime's fp32 probabilities, within 1e-4 of --engine onnx and of torch in fp32."""
+def test_default_cpu_prediction_is_onnx_runtime_within_1e4_of_torch_fp32(untrained_run, demo_data, tmp_path, capsys,
+                                                                          monkeypatch):
+    """The default backbone, untrained: `predict` with no engine options exports the model into the cache folder on
+    first use (the run folder is left alone) and gives ONNX Runtime's fp32 probabilities, within 1e-4 of --engine
+    onnx and of torch in fp32."""
+    monkeypatch.setenv("PROTLOC_CACHE_DIR", str(tmp_path / "cache"))
     run_dir = untrained_run(tmp_path / "run", backbone="efficientnet_lite0", image_size=64, spread=3)
-    assert not (run_dir / "model.onnx").exists()
+    before = sorted(path.name for path in run_dir.iterdir())
     default = main(["predict", str(run_dir), str(demo_data), "--probabilities", "--out", str(tmp_path / "default.csv"),
                     "--workers", "0"])
-    assert default == 0 and (run_dir / "model.onnx").is_file() and "exporting" in capsys.readouterr().err
+    assert default == 0 and "exporting" in capsys.readouterr().err
+    assert sorted(path.name for path in run_dir.iterdir()) == before
+    assert len(list((tmp_path / "cache" / "onnx-v1").glob("*.onnx"))) == 1
     columns = list(HPA10.names)
     auto = pd.read_csv(tmp_path / "default.csv", dtype={"Image": str})[columns].to_numpy()
     onnx_probs = probabilities(run_dir, demo_data, tmp_path / "onnx.csv", "--engine", "onnx")[columns].to_numpy()
@@ -121,18 +127,20 @@ def test_default_cpu_prediction_is_onnx_runtime_within_1e4_of_torch_fp32(untrain
     assert protloc.load(run_dir).engine_name == "onnx" and protloc.load(run_dir, precision="bf16").engine_name == "torch"
 
 
-def test_the_cached_export_follows_new_weights(untrained_run, demo_data, tmp_path, capsys):
+def test_the_cached_export_follows_new_weights(untrained_run, demo_data, tmp_path, monkeypatch):
     import protloc
     from safetensors.torch import load_file, save_file
 
+    monkeypatch.setenv("PROTLOC_CACHE_DIR", str(tmp_path / "cache"))
     run_dir = untrained_run(tmp_path / "run", spread=30)
     images = sorted((demo_data / "test").glob("*.png"))[:4]
     before = protloc.load(run_dir).predict_proba(images)
     weights = load_file(str(run_dir / "model.safetensors"))
     save_file({name: value * 1.5 if name.startswith("head") else value for name, value in weights.items()},
               str(run_dir / "model.safetensors"))
-    capsys.readouterr()
     after = protloc.load(run_dir).predict_proba(images)
-    assert "exporting" in capsys.readouterr().err and np.abs(after - before).max() > 1e-3
+    assert np.abs(after - before).max() > 1e-3
+    target = tmp_path / "cache" / "onnx-v1"
+    assert len(list(target.glob("*.onnx"))) == 2  # one export per set of weights
     np.testing.assert_allclose(after, protloc.load(run_dir, engine="torch", precision="fp32").predict_proba(images),
                                atol=1e-4)

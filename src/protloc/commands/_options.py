@@ -23,7 +23,15 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 def read_dataset_from_args(args: argparse.Namespace, path=None, split: str = "train") -> DatasetTable:
     label_set = get_label_set(args.labels) if args.labels else None
-    return read_dataset(path or args.data, layout=args.format, split=split, label_set=label_set, channels=args.channels)
+    return read_dataset(path or args.data, layout=args.format, split=split, label_set=label_set, channels=args.channels,
+                        recursive=getattr(args, "recursive", False))
+
+
+def add_recursive_option(parser: argparse.ArgumentParser) -> None:
+    """--recursive: a folder of images with its subfolders (readers.read_folder)."""
+    parser.add_argument("--recursive", action="store_true",
+                        help="read a folder of images with its subfolders (a plate's well/field folders), each image's "
+                             "id its path relative to the folder, without the extension (default: the folder alone)")
 
 
 def add_run_data_options(parser: argparse.ArgumentParser) -> None:
@@ -51,12 +59,33 @@ def add_bit_depth_option(parser: argparse.ArgumentParser) -> None:
                              "its container (0..65535), saying so in one line. 8-bit files are always 0..255")
 
 
-def announce_depth_reading(table: DatasetTable, config, stated: int | None) -> None:
-    """One line on stderr where the input's pixels are read at another depth than the run's (intensity.py)."""
-    from protloc.data.intensity import describe_depth_reading
+def stain_map_text(text: str) -> dict:
+    from protloc.data.stains import parse_stain_map
 
-    note = describe_depth_reading(table, config.bit_depth, stated)
-    if note:
+    try:
+        return parse_stain_map(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_stain_map_option(parser: argparse.ArgumentParser) -> None:
+    """--stain-map NAME=STAIN,...: the stains of a microscope file's named channels (OME-TIFF, CZI, ND2, LIF)."""
+    parser.add_argument("--stain-map", type=stain_map_text, default=None, metavar="NAME=STAIN,...",
+                        help="which stain each named channel of a microscope file (OME-TIFF, CZI, ND2, LIF) is, e.g. "
+                             "DAPI=blue,Tubulin=red,GFP=green,Calreticulin=yellow; NAME=none leaves a channel out. "
+                             "Without it: DAPI and Hoechst are blue, tubulin red, GFP green, calreticulin yellow; "
+                             "another name is an error that says what to add")
+
+
+def announce_reading(table: DatasetTable, config, args: argparse.Namespace) -> None:
+    """One line on stderr each where the input's pixels are read at another depth than the run's (intensity.py),
+    and on how a microscope file's channels, Z stack, time series or positions are read (microscopy.py)."""
+    from protloc.data.intensity import NOTE_SAMPLE, describe_depth_reading, sample_files
+    from protloc.data.microscopy import describe_microscope_reading
+
+    notes = [describe_depth_reading(table, config.bit_depth, args.bit_depth),
+             describe_microscope_reading(sample_files(table, NOTE_SAMPLE), config.in_chans, args.stain_map)]
+    for note in filter(None, notes):
         print(f"note: {note}", file=sys.stderr)
 
 
@@ -119,10 +148,10 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32,
 def add_engine_choice(parser: argparse.ArgumentParser) -> None:
     """--engine auto|torch|onnx and --onnx FILE, for the commands that need only probabilities."""
     parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help=f"onnx: ONNX Runtime (CPU, fp32) on --onnx FILE or the run's {ONNX_FILE}, which is exported on "
-                             "first use and again when the weights change; torch: the PyTorch model; auto: onnx on the CPU "
-                             "in fp32 (the same probabilities on every machine), torch on a GPU or with --precision "
-                             "bf16 (default %(default)s)")
+                        help=f"onnx: ONNX Runtime (CPU, fp32) on --onnx FILE, the run's {ONNX_FILE} from protloc export, "
+                             "or an export kept in the cache folder (made on first use, again when the weights "
+                             "change); torch: the PyTorch model; auto: onnx on the CPU in fp32 (the same probabilities "
+                             "on every machine), torch on a GPU or with --precision bf16 (default %(default)s)")
     parser.add_argument("--onnx", default=None, metavar="FILE", help=f"ONNX file for --engine onnx (default RUN/{ONNX_FILE})")
 
 

@@ -76,7 +76,7 @@ def split_method(folder: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protloc.training.plots import plot_run_comparison  # matplotlib loads only when plotting
+    from protloc.plots import plot_run_comparison  # matplotlib loads only when plotting
 
     check_output_path(args.out)
     histories = read_histories(args.runs, args.metric)

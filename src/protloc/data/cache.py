@@ -20,7 +20,8 @@ Keys: sha256 of the image file's absolute path, byte size, mtime_ns, ctime_ns an
 and last 8 KiB (all of it when smaller) (every file, for stain sets), the channel count and grayscale placement
 (gray_as), the bit depth (the intensity scale), the size, the pixel limit (PROTLOC_MAX_PIXELS: an image the
 limit refuses is refused with or without the cache), and a fingerprint of the decoder (the source of
-protloc.data.images and the versions of torch, torchvision, Pillow, numpy and tifffile). A stat and two small
+protloc.data.images, .microscopy and .stains and the versions of torch, torchvision, Pillow, numpy, tifffile
+and imagecodecs). A stat and two small
 reads cost microseconds where hashing the contents would read every file in full each epoch. Rewriting a file
 changes its ctime even when its mtime is set back (only the kernel sets ctime), and a change at either end of
 the file changes the sampled hash, so a changed file is decoded again, never served stale.
@@ -55,8 +56,8 @@ import torch
 from protloc.data.cache_files import (CLOEXEC, NOFOLLOW, file_signature, folder_problem,
                                       is_own_regular_file, locked_usage_file, open_own_file, own_entries, own_subfolder,
                                       read_exactly, read_usage, write_usage)
-from protloc.data.images import (ImageReadError, check_pixel_count, convert_channels, load_image, pixel_limit,
-                                 read_pixels, to_chw_tensor, to_uint8)
+from protloc.data.images import (ImageReadError, check_pixel_count, convert_channels, fit_stored, load_image,
+                                 pixel_limit, read_image, to_chw_tensor)
 
 CACHE_DIR_ENV = "PROTLOC_CACHE_DIR"
 CACHE_LIMIT_ENV = "PROTLOC_CACHE_LIMIT_GB"
@@ -109,7 +110,10 @@ def decoder_fingerprint() -> str:
 
     import protloc.data.images as images
 
-    parts = [hashlib.sha256(Path(images.__file__).read_bytes()).hexdigest()]
+    import protloc.data.microscopy as microscopy
+    import protloc.data.stains as stains
+
+    parts = [hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest() for module in (images, microscopy, stains)]
     for package in ("torch", "torchvision", "pillow", "numpy", "tifffile", "imagecodecs"):
         try:
             parts.append(f"{package}={metadata.version(package)}")
@@ -122,11 +126,14 @@ def source_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
     return [str(source)] if isinstance(source, (str, Path)) else [str(path) for path in source]
 
 
-def entry_key(source, channels: int, size: int, *, bit_depth: int | None = None, gray_as: str | None = None) -> str:
+def entry_key(source, channels: int, size: int, *, bit_depth: int | None = None, gray_as: str | None = None,
+              stain_map: dict | None = None) -> str:
     """The key of `source` (a file, or one file per stain) decoded at `bit_depth` to `channels` (a grayscale file
     placed as `gray_as`) at `size`. Raises OSError when a file cannot be opened or is not a regular file (the
     caller then decodes, which names the problem)."""
     variant = f"channels={channels}|gray_as={gray_as}|bit_depth={bit_depth}|size={size}|max_pixels={pixel_limit()}"
+    if stain_map:  # the names of a microscope file's channels -> stains (microscopy.py)
+        variant += f"|stain_map={sorted(stain_map.items(), key=str)}"
     digest = hashlib.sha256(f"{decoder_fingerprint()}|{variant}".encode())
     for path in source_paths(source):
         digest.update(f"|{file_signature(path)}".encode())
@@ -139,15 +146,16 @@ def fit_and_resize(array, channels: int, size: int, gray_as: str | None) -> torc
     return resize_transform(size)(to_chw_tensor(convert_channels(array, channels, gray_as=gray_as))).contiguous()
 
 
-def decode_resized(source, channels: int, size: int, *, bit_depth: int | None = None,
-                   gray_as: str | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+def decode_resized(source, channels: int, size: int, *, bit_depth: int | None = None, gray_as: str | None = None,
+                   stain_map: dict | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """(uint8 (channels, size, size) decoded, channel-fitted and resized exactly as images.load_image and the
     presets' first step do, the decoded file's own (height, width, channels)). Raises ImageReadError."""
     from protloc.data.transforms import resize_transform
 
     if isinstance(source, (str, Path)):
-        pixels = read_pixels(source)
-        return fit_and_resize(to_uint8(pixels, bit_depth), channels, size, gray_as), tuple(pixels.shape)
+        stored = read_image(source)
+        array = fit_stored(stored, channels, bit_depth=bit_depth, gray_as=gray_as, stain_map=stain_map)
+        return resize_transform(size)(to_chw_tensor(array)).contiguous(), tuple(stored.pixels.shape)
     array = load_image(source, channels, bit_depth=bit_depth, gray_as=gray_as)  # a stain set
     return resize_transform(size)(to_chw_tensor(array)).contiguous(), (*array.shape[:2], len(source))
 
@@ -243,10 +251,10 @@ class ImageCache:
     # ------------------------------------------------------------ images
 
     def load(self, source, channels: int, size: int, *, bit_depth: int | None = None,
-             gray_as: str | None = None) -> torch.Tensor:
+             gray_as: str | None = None, stain_map: dict | None = None) -> torch.Tensor:
         """uint8 (channels, size, size) for `source`, as images.load_image reads it then resized: stored, or
         decoded now and stored. Raises the reader's ImageReadError for files that cannot be read."""
-        variant = dict(bit_depth=bit_depth, gray_as=gray_as)
+        variant = dict(bit_depth=bit_depth, gray_as=gray_as, stain_map=stain_map)
         if not self.usable():
             return decode_resized(source, channels, size, **variant)[0]
         try:
@@ -280,16 +288,17 @@ class ImageCache:
                 return path, None, str(error)
             return path, found[1], None
         try:
-            pixels = read_pixels(path)
+            stored = read_image(path)
         except ImageReadError as error:
             return path, None, str(error)
         try:
-            image = fit_and_resize(to_uint8(pixels, bit_depth), channels, size, gray_as)
+            image = fit_and_resize(fit_stored(stored, channels, bit_depth=bit_depth, gray_as=gray_as), channels, size,
+                                   gray_as)
         except ImageReadError:
-            return path, tuple(pixels.shape), None
+            return path, tuple(stored.pixels.shape), None
         if entry is not None:
-            self.store(entry, image, tuple(pixels.shape))
-        return path, tuple(pixels.shape), None
+            self.store(entry, image, tuple(stored.pixels.shape))
+        return path, tuple(stored.pixels.shape), None
 
     def checking_probe(self, sources: Iterable, channels: int, size: int, *, bit_depth: int | None = None,
                        gray_as: str | None = None):
@@ -353,7 +362,7 @@ class ImageCache:
                            stale_after=STALE_TEMPORARY_SECONDS)
 
     def prepare(self, sources: Iterable, channels: int, size: int, *, bit_depth: int | None = None,
-                gray_as: str | None = None) -> None:
+                gray_as: str | None = None, stain_map: dict | None = None) -> None:
         """Before a run reads `sources`: mark their entries as just used and, if the images not yet stored would
         pass the limit, remove the least recently used other entries until they fit. Recounts the usage."""
         if not self.usable():
@@ -364,7 +373,8 @@ class ImageCache:
                 own, missing = set(), 0
                 for source in sources:
                     try:
-                        path = self.entry_path(entry_key(source, channels, size, bit_depth=bit_depth, gray_as=gray_as))
+                        path = self.entry_path(entry_key(source, channels, size, bit_depth=bit_depth, gray_as=gray_as,
+                                                         stain_map=stain_map))
                         os.utime(path, follow_symlinks=False)
                         own.add(path)
                     except OSError:  # not stored yet (or an unreadable source, which will not be stored)

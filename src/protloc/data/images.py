@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from protloc.data import BIT_DEPTHS
 from protloc.data.stains import run_stains
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".czi", ".nd2", ".lif")  # the last three: microscopy.py
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 # The most pixels one image may have, counted as height x width x channels and read from the file's header
@@ -37,8 +37,8 @@ MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
 BYTES_PER_PIXEL = 4
 
 
-# warnings.catch_warnings and Image.MAX_IMAGE_PIXELS are process-wide state: threads (the HTTP service) take turns
-# around them. Only Image.open runs under them, which reads the header alone.
+# warnings.catch_warnings changes process-wide state and restores it: threads (the HTTP service) take turns around
+# it. Only Image.open runs under it, which reads the header alone.
 _PIL_OPEN_LOCK = threading.Lock()
 
 
@@ -134,16 +134,19 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
-                formats: Sequence[str] | None = None) -> np.ndarray:
-    """An image file, by path or as its bytes -> its pixels as stored: (H, W, C) with C in 1, 3, 4, of the file's
-    own type (uint8, uint16, float...). Raises ImageReadError (ImageTooLarge, UnsupportedImage).
+def read_image(source: bytes | str | Path, *, max_pixels: int | None = None, formats: Sequence[str] | None = None):
+    """An image file, by path or as its bytes -> a microscopy.StoredImage: its pixels as stored, (H, W, C) of the
+    file's own type (uint8, uint16, float...), with C in 1, 3, 4 unless the file names its channels, and the
+    channel names and pixel size a microscope file states. Raises ImageReadError (ImageTooLarge, UnsupportedImage).
 
     TIFF (known by its signature, whatever the file is called) goes through tifffile: 16-bit, multi-channel
-    and channel-first stacks; everything else through PIL, restricted to `formats` (PIL format names) when
-    given: the HTTP service lets only PNG and JPEG decoders see an upload. The pixel count comes from the
+    and channel-first stacks, OME-TIFF's channels, Z stacks and time series (microscopy.py); CZI, ND2 and LIF
+    files through bioio (microscopy.py); everything else through PIL, restricted to `formats` (PIL format names)
+    when given: the HTTP service lets only PNG and JPEG decoders see an upload. The pixel count comes from the
     header and is checked against `max_pixels` (pixel_limit() when None) before the pixels are decoded.
     """
+    from protloc.data.microscopy import BIOIO_FORMATS, StoredImage, read_with_bioio
+
     in_memory = isinstance(source, (bytes, bytearray, memoryview))
     if in_memory and not len(source):
         raise ImageReadError("empty file")
@@ -152,7 +155,12 @@ def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
     if not in_memory:
         check_regular_file(file)
     try:
-        array = _decode_tiff(file, limit) if _is_tiff(file) else _decode_with_pil(file, limit, formats)
+        if not in_memory and file.suffix.lower() in BIOIO_FORMATS:
+            stored = read_with_bioio(file, limit)
+        elif _is_tiff(file):
+            stored = _decode_tiff(file, limit)
+        else:
+            stored = StoredImage(_decode_with_pil(file, limit, formats))
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -164,7 +172,27 @@ def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
         raise UnsupportedImage(f"not a readable image ({kinds})") from None
     except Exception as error:  # decoders raise many types for corrupt input (OSError, ValueError, struct.error...)
         raise ImageReadError(f"not a readable image ({type(error).__name__}: {error})") from None
-    return to_channels_last(array)
+    if stored.channel_names is None:
+        stored.pixels = to_channels_last(stored.pixels)
+    return stored
+
+
+def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
+                formats: Sequence[str] | None = None) -> np.ndarray:
+    """An image file's pixels as stored (read_image): (H, W, C) of the file's own type."""
+    return read_image(source, max_pixels=max_pixels, formats=formats).pixels
+
+
+def fit_stored(stored, channels: int, *, bit_depth: int | None = None, gray_as: str | None = None,
+               stain_map: dict | None = None) -> np.ndarray:
+    """A read_image result -> uint8 (H, W, channels): pixels scaled by `bit_depth` (to_uint8); named channels
+    picked by their names (microscopy.fit_named_channels, `stain_map`), others fitted by convert_channels."""
+    array = to_uint8(stored.pixels, bit_depth)
+    if stored.channel_names:
+        from protloc.data.microscopy import fit_named_channels
+
+        return fit_named_channels(array, stored.channel_names, channels, stain_map=stain_map, gray_as=gray_as)
+    return convert_channels(array, channels, gray_as=gray_as)
 
 
 def check_regular_file(path: Path) -> None:
@@ -195,14 +223,16 @@ def _is_tiff(file: io.BytesIO | Path) -> bool:
         return stream.read(4) in TIFF_SIGNATURES
 
 
-def _decode_tiff(file: io.BytesIO | Path, limit: int | None) -> np.ndarray:
+def _decode_tiff(file: io.BytesIO | Path, limit: int | None):
     import tifffile
 
+    from protloc.data.microscopy import StoredImage, read_ome_tiff
     from protloc.data.tiff_limits import MAX_TIFF_PAGES, check_fallback_segments, count_tiff_pages
 
     # Pages counted from their offsets before tifffile reads any: many small pages cost it minutes.
     if count_tiff_pages(file) > MAX_TIFF_PAGES:
-        raise ImageTooLarge(f"a TIFF of more than {MAX_TIFF_PAGES:,} pages (an image has at most 4 channels)")
+        raise ImageTooLarge(f"a TIFF of more than {MAX_TIFF_PAGES:,} pages (more than any image protloc reads)")
+
     with tifffile.TiffFile(file) as tiff:
         if not len(tiff.pages):
             raise ImageReadError("a TIFF file without image data")
@@ -219,29 +249,45 @@ def _decode_tiff(file: io.BytesIO | Path, limit: int | None) -> np.ndarray:
         for page in series.pages:  # only where tifffile would inflate without a bound (no imagecodecs)
             if page is not None and (why := check_fallback_segments(tiff, getattr(page, "keyframe", page), page)):
                 raise ImageTooLarge(why)
+        if tiff.is_ome:
+            return read_ome_tiff(tiff, series)
         array = np.asarray(series.asarray())
     # Channel-first TIFF stacks (C, H, W) are common in microscopy.
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
-    return array
+    return StoredImage(array)
 
 
 def _decode_with_pil(file: io.BytesIO | Path, limit: int | None, formats: Sequence[str] | None) -> np.ndarray:
-    with _PIL_OPEN_LOCK, warnings.catch_warnings():
-        # PIL warns from, and refuses at twice, its own built-in limit; check_pixel_count below is the one limit
-        # that decides, PROTLOC_MAX_PIXELS raised above PIL's included.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            image = Image.open(file, formats=formats)  # the header only
-        finally:
-            Image.MAX_IMAGE_PIXELS = pil_limit
-    with image:
+    with _open_header(file, formats) as image:
         check_pixel_count((image.height, image.width, len(image.getbands())), limit)
         if _is_sixteen_bit_png(image):
             return _decode_png_at_stored_depth(file)
         image.load()
         return pil_to_array(image)
+
+
+def _open_header(file: io.BytesIO | Path, formats: Sequence[str] | None) -> Image.Image:
+    """Image.open (the header alone), with check_pixel_count as the one limit that decides. PIL warns from its own
+    MAX_IMAGE_PIXELS and refuses at twice it; that setting is the process's, so it is left alone: a header PIL
+    refuses is opened by its format's plugin directly, as Image.open itself would, and checked by protloc's limit
+    (PROTLOC_MAX_PIXELS raised above PIL's included)."""
+    with _PIL_OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(file, formats=formats)
+        except Image.DecompressionBombError:
+            pass
+    stream = file if isinstance(file, io.BytesIO) else io.BytesIO(Path(file).read_bytes())
+    stream.seek(0)
+    prefix = stream.read(16)
+    Image.init()
+    for name in formats or Image.ID:
+        factory, accept = Image.OPEN[name.upper()]
+        if accept is None or accept(prefix) is True:
+            stream.seek(0)
+            return factory(stream, "")
+    raise UnsupportedImage("not an image format PIL reads")
 
 
 def _is_sixteen_bit_png(image: Image.Image) -> bool:
@@ -331,14 +377,14 @@ def compose_stains(planes: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def load_image(source: str | Path | Sequence[str | Path], channels: int = 3, *, bit_depth: int | None = None,
-               gray_as: str | None = None) -> np.ndarray:
+               gray_as: str | None = None, stain_map: dict | None = None) -> np.ndarray:
     """A file, or a stain set (one grayscale file per stain of the run, in its channel order; see stains.py),
     -> uint8 (H, W, channels). `bit_depth` scales wide pixels (to_uint8), `gray_as` places a grayscale file
-    (convert_channels).
+    (convert_channels), `stain_map` names the stains of a microscope file's channels (fit_stored).
 
     An unreadable stain raises ImageReadError with that stain's `path`."""
     if isinstance(source, (str, Path)):
-        return convert_channels(decode_image(source, bit_depth=bit_depth), channels, gray_as=gray_as)
+        return fit_stored(read_image(source), channels, bit_depth=bit_depth, gray_as=gray_as, stain_map=stain_map)
     if len(source) != channels:
         raise ImageReadError(f"a stain set of {len(source)} files for a {channels}-channel run (expected "
                              f"{', '.join(run_stains(channels))}, in that order)")

@@ -8,6 +8,7 @@ that sits near its threshold; use fp32 where outputs must match exactly (ONNX pa
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Iterator
 
@@ -22,11 +23,15 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchEngine:
-    """A ProtlocNet in eval mode. Converts the model to channels_last in place (faster convolutions on CPU)."""
+    """A ProtlocNet in eval mode, on the device, in channels_last (faster convolutions on the CPU). A caller's model
+    is left as it was: the engine runs a copy, unless `own_model` says the model is the engine's alone (a run
+    loaded for it), which is converted in place."""
 
-    def __init__(self, model: nn.Module, *, device: str = "cpu", precision: str = "auto"):
+    def __init__(self, model: nn.Module, *, device: str = "cpu", precision: str = "auto", own_model: bool = False):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        if not own_model:
+            model = copy.deepcopy(model)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
 
     def _run(self, method, images: torch.Tensor) -> torch.Tensor:

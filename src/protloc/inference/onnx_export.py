@@ -7,16 +7,23 @@ Exporter: the TorchScript-based one (`dynamo=False`). The torch.export-based exp
 torch 2.9, needs the onnxscript package, which is not installed here; the legacy one handles these CNNs.
 Every export is checked with onnx.checker and compared with torch on a random batch before it is kept.
 
-A run's own RUN/model.onnx doubles as a cache for the default CPU engine: `run_onnx_session` exports it on
-first use and again whenever it no longer matches RUN/model.safetensors (the SHA-256 of the weights file is
-stored in the graph's metadata) or the run's config, or its own SHA-256, recorded beside it at export
-(model.onnx.sha256), no longer holds: an edited graph is never taken for the run's.
+The default CPU engine runs the run's own RUN/model.onnx (written by `protloc export`) when it matches
+RUN/model.safetensors (the SHA-256 of the weights file is stored in the graph's metadata) and fits the run's
+config; otherwise `run_onnx_session` exports one into the cache folder (data/cache.py: $PROTLOC_CACHE_DIR, else
+~/.cache/protloc), on first use and again whenever the weights change. Loading a run writes nothing into its
+folder, and says what it exports through the "protloc" logger, which the command line shows.
+Each export carries its own SHA-256 beside it (FILE.sha256, as `sha256sum` writes it), checked before a session
+opens it: a graph edited since its export is never taken for the run's (docs/security.md). An export in the
+cache folder is used only when that folder is the user's own (data/cache.py); otherwise the export goes to a
+private temporary folder for this process.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,7 +32,8 @@ import torch
 from torch import nn
 
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path, file_sha256, write_digest
+from protloc.files import atomic_path, file_sha256, recorded_digest, write_digest
+from protloc.inference.engines import open_onnx_session
 from protloc.runs import ONNX_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
 
 DEFAULT_OPSET = 17
@@ -33,6 +41,11 @@ PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 WEIGHTS_DIGEST_KEY = "protloc_weights_sha256"  # metadata: the weights file the graph was exported from
+CACHE_FOLDER = "onnx-v1"  # in the cache folder: <key>.onnx, the default engine's exports (cached_onnx_path)
+# What the graph does not hold: a change to these leaves an export usable.
+NOT_IN_THE_GRAPH = ("thresholds", "training", "label_set", "layout", "bit_depth")
+
+log = logging.getLogger(__name__)
 
 
 class ProbabilityModel(nn.Module):
@@ -117,25 +130,64 @@ def weights_digest(run_dir: str | Path) -> str:
         raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)") from None
 
 
-def run_onnx_session(run_dir: str | Path, config: RunConfig):
-    """An ONNX Runtime session on RUN/model.onnx, exported first when it is missing, was exported from other
-    weights, or no longer fits the run's config."""
-    from protloc.inference.engines import open_onnx_session
+def cached_onnx_path(cache_dir: str | Path, digest: str, config: RunConfig) -> Path:
+    """Where the default engine keeps its export of weights `digest` for `config`, in the cache folder."""
+    graph_fields = {key: value for key, value in config.to_dict().items() if key not in NOT_IN_THE_GRAPH}
+    key = hashlib.sha256(f"{digest}|{json.dumps(graph_fields, sort_keys=True)}".encode()).hexdigest()
+    return Path(cache_dir) / CACHE_FOLDER / f"{key[:40]}.onnx"
 
-    path = Path(run_dir) / ONNX_FILE
+
+def _fresh_session(path: Path, config: RunConfig, run_dir: str | Path, digest: str):
+    """A session on `path` when it is a regular file whose SHA-256 recorded beside it at export still holds, fits
+    the config and was exported from weights `digest`; else None."""
+    if not (path.is_file() and not path.is_symlink() and recorded_digest(path)):
+        return None
+    try:  # checks the graph's own digest, the config and the weights it claims
+        return open_onnx_session(path, config, run_dir, weights=digest)
+    except ProtlocError:  # unreadable, changed since its export, from other weights, or for another run's shape
+        return None
+
+
+def export_folder(cache_dir: str | Path | None) -> Path:
+    """Where the default engine keeps its exports: the cache folder's CACHE_FOLDER when that folder is the user's
+    own (data/cache_files.folder_problem), else a private temporary folder for this process."""
+    from protloc.data.cache import default_cache_dir
+    from protloc.data.cache_files import folder_problem, own_subfolder
+
+    folder = Path(os.path.realpath(Path(cache_dir or default_cache_dir()).expanduser()))
+    try:
+        if not os.path.lexists(folder):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(folder, 0o700)
+        problem = folder_problem(folder) or (None if own_subfolder(folder / CACHE_FOLDER, make=True)
+                                             else f"{CACHE_FOLDER} is not a folder of this user alone")
+    except OSError as error:
+        problem = f"cannot be used ({error.strerror or error})"
+    if problem is None:
+        return folder / CACHE_FOLDER
+    log.warning("cache folder %s: %s; the ONNX export goes to a temporary folder", folder, problem)
+    return Path(tempfile.mkdtemp(prefix="protloc-onnx-"))
+
+
+def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Path | None = None):
+    """An ONNX Runtime session for the run: on RUN/model.onnx when it was exported from the run's weights, fits
+    its config and is unchanged since its export, else on an export in `cache_dir` (default: the image cache's
+    folder, when it is the user's own), made first when missing."""
     digest = weights_digest(run_dir)
-    if path.is_file():
-        try:  # its own digest checked first: a graph edited since its export is exported again
-            session = open_onnx_session(path, config, run_dir, weights=digest)
-        except ProtlocError:  # unreadable, changed, from other weights, or for another image size or class count
-            session = None
-        if session is not None:
-            return session
-    print(f"protloc: exporting {path} for ONNX Runtime (once; again whenever the weights change)", file=sys.stderr)
+    session = _fresh_session(Path(run_dir) / ONNX_FILE, config, run_dir, digest)
+    if session is not None:
+        return session
+    folder = export_folder(cache_dir)
+    path = folder / cached_onnx_path(folder, digest, config).name
+    session = _fresh_session(path, config, run_dir, digest)
+    if session is not None:
+        return session
+    log.info("exporting %s to %s for ONNX Runtime (once; again whenever the weights change)", run_dir, path)
     _config, model = load_run(run_dir)
     try:
         export_onnx(model, config, path, weights_digest=digest)
     except OSError as error:
         raise ProtlocError(f"{path}: cannot write the ONNX model ({error.strerror or error}); export it elsewhere with "
-                           f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, or use --engine torch") from None
-    return open_onnx_session(path, config, run_dir)
+                           f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, set $PROTLOC_CACHE_DIR, or use "
+                           f"--engine torch") from None
+    return open_onnx_session(path, config, run_dir, weights=digest)

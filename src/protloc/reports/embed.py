@@ -11,14 +11,11 @@ import importlib.util
 import textwrap
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from protloc.errors import ProtlocError  # noqa: E402
-from protloc.files import atomic_path, save_figure  # noqa: E402
+from protloc.errors import ProtlocError
+from protloc.files import atomic_path, save_figure
+from protloc.plots import subplots
 
 METHODS = ("umap", "pca")
 MAP_COLUMNS = 5
@@ -82,7 +79,7 @@ def plot_embedding_map(coords: np.ndarray, targets: np.ndarray | None, names: li
     panels = len(names) if targets is not None else 1
     columns = min(MAP_COLUMNS, panels)
     rows = int(np.ceil(panels / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.0 * rows + 0.4), squeeze=False,
+    figure, axes = subplots(rows, columns, figsize=(3.0 * columns, 3.0 * rows + 0.4), squeeze=False,
                                 sharex=True, sharey=True)
     for ax in axes.flat:
         ax.set_xticks([])

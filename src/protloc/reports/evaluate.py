@@ -11,18 +11,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from protloc.errors import ProtlocError  # noqa: E402
-from protloc.files import save_figure, write_csv, write_json  # noqa: E402
-from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds  # noqa: E402
-from protloc.reports import html  # noqa: E402
-from protloc.training.metrics import multilabel_scores  # noqa: E402
+from protloc.errors import ProtlocError
+from protloc.files import save_figure, write_csv, write_json
+from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds
+from protloc.plots import subplots
+from protloc.reports import html
+from protloc.training.metrics import multilabel_scores
 
 AT_DEFAULT = f"{DEFAULT_THRESHOLD:g}"  # names the scores at the default threshold: "0.5"
 TOP_MISTAKES = 15
@@ -126,7 +123,7 @@ def plot_f1_per_class(evaluation: Evaluation):
     table = evaluation.per_class
     positions = np.arange(len(table))
     width = 0.4
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(table) + 2), 4.5))
+    figure, axes = subplots(figsize=(max(6.0, 0.6 * len(table) + 2), 4.5))
     tuned = axes.bar(positions - width / 2, table["f1"], width, label=evaluation.threshold_source,
                      color="#4c72b0")
     axes.bar(positions + width / 2, table[f"f1 at {AT_DEFAULT}"], width, label=f"threshold {AT_DEFAULT}", color="#c7c7c7")
@@ -151,7 +148,7 @@ def plot_precision_recall(evaluation: Evaluation, columns: int = 5):
     names = evaluation.label_names
     columns = min(columns, len(names))
     rows = int(np.ceil(len(names) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.9 * columns, 2.9 * rows), squeeze=False,
+    figure, axes = subplots(rows, columns, figsize=(2.9 * columns, 2.9 * rows), squeeze=False,
                                 sharex=True, sharey=True)
     for ax in axes.flat[len(names):]:
         ax.axis("off")

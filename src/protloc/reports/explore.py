@@ -11,18 +11,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+from matplotlib.colors import SymLogNorm
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import SymLogNorm  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from protloc.data.images import ImageReadError, load_image  # noqa: E402
-from protloc.data.readers import DatasetTable  # noqa: E402
-from protloc.files import save_figure, write_json  # noqa: E402
-from protloc.reports import html  # noqa: E402
+from protloc.data.images import ImageReadError, load_image
+from protloc.data.readers import DatasetTable
+from protloc.files import save_figure, write_json
+from protloc.plots import subplots
+from protloc.reports import html
 
 # HPA stain order; a 1-channel image is the protein (green) stain, as data.images.convert_channels makes it.
 CHANNEL_NAMES = {1: ["green (protein)"], 3: ["red (microtubules)", "green (protein)", "blue (nucleus)"],
@@ -131,7 +128,7 @@ def compute_channel_stats(table: DatasetTable, channels: int, rows: np.ndarray, 
 
 def plot_class_frequency(counts: pd.DataFrame):
     ordered = counts.sort_values("images", ascending=True)
-    figure, axes = plt.subplots(figsize=(8, 0.8 + 0.32 * len(ordered)))
+    figure, axes = subplots(figsize=(8, 0.8 + 0.32 * len(ordered)))
     bars = axes.barh(ordered["class"], ordered["images"], color="#4c72b0")
     labels = [f"{n}  ({share:.1%})" for n, share in zip(ordered["images"], ordered["share"])]
     axes.bar_label(bars, labels=labels, padding=3, fontsize=8)
@@ -151,7 +148,7 @@ def plot_co_occurrence(matrix: np.ndarray, names: list[str]):
     labels = [f"{name} ({matrix[i, i]})" for i, name in enumerate(names)]
     # The diagonal (each class's own count) would swamp the colour scale; it is in the tick labels instead.
     mask = np.eye(size, dtype=bool)
-    figure, axes = plt.subplots(figsize=(2.5 + 0.55 * size, 1.5 + 0.5 * size))
+    figure, axes = subplots(figsize=(2.5 + 0.55 * size, 1.5 + 0.5 * size))
     # A log-like colour scale: one dominant pair (Nucleoplasm + Cytosol in HPA) would otherwise leave the
     # rest of the matrix one dark colour. Linear below 1 so that zero stays representable.
     norm = SymLogNorm(linthresh=1, vmin=0, vmax=max(int(matrix[~mask].max(initial=1)), 1))
@@ -163,7 +160,8 @@ def plot_co_occurrence(matrix: np.ndarray, names: list[str]):
     axes.set_title("Label co-occurrence: images carrying both classes\n(class totals in brackets)")
     axes.tick_params(axis="x", labelrotation=45, labelsize=8)
     axes.tick_params(axis="y", labelrotation=0, labelsize=8)
-    plt.setp(axes.get_xticklabels(), ha="right", rotation_mode="anchor")
+    for label in axes.get_xticklabels():
+        label.set(horizontalalignment="right", rotation_mode="anchor")
     figure.tight_layout()
     return figure
 
@@ -173,7 +171,7 @@ def plot_labels_per_image(labels_per_image: dict[str, int]):
     xs = list(range(min(counts), max(counts) + 1))
     ys = [counts.get(x, 0) for x in xs]
     total = sum(ys)
-    figure, axes = plt.subplots(figsize=(5.5, 3.5))
+    figure, axes = subplots(figsize=(5.5, 3.5))
     bars = axes.bar(xs, ys, color="#55a868")
     axes.bar_label(bars, labels=[f"{y}\n({y / total:.1%})" for y in ys], padding=2, fontsize=8)
     axes.set_xticks(xs)
@@ -190,7 +188,7 @@ def plot_sample_grid(images: list[np.ndarray | None], titles: list[str]):
     n = len(images)
     columns = min(SAMPLE_GRID, n)
     rows = int(np.ceil(n / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.3 * rows), squeeze=False)
+    figure, axes = subplots(rows, columns, figsize=(3.0 * columns, 3.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
@@ -206,7 +204,7 @@ def plot_sample_grid(images: list[np.ndarray | None], titles: list[str]):
 def plot_channel_stats(stats: ChannelStats):
     colours = [CHANNEL_COLOURS[name.split()[0]] for name in stats.channels]
     short = [name.split()[0] for name in stats.channels]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(7, 3))
+    figure, (left, right) = subplots(1, 2, figsize=(7, 3))
     for ax, values, title in ((left, stats.mean, "mean"), (right, stats.std, "std")):
         bars = ax.bar(short, values, color=colours)
         ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)

@@ -22,7 +22,7 @@ CURVE_METRIC = "val_f1_macro"
 
 def fold_curves_block(run_dir: Path, config: EnsembleConfig, report_dir: Path, prefix: str) -> list[str]:
     """Each fold's validation macro F1 per epoch, on one chart (as `protloc compare` draws it)."""
-    from protloc.training.plots import plot_run_comparison  # matplotlib and seaborn load only here
+    from protloc.plots import plot_run_comparison  # matplotlib and seaborn load only here
 
     histories, missing = [], []
     for fold in config.folds:

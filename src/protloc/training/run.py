@@ -40,7 +40,7 @@ from protloc.training.metrics import scores_as_deployed
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
 from protloc.training.outcome import TrainingOutcome
-from protloc.training.plots import plot_learning_rate, plot_training_curves
+from protloc.plots import plot_learning_rate, plot_training_curves
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
 
 
@@ -163,7 +163,6 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
         model, val_images, run_config, batch_size=config.batch_size, workers=data.val_workers(),
         show_progress=False, device=engine.device, precision="fp32",
     )
-    model.to("cpu", memory_format=torch.contiguous_format)
     targets = data.val_table.targets
     thresholds = tune_thresholds(targets, probabilities)
     run_config.thresholds = [float(t) for t in thresholds]

@@ -1,13 +1,22 @@
-"""Training plots: loss and F1 per epoch with the phases marked, the learning rate per step, runs compared."""
+"""Figures without pyplot, and the plots of training that reports show too: loss and F1 per epoch with the
+phases marked, the learning rate per step, runs compared.
+
+Every protloc figure is a free-standing `matplotlib.figure.Figure`: no pyplot state and no backend chosen, so
+importing or calling protloc leaves a notebook's backend and open figures as they were. `files.save_figure`
+renders one to PNG with the Agg canvas.
+"""
 from __future__ import annotations
 
-import matplotlib
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], layout: str | None = None, **options):
+    """(figure, axes) as `pyplot.subplots` makes them (squeeze, sharex, sharey, gridspec_kw...), on a new
+    free-standing Figure."""
+    figure = Figure(figsize=figsize, layout=layout)
+    return figure, figure.subplots(nrows, ncols, **options)
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 
 PHASE_COLOURS = {"frozen": "#dce9f5", "finetune": "#ffffff"}
 
@@ -26,7 +35,7 @@ def mark_frozen_phase(ax, metrics: pd.DataFrame) -> None:
 def plot_training_curves(metrics: pd.DataFrame):
     """Two panels against epoch: train and validation loss; validation F1 (macro, micro, samples) at 0.5."""
     with sns.axes_style("whitegrid"):
-        figure, (loss_ax, f1_ax) = plt.subplots(1, 2, figsize=(11, 4))
+        figure, (loss_ax, f1_ax) = subplots(1, 2, figsize=(11, 4))
     for ax in (loss_ax, f1_ax):
         mark_frozen_phase(ax, metrics)
     loss_ax.plot(metrics["epoch"], metrics["train_loss"], marker="o", label="train")
@@ -48,7 +57,7 @@ def plot_training_curves(metrics: pd.DataFrame):
 def plot_learning_rate(learning_rates: pd.DataFrame):
     """The learning rate of every optimiser step: one one-cycle per phase."""
     with sns.axes_style("whitegrid"):
-        figure, ax = plt.subplots(figsize=(8, 3.5))
+        figure, ax = subplots(figsize=(8, 3.5))
     for phase, steps in learning_rates.groupby("phase", sort=False):
         ax.plot(steps["step"], steps["lr"], label=phase)
     ax.set(xlabel="optimizer step", ylabel="learning rate", title="One-cycle learning rate per phase")
@@ -62,7 +71,7 @@ def plot_run_comparison(histories: list[tuple[str, pd.DataFrame]], metric: str =
     frames = [history.assign(run=label) for label, history in histories]
     data = pd.concat(frames, ignore_index=True)
     with sns.axes_style("whitegrid"):
-        figure, ax = plt.subplots(figsize=(8, 4.5))
+        figure, ax = subplots(figsize=(8, 4.5))
     sns.lineplot(data=data, x="epoch", y=metric, hue="run", marker="o", ax=ax)
     ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
     ax.set_xticks(sorted(data["epoch"].unique()))
