@@ -275,7 +275,7 @@ def make_round_two_data(root: Path, paths: dict[str, Path]) -> None:
     state = load_file(str(diverged / "model.safetensors"))
     state["head.1.bias"][0] = float("nan")
     save_file(state, str(diverged / "model.safetensors"))
-    (diverged / "model.safetensors.sha256").unlink()
+    (diverged / "model.safetensors.sha256").unlink(missing_ok=True)
 
 
 def make_damaged_stopped_runs(root: Path, recipe, paths: dict[str, Path]) -> None:

@@ -44,7 +44,6 @@ import logging
 import math
 import os
 import re
-import struct
 import time
 import uuid
 import zlib
@@ -53,9 +52,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from protloc.data.cache_files import (CLOEXEC, NOFOLLOW, file_signature, folder_problem,
+from protloc.data.cache_files import (CLOEXEC, HEADER, MAGIC, NOFOLLOW, file_signature, folder_problem,
                                       is_own_regular_file, locked_usage_file, open_own_file, own_entries, own_subfolder,
-                                      read_exactly, read_usage, write_usage)
+                                      read_entry, read_usage, write_usage)
 from protloc.data.images import (ImageReadError, check_pixel_count, convert_channels, fit_stored, load_image,
                                  pixel_limit, read_image, to_chw_tensor)
 
@@ -66,13 +65,9 @@ IMAGES_FOLDER = "images-v1"
 FEATURES_FOLDER = "features-v1"  # protloc.training.features: frozen-backbone features, under the same limit
 ENTRY_SUFFIX = ".u8"
 FEATURES_SUFFIX = ".f32"  # protloc.training.features writes them (header, CRC-32, float32 values)
-HEADER = struct.Struct("<4sIIII")  # magic, then the decoded file's height, width and channels, then a CRC-32
-MAGIC = b"plc2"
 USAGE_FILE = "usage"
 # Only names this module gives are ever read or removed: entries, features and their temporaries.
 ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.(u8|f32|npy)(\.\d+-[0-9a-f]{8}\.tmp)?")
-# mtime is the least-recently-used clock; refreshing it at most hourly keeps reads free of metadata writes.
-TOUCH_AFTER_SECONDS = 3600
 STALE_TEMPORARY_SECONDS = 86400  # a temporary file this old was left by a killed process
 
 log = logging.getLogger("protloc")
@@ -158,37 +153,6 @@ def decode_resized(source, channels: int, size: int, *, bit_depth: int | None = 
         return resize_transform(size)(to_chw_tensor(array)).contiguous(), tuple(stored.pixels.shape)
     array = load_image(source, channels, bit_depth=bit_depth, gray_as=gray_as)  # a stain set
     return resize_transform(size)(to_chw_tensor(array)).contiguous(), (*array.shape[:2], len(source))
-
-
-def read_entry(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]] | None:
-    """(the stored image, the decoded file's shape), or None when there is none whole: missing, truncated (left by
-    a crash), damaged (its checksum fails), or not a regular file of this user."""
-    nbytes = shape[0] * shape[1] * shape[2]
-    descriptor = open_own_file(path)
-    if descriptor is None:
-        return None
-    try:
-        stat = os.fstat(descriptor)
-        if stat.st_size != HEADER.size + nbytes:
-            return None
-        header = os.read(descriptor, HEADER.size)
-        if len(header) != HEADER.size:
-            return None
-        magic, height, width, channels, checksum = HEADER.unpack(header)
-        if magic != MAGIC:
-            return None
-        image = torch.empty(shape, dtype=torch.uint8)
-        view = memoryview(image.numpy()).cast("B")
-        if not read_exactly(descriptor, view) or zlib.crc32(view) != checksum:
-            return None
-        if time.time() - stat.st_mtime > TOUCH_AFTER_SECONDS:
-            with contextlib.suppress(OSError):
-                os.utime(descriptor) if os.utime in os.supports_fd else os.utime(path, follow_symlinks=False)
-        return image, (height, width, channels)
-    except OSError:
-        return None
-    finally:
-        os.close(descriptor)
 
 
 class ImageCache:

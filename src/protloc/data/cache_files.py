@@ -6,15 +6,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import struct
+import zlib
 import re
 import time
 import stat as stat_module
 from pathlib import Path
 
+import torch
+
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted where a file is expected must not block the open
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 SAMPLE_BYTES = 8192  # hashed from each end of an image file for its key
+HEADER = struct.Struct("<4sIIII")  # an entry's magic, the decoded file's height, width and channels, a CRC-32
+MAGIC = b"plc2"
+# mtime is the least-recently-used clock; refreshing it at most hourly keeps reads free of metadata writes.
+TOUCH_AFTER_SECONDS = 3600
 
 
 def file_signature(path: str) -> str:
@@ -180,3 +188,34 @@ def write_usage(file, used: int) -> None:
     file.truncate()
     file.write(str(used))
     file.flush()
+
+
+def read_entry(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]] | None:
+    """(the stored image, the decoded file's shape), or None when there is none whole: missing, truncated (left by
+    a crash), damaged (its checksum fails), or not a regular file of this user."""
+    nbytes = shape[0] * shape[1] * shape[2]
+    descriptor = open_own_file(path)
+    if descriptor is None:
+        return None
+    try:
+        stat = os.fstat(descriptor)
+        if stat.st_size != HEADER.size + nbytes:
+            return None
+        header = os.read(descriptor, HEADER.size)
+        if len(header) != HEADER.size:
+            return None
+        magic, height, width, channels, checksum = HEADER.unpack(header)
+        if magic != MAGIC:
+            return None
+        image = torch.empty(shape, dtype=torch.uint8)
+        view = memoryview(image.numpy()).cast("B")
+        if not read_exactly(descriptor, view) or zlib.crc32(view) != checksum:
+            return None
+        if time.time() - stat.st_mtime > TOUCH_AFTER_SECONDS:
+            with contextlib.suppress(OSError):
+                os.utime(descriptor) if os.utime in os.supports_fd else os.utime(path, follow_symlinks=False)
+        return image, (height, width, channels)
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
