@@ -356,8 +356,8 @@ def read_ensemble_record(path: Path) -> dict:
             and len(set(names)) == len(names)):
         problems.append(f"label_names {reprlib.repr(names)}: expected a list of distinct class names")
     elif not (_numbers(data["thresholds"], len(names)) and all(0 < value <= 1 for value in data["thresholds"])):
-        problems.append(f"thresholds {reprlib.repr(data['thresholds'])}: expected {len(names)} numbers in (0, 1], "
-                        "one per class of label_names")
+        problems.append(f"thresholds {reprlib.repr(data['thresholds'])}: expected one threshold per class, "
+                        f"{len(names)} numbers in (0, 1] in the order of label_names")
     if not isinstance(data["label_set"], str):
         problems.append(f"label_set {reprlib.repr(data['label_set'])}: expected the label set's name")
     if not isinstance(data.get("training") or {}, dict):
