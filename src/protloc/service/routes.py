@@ -50,6 +50,7 @@ class Options:
     thumbnails: bool = False
     bit_depth: int | None = None
     stain_map: dict | None = None
+    cells: bool = False
 
 
 def _either(name: str, query, form):
@@ -62,6 +63,8 @@ TTA = "average over the 8 flips and quarter turns of each image (8x slower)"
 THRESHOLD = "one threshold for every class instead of the run's tuned per-class thresholds"
 ALLOW_EMPTY = "allow images with no label (default: each image gets at least its most likely class)"
 THUMBNAILS = "add each image's thumbnail (a PNG data URL, at most 96 px) to the answer"
+CELLS = ("also answer per cell: each cell found by segmentation (nuclei from blue, cells from red), its labels and "
+         "probabilities, centroid, area and outline (a polygon in the image's pixels)")
 BIT_DEPTH = (f"depth of the images' pixels, {', '.join(map(str, BIT_DEPTHS))} (12 for 12-bit camera data in 16-bit "
              "files), each scaled from its full scale into the run's range (default: the run's bit depth; a run of "
              "8-bit images reads a 16-bit file by its container, 0..65535)")
@@ -99,13 +102,16 @@ def read_options(
     bit_depth_field: Annotated[int | None, Form(alias="bit_depth", description=BIT_DEPTH)] = None,
     stain_map: Annotated[str | None, Query(description=STAIN_MAP)] = None,
     stain_map_field: Annotated[str | None, Form(alias="stain_map", description=STAIN_MAP)] = None,
+    cells: Annotated[bool | None, Query(description=CELLS)] = None,
+    cells_field: Annotated[bool | None, Form(alias="cells", description=CELLS)] = None,
 ) -> Options:
     return Options(tta=bool(_either("tta", tta, tta_field)),
                    threshold=_either("threshold", threshold, threshold_field),
                    allow_empty=bool(_either("allow_empty", allow_empty, allow_empty_field)),
                    thumbnails=bool(_either("thumbnails", thumbnails, thumbnails_field)),
                    bit_depth=_bit_depth(_either("bit_depth", bit_depth, bit_depth_field)),
-                   stain_map=_stain_map(_either("stain_map", stain_map, stain_map_field)))
+                   stain_map=_stain_map(_either("stain_map", stain_map, stain_map_field)),
+                   cells=bool(_either("cells", cells, cells_field)))
 
 
 # ---------------------------------------------------------------- images: files, a stain set, or the body
@@ -207,9 +213,11 @@ async def decode(runtime: Runtime, upload: Upload, options: Options = Options())
         raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 
 
-async def predict_uploads(runtime: Runtime, uploads: list[Upload], options: Options) -> tuple[np.ndarray, list[str | None]]:
-    """(N, C) probabilities, and each image's thumbnail data URL when options ask for it (else None). Each image
-    joins the batching queue as soon as it is decoded, so decoding the next one overlaps the model's work on this one."""
+async def predict_uploads(runtime: Runtime, uploads: list[Upload],
+                          options: Options) -> tuple[np.ndarray, list[float | None], list[str | None]]:
+    """(N, C) probabilities, each image's outlier score (None for a run without them), and its thumbnail data URL
+    when options ask for it (else None). Each image joins the batching queue as soon as it is decoded, so decoding
+    the next one overlaps the model's work on this one."""
     pending: list[asyncio.Future] = []
     pictures: list[str | None] = []
     loop = asyncio.get_running_loop()
@@ -219,18 +227,22 @@ async def predict_uploads(runtime: Runtime, uploads: list[Upload], options: Opti
             pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=options.tta)))
             pictures.append(data_url(await loop.run_in_executor(runtime.decoders, thumbnail_png, image))
                             if options.thumbnails else None)
-        return np.stack(await asyncio.gather(*pending)), pictures
+        answers = await asyncio.gather(*pending)
+        return (np.stack([probabilities for probabilities, _ in answers]), [score for _, score in answers], pictures)
     finally:
         for task in pending:
             task.cancel()  # no-op for finished ones; drops the rest when one image failed
 
 
 def image_result(upload: Upload, probabilities: np.ndarray, decided: np.ndarray, label_names: list[str],
-                 thumbnail: str | None = None) -> ImageResult:
+                 thumbnail: str | None = None, outlier_score: float | None = None,
+                 outlier_threshold: float | None = None) -> ImageResult:
     classes = [int(i) for i in np.flatnonzero(decided)]
+    flagged = None if outlier_score is None or outlier_threshold is None else bool(outlier_score > outlier_threshold)
     return ImageResult(name=upload.name, labels=[label_names[i] for i in classes], classes=classes,
                        probabilities={label: float(p) for label, p in zip(label_names, probabilities)},
-                       notes=upload.notes, thumbnail=thumbnail)
+                       notes=upload.notes, thumbnail=thumbnail,
+                       outlier_score=outlier_score if flagged is not None else None, outlier=flagged)
 
 
 # ---------------------------------------------------------------- routes
@@ -249,14 +261,30 @@ async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
     stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
     uploads = await gather_uploads(request, runtime, files, stains)
-    probabilities, thumbnails = await predict_uploads(runtime, uploads, options)
+    probabilities, scores, thumbnails = await predict_uploads(runtime, uploads, options)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
     names = predictor.label_names
     thresholds = predictor.config.thresholds if options.threshold is None else [options.threshold] * len(names)
-    images = [image_result(upload, p, d, names, thumbnail)
-              for upload, p, d, thumbnail in zip(uploads, probabilities, decided, thumbnails)]
+    images = [image_result(upload, p, d, names, thumbnail, score, predictor.outlier_threshold)
+              for upload, p, d, thumbnail, score in zip(uploads, probabilities, decided, thumbnails, scores)]
+    if options.cells:
+        for upload, result, p in zip(uploads, images, probabilities):
+            await add_cells(runtime, upload, result, p, options)
     return PredictResponse(images=images, thresholds={name: float(t) for name, t in zip(names, thresholds)})
+
+
+async def add_cells(runtime: Runtime, upload: Upload, result: ImageResult, probabilities: np.ndarray,
+                    options: Options) -> None:
+    """The image's cells into its result; an image without nuclei is a 422 naming it."""
+    from protloc.errors import DataError
+
+    image = await decode(runtime, upload, options)
+    try:
+        result.cells = await runtime.cells(image, probabilities, upload.name, options.threshold)
+    except DataError as error:
+        raise HTTPException(422, error.lines[0]) from None
+    result.size = [int(image.shape[1]), int(image.shape[0])]
 
 
 def resolve_classes(requested: list[str], label_names: list[str], decided: np.ndarray) -> list[str]:
@@ -300,7 +328,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     if len(uploads) != 1:
         raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
     image = await decode(runtime, uploads[0], options)
-    probabilities = await runtime.batching.predict(image, tta=options.tta)
+    probabilities, score = await runtime.batching.predict(image, tta=options.tta)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities[None], threshold=options.threshold, allow_empty=options.allow_empty)[0]
     names = predictor.label_names
@@ -310,6 +338,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     explanations = [ClassExplanation(label=names[i], number=i, probability=float(probabilities[i]),
                                      predicted=bool(decided[i]), overlay=data_url(overlays[names[i]][0]),
                                      heatmap=data_url(overlays[names[i]][1])) for i in numbers]
-    return ExplainResponse(image=image_result(uploads[0], probabilities, decided, names),
+    return ExplainResponse(image=image_result(uploads[0], probabilities, decided, names, None, score,
+                                              predictor.outlier_threshold),
                            composite=data_url(composite), green=data_url(green_channel), explanations=explanations,
                            about=await runtime.maps_about(), outline_shares=list(MAP_MASS_SHARES))

@@ -98,6 +98,14 @@ class Runtime:
         composite, green = await asyncio.get_running_loop().run_in_executor(self.decoders, preview_images, image)
         return overlays, composite, green
 
+    async def cells(self, image: np.ndarray, probabilities: np.ndarray, name: str, threshold: float | None = None):
+        """The image's cells (service/cells.py), segmented and labelled in the model thread, one image at a time
+        (the explain slots: each is many forward passes). Raises DataError for an image with no nuclei."""
+        from protloc.service.cells import cell_results
+
+        return await self._in_slot(self.explain_slots, "cell slots", lambda: self.model_thread.run(
+            cell_results, self.predictor, image, probabilities, name, threshold))
+
     async def maps_about(self) -> str:
         """How the maps are made and drawn (reports/explain.py's words), worked out once: it runs the model."""
         if self._maps_about is None:
@@ -115,4 +123,6 @@ class Runtime:
                       thresholds=dict(zip(config.label_names, map(float, config.thresholds))),
                       image_size=config.image_size, stains=self.stains, csv_columns=list(SUBMISSION_COLUMNS[layout]),
                       max_upload_bytes=self.limits.max_upload_bytes, max_pixels=self.limits.max_pixels,
-                      max_files=self.limits.max_files)
+                      max_files=self.limits.max_files, trained_on=config.trained_on,
+                      training_data=config.training_data.to_dict() if config.training_data is not None else None,
+                      outlier_threshold=self.predictor.outlier_threshold)

@@ -19,6 +19,24 @@ class Health(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_files: int
+    trained_on: str = Field(description="what the model learned from, in one line (config.json's training_data)")
+    training_data: dict | None = Field(description="config.json's record of the training data: folder, kind (demo or "
+                                                   "real), images, classes, bit depth, date, protloc version")
+    outlier_threshold: float | None = Field(description="outlier score above which an image is flagged as unlike "
+                                                        "the training images; null for a run without outlier scores")
+
+
+class CellResult(BaseModel):
+    cell: int = Field(description="the cell's number in the image's mask, 1..K")
+    labels: list[str] = Field(description="the cell's predicted class names (may be none)")
+    classes: list[int]
+    probabilities: dict[str, float] = Field(description="the cell's probability per class: the geometric mean of the "
+                                                        "cell's alone and its image's")
+    centroid: list[float] = Field(description="[x, y] in the image's pixels")
+    area: int = Field(description="pixels")
+    touches_border: bool
+    outline: list[list[float]] = Field(description="the cell's boundary, [x, y] points in the image's pixels, a "
+                                                   "closed polygon")
 
 
 class ImageResult(BaseModel):
@@ -30,6 +48,13 @@ class ImageResult(BaseModel):
                              description="what was left out of the upload, e.g. a yellow stain a 3-channel run does not read")
     thumbnail: str | None = Field(default=None, description="PNG data URL, at most 96 px: the image as a colour "
                                                             "composite; only when the request asks for thumbnails")
+    outlier_score: float | None = Field(None, description="how unlike the training images this image is (higher: "
+                                                          "less like them); null for a run without outlier scores")
+    outlier: bool | None = Field(None, description="outlier_score above the run's threshold: the image is unlike "
+                                                   "what the model learned from, so its labels deserve doubt")
+    size: list[int] | None = Field(default=None, description="[width, height] of the image in pixels; with cells")
+    cells: list[CellResult] | None = Field(default=None, description="one per cell, found by segmentation; only when "
+                                                                     "the request asks for cells")
 
 
 class PredictResponse(BaseModel):
