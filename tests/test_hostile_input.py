@@ -684,7 +684,7 @@ def test_a_deflate_tiff_bomb_is_refused_whichever_decoder_tifffile_has(decoders,
 
 def test_a_tiff_of_many_pages_is_refused_before_tifffile_reads_them(tmp_path):
     """Issue 31, finding 5: pages are counted from their offsets first; tifffile's reading grows quadratically."""
-    from protloc.data.tiff_limits import MAX_TIFF_PAGES, count_tiff_pages
+    from protloc.data.decode_limits import MAX_TIFF_PAGES, count_tiff_pages
 
     data = many_page_tiff()
     assert count_tiff_pages(io.BytesIO(data)) == MAX_TIFF_PAGES + 1  # counting stops past the limit

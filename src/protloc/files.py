@@ -91,7 +91,7 @@ def _refuse_inputs(path: Path, inputs, option: str) -> None:
 def _refuse_run_parts(path: Path, option: str, *, makes_run: bool) -> None:
     """A run folder is made by train (and its config rewritten by tune) only: no other output may replace it or
     one of its parts. Other new names inside it (an evaluation folder, a report) are fine."""
-    from protloc.runs import is_run_folder, is_run_part  # here: protloc.runs writes through this module
+    from protloc.run_checks import is_run_folder, is_run_part  # here: protloc.runs writes through this module
 
     absolute = Path(os.path.abspath(path))
     if not makes_run and is_run_folder(absolute):

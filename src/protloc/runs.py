@@ -19,7 +19,7 @@ from pathlib import Path
 
 from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
-from protloc.files import DIGEST_SUFFIX, atomic_path, check_digest, write_digest, write_json
+from protloc.files import atomic_path, check_digest, write_digest, write_json
 from protloc.training.outcome import TrainingOutcome
 from protloc.training.training_data import TrainingData, record_problems
 
@@ -42,20 +42,6 @@ FOLDS_SUMMARY_ROWS = ("mean", "std", "out-of-fold")  # over the folds; the poole
 FOLD_PREFIX = "fold-"  # a K-fold folder holds fold-0 ... fold-(K-1), each a run folder
 ENSEMBLE_FILE = "ensemble.json"  # in a K-fold folder: the folds it averages and the ensemble's thresholds
 OUT_OF_FOLD_FILE = "out_of_fold.csv"  # in a K-fold folder: each training image's probabilities from the fold that held it out
-
-
-def is_run_part(name: str) -> bool:
-    """Whether `name` inside a run folder (or a K-fold folder) is one of the files and folders that make it: only
-    train writes them, and tune rewrites the config."""
-    parts = {CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, LR_FILE, CURVES_FILE, LR_PLOT_FILE, CHECKPOINT_DIR, FOLDS_FILE,
-             ENSEMBLE_FILE, OUT_OF_FOLD_FILE, WEIGHTS_FILE + DIGEST_SUFFIX}
-    return name in parts or fold_number(name) is not None
-
-
-def is_run_folder(folder: str | Path) -> bool:
-    """A folder that train wrote, or is writing: its config.json, ensemble.json or checkpoints' recipe is there."""
-    folder = Path(folder)
-    return any(os.path.isfile(folder / name) for name in (CONFIG_FILE, ENSEMBLE_FILE, f"{CHECKPOINT_DIR}/{RECIPE_FILE}"))
 
 
 def fold_dir(out: str | Path, fold: int) -> Path:
@@ -186,8 +172,7 @@ def save_run(run_dir: str | Path, config: RunConfig, model) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
-    if broken:
+    if broken := non_finite_tensors(state):
         raise ProtlocError(f"{run_dir / WEIGHTS_FILE}: not written: {len(broken)} weight tensors hold NaN or infinite "
                            f"values (e.g. {broken[0]}); training diverged")
     with atomic_path(run_dir / WEIGHTS_FILE) as temp:
@@ -261,12 +246,16 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         state = load_file(str(weights_path), device=device)
     except Exception as error:  # safetensors raises its own error, OSError or others for damaged files
         raise ProtlocError(f"{weights_path}: not a readable safetensors file ({type(error).__name__})") from None
-    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
-    if broken:
+    if broken := non_finite_tensors(state):
         raise ProtlocError(f"{weights_path}: {len(broken)} weight tensors hold NaN or infinite values (e.g. "
                            f"{broken[0]}); the run's training diverged, retrain it")
     model.load_state_dict(state, strict=True)
     return config, model.to(device).eval()
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
 
 
 def read_weight_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
@@ -371,23 +360,9 @@ def read_ensemble_record(path: Path) -> dict:
     # Only fold-<k> names, so that the file cannot point the model anywhere outside its own folder.
     if not isinstance(folds, list) or not folds or not all(isinstance(f, str) and fold_number(f) is not None and f == Path(f).name for f in folds):
         raise ProtlocError(f"{path}: \"folds\" must list one or more fold folder names (fold-0, fold-1, ...), got {folds!r}")
-    problems = []
-    if len(set(folds)) != len(folds):
-        problems.append(f"folds {reprlib.repr(folds)}: a fold is listed more than once")
-    for fold in dict.fromkeys(folds):
-        if (path.parent / fold).is_symlink():
-            problems.append(f"folds: {fold} is a symbolic link (a fold is a folder of its own K-fold folder)")
-    names = data["label_names"]
-    if not (isinstance(names, list) and names and all(isinstance(name, str) and name.strip() for name in names)
-            and len(set(names)) == len(names)):
-        problems.append(f"label_names {reprlib.repr(names)}: expected a list of distinct class names")
-    elif not (_numbers(data["thresholds"], len(names)) and all(0 < value <= 1 for value in data["thresholds"])):
-        problems.append(f"thresholds {reprlib.repr(data['thresholds'])}: expected one threshold per class, "
-                        f"{len(names)} numbers in (0, 1] in the order of label_names")
-    if not isinstance(data["label_set"], str):
-        problems.append(f"label_set {reprlib.repr(data['label_set'])}: expected the label set's name")
-    if not isinstance(data.get("training") or {}, dict):
-        problems.append(f"training {reprlib.repr(data['training'])}: expected a JSON object")
+    from protloc.run_checks import ensemble_record_problems  # here: it reads this module's names
+
+    problems = ensemble_record_problems(path, data)
     if problems:
         raise ProtlocError(*(f"{path}: {problem}" for problem in problems))
     return data

@@ -153,6 +153,8 @@ def read_image(source: bytes | str | Path, *, max_pixels: int | None = None, for
     file = io.BytesIO(source) if in_memory else Path(source)
     limit = max_pixels  # None: pixel_limit(), read when needed
     if not in_memory:
+        from protloc.data.decode_limits import check_regular_file
+
         check_regular_file(file)
     try:
         if not in_memory and file.suffix.lower() in BIOIO_FORMATS:
@@ -195,20 +197,6 @@ def fit_stored(stored, channels: int, *, bit_depth: int | None = None, gray_as: 
     return convert_channels(array, channels, gray_as=gray_as)
 
 
-def check_regular_file(path: Path) -> None:
-    """Refuse what is not a regular file before opening it: a FIFO would block its reader for ever, a device
-    would be read without end."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise ImageReadError("file not found") from None
-    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the name
-        raise ImageReadError(f"cannot be opened ({getattr(error, 'strerror', None) or error})") from None
-    if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or other special file"
-        raise ImageReadError(f"{kind}, not an image file")
-
-
 def decode_image(source: bytes | str | Path, *, bit_depth: int | None = None, max_pixels: int | None = None,
                  formats: Sequence[str] | None = None) -> np.ndarray:
     """An image file, by path or as its bytes -> uint8 (H, W, C) with C in 1, 3, 4, wide pixels scaled by
@@ -227,7 +215,7 @@ def _decode_tiff(file: io.BytesIO | Path, limit: int | None):
     import tifffile
 
     from protloc.data.microscopy import StoredImage, read_ome_tiff
-    from protloc.data.tiff_limits import MAX_TIFF_PAGES, check_fallback_segments, count_tiff_pages
+    from protloc.data.decode_limits import MAX_TIFF_PAGES, check_fallback_segments, count_tiff_pages
 
     # Pages counted from their offsets before tifffile reads any: many small pages cost it minutes.
     if count_tiff_pages(file) > MAX_TIFF_PAGES:

@@ -1,5 +1,5 @@
-"""Limits a TIFF must keep before tifffile decodes it: how many pages it has, and how far a compressed segment
-may inflate.
+"""Limits a file must keep before it is decoded: a regular file (not a FIFO, which would block its reader for
+ever), and for a TIFF, how many pages it has and how far a compressed segment may inflate.
 
 A small TIFF can cost far more than its size. Twenty thousand one-pixel pages in 5 MB keep tifffile busy for
 minutes (its series detection compares pages with pages), so the pages are counted first by walking the chain of
@@ -13,9 +13,28 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
+import stat
 import struct
 import zlib
 from pathlib import Path
+
+from protloc.data.images import ImageReadError
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO would block its reader for ever, a device
+    would be read without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError("file not found") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the name
+        raise ImageReadError(f"cannot be opened ({getattr(error, 'strerror', None) or error})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or other special file"
+        raise ImageReadError(f"{kind}, not an image file")
+
 
 # An image protloc reads has at most 4 channels, whether as samples or as pages; Z stacks, time series and
 # positions stay well within this. More pages than this are refused before any is read.
