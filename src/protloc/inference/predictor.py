@@ -256,6 +256,17 @@ class Predictor:
         thresholds = self.config.thresholds if threshold is None else threshold
         return apply_thresholds(probabilities, thresholds, allow_empty=allow_empty)
 
+    def explain(self, images, *, classes="predicted") -> list:
+        """Where the model found each class in one image or a list of them (anything `predict` takes): one
+        protloc.reports.explain.Explanation per image, its class-activation maps made with HiResCAM (a Grad-CAM
+        variant) on the torch model, as `protloc explain` makes them. `classes`: "predicted" (the default),
+        "all", or class names or numbers. Each Explanation holds .probabilities, .predicted and .targets (class
+        numbers), .maps ({class name: (H, W) map in 0..1 at the model's input size}) and .figure() (the
+        matplotlib Figure `protloc explain` saves)."""
+        from protloc.reports.explain import explain_images
+
+        return explain_images(self, images, classes)
+
     def predict(self, images, *, tta: bool = False, threshold: float | None = None,
                 allow_empty: bool = False, batch_size: int = 32) -> Prediction:
         images = as_image_list(images)
