@@ -19,13 +19,16 @@ from protloc.files import save_figure, write_csv, write_json
 from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds
 from protloc.plots import subplots
 from protloc.reports import html
-from protloc.training.metrics import multilabel_scores
+from protloc.training.metrics import SCORE_MEANINGS, multilabel_scores
 
 AT_DEFAULT = f"{DEFAULT_THRESHOLD:g}"  # names the scores at the default threshold: "0.5"
 TOP_MISTAKES = 15
 F1_VARIANTS = ("f1_macro", "f1_micro", "f1_samples", "fscore_course")
 PLOTS = {"f1": "f1_per_class.png", "pr": "precision_recall.png"}
 PREDICTIONS_FILE = "predictions.csv"
+MISTAKES_DIR = "mistakes"  # thumbnails of the worst mistakes
+WORST_SHOWN = 12
+THUMBNAIL_SIDE = 200
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Evaluation:
     probabilities: np.ndarray
     exact_match: float
     tta: bool = False
+    worst: pd.DataFrame | None = None  # the most confident wrong decisions: row, id, true, predicted, wrong, picture
 
     def to_json(self) -> dict:
         return {
@@ -55,6 +59,8 @@ class Evaluation:
             # JSON has no NaN: a class without positives has no average precision.
             "per_class": self.per_class.astype(object).where(self.per_class.notna(), None).to_dict(orient="records"),
             "most_frequent_mistakes": self.mistakes.to_dict(orient="records"),
+            "worst_mistakes": [] if self.worst is None else
+            self.worst.drop(columns=["row", "picture"], errors="ignore").to_dict(orient="records"),
         }
 
 
@@ -73,6 +79,27 @@ def count_mistakes(targets: np.ndarray, predicted: np.ndarray, names: list[str],
     pairs = Counter((name_labels(targets[i], names), name_labels(predicted[i], names)) for i in wrong)
     rows = [{"true labels": t, "predicted labels": p, "images": n} for (t, p), n in pairs.most_common(top)]
     return pd.DataFrame(rows, columns=["true labels", "predicted labels", "images"])
+
+
+def worst_mistakes(ids: list[str], targets: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
+                   thresholds: np.ndarray, names: list[str], count: int = WORST_SHOWN) -> pd.DataFrame:
+    """The images whose wrong decisions were the most confident: ranked by the largest distance between a wrongly
+    decided class's probability and its threshold (a class given at 0.98, or missed at 0.02)."""
+    wrong = targets != predicted
+    distance = np.abs(probabilities - thresholds)
+    confidence = np.where(wrong, distance, -1.0).max(axis=1)
+    rows = [int(i) for i in np.argsort(-confidence, kind="stable") if confidence[i] >= 0][:count]
+
+    def decisions(i: int, shown: int = 3) -> str:
+        classes = sorted(np.flatnonzero(wrong[i]), key=lambda c: -distance[i, c])
+        text = "; ".join(f"{names[c]} {probabilities[i, c]:.0%} ({'given, not true' if predicted[i, c] else 'true, missed'})"
+                         for c in classes[:shown])
+        return text + (f"; {len(classes) - shown} more" if len(classes) > shown else "")
+
+    return pd.DataFrame({"row": rows, "id": [ids[i] for i in rows],
+                         "true labels": [name_labels(targets[i], names) for i in rows],
+                         "predicted labels": [name_labels(predicted[i], names) for i in rows],
+                         "wrong decisions": [decisions(i) for i in rows], "picture": [""] * len(rows)})
 
 
 def average_precisions(targets: np.ndarray, probabilities: np.ndarray) -> list[float | None]:
@@ -113,6 +140,7 @@ def score_predictions(ids: list[str], targets: np.ndarray, probabilities: np.nda
         per_class=per_class, scores=scores, mistakes=count_mistakes(targets, predicted, list(label_names)),
         predictions=pd.concat([predictions, probability_columns], axis=1), targets=targets,
         probabilities=probabilities, exact_match=float((targets == predicted).all(axis=1).mean()), tta=tta,
+        worst=worst_mistakes(list(ids), targets, predicted, probabilities, thresholds, list(label_names)),
     )
 
 
@@ -185,10 +213,20 @@ def plot_precision_recall(evaluation: Evaluation, columns: int = 5):
 
 def scores_table(evaluation: Evaluation) -> pd.DataFrame:
     return pd.DataFrame({
-        "score": list(F1_VARIANTS),
+        "score": [f"{SCORE_MEANINGS[key].split(':')[0]} ({key})" for key in F1_VARIANTS],
         f"at {evaluation.threshold_source}": [evaluation.scores["thresholds"][k] for k in F1_VARIANTS],
         f"at {AT_DEFAULT}": [evaluation.scores[AT_DEFAULT][k] for k in F1_VARIANTS],
     })
+
+
+def score_terms() -> list[tuple[str, str]]:
+    """The scores' names and meanings, for a definition list under a table of them."""
+    terms = [tuple(SCORE_MEANINGS[key].split(": ", 1)) for key in F1_VARIANTS]
+    return terms + [("F1", "2 x precision x recall / (precision + recall), from 0 (all wrong) to 1 (all right); "
+                           "precision: the share of the labels given that are true; recall: the share of the true "
+                           "labels given"),
+                    ("threshold", "a class is given to an image when its probability reaches the class's threshold; "
+                                  "an image no class reaches gets its most likely class, as protloc predict labels")]
 
 
 def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
@@ -205,6 +243,7 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
                        + (", probabilities averaged over 8 flips and turns (TTA)." if evaluation.tta else ".")),
         html.heading("F1 scores", 3),
         html.table(scores_table(evaluation), float_digits=4),
+        html.definitions(score_terms()),
         html.heading("Per class", 3),
         html.table(per_class),
         html.image(prefix + PLOTS["f1"], f"F1 per class at {evaluation.threshold_source} and at {AT_DEFAULT}; "
@@ -212,13 +251,56 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
         html.image(prefix + PLOTS["pr"], "Precision-recall curves; AP = average precision."),
         html.heading("Most frequent wrong label sets", 3),
         mistakes,
+        *worst_blocks(evaluation, prefix),
         html.paragraph_with_link("Per-image probabilities and labels:", prefix + PREDICTIONS_FILE, PREDICTIONS_FILE),
     ]
 
 
-def write_evaluation(evaluation: Evaluation, out_dir: str | Path, title: str = "Evaluation") -> None:
+def worst_blocks(evaluation: Evaluation, prefix: str) -> list[str]:
+    """The most confident mistakes: their pictures where they were written, else a table."""
+    worst = evaluation.worst
+    if worst is None or not len(worst):
+        return []
+    blocks = [html.heading("The most confident mistakes", 3),
+              html.paragraph("Images whose wrong decisions were the surest: a class given with a probability far above "
+                             "its threshold, or a true class missed far below it. Each caption: the image, its true "
+                             "labels, then the wrong decisions with their probabilities.")]
+    if (worst["picture"] != "").all():
+        captions = [f"{identifier}: true {true}; {wrong}"
+                    for identifier, true, wrong in zip(worst["id"], worst["true labels"], worst["wrong decisions"])]
+        return blocks + [html.gallery([(prefix + picture, caption) for picture, caption in zip(worst["picture"], captions)])]
+    return blocks + [html.table(worst.drop(columns=["row", "picture"]))]
+
+
+def write_mistake_pictures(evaluation: Evaluation, out_dir: Path, sources: list, read_image) -> None:
+    """Thumbnails of the worst mistakes in out_dir/MISTAKES_DIR; `read_image(source)` gives an image as the run
+    reads it, uint8 (H, W, C)."""
+    from PIL import Image
+
+    from protloc.files import atomic_path
+    from protloc.reports.explore import rgb_view
+
+    folder = out_dir / MISTAKES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    pictures = []
+    for rank, row in enumerate(evaluation.worst["row"]):
+        picture = Image.fromarray(np.ascontiguousarray(rgb_view(read_image(sources[row]))))
+        picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        name = f"{rank + 1:02d}.png"  # by rank: ids may be paths, or characters a file name cannot hold
+        with atomic_path(folder / name) as path:
+            picture.save(path, format="PNG")
+        pictures.append(f"{MISTAKES_DIR}/{name}")
+    evaluation.worst["picture"] = pictures
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: str | Path, title: str = "Evaluation", *,
+                     sources: list | None = None, read_image=None) -> None:
+    """metrics.json, predictions.csv, the plots and index.html in `out_dir`; with the images' `sources` and a
+    `read_image`, thumbnails of the worst mistakes too."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if sources is not None and read_image is not None and evaluation.worst is not None and len(evaluation.worst):
+        write_mistake_pictures(evaluation, out_dir, sources, read_image)
     write_json(out_dir / "metrics.json", evaluation.to_json())
     write_csv(out_dir / PREDICTIONS_FILE, evaluation.predictions)
     save_figure(out_dir / PLOTS["f1"], plot_f1_per_class(evaluation))
@@ -258,5 +340,6 @@ def evaluate_run(predictor, table, out_dir: str | Path, *, threshold: float | No
     source = "config thresholds" if threshold is None else f"threshold {threshold:g}"
     evaluation = score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
                                    list(config.label_names), source, tta)
-    write_evaluation(evaluation, out_dir, f"Evaluation on {data_name}")
+    write_evaluation(evaluation, out_dir, f"Evaluation on {data_name}", sources=list(table.frame["source"]),
+                     read_image=predictor.read)
     return evaluation
