@@ -38,7 +38,7 @@ TOGETHER = (
 )
 # Measured on 2 cores, slowest first (each over 2 s); the rest follow in the usual order.
 SLOWEST_FIRST = (
-    "tests/training/test_ddp.py", "tests/reports/test_embed.py", "tests/service/test_page.py",
+    "tests/training/test_ddp.py", "tests/inference/test_distributed.py", "tests/reports/test_embed.py", "tests/service/test_page.py",
     "tests/reports/test_run_report.py", "tests/training/test_speed_paths.py", "tests/training/test_resume.py",
     "tests/inference/test_ensemble.py", "tests/training/test_crash.py", "tests/test_hostile_input.py",
     "tests/reports/test_explore.py", "tests/inference/test_onnx.py", "tests/reports/test_explain.py",
@@ -112,6 +112,16 @@ def demo_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     write_demo_dataset(root, n_train=96, n_test=16, size=64, seed=0, show_progress=False, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cell_data(tmp_path_factory):
+    """256 px demo data with --cells (per-cell truth): 6 train images (masks, cells.csv) and 2 test images."""
+    from protloc.data.synthetic import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("cells")
+    write_demo_dataset(root, n_train=6, n_test=2, size=256, seed=21, show_progress=False, workers=1, cells=True)
     return root
 
 

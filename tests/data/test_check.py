@@ -175,3 +175,34 @@ def test_images_with_fewer_channels_than_asked_for(tmp_path, capsys):
     code, _, err = run_check(tmp_path / "set.csv", capsys)
     assert code == 2 and f"{tmp_path / 'gray.png'}: 1 channel (grayscale), but the run reads 3 (red, green, blue)" in err
     assert main(["check", str(tmp_path / "set.csv"), "--channels", "1"]) == 0
+
+
+def test_unlabelled_data_is_said_to_be_unlabelled_with_what_was_checked(demo_data, tmp_path, capsys):
+    assert main(["check", str(demo_data / "test")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"OK: {demo_data / 'test'} (folder layout) — 16 unlabelled images, each readable with the 3 "
+                          "channels asked for; no labels to check")
+    assert "labelled images" not in out.replace("unlabelled images", "")
+    plate = tmp_path / "plate"
+    for well in ("A01", "B02"):
+        (plate / well).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(plate / well / "field.png")
+    assert main(["check", str(plate), "--recursive"]) == 0
+    assert "2 unlabelled images" in capsys.readouterr().out
+
+
+def test_a_microscope_file_is_checked_by_its_channel_names(tmp_path, capsys):
+    import tifffile
+
+    folder = tmp_path / "ome"
+    folder.mkdir()
+    for name, channels in (("good", ["DAPI", "GFP", "Tubulin"]), ("odd", ["DAPI", "Brightfield", "GFP", "Tubulin"])):
+        tifffile.imwrite(folder / f"{name}.ome.tif", np.zeros((len(channels), 8, 8), np.uint16), ome=True,
+                         photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": channels}})
+    assert main(["check", str(folder)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("protloc: error")]
+    assert errors[0] == (f"protloc: error: {folder / 'odd.ome.tif'}: channel 'Brightfield' is not a stain protloc knows "
+                         "by name: add --stain-map 'Brightfield=STAIN' (STAIN one of red, green, blue, yellow, or none "
+                         "to leave it out)")
+    assert not any("good.ome.tif" in line for line in errors)
+    assert main(["check", str(folder), "--stain-map", "Brightfield=none"]) == 0

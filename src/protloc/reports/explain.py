@@ -23,6 +23,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from protloc.data.microscopy import stated_pixel_size
 from protloc.data.readers import DatasetTable
 from protloc.errors import ProtlocError
 from protloc.files import save_figure
@@ -62,6 +63,7 @@ class Explanation:
     true: list[int] | None = None  # the image's true classes, when its dataset has labels
     image: np.ndarray | None = field(default=None, repr=False)  # the model's input in 0..1, (H, W, channels)
     config: object = field(default=None, repr=False)  # the run's RunConfig: class names and thresholds
+    um_per_pixel: float | None = None  # of the model's input, where the file states its pixel size: a scale bar
 
     @property
     def maps(self) -> dict[str, np.ndarray]:
@@ -70,7 +72,7 @@ class Explanation:
 
     def figure(self) -> Figure:
         """The figure `protloc explain` saves: the input, its protein stain, a panel per map, the probabilities."""
-        return plot_explanation(self, self.image, self.config)
+        return plot_explanation(self, self.image, self.config, self.um_per_pixel)
 
     @property
     def missed(self) -> list[int]:
@@ -210,8 +212,10 @@ def explain_input(predictor: Predictor, identifier: str, source, targets: str | 
     predicted = np.flatnonzero(predictor.decide(probabilities[None])[0]).tolist()
     chosen = choose_targets(targets, predicted, true, config.num_classes)
     cams = compute_model_cams(predictor.model, tensor, chosen)
+    stated = stated_pixel_size(source)  # a microscope file's µm per pixel, for a scale bar
     return Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams,
-                       None if true is None else list(true), image=model_view(tensor, config), config=config)
+                       None if true is None else list(true), image=model_view(tensor, config), config=config,
+                       um_per_pixel=stated[0] * stated[1] / tensor.shape[-1] if stated else None)
 
 
 def explain_images(predictor: Predictor, images, classes="predicted") -> list[Explanation]:
@@ -292,8 +296,20 @@ def image_panel(figure, cell, picture: np.ndarray, title: str, **imshow):
     return axes
 
 
-def plot_explanation(explanation: Explanation, image: np.ndarray, config):
-    """The figure of one explanation; `image` is the model's input in 0..1, (H, W, channels)."""
+def add_scale_bar(axes, um_per_pixel: float, width: int) -> None:
+    """A bar of a round length in µm, about a quarter of the image wide, in its lower right corner."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    quarter = um_per_pixel * width / 4
+    length = max([step * 10**power for power in range(-2, 5) for step in (1, 2, 5) if step * 10**power <= quarter]
+                 or [quarter])
+    axes.add_artist(AnchoredSizeBar(axes.transData, length / um_per_pixel, f"{length:g} µm", "lower right",
+                                    color="white", frameon=False, size_vertical=max(1, width // 100), fontproperties={"size": 8}))
+
+
+def plot_explanation(explanation: Explanation, image: np.ndarray, config, um_per_pixel: float | None = None):
+    """The figure of one explanation; `image` is the model's input in 0..1, (H, W, channels); `um_per_pixel`, where
+    the file states its pixel size, draws a scale bar on the input."""
     names = config.label_names
     rgb = rgb_view(image)
     panels = 2 + len(explanation.targets)
@@ -302,8 +318,10 @@ def plot_explanation(explanation: Explanation, image: np.ndarray, config):
     width = max(3.0 * columns, 0.35 * len(names) + 1.5, 6.0)
     figure = Figure(figsize=(width, 3.2 * image_rows + 3.0), layout="constrained")
     grid = figure.add_gridspec(image_rows + 1, columns, height_ratios=[3.2] * image_rows + [2.6])
-    image_panel(figure, grid[0, 0], rgb,
-                textwrap.fill(explanation.id, 30) + f"\ninput ({image.shape[0]} px, as the model sees it)")
+    axes = image_panel(figure, grid[0, 0], rgb,
+                       textwrap.fill(explanation.id, 30) + f"\ninput ({image.shape[0]} px, as the model sees it)")
+    if um_per_pixel:
+        add_scale_bar(axes, um_per_pixel, image.shape[1])
     image_panel(figure, grid[0, 1], protein_channel(image), "protein stain (green) alone", cmap="gray", vmin=0, vmax=1)
     for panel, (index, cam) in enumerate(zip(explanation.targets, explanation.cams), start=2):
         title = f"{names[index]}\np = {explanation.probabilities[index]:.2f}, {explanation.status(index)}"
@@ -397,8 +415,10 @@ def explanation_blocks(explanations: list[Explanation], config, prefix: str = ""
     return blocks
 
 
-def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path, maps: str = "") -> None:
-    """index.html over the figures; `maps` is `describe_maps`'s text."""
+def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path, maps: str = "",
+                           more: list[str] | None = None) -> None:
+    """index.html over the figures; `maps` is `describe_maps`'s text, `more` blocks go last (the cells)."""
     blocks = [html.paragraph("Images are shown as the model saw them (resized), beside their protein stain alone."),
               *([html.paragraph(maps)] if maps else [])]
-    html.write_page(Path(out_dir) / "index.html", "Explanations", blocks + explanation_blocks(explanations, config))
+    html.write_page(Path(out_dir) / "index.html", "Explanations",
+                    blocks + explanation_blocks(explanations, config) + list(more or []))

@@ -50,6 +50,7 @@ class Options:
     thumbnails: bool = False
     bit_depth: int | None = None
     stain_map: dict | None = None
+    cells: bool = False
 
 
 def _either(name: str, query, form):
@@ -62,6 +63,8 @@ TTA = "average over the 8 flips and quarter turns of each image (8x slower)"
 THRESHOLD = "one threshold for every class instead of the run's tuned per-class thresholds"
 ALLOW_EMPTY = "allow images with no label (default: each image gets at least its most likely class)"
 THUMBNAILS = "add each image's thumbnail (a PNG data URL, at most 96 px) to the answer"
+CELLS = ("also answer per cell: each cell found by segmentation (nuclei from blue, cells from red), its labels and "
+         "probabilities, centroid, area and outline (a polygon in the image's pixels)")
 BIT_DEPTH = (f"depth of the images' pixels, {', '.join(map(str, BIT_DEPTHS))} (12 for 12-bit camera data in 16-bit "
              "files), each scaled from its full scale into the run's range (default: the run's bit depth; a run of "
              "8-bit images reads a 16-bit file by its container, 0..65535)")
@@ -99,13 +102,16 @@ def read_options(
     bit_depth_field: Annotated[int | None, Form(alias="bit_depth", description=BIT_DEPTH)] = None,
     stain_map: Annotated[str | None, Query(description=STAIN_MAP)] = None,
     stain_map_field: Annotated[str | None, Form(alias="stain_map", description=STAIN_MAP)] = None,
+    cells: Annotated[bool | None, Query(description=CELLS)] = None,
+    cells_field: Annotated[bool | None, Form(alias="cells", description=CELLS)] = None,
 ) -> Options:
     return Options(tta=bool(_either("tta", tta, tta_field)),
                    threshold=_either("threshold", threshold, threshold_field),
                    allow_empty=bool(_either("allow_empty", allow_empty, allow_empty_field)),
                    thumbnails=bool(_either("thumbnails", thumbnails, thumbnails_field)),
                    bit_depth=_bit_depth(_either("bit_depth", bit_depth, bit_depth_field)),
-                   stain_map=_stain_map(_either("stain_map", stain_map, stain_map_field)))
+                   stain_map=_stain_map(_either("stain_map", stain_map, stain_map_field)),
+                   cells=bool(_either("cells", cells, cells_field)))
 
 
 # ---------------------------------------------------------------- images: files, a stain set, or the body
@@ -251,7 +257,23 @@ async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     thresholds = predictor.config.thresholds if options.threshold is None else [options.threshold] * len(names)
     images = [image_result(upload, p, d, names, thumbnail)
               for upload, p, d, thumbnail in zip(uploads, probabilities, decided, thumbnails)]
+    if options.cells:
+        for upload, result, p in zip(uploads, images, probabilities):
+            await add_cells(runtime, upload, result, p, options)
     return PredictResponse(images=images, thresholds={name: float(t) for name, t in zip(names, thresholds)})
+
+
+async def add_cells(runtime: Runtime, upload: Upload, result: ImageResult, probabilities: np.ndarray,
+                    options: Options) -> None:
+    """The image's cells into its result; an image without nuclei is a 422 naming it."""
+    from protloc.errors import DataError
+
+    image = await decode(runtime, upload, options)
+    try:
+        result.cells = await runtime.cells(image, probabilities, upload.name, options.threshold)
+    except DataError as error:
+        raise HTTPException(422, error.lines[0]) from None
+    result.size = [int(image.shape[1]), int(image.shape[0])]
 
 
 def resolve_classes(requested: list[str], label_names: list[str], decided: np.ndarray) -> list[str]:

@@ -98,6 +98,14 @@ class Runtime:
         composite, green = await asyncio.get_running_loop().run_in_executor(self.decoders, preview_images, image)
         return overlays, composite, green
 
+    async def cells(self, image: np.ndarray, probabilities: np.ndarray, name: str, threshold: float | None = None):
+        """The image's cells (service/cells.py), segmented and labelled in the model thread, one image at a time
+        (the explain slots: each is many forward passes). Raises DataError for an image with no nuclei."""
+        from protloc.service.cells import cell_results
+
+        return await self._in_slot(self.explain_slots, "cell slots", lambda: self.model_thread.run(
+            cell_results, self.predictor, image, probabilities, name, threshold))
+
     async def maps_about(self) -> str:
         """How the maps are made and drawn (reports/explain.py's words), worked out once: it runs the model."""
         if self._maps_about is None:

@@ -21,6 +21,19 @@ class Health(BaseModel):
     max_files: int
 
 
+class CellResult(BaseModel):
+    cell: int = Field(description="the cell's number in the image's mask, 1..K")
+    labels: list[str] = Field(description="the cell's predicted class names (may be none)")
+    classes: list[int]
+    probabilities: dict[str, float] = Field(description="the cell's probability per class: the geometric mean of the "
+                                                        "cell's alone and its image's")
+    centroid: list[float] = Field(description="[x, y] in the image's pixels")
+    area: int = Field(description="pixels")
+    touches_border: bool
+    outline: list[list[float]] = Field(description="the cell's boundary, [x, y] points in the image's pixels, a "
+                                                   "closed polygon")
+
+
 class ImageResult(BaseModel):
     name: str = Field(description="the uploaded file's name; for a stain set, the common id of its files")
     labels: list[str] = Field(description="predicted class names")
@@ -30,6 +43,9 @@ class ImageResult(BaseModel):
                              description="what was left out of the upload, e.g. a yellow stain a 3-channel run does not read")
     thumbnail: str | None = Field(default=None, description="PNG data URL, at most 96 px: the image as a colour "
                                                             "composite; only when the request asks for thumbnails")
+    size: list[int] | None = Field(default=None, description="[width, height] of the image in pixels; with cells")
+    cells: list[CellResult] | None = Field(default=None, description="one per cell, found by segmentation; only when "
+                                                                     "the request asks for cells")
 
 
 class PredictResponse(BaseModel):
