@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
         explain_table,
         parse_target_classes,
         true_classes,
-        write_explanation_page,
     )
     from protloc.errors import DataError, ProtlocError
     from protloc.reports.cells import cell_blocks, write_cell_figures
+    from protloc.reports.explain_page import write_explanation_page
     from protloc.runs import load_config
 
     check_output_path(args.out, folder=True)

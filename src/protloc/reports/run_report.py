@@ -234,7 +234,8 @@ def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name
 def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: str, samples: int,
                     show_progress: bool, links_to: Path | None = None) -> list[str]:
     from protloc.reports.cells import cell_blocks, write_cell_figures
-    from protloc.reports.explain import describe_maps, explain_table, explanation_blocks
+    from protloc.reports.explain import describe_maps, explain_table
+    from protloc.reports.explain_page import explanation_blocks
 
     shown = table.subset(range(min(samples, len(table))))
     if not len(shown):
