@@ -19,6 +19,7 @@ from protloc.files import save_figure, write_csv, write_json
 from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds
 from protloc.plots import subplots
 from protloc.reports import html
+from protloc.reports.mistakes import name_labels, worst_blocks, worst_mistakes, write_mistake_pictures
 from protloc.training.metrics import SCORE_MEANINGS, multilabel_scores
 
 AT_DEFAULT = f"{DEFAULT_THRESHOLD:g}"  # names the scores at the default threshold: "0.5"
@@ -26,9 +27,6 @@ TOP_MISTAKES = 15
 F1_VARIANTS = ("f1_macro", "f1_micro", "f1_samples", "fscore_course")
 PLOTS = {"f1": "f1_per_class.png", "pr": "precision_recall.png"}
 PREDICTIONS_FILE = "predictions.csv"
-MISTAKES_DIR = "mistakes"  # thumbnails of the worst mistakes
-WORST_SHOWN = 12
-THUMBNAIL_SIDE = 200
 
 
 @dataclass
@@ -45,9 +43,29 @@ class Evaluation:
     exact_match: float
     tta: bool = False
     worst: pd.DataFrame | None = None  # the most confident wrong decisions: row, id, true, predicted, wrong, picture
+    # How unlike the training images each image is (inference/outliers.py), and the run's threshold; None for
+    # a run without outlier scores.
+    outlier_scores: np.ndarray | None = None
+    outlier_threshold: float | None = None
+    trained_on: str = ""  # the run's record of its training data, in one line
+
+    @property
+    def outliers(self) -> np.ndarray | None:
+        if self.outlier_scores is None or self.outlier_threshold is None:
+            return None
+        return self.outlier_scores > self.outlier_threshold
+
+    def outlier_summary(self) -> dict | None:
+        """The threshold, how many images are above it, and the median score."""
+        if self.outliers is None:
+            return None
+        return {"threshold": self.outlier_threshold, "images_flagged": int(self.outliers.sum()),
+                "share_flagged": float(self.outliers.mean()) if len(self.outliers) else 0.0,
+                "median_score": float(np.median(self.outlier_scores)) if len(self.outlier_scores) else None}
 
     def to_json(self) -> dict:
         return {
+            "trained_on": self.trained_on,
             "images": int(self.targets.shape[0]),
             "label_names": self.label_names,
             "thresholds": self.thresholds,
@@ -61,16 +79,34 @@ class Evaluation:
             "most_frequent_mistakes": self.mistakes.to_dict(orient="records"),
             "worst_mistakes": [] if self.worst is None else
             self.worst.drop(columns=["row", "picture"], errors="ignore").to_dict(orient="records"),
+            "outliers": self.outlier_summary(),
         }
+
+
+def with_outliers(evaluation: Evaluation, scores: np.ndarray | None, threshold: float | None, trained_on: str) -> Evaluation:
+    """The evaluation with each image's outlier score and flag (also as predictions.csv columns)."""
+    evaluation.trained_on = trained_on
+    if scores is None or threshold is None:
+        return evaluation
+    evaluation.outlier_scores, evaluation.outlier_threshold = np.asarray(scores, dtype=np.float64), float(threshold)
+    evaluation.predictions["outlier_score"] = evaluation.outlier_scores.round(6)
+    evaluation.predictions["outlier"] = evaluation.outliers
+    return evaluation
+
+
+def outlier_blocks(evaluation: Evaluation) -> list[str]:
+    summary = evaluation.outlier_summary()
+    if summary is None:
+        return [html.note("This run has no outlier scores (trained before protloc described its training images).")]
+    text = (f"{summary['images_flagged']} of {len(evaluation.outliers)} images ({summary['share_flagged']:.1%}) are "
+            f"unlike the images the model was trained on (outlier score above {summary['threshold']:.4g}; median "
+            f"score {summary['median_score']:.4g}); their labels deserve doubt.")
+    return [html.note(text) if summary["images_flagged"] else html.paragraph(text)]
 
 
 def format_labels(row: np.ndarray) -> str:
     """Multi-hot row -> space-separated class numbers, the datasets' own label format."""
     return " ".join(str(i) for i in np.flatnonzero(row))
-
-
-def name_labels(row: np.ndarray, names: list[str]) -> str:
-    return ", ".join(names[i] for i in np.flatnonzero(row)) or "(none)"
 
 
 def count_mistakes(targets: np.ndarray, predicted: np.ndarray, names: list[str], top: int = TOP_MISTAKES) -> pd.DataFrame:
@@ -79,27 +115,6 @@ def count_mistakes(targets: np.ndarray, predicted: np.ndarray, names: list[str],
     pairs = Counter((name_labels(targets[i], names), name_labels(predicted[i], names)) for i in wrong)
     rows = [{"true labels": t, "predicted labels": p, "images": n} for (t, p), n in pairs.most_common(top)]
     return pd.DataFrame(rows, columns=["true labels", "predicted labels", "images"])
-
-
-def worst_mistakes(ids: list[str], targets: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
-                   thresholds: np.ndarray, names: list[str], count: int = WORST_SHOWN) -> pd.DataFrame:
-    """The images whose wrong decisions were the most confident: ranked by the largest distance between a wrongly
-    decided class's probability and its threshold (a class given at 0.98, or missed at 0.02)."""
-    wrong = targets != predicted
-    distance = np.abs(probabilities - thresholds)
-    confidence = np.where(wrong, distance, -1.0).max(axis=1)
-    rows = [int(i) for i in np.argsort(-confidence, kind="stable") if confidence[i] >= 0][:count]
-
-    def decisions(i: int, shown: int = 3) -> str:
-        classes = sorted(np.flatnonzero(wrong[i]), key=lambda c: -distance[i, c])
-        text = "; ".join(f"{names[c]} {probabilities[i, c]:.0%} ({'given, not true' if predicted[i, c] else 'true, missed'})"
-                         for c in classes[:shown])
-        return text + (f"; {len(classes) - shown} more" if len(classes) > shown else "")
-
-    return pd.DataFrame({"row": rows, "id": [ids[i] for i in rows],
-                         "true labels": [name_labels(targets[i], names) for i in rows],
-                         "predicted labels": [name_labels(predicted[i], names) for i in rows],
-                         "wrong decisions": [decisions(i) for i in rows], "picture": [""] * len(rows)})
 
 
 def average_precisions(targets: np.ndarray, probabilities: np.ndarray) -> list[float | None]:
@@ -238,9 +253,11 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
     mistakes = (html.table(evaluation.mistakes) if len(evaluation.mistakes)
                 else html.note("Every image got exactly its true label set."))
     return [
+        *([html.paragraph(f"The model was {evaluation.trained_on}.")] if evaluation.trained_on else []),
         html.paragraph(f"{evaluation.targets.shape[0]} images; exact label set right for "
                        f"{evaluation.exact_match:.1%}. Labels by {evaluation.threshold_source}"
                        + (", probabilities averaged over 8 flips and turns (TTA)." if evaluation.tta else ".")),
+        *outlier_blocks(evaluation),
         html.heading("F1 scores", 3),
         html.table(scores_table(evaluation), float_digits=4),
         html.definitions(score_terms()),
@@ -254,43 +271,6 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
         *worst_blocks(evaluation, prefix),
         html.paragraph_with_link("Per-image probabilities and labels:", prefix + PREDICTIONS_FILE, PREDICTIONS_FILE),
     ]
-
-
-def worst_blocks(evaluation: Evaluation, prefix: str) -> list[str]:
-    """The most confident mistakes: their pictures where they were written, else a table."""
-    worst = evaluation.worst
-    if worst is None or not len(worst):
-        return []
-    blocks = [html.heading("The most confident mistakes", 3),
-              html.paragraph("Images whose wrong decisions were the surest: a class given with a probability far above "
-                             "its threshold, or a true class missed far below it. Each caption: the image, its true "
-                             "labels, then the wrong decisions with their probabilities.")]
-    if (worst["picture"] != "").all():
-        captions = [f"{identifier}: true {true}; {wrong}"
-                    for identifier, true, wrong in zip(worst["id"], worst["true labels"], worst["wrong decisions"])]
-        return blocks + [html.gallery([(prefix + picture, caption) for picture, caption in zip(worst["picture"], captions)])]
-    return blocks + [html.table(worst.drop(columns=["row", "picture"]))]
-
-
-def write_mistake_pictures(evaluation: Evaluation, out_dir: Path, sources: list, read_image) -> None:
-    """Thumbnails of the worst mistakes in out_dir/MISTAKES_DIR; `read_image(source)` gives an image as the run
-    reads it, uint8 (H, W, C)."""
-    from PIL import Image
-
-    from protloc.files import atomic_path
-    from protloc.reports.explore import rgb_view
-
-    folder = out_dir / MISTAKES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    pictures = []
-    for rank, row in enumerate(evaluation.worst["row"]):
-        picture = Image.fromarray(np.ascontiguousarray(rgb_view(read_image(sources[row]))))
-        picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        name = f"{rank + 1:02d}.png"  # by rank: ids may be paths, or characters a file name cannot hold
-        with atomic_path(folder / name) as path:
-            picture.save(path, format="PNG")
-        pictures.append(f"{MISTAKES_DIR}/{name}")
-    evaluation.worst["picture"] = pictures
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: str | Path, title: str = "Evaluation", *,
@@ -342,8 +322,9 @@ def evaluate_table(predictor, table, *, threshold: float | None = None, tta: boo
         raise DataError(*result.unreadable)
     thresholds = config.thresholds if threshold is None else threshold
     source = "config thresholds" if threshold is None else f"threshold {threshold:g}"
-    return score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
-                             list(config.label_names), source, tta)
+    evaluation = score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
+                                   list(config.label_names), source, tta)
+    return with_outliers(evaluation, result.outlier_scores, predictor.outlier_threshold, config.trained_on)
 
 
 def evaluate_run(predictor, table, out_dir: str | Path, *, data_name: str = "", **options) -> Evaluation:

@@ -44,6 +44,7 @@ class TrainConfig:
     folds: int = 1  # K >= 2: K-fold cross-validation, one run per fold in OUT/fold-<k>
     fold_split: str = "stratified"  # how K-fold assigns images to folds, whatever validation_split says
     normalize: str = "backbone"  # or "dataset": per-channel mean/std of the training images
+    data_kind: str = "auto"  # "demo", "real", or "auto": detected from the folder (training/training_data.py)
     epochs_frozen: int = 1
     epochs: int = 5
     lr_frozen: float = 1e-2
@@ -105,6 +106,7 @@ def check_config(config: TrainConfig) -> None:
     expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
     expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
+    expect(config.data_kind in ("auto", "demo", "real"), f"--data-kind {config.data_kind}: expected auto, demo or real")
     expect(config.bit_depth in (None, *BIT_DEPTHS),
            f"--bit-depth {config.bit_depth}: expected {', '.join(map(str, BIT_DEPTHS))}")
     expect(config.cache_limit_gb is None or config.cache_limit_gb >= 0, f"--cache-limit-gb {config.cache_limit_gb}: expected 0 or more")
