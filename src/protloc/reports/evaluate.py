@@ -304,7 +304,7 @@ def evaluate_table(predictor, table, *, threshold: float | None = None, tta: boo
     """Predict `table` with the run's Predictor and score it. With `ranks` (protloc.inference.distributed.Ranks)
     every process predicts its share and process 0 scores the whole table; the others return None."""
     from protloc.errors import DataError
-    from protloc.inference.predictor import find_missing_files
+    from protloc.data.check import find_missing_files
 
     config = predictor.config
     data_name = data_name or str(table.root)
