@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.reports.explain_page import write_explanation_page
     from protloc.runs import load_config
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=args.images)
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     config = load_config(args.run)
