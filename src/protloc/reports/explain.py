@@ -52,8 +52,8 @@ HEATMAP = "inferno"  # the map alone: dark where it is 0, pale yellow at its max
 @dataclass
 class Explanation:
     """Where the model found each target class in one image: `cams[i]` is the map of class number `targets[i]`,
-    at the model's input size, scaled to 0..1; `maps` holds them by class name and `figure()` draws them as
-    `protloc explain` does."""
+    at the model's input size, on one 0..1 scale for the image (its strongest map's peak at 1); `maps` holds them
+    by class name and `figure()` draws them as `protloc explain` does."""
 
     id: str
     file_name: str  # of the figure's PNG, in the output folder of `protloc explain`
@@ -351,8 +351,8 @@ def describe_maps(model, config, *, panels: bool = True) -> str:
     rows, columns = cam_grid(model, config.image_size)
     text = (f"Class-activation maps{folds}: where in the image the model found each class, made with {CAM_ABOUT} "
             f"on layer {model.backbone.cam_layer_name} of {config.backbone}: {rows}x{columns} cells at "
-            f"{config.image_size} px, smoothed up to the image. Each map is scaled to its own maximum, so two classes' "
-            f"maps show where, not how strongly. Outlines: grey around the hottest pixels holding "
+            f"{config.image_size} px, smoothed up to the image. An image's maps share one scale, the strongest map's "
+            f"peak at 1: a class with little evidence draws faintly, one with none not at all. Outlines: grey around the hottest pixels holding "
             f"{MAP_MASS_SHARES[0]:.0%} of the map (lightly tinted inside), white around those holding "
             f"{MAP_MASS_SHARES[1]:.0%}; every other pixel is the input's own, so the stains stay visible.")
     if panels:
