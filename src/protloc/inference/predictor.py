@@ -98,6 +98,7 @@ class RowCollector:
         self.arrays = {} if width is None else {"outputs": np.zeros((rows, width), dtype=np.float32)}
         self.problems = [""] * rows
         self.seen = np.zeros(rows, dtype=bool)
+        self.pieces: dict[str, list[np.ndarray]] | None = None  # see add_pieces
 
     def add(self, rows: np.ndarray, arrays: dict[str, np.ndarray], problems) -> None:
         for name, values in arrays.items():
@@ -107,6 +108,28 @@ class RowCollector:
         for row, problem in zip(rows.tolist(), problems):
             self.problems[row] = str(problem)
         self.seen[rows] = True
+
+    def add_pieces(self, pieces: dict[str, np.ndarray]) -> None:
+        """Arrays of parts of rows, any number of parts per row (the cells of an image), "row" naming each part's row;
+        a row's parts arrive together and in order."""
+        if self.pieces is None:
+            self.pieces = {}
+        for name, values in pieces.items():
+            self.pieces.setdefault(name, []).append(values)
+
+    def pieces_by_row(self) -> list[dict[str, np.ndarray]]:
+        """Per row, its parts' arrays (empty where a row has none), in their order."""
+        by_row = [{} for _ in range(self.total)]
+        if not self.pieces:
+            return by_row
+        joined = {name: np.concatenate(parts) for name, parts in self.pieces.items()}
+        rows = joined.pop("row")
+        order = np.argsort(rows, kind="stable")  # keeps each row's parts in their order
+        starts = np.searchsorted(rows[order], np.arange(self.total + 1))
+        for row in np.unique(rows):
+            chosen = order[starts[row]:starts[row + 1]]
+            by_row[row] = {name: values[chosen] for name, values in joined.items()}
+        return by_row
 
     def result(self) -> TableResult:
         extras = {name: values for name, values in self.arrays.items() if name != "outputs"}
