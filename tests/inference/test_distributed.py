@@ -33,16 +33,19 @@ def run_processes(*args, env=None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def kfold(untrained_run, tmp_path_factory):
-    """A 2-fold folder of untrained runs whose heads and normalisation differ."""
+def kfold(untrained_run, demo_data, tmp_path_factory):
+    """A 2-fold folder of untrained runs whose heads and normalisation differ, each with an outlier description
+    (so that predictions carry an outlier score beside the probabilities)."""
     out = tmp_path_factory.mktemp("kfold") / "cv"
+    training_images = sorted((demo_data / "train").glob("*.png"))
     for fold in range(2):
-        run_dir = untrained_run(fold_dir(out, fold), spread=10.0 * (fold + 1))
+        run_dir = untrained_run(fold_dir(out, fold), spread=10.0 * (fold + 1), outliers_of=training_images[fold::2][:30])
         config = load_config(run_dir)
         config.mean = [value + 0.1 * fold for value in config.mean]
         save_config(run_dir, config)
+    thresholds = [load_config(fold_dir(out, fold)).outlier_threshold for fold in range(2)]
     write_ensemble(out, ["fold-0", "fold-1"], HPA10.name, list(HPA10.names), THRESHOLDS,
-                   TrainingOutcome(recipe={"folds": 2}, n_val=96))
+                   TrainingOutcome(recipe={"folds": 2}, n_val=96), float(np.mean(thresholds)))
     return out
 
 
@@ -69,9 +72,12 @@ def test_predict_on_two_processes_writes_what_one_process_writes(kfold, demo_dat
                  "--workers", "0"]) == 0
     expected, actual = pd.read_csv(one, dtype={"Image": str}), pd.read_csv(two, dtype={"Image": str})
     assert actual["Image"].tolist() == expected["Image"].tolist() == [image.stem for image in images]
-    assert list(actual.columns) == list(expected.columns)
+    assert list(actual.columns) == list(expected.columns) == ["Image", *HPA10.names, "outlier_score", "outlier"]
     np.testing.assert_allclose(actual[list(HPA10.names)], expected[list(HPA10.names)], rtol=0, atol=1e-5)
     assert expected[list(HPA10.names)].to_numpy().std(axis=0).max() > 0.01  # far beyond 1e-5 between images
+    # The per-image extra beside the probabilities comes back to its row too.
+    np.testing.assert_allclose(actual["outlier_score"], expected["outlier_score"], rtol=1e-5)
+    assert expected["outlier_score"].std() > 0.01 and actual["outlier"].tolist() == expected["outlier"].tolist()
 
 
 def test_predict_cells_on_two_processes_writes_what_one_process_writes(run_dir, cell_data, tmp_path):
