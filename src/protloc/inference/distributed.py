@@ -173,7 +173,12 @@ class Ranks:
     own device ("cpu", or "cuda:N" for its local rank) for load_predictor. `exchange` is the folder for the
     shares (exchange_folder of the output). Raises ProtlocError for what cannot run, before any work: several
     machines without a launcher (which would wait for them forever), cuda:N with several devices, more devices
-    than there are."""
+    than there are.
+
+    A distributed launch is the whole process's: Lightning sets its environment (MASTER_ADDR, MASTER_PORT,
+    LOCAL_RANK, WORLD_SIZE...) and torch's thread count, and starts the other processes of a machine by running
+    its command line again. So it is for the CLI, or a script run as one process per device, not for a library
+    caller inside a larger program."""
 
     def __init__(self, devices: int = 1, num_nodes: int = 1, *, device: str = "auto", exchange: str | Path):
         if devices < 1 or num_nodes < 1:
