@@ -35,7 +35,7 @@ from protloc.allocator import freed_memory_kept_for_batches
 from protloc.devices import resolve_device
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
-from protloc.inference.predictor import RowCollector, named_outputs
+from protloc.inference.rows import RowCollector, named_outputs
 from protloc.training.engine import expected_warnings_ignored, lightning_output
 
 SHARE_NAME = "rank-{rank}.npz"
