@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.labels import LabelSet
     from protloc.runs import load_config
 
-    check_output_path(args.out)
+    check_output_path(args.out, inputs=args.inputs)
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     if args.masks is not None and not Path(args.masks).is_dir():

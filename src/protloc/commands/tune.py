@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.run)
     if not args.dry_run:
-        check_output_path(Path(args.run) / CONFIG_FILE, option="RUN")
+        check_output_path(Path(args.run) / CONFIG_FILE, option="RUN", replaces_run_file=True)
     table = read_run_dataset(args, config, args.data)
     if not table.labelled:  # tuning on no positives would set every threshold to 0.5
         raise DataError(f"{args.data}: has no labels ({table.layout} layout); tune needs labelled data with the run's "
