@@ -3,6 +3,7 @@ missed true classes shown, and clear errors."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -37,6 +38,34 @@ def test_one_figure_per_image_and_an_index(run_dir, demo_data, tmp_path):
     assert figures == sorted(f"{path.stem}.png" for path in images)
     page = (out / "index.html").read_text()
     assert sorted(re.findall(r'<img src="([^"]+)"', page)) == figures
+
+
+def test_explain_takes_the_engine_and_batch_options_of_predict(run_dir, demo_data, tmp_path):
+    """--engine onnx gives the probabilities (ONNX Runtime, as predict on the CPU); the maps still come from torch."""
+    images = sorted((demo_data / "test").glob("*.png"))[:2]
+    out = tmp_path / "explain"
+    assert main(["explain", str(run_dir), *map(str, images), "--out", str(out), "--engine", "onnx",
+                 "--batch-size", "1", "--workers", "0"]) == 0
+    assert sorted(path.name for path in out.glob("*.png")) == sorted(f"{path.stem}.png" for path in images)
+
+
+def test_explain_from_python_gives_the_maps_protloc_explain_draws(predictor, demo_data):
+    from protloc.reports.explain import explain_image
+
+    sources = [str(path) for path in sorted((demo_data / "train").glob("*.png"))[:1]]
+    explanations = predictor.explain(sources, classes=["Nucleoplasm", 0])
+    assert [e.id for e in explanations] == [Path(source).stem for source in sources]
+    assert list(explanations[0].maps) == ["Nucleoplasm", "Mitochondria"]
+    expected, figure = explain_image(predictor, "x", sources[0], [4, 0])
+    plt.close(figure)
+    np.testing.assert_array_equal(explanations[0].cams, expected.cams)
+    np.testing.assert_allclose(explanations[0].probabilities, predictor.predict_proba(sources[0])[0], atol=1e-6)
+    figure = explanations[0].figure()
+    assert [axes.get_title().split("\n")[0] for axes in figure.axes[2:4]] == ["Nucleoplasm", "Mitochondria"]
+    predicted = predictor.explain(sources[0])[0]  # the predicted classes by default
+    assert predicted.targets == predicted.predicted
+    with pytest.raises(Exception, match="did you mean 'Mitochondria'"):
+        predictor.explain(sources[0], classes="Mitocondria")
 
 
 def test_grad_cam_maps_vary_over_the_image(predictor, demo_data):
@@ -183,7 +212,6 @@ def test_a_microscope_file_stating_its_pixel_size_gets_a_scale_bar(predictor, de
     from PIL import Image
 
     from protloc.reports.explain import explain_image
-    from protloc.reports.scale_bar import add_scale_bar
 
     rgb = np.asarray(Image.open(sorted((demo_data / "train").glob("*.png"))[0]))  # 64 x 64
     planes = np.stack([rgb[:, :, 2], rgb[:, :, 0], rgb[:, :, 1]])
@@ -194,7 +222,6 @@ def test_a_microscope_file_stating_its_pixel_size_gets_a_scale_bar(predictor, de
     texts = {}
     for name in ("cell", "plain"):
         _, figure = explain_image(predictor, name, str(tmp_path / f"{name}.ome.tif"), [4])
-        add_scale_bar(figure, str(tmp_path / f"{name}.ome.tif"), IMAGE_SIZE)  # as explain_table draws it
         texts[name] = [text.get_text() for axes in figure.axes for artist in axes.artists
                        for text in artist.findobj(lambda item: hasattr(item, "get_text"))]
         plt.close(figure)
