@@ -13,7 +13,11 @@ many pages, an edited ONNX graph). Each case lands in one of:
   traceback   an exception escaped (the command line would print a traceback)
   hang        still running after --limit-s seconds
   silent      exit 0 (or the unsafe outcome) where a refusal was expected: a silent wrong result
-  damaged     a watched file or the output folder changed
+  damaged     a file the case reads changed, or the output folder changed on a refusal (or, for a probe, a file
+              outside the cache was removed or written)
+
+The cases share one world: where a case damages it (on a version without these checks), later cases that read
+the same files may fail for that reason ("other").
   other       another exit code, or an error that does not name what it should
 
 Prints one line per case that is not clean, then the counts; exits 1 when any case is not clean.
@@ -147,13 +151,16 @@ def table_cases(world: dict, scratch: Path, only: str, limit_s: int, skip: list[
         finally:
             for name, value in saved.items():
                 os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
-        changed = [snapshot(path) for path in watched] != before
+        after = [snapshot(path) for path in watched]
+        inputs_changed = after[1:] != before[1:]  # the world's files the case reads
         if ended != "exit":
             results.append((case.name, ended, error.strip().splitlines()[-1] if error.strip() else ""))
-        elif changed:
-            results.append((case.name, "damaged", f"exit {code}"))
+        elif inputs_changed:
+            results.append((case.name, "damaged", f"exit {code}: an input changed"))
         elif code == 0:
-            results.append((case.name, "silent", "exit 0"))
+            results.append((case.name, "silent", "exit 0" + (", output written" if after[0] != before[0] else "")))
+        elif after[0] != before[0]:
+            results.append((case.name, "damaged", f"exit {code}: the output folder changed"))
         elif code != 2 or case.expect.format(**values) not in error or "Traceback" in error:
             results.append((case.name, "other", f"exit {code}: {error.strip()[:200]}"))
         else:
