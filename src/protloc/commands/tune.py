@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from protloc.commands._options import read_run_dataset
     from protloc.errors import DataError, ProtlocError, listed
     from protloc.files import check_output_path
-    from protloc.inference.predictor import find_missing_files, load_predictor
+    from protloc.data.check import find_missing_files
+    from protloc.inference.predictor import load_predictor
     from protloc.inference.thresholds import apply_thresholds, tune_thresholds
     from protloc.runs import load_config, save_config
     from protloc.training.metrics import multilabel_scores
