@@ -165,7 +165,7 @@ def measure_predict(args, large: Path, work: Path) -> dict:
     from protloc.data.cache import open_image_cache
     from protloc.data.readers import read_dataset
     from protloc.inference.onnx_export import run_onnx_session
-    from protloc.runs import load_run
+    from protloc.models.run_weights import load_run
 
     run_dir = work / "run-large"
     config, model = load_run(run_dir)

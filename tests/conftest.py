@@ -146,7 +146,8 @@ def untrained_run(tmp_path_factory):
         from protloc.inference.thresholds import DEFAULT_THRESHOLD
         from protloc.labels import HPA10
         from protloc.models.classifier import build_model
-        from protloc.runs import RunConfig, save_config, save_run
+        from protloc.models.run_weights import save_run
+        from protloc.runs import RunConfig, save_config
 
         run_dir = Path(run_dir) if run_dir else tmp_path_factory.mktemp("untrained") / "run"
         label_set = label_set or HPA10

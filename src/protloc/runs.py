@@ -1,11 +1,13 @@
-"""The run folder: config.json (the single source of truth) and model.safetensors.
+"""The run-folder format: the names of its files, config.json (the single source of truth) as `RunConfig`, the
+training record it holds (`TrainingOutcome`), and a K-fold folder's ensemble.json (`EnsembleConfig`).
 
-Training writes it; prediction, evaluation, export, explanation and serving read it back and derive
+Training writes a run folder; prediction, evaluation, export, explanation and serving read it back and derive
 nothing else about the model: label names, image size, channels, normalisation and thresholds are here.
 
 A K-fold folder (`protloc train --folds K`) is a model too: its ensemble.json lists the fold run folders it
-averages and holds the ensemble's own thresholds. `load_config` and `load_run` open either kind of folder, so
-every command and `protloc.load` take both without a special case.
+averages and holds the ensemble's own thresholds. `load_config` here and `models.run_weights.load_run` open either
+kind of folder, so every command and `protloc.load` take both without a special case. This module reads and
+checks the files (the weights file's header included) and imports nothing that builds or runs a network.
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ from pathlib import Path
 
 from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path, write_json
-from protloc.training.outcome import TrainingOutcome
+from protloc.files import write_json
 
 # Every file a run folder holds is named here, once; all other modules import these names.
 CONFIG_FILE = "config.json"
@@ -40,6 +41,77 @@ FOLDS_SUMMARY_ROWS = ("mean", "std", "out-of-fold")  # over the folds; the poole
 FOLD_PREFIX = "fold-"  # a K-fold folder holds fold-0 ... fold-(K-1), each a run folder
 ENSEMBLE_FILE = "ensemble.json"  # in a K-fold folder: the folds it averages and the ensemble's thresholds
 OUT_OF_FOLD_FILE = "out_of_fold.csv"  # in a K-fold folder: each training image's probabilities from the fold that held it out
+
+
+# ---------------------------------------------------------------- the training record
+# config.json keeps it under "training" as one flat JSON object: the recipe's options, then the outcome
+# ("image_size", "n_train", "best_epoch", "val_tuned"...). The keys are those earlier versions wrote, so older run
+# folders load. Nothing reads it back to rebuild the model; it is there for people, reports and `protloc compare`.
+
+# Recipe keys written by earlier versions, and their names now: older records read, and their stopped runs resume.
+RENAMED_KEYS = {"split": "validation_split", "layout": "format"}
+
+
+def upgrade_recipe(values: dict) -> dict:
+    """A recorded recipe with today's key names (earlier versions said "split" and "layout").
+
+    Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
+    a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began."""
+    upgraded = {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+    if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:
+        upgraded["fold_split"] = "stratified" if upgraded.get("validation_split") == "stratified" else "random"
+    return upgraded
+
+
+@dataclass
+class TrainingOutcome:
+    recipe: dict = field(default_factory=dict)  # the TrainConfig's values (see training.config.recipe_of)
+    image_size: int | None = None  # the size trained at (the recipe may say None: the backbone's)
+    n_train: int | None = None
+    n_val: int | None = None
+    best_epoch: int | None = None  # 1-based, counted over both phases
+    best_phase: str | None = None
+    precision_used: str | None = None
+    world_size: int | None = None  # processes that trained
+    images_per_second: dict[str, float] | None = None  # per phase, training loop only
+    # Validation scores of the best epoch's weights, images labelled as predict labels them (each at least one
+    # label), at 0.5 and at the tuned thresholds. In-sample: the same images picked the epoch and tuned the
+    # thresholds. (Runs of earlier versions: val_at_05 at a plain 0.5 cut, val_at_05_predicted as predict.)
+    val_at_05: dict | None = None
+    val_at_05_predicted: dict | None = None
+    val_tuned: dict | None = None
+    # K-fold only: out-of-fold labels, each fold's images at thresholds tuned on the other folds' out-of-fold
+    # predictions. The honest estimate of tuned thresholds: no image tuned the cut it is scored at.
+    val_tuned_cross_fitted: dict | None = None
+    thresholds_tuned_on: dict | None = None  # written by `protloc tune`
+
+    @property
+    def validation_split(self) -> str | None:
+        return self.recipe.get("validation_split")
+
+    def to_dict(self) -> dict:
+        """The flat JSON object of config.json's "training"; unset outcome fields are left out."""
+        values = dict(self.recipe)
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name != "recipe" and value is not None:
+                values[JSON_KEYS.get(item.name, item.name)] = value
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingOutcome":
+        """From config.json's "training" (any version): outcome keys to their fields, the rest is the recipe."""
+        fields = {JSON_KEYS.get(item.name, item.name): item.name for item in dataclasses.fields(cls) if item.name != "recipe"}
+        outcome = {fields[key]: value for key, value in values.items() if key in fields}
+        recipe = upgrade_recipe({key: value for key, value in values.items() if key not in fields})
+        return cls(recipe=recipe, **outcome)
+
+
+# Field names that are not valid Python names in JSON.
+JSON_KEYS = {"val_at_05": "val_at_0.5", "val_at_05_predicted": "val_at_0.5_predicted"}
+
+
+# ---------------------------------------------------------------- run folders
 
 
 def fold_dir(out: str | Path, fold: int) -> Path:
@@ -143,18 +215,6 @@ def config_problems(config: RunConfig) -> list[str]:
     return problems
 
 
-def save_run(run_dir: str | Path, config: RunConfig, model) -> None:
-    """Write the weights, then the config: a folder with a config always has matching weights."""
-    from safetensors.torch import save_file
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    with atomic_path(run_dir / WEIGHTS_FILE) as temp:
-        save_file(state, str(temp))
-    save_config(run_dir, config)
-
-
 def save_config(run_dir: str | Path, config: RunConfig) -> None:
     """config.json of a run folder; for a K-fold folder's EnsembleConfig, its ensemble.json."""
     if isinstance(config, EnsembleConfig):
@@ -196,33 +256,6 @@ def load_config(run_dir: str | Path) -> RunConfig:
     return config
 
 
-def load_run(run_dir: str | Path, device: str = "cpu"):
-    """(RunConfig, model in eval mode) from a run folder; from a K-fold folder, (EnsembleConfig, FoldEnsemble).
-    Weights are safetensors: nothing is unpickled."""
-    from safetensors.torch import load_file
-
-    from protloc.models.classifier import build_model
-
-    config = load_config(run_dir)
-    if isinstance(config, EnsembleConfig):
-        from protloc.inference.ensemble import FoldEnsemble
-
-        models = [load_run(Path(run_dir) / fold, device)[1] for fold in config.folds]
-        return config, FoldEnsemble(models, config.fold_configs).to(device).eval()
-    weights_path = Path(run_dir) / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ProtlocError(f"{weights_path}: not found (a run folder holds config.json and model.safetensors)")
-    shapes = read_weight_shapes(weights_path)
-    model = build_model(config.backbone, config.num_classes, pretrained=False, in_chans=config.in_chans, dropout=config.dropout)
-    check_weights_fit(config, shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, weights_path)
-    try:
-        state = load_file(str(weights_path), device=device)
-    except Exception as error:  # safetensors raises its own error, OSError or others for damaged files
-        raise ProtlocError(f"{weights_path}: not a readable safetensors file ({type(error).__name__})") from None
-    model.load_state_dict(state, strict=True)
-    return config, model.to(device).eval()
-
-
 def read_weight_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
     """Each tensor's shape from a safetensors file's header (8 bytes of length, then JSON), without reading the
     tensors or importing torch."""
@@ -247,31 +280,6 @@ def check_head_fits(config: RunConfig, saved: dict[str, tuple], weights_path: Pa
     if HEAD_WEIGHT in saved and len(saved[HEAD_WEIGHT]) == 2 and saved[HEAD_WEIGHT][0] != config.num_classes:
         raise ProtlocError(f"{weights_path}: a head of {saved[HEAD_WEIGHT][0]} classes, but {CONFIG_FILE} has "
                            f"{config.num_classes} label_names (are the two files from different runs?)")
-
-
-def check_weights_fit(config: RunConfig, saved: dict[str, tuple], expected: dict[str, tuple], weights_path: Path) -> None:
-    """Refuse weights that the config's network cannot take, naming the config field that disagrees with them."""
-    check_head_fits(config, saved, weights_path)
-    stem = next((key for key, shape in expected.items() if len(shape) == 4), None)
-    if stem in saved and len(saved[stem]) == 4 and saved[stem][1] != expected[stem][1]:
-        raise ProtlocError(f"{weights_path}: takes {saved[stem][1]}-channel images, but {CONFIG_FILE} has in_chans "
-                           f"{config.in_chans}")
-    missing = [key for key in expected if key not in saved]
-    unexpected = [key for key in saved if key not in expected]
-    wrong = [key for key in expected if key in saved and saved[key] != expected[key]]
-    if missing or unexpected or wrong:
-        examples = ", ".join((missing + unexpected + wrong)[:3])
-        raise ProtlocError(f"{weights_path}: does not fit the backbone {config.backbone!r} of {CONFIG_FILE} "
-                           f"({len(missing)} tensors missing, {len(unexpected)} unexpected, {len(wrong)} of another "
-                           f"shape, e.g. {examples}); are the two files from different runs?")
-
-
-def eval_preset(config: RunConfig):
-    """The run's eval transforms (resize, normalise with its mean/std): what prediction, evaluation,
-    explanation, embedding and serving apply to every image."""
-    from protloc.data.transforms import eval_transforms  # here: reading a config should not import torchvision
-
-    return eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)
 
 
 # ---------------------------------------------------------------- K-fold folders

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from protloc.files import check_output_path
     from protloc.inference.onnx_export import DEFAULT_OPSET, export_onnx, weights_digest
-    from protloc.runs import load_run
+    from protloc.models.run_weights import load_run
 
     path = check_output_path(args.out or Path(args.run) / ONNX_FILE)
     config, model = load_run(args.run)

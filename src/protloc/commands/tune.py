@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.inference.predictor import find_missing_files, load_predictor
     from protloc.inference.thresholds import apply_thresholds, tune_thresholds
     from protloc.runs import load_config, save_config
-    from protloc.training.metrics import multilabel_scores
+    from protloc.metrics import multilabel_scores
 
     config = load_config(args.run)
     if not args.dry_run:

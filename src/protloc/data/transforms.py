@@ -115,3 +115,9 @@ def batch_to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Te
 def eval_transforms(*, image_size: int, mean: Sequence[float], std: Sequence[float], to_model_input: bool = True) -> v2.Compose:
     """Resize only: the whole field is seen, as at prediction time."""
     return v2.Compose([resize_transform(image_size), *(_to_model_input(mean, std) if to_model_input else [])])
+
+
+def eval_preset(config) -> v2.Compose:
+    """A run's eval transforms (resize, normalise with its config's mean/std): what prediction, evaluation,
+    explanation, embedding and serving apply to every image."""
+    return eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)

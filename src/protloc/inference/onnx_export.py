@@ -28,7 +28,8 @@ from torch import nn
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
 from protloc.inference.engines import open_onnx_session
-from protloc.runs import ONNX_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
+from protloc.models.run_weights import load_run
+from protloc.runs import ONNX_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4

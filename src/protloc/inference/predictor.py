@@ -25,6 +25,7 @@ from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
 from protloc.data.stains import describe_missing_stain, run_stains
+from protloc.data.transforms import eval_preset
 from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
@@ -33,7 +34,8 @@ from protloc.inference.inputs import InputImages, as_image_list, image_ids, read
 from protloc.inference.onnx_export import run_onnx_session
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import LabelSet
-from protloc.runs import RunConfig, eval_preset, load_config, load_run
+from protloc.models.run_weights import load_run
+from protloc.runs import RunConfig, load_config
 
 
 def find_missing_files(table: DatasetTable) -> list[str]:

@@ -24,9 +24,9 @@ from matplotlib.figure import Figure
 
 from protloc.data.readers import DatasetTable
 from protloc.errors import ProtlocError
-from protloc.labels import did_you_mean, list_classes
 from protloc.files import save_figure
 from protloc.inference.predictor import Predictor
+from protloc.labels import did_you_mean, list_classes
 from protloc.reports import html
 from protloc.reports.explore import rgb_view
 
@@ -151,7 +151,7 @@ def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.nd
 def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
     """Grad-CAM maps of a run's model; for a K-fold ensemble, the mean of its folds' maps (each fold seeing the
     image normalised as it was trained), scaled back to 0..1 per map."""
-    from protloc.inference.ensemble import FoldEnsemble
+    from protloc.models.ensemble import FoldEnsemble
 
     if not isinstance(model, FoldEnsemble):
         return compute_cams(model, tensor, class_indices)
@@ -299,7 +299,7 @@ def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path
 
 def describe_maps(model, config) -> str:
     """How the maps were made and how to read them, for the page above the figures."""
-    from protloc.inference.ensemble import FoldEnsemble
+    from protloc.models.ensemble import FoldEnsemble
 
     folds = ""
     if isinstance(model, FoldEnsemble):  # the folds share a backbone: the first one says how each was mapped

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
+from protloc.runs import upgrade_recipe
 
 VALIDATION_SPLITS = ("mask", "random", "stratified")
 FOLD_SPLITS = ("stratified", "random")  # "mask" cannot make K disjoint folds
@@ -19,10 +20,6 @@ OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("bce", "focal")
 POS_WEIGHTS = ("none", "auto")
 GRAD_CLIP_MODES = ("value", "norm")
-
-# Recipe keys written by earlier versions, and their names now: their stopped runs still resume.
-RENAMED_KEYS = {"split": "validation_split", "layout": "format"}
-
 
 @dataclass
 class TrainConfig:
@@ -117,17 +114,6 @@ def recipe_of(config: TrainConfig) -> dict:
         if values[key]:
             values[key] = str(Path(values[key]).resolve())
     return values
-
-
-def upgrade_recipe(values: dict) -> dict:
-    """A recorded recipe with today's key names (earlier versions said "split" and "layout").
-
-    Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
-    a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began."""
-    upgraded = {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
-    if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:
-        upgraded["fold_split"] = "stratified" if upgraded.get("validation_split") == "stratified" else "random"
-    return upgraded
 
 
 def config_from_recipe(values: dict, **changes) -> TrainConfig:

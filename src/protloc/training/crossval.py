@@ -31,13 +31,12 @@ from protloc.data.readers import DatasetTable
 from protloc.errors import DataError
 from protloc.files import write_csv
 from protloc.inference.thresholds import apply_thresholds, cross_fitted_labels, tune_thresholds
+from protloc.metrics import multilabel_scores, scores_as_deployed
 from protloc.models.classifier import ProtlocNet
 from protloc.runs import (CONFIG_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, METRICS_FILE, OUT_OF_FOLD_FILE,
-                          WEIGHTS_FILE, fold_dir, load_config, write_ensemble)
+                          WEIGHTS_FILE, TrainingOutcome, fold_dir, load_config, write_ensemble)
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.engine import Engine, rank
-from protloc.training.metrics import multilabel_scores, scores_as_deployed
-from protloc.training.outcome import TrainingOutcome
 from protloc.training.resume import holds_run
 from protloc.training.run import train_run
 from protloc.training.splits import Split, kfold_splits

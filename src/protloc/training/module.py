@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from protloc.metrics import fscore_course_notebook_rule, scores_as_deployed
 from protloc.models.classifier import ProtlocNet, freeze_backbone, unfreeze_backbone
-from protloc.training.metrics import fscore_course_notebook_rule, scores_as_deployed
 
 PHASES = ("frozen", "finetune")
 # The thresholds are tuned after training, so each epoch is scored at the default cut, under the deployed rule.

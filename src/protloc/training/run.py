@@ -23,24 +23,25 @@ from protloc.allocator import freed_memory_kept
 from protloc.data.cache import ImageCache, open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
+from protloc.data.transforms import eval_preset
 from protloc.files import save_figure, write_csv
 from protloc.inference.predictor import predict_probabilities
 from protloc.inference.thresholds import tune_thresholds
+from protloc.metrics import scores_as_deployed
 from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
-from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, RunConfig,
-                          eval_preset, save_run)
+from protloc.models.run_weights import save_run
+from protloc.plots import plot_learning_rate, plot_training_curves
+from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE,
+                          RunConfig, TrainingOutcome)
 from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.datamodule import LocalisationData
 from protloc.training.engine import Engine, expected_warnings_ignored, make_trainer, rank
 from protloc.training.features import frozen_phase_data
 from protloc.training.losses import auto_pos_weight, make_loss
-from protloc.training.metrics import scores_as_deployed
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
-from protloc.training.outcome import TrainingOutcome
-from protloc.plots import plot_learning_rate, plot_training_curves
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
 
 
