@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -145,3 +146,9 @@ def predict_rate(engine, table, config, cache, *, batch_size: int, workers: int)
     engine.stamps = []
     Predictor(config, engine, cache=cache).predict_table(table, batch_size=batch_size, workers=workers)
     return steady_rate(engine.stamps, skip=max(1, 2 * workers))  # DataLoader's prefetch_factor is 2
+
+
+def median_and_spread(values) -> tuple[float, float]:
+    """(median, half the range) of repeated measurements of one figure."""
+    values = list(values)
+    return statistics.median(values), (max(values) - min(values)) / 2
