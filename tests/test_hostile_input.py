@@ -350,6 +350,8 @@ CASES = [
     Case("explain-tampered-mean", "explain {run_mean2} {good} --out {out}/x", "mean"),
     Case("explain-unknown-class", "explain {run} {good} --out {out}/x --target-classes Nowhere", "Nowhere"),
     # embed
+    Case("segment-png-bomb", "segment {bomb_png} --out {out}/cells", "bomb.png"),
+    Case("segment-tiff-bomb", "segment {bomb_tif} --out {out}/cells", "bomb.tif"),
     Case("embed-png-bomb", "embed {run} {bomb_data} --out {out}/f.parquet --workers 0", "{bomb_id}.png"),
     *out_dir_cases("embed", "embed {run} {data} --workers 0", ".parquet"),
     Case("embed-tampered-in-chans", "embed {run_chans7} {data} --out {out}/f.parquet --workers 0", "in_chans"),

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 def load(run: str | Path, *, device: str = "auto", engine: str = "auto", onnx: str | Path | None = None,
-         precision: str = "auto", gray_as: str | None = None, bit_depth: int | None = None) -> "Predictor":
+         precision: str = "auto", gray_as: str | None = None, bit_depth: int | None = None,
+         stain_map: str | dict | None = None) -> "Predictor":
     """A Predictor on a run folder.
 
     engine: "auto" (ONNX Runtime in fp32 on the CPU; torch on a GPU or with precision "bf16"), "onnx" (the file
@@ -34,9 +35,12 @@ def load(run: str | Path, *, device: str = "auto", engine: str = "auto", onnx: s
     bit_depth: the depth of the images' pixels, 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit files),
     where it differs from the run's (its config.json's bit_depth, the default): each image is scaled from its own
     full scale, 2**bit_depth - 1, as the run's training images were from theirs.
+    stain_map: which stain each named channel of a microscope file (OME-TIFF, CZI, ND2, LIF) is, for names the
+    defaults do not know: "DAPI=blue,Tubulin=red,GFP=green" or {"DAPI": "blue", ...}; None (or "none") leaves a
+    channel out. DAPI and Hoechst are blue, tubulin red, GFP green and calreticulin yellow by default.
     """
     # Imported here so that `import protloc` does not import torch.
     from protloc.inference.predictor import load_predictor
 
     return load_predictor(run, device=device, engine=engine, onnx_path=onnx, precision=precision, gray_as=gray_as,
-                          bit_depth=bit_depth)
+                          bit_depth=bit_depth, stain_map=stain_map)

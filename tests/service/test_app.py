@@ -355,3 +355,22 @@ def test_explain_on_a_kfold_folder_answers_as_protloc_explain_does(untrained_run
     seen = model_view(predictor.prepare(str(image_paths[0]))[None], predictor.config)
     expected = (overlay_map(seen, explanation.cams[0]) * 255 + 0.5).astype(np.uint8)
     np.testing.assert_array_equal(decode_data_url(response.json()["explanations"][0]["overlay"]), expected)
+
+
+def test_an_ome_tiff_upload_is_read_by_its_channel_names(client, run_dir, image_paths, tmp_path):
+    import tifffile
+
+    import protloc
+
+    rgb = np.asarray(Image.open(image_paths[0]).convert("RGB"))
+    tifffile.imwrite(tmp_path / "cell.ome.tif", np.stack([rgb[:, :, 2], rgb[:, :, 0], rgb[:, :, 1]]), ome=True,
+                     photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": ["Nuc", "MT", "Protein"]}})
+    upload = [("files", ("cell.ome.tif", (tmp_path / "cell.ome.tif").read_bytes(), "image/tiff"))]
+    response = client.post("/predict", files=upload, data={"stain_map": "Nuc=blue,MT=red,Protein=green"})
+    assert response.status_code == 200, response.text
+    expected = protloc.load(run_dir, precision="fp32").predict_proba(rgb)[0]
+    np.testing.assert_allclose(probabilities_of(response.json()["images"][0]), expected, atol=1e-5)
+    response = client.post("/predict", files=upload)
+    assert response.status_code == 422 and "channel 'Nuc' is not a stain protloc knows by name" in response.text
+    response = client.post("/predict", files=upload, data={"stain_map": "Nuc=blue,MT=blue"})
+    assert response.status_code == 422 and "the blue stain given to two channels, Nuc and MT" in response.text

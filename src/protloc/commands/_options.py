@@ -51,12 +51,33 @@ def add_bit_depth_option(parser: argparse.ArgumentParser) -> None:
                              "its container (0..65535), saying so in one line. 8-bit files are always 0..255")
 
 
-def announce_depth_reading(table: DatasetTable, config, stated: int | None) -> None:
-    """One line on stderr where the input's pixels are read at another depth than the run's (intensity.py)."""
-    from protloc.data.intensity import describe_depth_reading
+def stain_map_text(text: str) -> dict:
+    from protloc.data.stains import parse_stain_map
 
-    note = describe_depth_reading(table, config.bit_depth, stated)
-    if note:
+    try:
+        return parse_stain_map(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_stain_map_option(parser: argparse.ArgumentParser) -> None:
+    """--stain-map NAME=STAIN,...: the stains of a microscope file's named channels (OME-TIFF, CZI, ND2, LIF)."""
+    parser.add_argument("--stain-map", type=stain_map_text, default=None, metavar="NAME=STAIN,...",
+                        help="which stain each named channel of a microscope file (OME-TIFF, CZI, ND2, LIF) is, e.g. "
+                             "DAPI=blue,Tubulin=red,GFP=green,Calreticulin=yellow; NAME=none leaves a channel out. "
+                             "Without it: DAPI and Hoechst are blue, tubulin red, GFP green, calreticulin yellow; "
+                             "another name is an error that says what to add")
+
+
+def announce_reading(table: DatasetTable, config, args: argparse.Namespace) -> None:
+    """One line on stderr each where the input's pixels are read at another depth than the run's (intensity.py),
+    and on how a microscope file's channels, Z stack, time series or positions are read (microscopy.py)."""
+    from protloc.data.intensity import NOTE_SAMPLE, describe_depth_reading, sample_files
+    from protloc.data.images import describe_microscope_reading
+
+    notes = [describe_depth_reading(table, config.bit_depth, args.bit_depth),
+             describe_microscope_reading(sample_files(table, NOTE_SAMPLE), config.in_chans, args.stain_map)]
+    for note in filter(None, notes):
         print(f"note: {note}", file=sys.stderr)
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_run_data_options,
-                                       add_subset_option, announce_depth_reading)
+from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option,
+                                       add_run_data_options, add_stain_map_option, add_subset_option,
+                                       announce_reading)
 
 
 def register(subparsers) -> None:
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
     add_run_data_options(parser)
     add_gray_as_option(parser)
     add_bit_depth_option(parser)
+    add_stain_map_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -44,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     label_set = get_label_set(args.labels) if args.labels else None
     table = read_dataset(args.data, layout=args.format, split=args.subset, label_set=label_set, channels=config.in_chans)
     predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as,
-                               bit_depth=args.bit_depth)
-    announce_depth_reading(table, config, args.bit_depth)
+                               bit_depth=args.bit_depth,
+                               stain_map=args.stain_map)
+    announce_reading(table, config, args)
     features, map_file = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size,
                                      workers=args.workers, seed=args.seed, data_name=str(args.data))
     where = f" and a {method.upper()} map to {map_file}" if map_file else " (too few images for a map)"

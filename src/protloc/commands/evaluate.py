@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_bit_depth_option, add_gray_as_option, add_inference_options, add_run_data_options,
-                                       announce_depth_reading, read_run_dataset, threshold_value)
+from protloc.commands._options import (add_bit_depth_option, add_gray_as_option, add_inference_options,
+                                       add_run_data_options, add_stain_map_option, announce_reading,
+                                       read_run_dataset, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -22,6 +23,7 @@ def register(subparsers) -> None:
     add_run_data_options(parser)
     add_gray_as_option(parser)
     add_bit_depth_option(parser)
+    add_stain_map_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -36,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth)
-    announce_depth_reading(table, config, args.bit_depth)
+                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
+                               stain_map=args.stain_map)
+    announce_reading(table, config, args)
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
         evaluation = evaluate_run(predictor, table, out, threshold=args.threshold, tta=args.tta,
                                   batch_size=args.batch_size, workers=args.workers, data_name=str(args.data))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_subset_option,
-                                       announce_depth_reading)
+from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option,
+                                       add_stain_map_option, add_subset_option, announce_reading)
 
 
 def register(subparsers) -> None:
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     add_engine_options(parser, batches=False)
     add_gray_as_option(parser)
     add_bit_depth_option(parser)
+    add_stain_map_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
     table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans)
     predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as,
-                               bit_depth=args.bit_depth)
-    announce_depth_reading(table, config, args.bit_depth)
+                               bit_depth=args.bit_depth,
+                               stain_map=args.stain_map)
+    announce_reading(table, config, args)
     if table.labelled and true_classes(table, predictor.config) is None:
         print(f"note: the labels of {' '.join(args.images)} are not in the run's classes; "
               "true and missed classes are not shown", file=sys.stderr)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option, add_inference_options,
-                                     announce_depth_reading, image_cache_from_args, threshold_value)
+from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option,
+                                       add_inference_options, add_stain_map_option, announce_reading,
+                                       image_cache_from_args, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
                              "k for cell k (from protloc segment, cellpose, CellProfiler, HPA-Cell-Segmentation)")
     add_gray_as_option(parser)
     add_bit_depth_option(parser)
+    add_stain_map_option(parser)
     add_inference_options(parser)
     add_cache_options(parser)
     parser.set_defaults(handler=run)
@@ -73,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
                                           f"written (--on-error skip writes the others)")
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
                                precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
+                               stain_map=args.stain_map,
                                cache=image_cache_from_args(args))
-    announce_depth_reading(table, config, args.bit_depth)
+    announce_reading(table, config, args)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                      show_progress=True)
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable

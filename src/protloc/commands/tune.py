@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from protloc.commands._options import (add_bit_depth_option, add_gray_as_option, add_inference_options,
-                                       add_run_data_options, announce_depth_reading)
+                                       add_run_data_options, add_stain_map_option, announce_reading)
 from protloc.runs import CONFIG_FILE
 
 
@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     add_run_data_options(parser)
     add_gray_as_option(parser)
     add_bit_depth_option(parser)
+    add_stain_map_option(parser)
     add_inference_options(parser)
     parser.add_argument("--dry-run", action="store_true", help=f"print the table but leave {CONFIG_FILE} unchanged")
     parser.set_defaults(handler=run)
@@ -52,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise DataError(*listed(missing), f"{len(missing)} image files named by {args.data} are missing; thresholds unchanged")
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth)
-    announce_depth_reading(table, config, args.bit_depth)
+                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
+                               stain_map=args.stain_map)
+    announce_reading(table, config, args)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                      show_progress=True)
     if result.unreadable:

@@ -11,8 +11,8 @@ width and channels, which the pre-training check needs) and the raw channels x s
 
 Keys: sha256 of the image file's absolute path, byte size and mtime_ns (every file, for stain sets), the
 channel count and grayscale placement (gray_as), the bit depth (the intensity scale), the size, and a
-fingerprint of the decoder (the source of protloc.data.images and the versions
-of torch, torchvision, Pillow, numpy and tifffile). A stat costs microseconds where hashing the contents would
+fingerprint of the decoder (the source of protloc.data.images, .microscopy and .stains and the versions
+of torch, torchvision, Pillow, numpy, tifffile and imagecodecs). A stat costs microseconds where hashing the contents would
 read every file in full each epoch; rewriting, replacing or touching a file changes its mtime, so a changed
 file is decoded again, never served stale. (The one miss: a same-size rewrite within the file system's time
 resolution, nanoseconds on ext4, APFS and NTFS.)
@@ -44,7 +44,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from protloc.data.images import ImageReadError, convert_channels, load_image, read_pixels, to_chw_tensor, to_uint8
+from protloc.data.images import ImageReadError, convert_channels, fit_stored, load_image, read_image, to_chw_tensor
 
 CACHE_DIR_ENV = "PROTLOC_CACHE_DIR"
 CACHE_LIMIT_ENV = "PROTLOC_CACHE_LIMIT_GB"
@@ -86,8 +86,11 @@ def decoder_fingerprint() -> str:
 
     import protloc.data.images as images
 
-    parts = [hashlib.sha256(Path(images.__file__).read_bytes()).hexdigest()]
-    for package in ("torch", "torchvision", "pillow", "numpy", "tifffile"):
+    import protloc.data.microscopy as microscopy
+    import protloc.data.stains as stains
+
+    parts = [hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest() for module in (images, microscopy, stains)]
+    for package in ("torch", "torchvision", "pillow", "numpy", "tifffile", "imagecodecs"):
         try:
             parts.append(f"{package}={metadata.version(package)}")
         except metadata.PackageNotFoundError:
@@ -99,11 +102,14 @@ def source_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
     return [str(source)] if isinstance(source, (str, Path)) else [str(path) for path in source]
 
 
-def entry_key(source, channels: int, size: int, *, bit_depth: int | None = None, gray_as: str | None = None) -> str:
+def entry_key(source, channels: int, size: int, *, bit_depth: int | None = None, gray_as: str | None = None,
+              stain_map: dict | None = None) -> str:
     """The key of `source` (a file, or one file per stain) decoded at `bit_depth` to `channels` (a grayscale file
     placed as `gray_as`) at `size`. Raises OSError when a file cannot be stat-ed (the caller then decodes, which
     names the problem)."""
     variant = f"channels={channels}|gray_as={gray_as}|bit_depth={bit_depth}|size={size}"
+    if stain_map:  # the names of a microscope file's channels -> stains (microscopy.py)
+        variant += f"|stain_map={sorted(stain_map.items(), key=str)}"
     digest = hashlib.sha256(f"{decoder_fingerprint()}|{variant}".encode())
     for path in source_paths(source):
         stat = os.stat(path)
@@ -117,15 +123,16 @@ def fit_and_resize(array, channels: int, size: int, gray_as: str | None) -> torc
     return resize_transform(size)(to_chw_tensor(convert_channels(array, channels, gray_as=gray_as))).contiguous()
 
 
-def decode_resized(source, channels: int, size: int, *, bit_depth: int | None = None,
-                   gray_as: str | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+def decode_resized(source, channels: int, size: int, *, bit_depth: int | None = None, gray_as: str | None = None,
+                   stain_map: dict | None = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """(uint8 (channels, size, size) decoded, channel-fitted and resized exactly as images.load_image and the
     presets' first step do, the decoded file's own (height, width, channels)). Raises ImageReadError."""
     from protloc.data.transforms import resize_transform
 
     if isinstance(source, (str, Path)):
-        pixels = read_pixels(source)
-        return fit_and_resize(to_uint8(pixels, bit_depth), channels, size, gray_as), tuple(pixels.shape)
+        stored = read_image(source)
+        array = fit_stored(stored, channels, bit_depth=bit_depth, gray_as=gray_as, stain_map=stain_map)
+        return resize_transform(size)(to_chw_tensor(array)).contiguous(), tuple(stored.pixels.shape)
     array = load_image(source, channels, bit_depth=bit_depth, gray_as=gray_as)  # a stain set
     return resize_transform(size)(to_chw_tensor(array)).contiguous(), (*array.shape[:2], len(source))
 
@@ -186,10 +193,10 @@ class ImageCache:
         return self.folder / IMAGES_FOLDER / key[:2] / f"{key}{ENTRY_SUFFIX}"
 
     def load(self, source, channels: int, size: int, *, bit_depth: int | None = None,
-             gray_as: str | None = None) -> torch.Tensor:
+             gray_as: str | None = None, stain_map: dict | None = None) -> torch.Tensor:
         """uint8 (channels, size, size) for `source`, as images.load_image reads it then resized: stored, or
         decoded now and stored. Raises the reader's ImageReadError for files that cannot be read."""
-        variant = dict(bit_depth=bit_depth, gray_as=gray_as)
+        variant = dict(bit_depth=bit_depth, gray_as=gray_as, stain_map=stain_map)
         try:
             path = self.entry_path(entry_key(source, channels, size, **variant))
         except OSError:
@@ -214,16 +221,17 @@ class ImageCache:
         if shape is not None:
             return path, shape, None
         try:
-            pixels = read_pixels(path)
+            stored = read_image(path)
         except ImageReadError as error:
             return path, None, str(error)
         try:
-            image = fit_and_resize(to_uint8(pixels, bit_depth), channels, size, gray_as)
+            image = fit_and_resize(fit_stored(stored, channels, bit_depth=bit_depth, gray_as=gray_as), channels, size,
+                                   gray_as)
         except ImageReadError:
-            return path, tuple(pixels.shape), None
+            return path, tuple(stored.pixels.shape), None
         if entry is not None:
-            self.store(entry, image, tuple(pixels.shape))
-        return path, tuple(pixels.shape), None
+            self.store(entry, image, tuple(stored.pixels.shape))
+        return path, tuple(stored.pixels.shape), None
 
     def checking_probe(self, sources: Iterable, channels: int, size: int, *, bit_depth: int | None = None,
                        gray_as: str | None = None):
@@ -319,7 +327,7 @@ class ImageCache:
         return found
 
     def prepare(self, sources: Iterable, channels: int, size: int, *, bit_depth: int | None = None,
-                gray_as: str | None = None) -> None:
+                gray_as: str | None = None, stain_map: dict | None = None) -> None:
         """Before a run reads `sources`: mark their entries as just used and, if the images not yet stored would
         pass the limit, remove the least recently used other entries until they fit. Recounts the usage."""
         nbytes = HEADER.size + channels * size * size
@@ -327,7 +335,8 @@ class ImageCache:
             own, missing = set(), 0
             for source in sources:
                 try:
-                    path = self.entry_path(entry_key(source, channels, size, bit_depth=bit_depth, gray_as=gray_as))
+                    path = self.entry_path(entry_key(source, channels, size, bit_depth=bit_depth, gray_as=gray_as,
+                                                     stain_map=stain_map))
                     os.utime(path)
                     own.add(path)
                 except OSError:  # not stored yet (or an unreadable source, which will not be stored)

@@ -22,12 +22,13 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, table: DatasetTable, *, channels: int, transform: Callable, image_size: int, strict: bool = True,
-                 gray_as: str | None = None, cache=None):
+                 gray_as: str | None = None, stain_map: dict | None = None, cache=None):
         self.sources = list(table.frame["source"])
         self.targets = torch.from_numpy(table.targets)
         self.channels = channels
         self.bit_depth = table.bit_depth
         self.gray_as = gray_as
+        self.stain_map = stain_map  # names of a microscope file's channels -> stains (microscopy.py)
         self.transform = transform
         self.image_size = image_size
         self.strict = strict
@@ -39,8 +40,9 @@ class ImageDataset(Dataset):
     def read(self, index: int) -> torch.Tensor:
         if self.cache is not None:
             return self.cache.load(self.sources[index], self.channels, self.image_size, bit_depth=self.bit_depth,
-                                   gray_as=self.gray_as)
-        return to_chw_tensor(load_image(self.sources[index], self.channels, bit_depth=self.bit_depth, gray_as=self.gray_as))
+                                   gray_as=self.gray_as, stain_map=self.stain_map)
+        return to_chw_tensor(load_image(self.sources[index], self.channels, bit_depth=self.bit_depth, gray_as=self.gray_as,
+                                        stain_map=self.stain_map))
 
     def __getitem__(self, index: int):
         try:

@@ -10,8 +10,6 @@ channels by fixed, documented rules and refuses what it cannot fit without a gue
 from __future__ import annotations
 
 import io
-import math
-import os
 import threading
 import warnings
 from pathlib import Path
@@ -21,16 +19,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from protloc.data import BIT_DEPTHS
-from protloc.data.stains import run_stains
+from protloc.data.limits import (ImageReadError, ImageTooLarge, UnsupportedImage,  # noqa: F401  (importable from here too)
+                                 check_pixel_count, pixel_limit)
+from protloc.data.stains import channel_stains, describe_channel_stains, run_stains
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".czi", ".nd2", ".lif")  # the last three: microscopy.py
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
-
-# The most pixels one image may have, counted as height x width x channels and read from the file's header
-# before anything is decoded: a small compressed file can otherwise expand to gigabytes. Well above a
-# 4096 x 4096 four-stain image (67 million). The environment variable, when set, takes precedence.
-MAX_PIXELS = 100_000_000
-MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
 
 # Decoded bytes allowed per pixel of the limit: 16-bit and float32 data at the limit fit, float64 stacks do not.
 BYTES_PER_PIXEL = 4
@@ -41,49 +35,10 @@ BYTES_PER_PIXEL = 4
 _PIL_OPEN_LOCK = threading.Lock()
 
 
-class ImageReadError(Exception):
-    """An image that cannot be decoded; the message says why. `path` names the failing file where the caller
-    could not know it (one stain of a stain set); otherwise the caller adds where."""
-
-    def __init__(self, message: str, path: str | Path | None = None):
-        super().__init__(message)
-        self.path = path
-
-
-class ImageTooLarge(ImageReadError):
-    """More pixels (or decoded bytes) than the limit, known from the header before decoding."""
-
-
-class UnsupportedImage(ImageReadError):
-    """Not an image format the reader takes."""
-
-
 def describe_read_error(source: str | Path | Sequence[str | Path], error: ImageReadError) -> str:
     """'PATH: why' for an image source (a file, or one file per stain) that could not be read."""
     where = error.path or (source if isinstance(source, (str, Path)) else source[0])
     return f"{where}: {error}"
-
-
-def pixel_limit() -> int:
-    """PROTLOC_MAX_PIXELS when set, else MAX_PIXELS."""
-    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
-    if not text:
-        return MAX_PIXELS
-    if not text.isdigit() or int(text) < 1:
-        raise ImageReadError(f"{MAX_PIXELS_VARIABLE}={text!r}: expected a whole number of pixels, 1 or more")
-    return int(text)
-
-
-def check_pixel_count(shape: Sequence[int], limit: int | None = None) -> None:
-    """Refuse an image whose header announces more pixels (height x width x channels) than `limit`, or than
-    pixel_limit() when None. Raises ImageTooLarge."""
-    count = math.prod(shape)
-    # Only the default limit is the user's to raise here; a caller's own (the service's --max-pixels) is not.
-    how_to_raise = f" (raise it with {MAX_PIXELS_VARIABLE} or protloc.data.images.MAX_PIXELS)" if limit is None else ""
-    limit = limit or pixel_limit()
-    if count > limit:
-        raise ImageTooLarge(
-            f"{' x '.join(map(str, shape))} image: {count:,} pixels, more than the limit of {limit:,}{how_to_raise}")
 
 
 def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
@@ -131,23 +86,31 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
-                formats: Sequence[str] | None = None) -> np.ndarray:
-    """An image file, by path or as its bytes -> its pixels as stored: (H, W, C) with C in 1, 3, 4, of the file's
-    own type (uint8, uint16, float...). Raises ImageReadError (ImageTooLarge, UnsupportedImage).
+def read_image(source: bytes | str | Path, *, max_pixels: int | None = None, formats: Sequence[str] | None = None):
+    """An image file, by path or as its bytes -> a microscopy.StoredImage: its pixels as stored, (H, W, C) of the
+    file's own type (uint8, uint16, float...), with C in 1, 3, 4 unless the file names its channels, and the
+    channel names and pixel size a microscope file states. Raises ImageReadError (ImageTooLarge, UnsupportedImage).
 
     TIFF (known by its signature, whatever the file is called) goes through tifffile: 16-bit, multi-channel
-    and channel-first stacks; everything else through PIL, restricted to `formats` (PIL format names) when
-    given: the HTTP service lets only PNG and JPEG decoders see an upload. The pixel count comes from the
+    and channel-first stacks, OME-TIFF's channels, Z stacks and time series (microscopy.py); CZI, ND2 and LIF
+    files through bioio (microscopy.py); everything else through PIL, restricted to `formats` (PIL format names)
+    when given: the HTTP service lets only PNG and JPEG decoders see an upload. The pixel count comes from the
     header and is checked against `max_pixels` (pixel_limit() when None) before the pixels are decoded.
     """
+    from protloc.data.microscopy import BIOIO_FORMATS, StoredImage, read_with_bioio
+
     in_memory = isinstance(source, (bytes, bytearray, memoryview))
     if in_memory and not len(source):
         raise ImageReadError("empty file")
     file = io.BytesIO(source) if in_memory else Path(source)
     limit = max_pixels  # None: pixel_limit(), read when needed
     try:
-        array = _decode_tiff(file, limit) if _is_tiff(file) else _decode_with_pil(file, limit, formats)
+        if not in_memory and file.suffix.lower() in BIOIO_FORMATS:
+            stored = read_with_bioio(file, limit)
+        elif _is_tiff(file):
+            stored = _decode_tiff(file, limit)
+        else:
+            stored = StoredImage(_decode_with_pil(file, limit, formats))
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -159,7 +122,27 @@ def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
         raise UnsupportedImage(f"not a readable image ({kinds})") from None
     except Exception as error:  # decoders raise many types for corrupt input (OSError, ValueError, struct.error...)
         raise ImageReadError(f"not a readable image ({type(error).__name__}: {error})") from None
-    return to_channels_last(array)
+    if stored.channel_names is None:
+        stored.pixels = to_channels_last(stored.pixels)
+    return stored
+
+
+def read_pixels(source: bytes | str | Path, *, max_pixels: int | None = None,
+                formats: Sequence[str] | None = None) -> np.ndarray:
+    """An image file's pixels as stored (read_image): (H, W, C) of the file's own type."""
+    return read_image(source, max_pixels=max_pixels, formats=formats).pixels
+
+
+def fit_stored(stored, channels: int, *, bit_depth: int | None = None, gray_as: str | None = None,
+               stain_map: dict | None = None) -> np.ndarray:
+    """A read_image result -> uint8 (H, W, channels): pixels scaled by `bit_depth` (to_uint8); named channels
+    picked by their names (microscopy.fit_named_channels, `stain_map`), others fitted by convert_channels."""
+    array = to_uint8(stored.pixels, bit_depth)
+    if stored.channel_names:
+        from protloc.data.microscopy import fit_named_channels
+
+        return fit_named_channels(array, stored.channel_names, channels, stain_map=stain_map, gray_as=gray_as)
+    return convert_channels(array, channels, gray_as=gray_as)
 
 
 def decode_image(source: bytes | str | Path, *, bit_depth: int | None = None, max_pixels: int | None = None,
@@ -176,8 +159,10 @@ def _is_tiff(file: io.BytesIO | Path) -> bool:
         return stream.read(4) in TIFF_SIGNATURES
 
 
-def _decode_tiff(file: io.BytesIO | Path, limit: int | None) -> np.ndarray:
+def _decode_tiff(file: io.BytesIO | Path, limit: int | None):
     import tifffile
+
+    from protloc.data.microscopy import StoredImage, read_ome_tiff
 
     with tifffile.TiffFile(file) as tiff:
         if not tiff.series:
@@ -190,11 +175,13 @@ def _decode_tiff(file: io.BytesIO | Path, limit: int | None) -> np.ndarray:
         if series.size * series.dtype.itemsize > budget:
             raise ImageTooLarge(f"TIFF data of {series.shape} {series.dtype}: more than the limit of {budget:,} "
                                 "decoded bytes")
+        if tiff.is_ome:
+            return read_ome_tiff(tiff, series)
         array = np.asarray(series.asarray())
     # Channel-first TIFF stacks (C, H, W) are common in microscopy.
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
-    return array
+    return StoredImage(array)
 
 
 def _decode_with_pil(file: io.BytesIO | Path, limit: int | None, formats: Sequence[str] | None) -> np.ndarray:
@@ -316,14 +303,14 @@ def compose_stains(planes: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def load_image(source: str | Path | Sequence[str | Path], channels: int = 3, *, bit_depth: int | None = None,
-               gray_as: str | None = None) -> np.ndarray:
+               gray_as: str | None = None, stain_map: dict | None = None) -> np.ndarray:
     """A file, or a stain set (one grayscale file per stain of the run, in its channel order; see stains.py),
     -> uint8 (H, W, channels). `bit_depth` scales wide pixels (to_uint8), `gray_as` places a grayscale file
-    (convert_channels).
+    (convert_channels), `stain_map` names the stains of a microscope file's channels (fit_stored).
 
     An unreadable stain raises ImageReadError with that stain's `path`."""
     if isinstance(source, (str, Path)):
-        return convert_channels(decode_image(source, bit_depth=bit_depth), channels, gray_as=gray_as)
+        return fit_stored(read_image(source), channels, bit_depth=bit_depth, gray_as=gray_as, stain_map=stain_map)
     if len(source) != channels:
         raise ImageReadError(f"a stain set of {len(source)} files for a {channels}-channel run (expected "
                              f"{', '.join(run_stains(channels))}, in that order)")
@@ -334,3 +321,29 @@ def load_image(source: str | Path | Sequence[str | Path], channels: int = 3, *, 
         except ImageReadError as error:
             raise ImageReadError(str(error), path=path) from None
     return compose_stains(planes)
+
+
+def describe_microscope_reading(paths, channels: int, stain_map: dict | None = None) -> str | None:
+    """One line on how the first microscope file among `paths` (one with named channels, or more dimensions than
+    an image) is read: its channels' stains, what was reduced, its pixel size. None when there is none."""
+    from protloc.data.microscopy import BIOIO_FORMATS
+
+    for path in paths:
+        if Path(path).suffix.lower() not in (".tif", ".tiff", *BIOIO_FORMATS):
+            continue
+        try:
+            stored = read_image(path)
+        except ImageReadError:
+            continue  # the prediction names it
+        if not stored.channel_names and not stored.reductions:
+            continue
+        parts = []
+        if stored.channel_names:
+            stains, problems = channel_stains(stored.channel_names, stain_map)
+            if not problems:
+                parts.append(f"channels {describe_channel_stains(stored.channel_names, stains, stain_map)}")
+        parts += list(stored.reductions)
+        if stored.pixel_size_um:
+            parts.append(f"{stored.pixel_size_um:.4g} µm per pixel")
+        return f"{path}: " + "; ".join(parts) if parts else None
+    return None

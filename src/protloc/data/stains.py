@@ -100,3 +100,80 @@ def describe_missing_stain(path: str, stain_count: int) -> str:
     identifier, stain = parts
     return (f"{path}: file not found (Id {identifier} has no {stain} stain file; a {stain_count}-channel run reads "
             f"{', '.join(run_stains(stain_count))})")
+
+
+# ---------------------------------------------------------------- channel names (OME-TIFF, CZI, ND2, LIF)
+
+# Words in a channel's name that say which HPA stain it plays, used where --stain-map does not name the channel.
+# Few and unambiguous: a dye or marker that only ever means that stain, and the stains' own names.
+DEFAULT_CHANNEL_WORDS = {
+    "blue": ("dapi", "hoechst"),
+    "red": ("tubulin", "microtubules"),
+    "green": ("gfp",),
+    "yellow": ("calreticulin",),
+}
+LEAVE_OUT = "none"  # --stain-map NAME=none: a channel the run does not read (brightfield, a second marker...)
+
+
+def channel_key(name: str) -> str:
+    """How channel names compare: case and surrounding space ignored."""
+    return " ".join(str(name).split()).casefold()
+
+
+def parse_stain_map(text: str) -> dict[str, str | None]:
+    """'DAPI=blue,Tubulin=red,GFP=green' -> {channel_key(name): stain, or None for NAME=none}. Raises ValueError
+    for a pair without '=', an unknown stain, a channel named twice or a stain given to two channels."""
+    mapping: dict[str, str | None] = {}
+    names: dict[str, str] = {}
+    for pair in (part.strip() for part in text.split(",")):
+        name, equals, stain = (part.strip() for part in pair.partition("="))
+        if not equals or not name or not stain:
+            raise ValueError(f"{pair!r}: expected NAME=STAIN (STAIN one of {', '.join(STAINS)}, or {LEAVE_OUT})")
+        stain = stain.lower()
+        if stain not in (*STAINS, LEAVE_OUT):
+            raise ValueError(f"{pair!r}: unknown stain {stain!r} (expected {', '.join(STAINS)}, or {LEAVE_OUT})")
+        if channel_key(name) in mapping:
+            raise ValueError(f"channel {name!r} named twice")
+        if stain != LEAVE_OUT and stain in names:
+            raise ValueError(f"the {stain} stain given to two channels, {names[stain]} and {name}")
+        names[stain] = name
+        mapping[channel_key(name)] = None if stain == LEAVE_OUT else stain
+    return mapping
+
+
+def default_stain(name: str) -> str | None:
+    """The stain a channel's name says by itself (DEFAULT_CHANNEL_WORDS), or None: 'Hoechst 33342' -> blue,
+    'alpha-Tubulin' -> red, 'EGFP' -> green."""
+    words = "".join(c if c.isalnum() else " " for c in channel_key(name)).split()
+    for stain, keys in DEFAULT_CHANNEL_WORDS.items():
+        if channel_key(name) == stain or any(word.startswith(key) or word.endswith(key)
+                                             for word in words for key in keys):
+            return stain
+    return None
+
+
+def channel_stains(names: Sequence[str], stain_map: dict[str, str | None] | None = None) -> tuple[list[str | None], list[str]]:
+    """The stain of each named channel (None: left out), and the problems: a channel neither in `stain_map` nor
+    known by its name, and two channels of one stain."""
+    stain_map = stain_map or {}
+    stains, problems = [], []
+    for name in names:
+        key = channel_key(name)
+        stain = stain_map[key] if key in stain_map else default_stain(name)
+        if key not in stain_map and stain is None:
+            problems.append(f"channel {name!r} is not a stain protloc knows by name: add --stain-map "
+                            f"'{name}=STAIN' (STAIN one of {', '.join(STAINS)}, or {LEAVE_OUT} to leave it out)")
+        stains.append(stain)
+    for stain in STAINS:
+        holders = [name for name, given in zip(names, stains) if given == stain]
+        if len(holders) > 1:
+            problems.append(f"channels {' and '.join(map(repr, holders))} are both the {stain} stain; name one "
+                            f"with --stain-map (NAME={LEAVE_OUT} leaves a channel out)")
+    return stains, problems
+
+
+def describe_channel_stains(names: Sequence[str], stains: Sequence[str | None], stain_map: dict | None) -> str:
+    """'DAPI -> blue, GFP -> green (by name), Brightfield left out'."""
+    parts = [f"{name} -> {stain}" if stain else f"{name} left out" for name, stain in zip(names, stains)]
+    by_name = [name for name in names if channel_key(name) not in (stain_map or {})]
+    return ", ".join(parts) + (f" ({', '.join(by_name)} by name; --stain-map to change)" if by_name else "")

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from protloc.data.images import (ImageReadError, compose_stains, convert_channels, decode_image, pil_to_array,
-                                 stain_plane, to_chw_tensor, to_image_array)
+from protloc.data.images import (ImageReadError, compose_stains, convert_channels, decode_image, fit_stored,
+                                 pil_to_array, read_image, stain_plane, to_chw_tensor, to_image_array)
 from protloc.data.stains import STAINS, run_stains, split_stain_name
 from protloc.errors import ProtlocError
 
@@ -54,15 +54,23 @@ def _stain_set(image: dict | tuple, channels: int) -> list:
     return [named[stain] for stain in stains]
 
 
-def read_input(image, channels: int, *, bit_depth: int | None = None, gray_as: str | None = None) -> np.ndarray:
+def read_input(image, channels: int, *, bit_depth: int | None = None, gray_as: str | None = None,
+               stain_map: dict | None = None) -> np.ndarray:
     """One image -> uint8 (H, W, channels), pixels scaled by `bit_depth`, channels fitted by the documented rules
-    (images.convert_channels; `gray_as` places a grayscale image). Raises ProtlocError.
+    (images.convert_channels; `gray_as` places a grayscale image; a microscope file's named channels are picked
+    by name, `stain_map` naming those the defaults do not know). Raises ProtlocError.
 
     An image is a path, a file's bytes, a numpy array (H, W[, C]; uint8, uint16 or 0..1 float), a PIL image, or a
     stain set: a dict {stain: one of those} or a tuple of them in the run's channel order (stains.py)."""
     if isinstance(image, (dict, tuple)):
         planes = [stain_plane(_read_one(part, bit_depth)) for part in _stain_set(image, channels)]
         composed = compose_stains(planes)
+    elif isinstance(image, (str, Path, bytes, bytearray, memoryview)):
+        where = image if isinstance(image, (str, Path)) else f"image of {len(image)} bytes"
+        try:
+            return fit_stored(read_image(image), channels, bit_depth=bit_depth, gray_as=gray_as, stain_map=stain_map)
+        except ImageReadError as error:
+            raise ProtlocError(f"{where}: {error}") from None
     else:
         composed = _read_one(image, bit_depth)
     try:
@@ -76,18 +84,20 @@ class InputImages(Dataset):
     """Images for the Python API (see read_input); items are shaped like ImageDataset's."""
 
     def __init__(self, images: Sequence, *, channels: int, transform, bit_depth: int | None = None,
-                 gray_as: str | None = None):
+                 gray_as: str | None = None, stain_map: dict | None = None):
         self.images = list(images)
         self.channels = channels
         self.bit_depth = bit_depth
         self.gray_as = gray_as
+        self.stain_map = stain_map
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        array = read_input(self.images[index], self.channels, bit_depth=self.bit_depth, gray_as=self.gray_as)
+        array = read_input(self.images[index], self.channels, bit_depth=self.bit_depth, gray_as=self.gray_as,
+                           stain_map=self.stain_map)
         return self.transform(to_chw_tensor(array)), torch.zeros(0), index, ""
 
 

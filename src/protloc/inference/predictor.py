@@ -24,7 +24,7 @@ from protloc.data import BIT_DEPTHS
 from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
-from protloc.data.stains import describe_missing_stain, run_stains
+from protloc.data.stains import describe_missing_stain, parse_stain_map, run_stains
 from protloc.data.transforms import eval_preset
 from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
@@ -36,6 +36,18 @@ from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import LabelSet
 from protloc.models.run_weights import load_run
 from protloc.runs import RunConfig, load_config
+
+
+def as_stain_map(stain_map: str | dict | None) -> dict | None:
+    """--stain-map's text ('DAPI=blue,GFP=green') or a dict {channel name: stain or None} -> the parsed map
+    (stains.parse_stain_map). Raises ProtlocError."""
+    if stain_map is None:
+        return None
+    text = stain_map if isinstance(stain_map, str) else ",".join(f"{name}={stain or 'none'}" for name, stain in stain_map.items())
+    try:
+        return parse_stain_map(text)
+    except ValueError as error:
+        raise ProtlocError(f"--stain-map: {error}") from None
 
 
 def find_missing_files(table: DatasetTable) -> list[str]:
@@ -144,8 +156,8 @@ class Predictor:
     image is scaled from its own full scale to 0..1, as the run's training images were from theirs."""
 
     def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto",
-                 gray_as: str | None = None, bit_depth: int | None = None, run_dir: str | Path | None = None,
-                 cache=None):
+                 gray_as: str | None = None, bit_depth: int | None = None, stain_map: str | dict | None = None,
+                 run_dir: str | Path | None = None, cache=None):
         if gray_as is not None and gray_as not in run_stains(config.in_chans):
             raise ProtlocError(f"--gray-as {gray_as}: the run reads {', '.join(run_stains(config.in_chans))}")
         if bit_depth is not None and bit_depth not in BIT_DEPTHS:
@@ -154,6 +166,7 @@ class Predictor:
         self.gray_as = gray_as
         # The scale wide pixels are read at: the stated depth, else the run's (images.to_uint8).
         self.bit_depth = bit_depth if bit_depth is not None else config.bit_depth
+        self.stain_map = as_stain_map(stain_map)  # a microscope file's channel names -> stains (microscopy.py)
         self.run_dir = run_dir  # where the torch model is loaded from when an ONNX engine is asked for it
         self.engine = make_engine(engine, device=device, precision=precision)
         self._cpu_torch_engine: TorchEngine | None = None
@@ -195,13 +208,15 @@ class Predictor:
         table = dataclasses.replace(table, bit_depth=self.bit_depth)
         if self.cache is not None:
             self.cache.prepare(table.frame["source"], self.config.in_chans, self.config.image_size,
-                               bit_depth=table.bit_depth, gray_as=self.gray_as)
+                               bit_depth=table.bit_depth, gray_as=self.gray_as, stain_map=self.stain_map)
         return ImageDataset(table, channels=self.config.in_chans, transform=self.transform,
-                            image_size=self.config.image_size, strict=False, gray_as=self.gray_as, cache=self.cache)
+                            image_size=self.config.image_size, strict=False, gray_as=self.gray_as,
+                            stain_map=self.stain_map, cache=self.cache)
 
     def read(self, image) -> np.ndarray:
         """One image (see read_input) as the run reads it: uint8 (H, W, channels). Raises ProtlocError."""
-        return read_input(image, self.config.in_chans, bit_depth=self.bit_depth, gray_as=self.gray_as)
+        return read_input(image, self.config.in_chans, bit_depth=self.bit_depth, gray_as=self.gray_as,
+                          stain_map=self.stain_map)
 
     def prepare(self, image) -> torch.Tensor:
         """One image (see read_input) as the model takes it: (C, H, W) float, the eval preset applied. Raises
@@ -235,7 +250,7 @@ class Predictor:
         uint8, uint16 or 0..1 float), PIL images, or stain sets ({stain: image}, or a tuple in the run's channel
         order); see read_input."""
         dataset = InputImages(as_image_list(images), channels=self.config.in_chans, transform=self.transform,
-                              bit_depth=self.bit_depth, gray_as=self.gray_as)
+                              bit_depth=self.bit_depth, gray_as=self.gray_as, stain_map=self.stain_map)
         return self.predict_table(dataset, batch_size=batch_size, tta=tta).outputs
 
     def decide(self, probabilities: np.ndarray, *, threshold: float | None = None, allow_empty: bool = False) -> np.ndarray:
@@ -273,7 +288,7 @@ def choose_engine(engine: str, device: str, precision: str, onnx_path: str | Pat
 
 def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
                    onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None,
-                   bit_depth: int | None = None, cache=None) -> Predictor:
+                   bit_depth: int | None = None, stain_map: str | dict | None = None, cache=None) -> Predictor:
     """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx
     where it matches the weights, else on an export kept in the cache folder (onnx_export.run_onnx_session);
     "auto" picks (choose_engine). Nothing is written into the run folder. With an ImageCache
@@ -286,9 +301,10 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
         config = load_config(run_dir)
         cache_dir = cache.folder if cache is not None else None
         session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config, cache_dir)
-        return Predictor(config, session, gray_as=gray_as, bit_depth=bit_depth, run_dir=run_dir, cache=cache)
+        return Predictor(config, session, gray_as=gray_as, bit_depth=bit_depth, stain_map=stain_map, run_dir=run_dir,
+                         cache=cache)
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
     model = TorchEngine(model, device=device, precision=precision, own_model=True)
     return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, bit_depth=bit_depth,
-                     run_dir=run_dir, cache=cache)
+                     stain_map=stain_map, run_dir=run_dir, cache=cache)

@@ -15,7 +15,7 @@ from python_multipart.multipart import parse_options_header
 
 from protloc.data import BIT_DEPTHS
 from protloc.data.images import ImageReadError
-from protloc.data.stains import STAINS
+from protloc.data.stains import STAINS, parse_stain_map
 from protloc.service.runtime import Runtime
 from protloc.service.schemas import ClassExplanation, ExplainResponse, Health, ImageResult, PredictResponse, Problem
 from protloc.service.uploads import compose_upload_stains, http_status
@@ -47,6 +47,7 @@ class Options:
     threshold: float | None = None
     allow_empty: bool = False
     bit_depth: int | None = None
+    stain_map: dict | None = None
 
 
 def _either(name: str, query, form):
@@ -61,6 +62,19 @@ ALLOW_EMPTY = "allow images with no label (default: each image gets at least its
 BIT_DEPTH = (f"depth of the images' pixels, {', '.join(map(str, BIT_DEPTHS))} (12 for 12-bit camera data in 16-bit "
              "files), each scaled from its full scale into the run's range (default: the run's bit depth; a run of "
              "8-bit images reads a 16-bit file by its container, 0..65535)")
+
+
+STAIN_MAP = ("which stain each named channel of an OME-TIFF is, e.g. DAPI=blue,Tubulin=red,GFP=green; NAME=none "
+             "leaves a channel out (default: DAPI and Hoechst blue, tubulin red, GFP green, calreticulin yellow)")
+
+
+def _stain_map(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        return parse_stain_map(text)
+    except ValueError as error:
+        raise HTTPException(422, f"stain_map: {error}") from None
 
 
 def _bit_depth(value: int | None) -> int | None:
@@ -78,11 +92,14 @@ def read_options(
     allow_empty_field: Annotated[bool | None, Form(alias="allow_empty", description=ALLOW_EMPTY)] = None,
     bit_depth: Annotated[int | None, Query(description=BIT_DEPTH)] = None,
     bit_depth_field: Annotated[int | None, Form(alias="bit_depth", description=BIT_DEPTH)] = None,
+    stain_map: Annotated[str | None, Query(description=STAIN_MAP)] = None,
+    stain_map_field: Annotated[str | None, Form(alias="stain_map", description=STAIN_MAP)] = None,
 ) -> Options:
     return Options(tta=bool(_either("tta", tta, tta_field)),
                    threshold=_either("threshold", threshold, threshold_field),
                    allow_empty=bool(_either("allow_empty", allow_empty, allow_empty_field)),
-                   bit_depth=_bit_depth(_either("bit_depth", bit_depth, bit_depth_field)))
+                   bit_depth=_bit_depth(_either("bit_depth", bit_depth, bit_depth_field)),
+                   stain_map=_stain_map(_either("stain_map", stain_map, stain_map_field)))
 
 
 # ---------------------------------------------------------------- images: files, a stain set, or the body
@@ -142,11 +159,11 @@ async def gather_uploads(request: Request, runtime: Runtime, files: list[UploadF
     return uploads
 
 
-async def decode(runtime: Runtime, upload: Upload, bit_depth: int | None = None) -> np.ndarray:
+async def decode(runtime: Runtime, upload: Upload, options: Options = Options()) -> np.ndarray:
     arrays = []
     for name, data in upload.files:
         try:
-            arrays.append(await runtime.decode(data, bit_depth=bit_depth))
+            arrays.append(await runtime.decode(data, bit_depth=options.bit_depth, stain_map=options.stain_map))
         except ImageReadError as error:
             raise HTTPException(http_status(error), f"{name}: {error}") from None
     if len(arrays) == 1:
@@ -157,14 +174,14 @@ async def decode(runtime: Runtime, upload: Upload, bit_depth: int | None = None)
         raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 
 
-async def predict_uploads(runtime: Runtime, uploads: list[Upload], tta: bool, bit_depth: int | None = None) -> np.ndarray:
+async def predict_uploads(runtime: Runtime, uploads: list[Upload], options: Options) -> np.ndarray:
     """(N, C) probabilities. Each image joins the batching queue as soon as it is decoded, so decoding the
     next one overlaps the model's work on this one."""
     pending: list[asyncio.Future] = []
     try:
         for upload in uploads:
-            image = await decode(runtime, upload, bit_depth)
-            pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=tta)))
+            image = await decode(runtime, upload, options)
+            pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=options.tta)))
         return np.stack(await asyncio.gather(*pending))
     finally:
         for task in pending:
@@ -193,7 +210,7 @@ async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
     stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
     uploads = await gather_uploads(request, runtime, files, stains)
-    probabilities = await predict_uploads(runtime, uploads, options.tta, options.bit_depth)
+    probabilities = await predict_uploads(runtime, uploads, options)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
     names = predictor.label_names
@@ -239,7 +256,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     uploads = await gather_uploads(request, runtime, files, dict(zip(STAIN_FIELDS, (red, green, blue, yellow))))
     if len(uploads) != 1:
         raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
-    image = await decode(runtime, uploads[0], options.bit_depth)
+    image = await decode(runtime, uploads[0], options)
     probabilities = await runtime.batching.predict(image, tta=options.tta)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities[None], threshold=options.threshold, allow_empty=options.allow_empty)[0]

@@ -78,12 +78,14 @@ class Runtime:
         future.add_done_callback(free_slot)
         return await asyncio.shield(future)
 
-    async def decode(self, data: bytes, *, bit_depth: int | None = None) -> np.ndarray:
-        """An uploaded file -> uint8 (H, W, C), wide pixels read at `bit_depth` (the request's) or the predictor's;
-        at most `decode_slots` at once. Raises ImageReadError."""
+    async def decode(self, data: bytes, *, bit_depth: int | None = None, stain_map: dict | None = None) -> np.ndarray:
+        """An uploaded file -> uint8 (H, W, C), wide pixels read at `bit_depth` (the request's) or the predictor's,
+        named channels by the request's `stain_map` or the predictor's; at most `decode_slots` at once. Raises
+        ImageReadError."""
         loop = asyncio.get_running_loop()
         depth = bit_depth if bit_depth is not None else self.predictor.bit_depth
-        decode = partial(decode_upload, data, max_pixels=self.limits.max_pixels, bit_depth=depth)
+        decode = partial(decode_upload, data, max_pixels=self.limits.max_pixels, bit_depth=depth,
+                         channels=self.predictor.config.in_chans, stain_map=stain_map or self.predictor.stain_map)
         return await self._in_slot(self.decode_slots, "image decoders",
                                    lambda: loop.run_in_executor(self.decoders, decode))
 

@@ -11,16 +11,22 @@ from typing import Sequence
 
 import numpy as np
 
-from protloc.data.images import ImageReadError, ImageTooLarge, UnsupportedImage, compose_stains, decode_image, stain_plane
+from protloc.data.images import (ImageReadError, ImageTooLarge, UnsupportedImage, compose_stains, fit_stored, read_image,
+                                 stain_plane, to_uint8)
 
 UPLOAD_FORMATS = ("PNG", "JPEG")
 
 
-def decode_upload(data: bytes, *, max_pixels: int, bit_depth: int | None = None) -> np.ndarray:
-    """An uploaded PNG, JPEG or TIFF file -> uint8 (H, W, C), C in 1, 3, 4, as `protloc predict` reads files.
+def decode_upload(data: bytes, *, max_pixels: int, bit_depth: int | None = None, channels: int | None = None,
+                  stain_map: dict | None = None) -> np.ndarray:
+    """An uploaded PNG, JPEG or TIFF file -> uint8 (H, W, C), C in 1, 3, 4, as `protloc predict` reads files; an
+    OME-TIFF's named channels picked by name for a run of `channels` (images.fit_stored, `stain_map`).
     Raises ImageReadError: ImageTooLarge (over `max_pixels`, height x width x channels, known from the header),
     UnsupportedImage (another format) or a damaged file or unexpected shape."""
-    return decode_image(data, bit_depth=bit_depth, max_pixels=max_pixels, formats=UPLOAD_FORMATS)
+    stored = read_image(data, max_pixels=max_pixels, formats=UPLOAD_FORMATS)
+    if stored.channel_names and channels:
+        return fit_stored(stored, channels, bit_depth=bit_depth, stain_map=stain_map)
+    return to_uint8(stored.pixels, bit_depth)
 
 
 def http_status(error: ImageReadError) -> int:
