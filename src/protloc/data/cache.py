@@ -17,7 +17,7 @@ read every file in full each epoch; rewriting, replacing or touching a file chan
 file is decoded again, never served stale. (The one miss: a same-size rewrite within the file system's time
 resolution, nanoseconds on ext4, APFS and NTFS.)
 
-Why one file per image rather than one memory-mapped array per dataset (benchmarks/bench_cache_formats.py):
+Why one file per image rather than one memory-mapped array per dataset (benchmarks/bench_cache_formats.py, in the git history):
 reading a file back took about 0.1 ms and a slice of one memmap about 0.04 ms, both small beside the ~2 ms of
 augmentation and 7+ ms of model time per image on a CPU. One file per image keys each image on its own (folds,
 subsets and new test folders share entries), fills safely from any number of processes (DataLoader workers,

@@ -10,7 +10,7 @@ Training augmentation is `Augmentation`: the seed's random crop, random resized 
 vertical flips and right-angle turns) composed into one affine map per image. The map is drawn per image, from
 that image's seed, wherever the image is loaded; `augment_batch` then resamples a whole batch in one pass on the
 device: on a GPU, where the loader's CPU cores would otherwise do it, and on the CPU, where one batched pass on
-all cores replaced five per-image passes (benchmarks/bench_augmentation.py). Mean and std always come from the
+all cores replaced five per-image passes (benchmarks/bench_augmentation.py, in the git history). Mean and std always come from the
 run's config, never typed here.
 """
 from __future__ import annotations

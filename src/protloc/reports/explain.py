@@ -7,7 +7,7 @@ run's thresholds.
 
 The map is HiResCAM on the layer the backbone's spec names (``cam_layer_name``): a stride-8 feature map
 for the registered backbones, 16x16 cells at 128 px, fine enough to tell cells apart. The last
-feature map (4x4 at 128 px) gave blobs over several cells; benchmarks/bench_cam_localisation.py
+feature map (4x4 at 128 px) gave blobs over several cells; benchmarks/bench_cam_localisation.py (in the git history)
 measured how much of each map falls inside the true pattern.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from protloc.reports.explore import rgb_view
 
 PANEL_COLUMNS = 4
 TARGET_MODES = ("predicted", "all")
-CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by benchmarks/bench_cam_localisation.py
+CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by bench_cam_localisation.py (git history)
 # Outlines around the hottest pixels holding these shares of the map's mass, as the ground-truth masks
 # of the synthetic patterns are defined: a peaky map gets small outlines, a diffuse one large ones, and
 # a few extreme pixels cannot hide the rest as a fraction-of-maximum level would. The outer one bounds
