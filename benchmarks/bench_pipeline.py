@@ -166,7 +166,7 @@ def measure_features(args, large: Path, work: Path) -> float:
     dataset = ImageDataset(table, channels=3, transform=transform, image_size=args.image_size, cache=cache)
     model = limits.fresh_model(args.backbone, 10, "cpu")
     start = time.perf_counter()
-    # No loader workers: protloc's default on the CPU with the image cache (training.engine.worker_count).
+    # No loader workers: protloc's default on the CPU with the image cache (training.trainer.worker_count).
     compute_features(model, dataset, batch_size=args.batch_size, workers=0, device="cpu",
                      autocast_dtype=None, show_progress=False)
     return len(table) / (time.perf_counter() - start)

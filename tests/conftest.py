@@ -143,7 +143,7 @@ def untrained_run(tmp_path_factory):
         """
         import torch
 
-        from protloc.inference.thresholds import DEFAULT_THRESHOLD
+        from protloc.runs import DEFAULT_THRESHOLD
         from protloc.labels import HPA10
         from protloc.models.classifier import build_model
         from protloc.models.run_weights import save_run

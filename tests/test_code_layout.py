@@ -58,7 +58,7 @@ LAYERS = (
     {"runs", "cells"},  # the run-folder format; cells of an image
     {"models"},  # networks, their weights and ensembles
     {"inference"},  # a run's probabilities and labels
-    {"metrics"},  # scores of labels, thresholds as deployed
+    {"metrics", "tuning"},  # scores of labels, thresholds as deployed; retuning a run's thresholds
     {"training"},
     {"reports"},
     {"service"},

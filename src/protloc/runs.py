@@ -20,8 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protloc.data import BIT_DEPTHS
+from protloc.data.stains import CHANNEL_COUNTS, CHANNEL_COUNTS_TEXT
 from protloc.errors import ProtlocError
 from protloc.files import write_json
+
+# A class's threshold until one is tuned for it, and the one validation scores are reported at.
+DEFAULT_THRESHOLD = 0.5
 
 # Every file a run folder holds is named here, once; all other modules import these names.
 CONFIG_FILE = "config.json"
@@ -201,8 +205,9 @@ def config_problems(config: RunConfig) -> list[str]:
     size = config.image_size
     expect(isinstance(size, int) and not isinstance(size, bool) and size >= 16, "image_size",
            "a whole number of pixels, 16 or more")
-    channels_ok = isinstance(config.in_chans, int) and not isinstance(config.in_chans, bool) and config.in_chans in (1, 3, 4)
-    expect(channels_ok, "in_chans", "1, 3 or 4 channels")
+    channels_ok = (isinstance(config.in_chans, int) and not isinstance(config.in_chans, bool)
+                   and config.in_chans in CHANNEL_COUNTS)
+    expect(channels_ok, "in_chans", f"{CHANNEL_COUNTS_TEXT} channels")
     if channels_ok:
         expect(_numbers(config.mean, config.in_chans), "mean", f"{config.in_chans} numbers, one per channel")
         expect(_numbers(config.std, config.in_chans) and all(value > 0 for value in config.std), "std",

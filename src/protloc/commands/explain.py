@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option,
+from protloc.commands._options import (add_bit_depth_option, add_device_options, add_gray_as_option,
                                        add_stain_map_option, add_subset_option, announce_reading)
 
 
 def register(subparsers) -> None:
-    from protloc.data.readers import LAYOUTS
+    from protloc.data import LAYOUTS
 
     parser = subparsers.add_parser(
         "explain", help="class-activation maps for each predicted (and each missed true) label of some images",
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
                         help="predicted, all, or class names/numbers separated by commas (default %(default)s)")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="layout of a dataset given as IMAGE")
     add_subset_option(parser)
-    add_engine_options(parser, batches=False)
+    add_device_options(parser, batches=False)
     add_gray_as_option(parser)
     add_bit_depth_option(parser)
     add_stain_map_option(parser)

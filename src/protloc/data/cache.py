@@ -37,7 +37,6 @@ import hashlib
 import os
 import struct
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -45,6 +44,7 @@ from typing import Iterable, Sequence
 import torch
 
 from protloc.data.images import ImageReadError, convert_channels, fit_stored, load_image, read_image, to_chw_tensor
+from protloc.files import TEMP_SUFFIX, atomic_path
 
 CACHE_DIR_ENV = "PROTLOC_CACHE_DIR"
 CACHE_LIMIT_ENV = "PROTLOC_CACHE_LIMIT_GB"
@@ -242,23 +242,16 @@ class ImageCache:
         return None
 
     def store(self, path: Path, image: torch.Tensor, decoded_shape: tuple[int, int, int]) -> None:
-        """Write an entry under a temporary name, then rename: readers and other writers never see half a file.
+        """Write an entry atomically (files.atomic_path): readers and other writers never see half a file.
         A cache that cannot be written (full disk, read-only folder) costs speed, never the run."""
         nbytes = HEADER.size + image.numel()
         try:
             if not self.reserve(nbytes):
                 self.refused += 1
                 return
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                with open(temporary, "wb") as file:
-                    file.write(HEADER.pack(MAGIC, *decoded_shape))
-                    file.write(memoryview(image.numpy()).cast("B"))
-                os.replace(temporary, path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
+            with atomic_path(path) as temporary, open(temporary, "wb") as file:
+                file.write(HEADER.pack(MAGIC, *decoded_shape))
+                file.write(memoryview(image.numpy()).cast("B"))
         except OSError as error:
             if not self._warned:
                 self._warned = True
@@ -318,7 +311,7 @@ class ImageCache:
                 stat = path.stat()
             except FileNotFoundError:  # renamed or removed by another process meanwhile
                 continue
-            if path.suffix == ".tmp":
+            if path.name.endswith(TEMP_SUFFIX) or path.suffix == ".tmp":  # being written (files.atomic_path)
                 if now - stat.st_mtime > STALE_TEMPORARY_SECONDS:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from protloc.data import BIT_DEPTHS
 from protloc.data.limits import (ImageReadError, ImageTooLarge, UnsupportedImage,  # noqa: F401  (importable from here too)
                                  check_pixel_count, pixel_limit)
-from protloc.data.stains import channel_stains, describe_channel_stains, run_stains
+from protloc.data.stains import CHANNEL_COUNTS, channel_stains, describe_channel_stains, run_stains
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".czi", ".nd2", ".lif")  # the last three: microscopy.py
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -179,7 +179,7 @@ def _decode_tiff(file: io.BytesIO | Path, limit: int | None):
             return read_ome_tiff(tiff, series)
         array = np.asarray(series.asarray())
     # Channel-first TIFF stacks (C, H, W) are common in microscopy.
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+    if array.ndim == 3 and array.shape[0] in CHANNEL_COUNTS and array.shape[-1] not in CHANNEL_COUNTS:
         array = np.moveaxis(array, 0, -1)
     return StoredImage(array)
 
@@ -293,9 +293,11 @@ def stain_plane(array: np.ndarray) -> np.ndarray:
     return array[:, :, 0] if array.shape[-1] == 1 else array[:, :, :3].max(axis=-1)
 
 
-def compose_stains(planes: Sequence[np.ndarray]) -> np.ndarray:
-    """(H, W) planes, one per stain in the run's channel order -> (H, W, stains). Raises ImageReadError when
-    their sizes differ."""
+def compose_stains(stain_images: Sequence[np.ndarray]) -> np.ndarray:
+    """Decoded stain files, one per stain in the run's channel order -> (H, W, stains): each file's plane
+    (stain_plane), stacked. The one composition of stain sets: files (load_image), Python inputs and uploads.
+    Raises ImageReadError when their sizes differ."""
+    planes = [stain_plane(image) for image in stain_images]
     shapes = {plane.shape for plane in planes}
     if len(shapes) != 1:
         raise ImageReadError(f"stain images differ in size: {' and '.join(f'{w}x{h}' for h, w in sorted(shapes))}")
@@ -317,7 +319,7 @@ def load_image(source: str | Path | Sequence[str | Path], channels: int = 3, *, 
     planes = []
     for path in source:
         try:
-            planes.append(stain_plane(decode_image(path, bit_depth=bit_depth)))
+            planes.append(decode_image(path, bit_depth=bit_depth))
         except ImageReadError as error:
             raise ImageReadError(str(error), path=path) from None
     return compose_stains(planes)

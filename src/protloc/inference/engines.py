@@ -15,12 +15,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from protloc.devices import resolve_device, resolve_precision
+from protloc.devices import autocast_dtype, resolve_device, resolve_precision
 from protloc.errors import ProtlocError
 from protloc.runs import RunConfig
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class TorchEngine:
     """A ProtlocNet in eval mode, on the device, in channels_last (faster convolutions on the CPU). A caller's model
@@ -37,7 +34,7 @@ class TorchEngine:
     def _run(self, method, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, memory_format=torch.channels_last)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        dtype = AUTOCAST_DTYPES.get(self.precision)
+        dtype = autocast_dtype(self.precision)
         with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
             return method(images).float().cpu()
 

@@ -26,7 +26,8 @@ from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
 from protloc.data.stains import describe_missing_stain, parse_stain_map, run_stains
 from protloc.data.transforms import eval_preset
-from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
+from protloc.data.workers import prediction_workers
+from protloc.devices import resolve_device
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
 from protloc.inference.engines import OnnxEngine, TorchEngine, make_engine, open_onnx_session, predict_batch  # noqa: F401
@@ -86,8 +87,7 @@ def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
         raise ProtlocError(f"batch size {batch_size}: expected 1 or more")
     if workers < 0:
         raise ProtlocError(f"workers {workers}: expected 0 or more")
-    if len(dataset) <= batch_size:
-        workers = 0  # one batch: nothing to overlap with, so starting worker processes only costs time
+    workers = prediction_workers(workers, len(dataset), batch_size)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
 
 

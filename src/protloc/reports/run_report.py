@@ -124,7 +124,7 @@ SETTING_GROUPS = {
     "Data": ("data", "labels", "normalize", "validation_split", "val_fraction", "folds", "n_train", "n_val"),
     "Recipe": ("seed", "epochs_frozen", "epochs", "lr_frozen", "lr", "optimizer", "weight_decay", "grad_clip",
                "grad_clip_mode", "loss", "pos_weight", "batch_size"),
-    "Engine": ("device", "devices", "num_nodes", "world_size", "precision", "precision_used",
+    "Hardware": ("device", "devices", "num_nodes", "world_size", "precision", "precision_used",
                "images_per_second"),
 }
 # How the command was run rather than what the model is, results shown above, or what the model's own

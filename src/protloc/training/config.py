@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protloc.data import BIT_DEPTHS
+from protloc.data.stains import CHANNEL_COUNTS, CHANNEL_COUNTS_TEXT
 from protloc.errors import ProtlocError
 from protloc.runs import upgrade_recipe
 
@@ -53,7 +54,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     precision: str = "auto"  # auto, fp32, bf16 or fp16
     batch_size: int = 32
-    workers: int | None = None  # None: engine.worker_count decides
+    workers: int | None = None  # None: trainer.worker_count decides
     devices: int = 1  # processes per node; 2 or more train with DDP
     num_nodes: int = 1
     resume: bool = False
@@ -93,7 +94,7 @@ def check_config(config: TrainConfig) -> None:
     expect(config.image_size is None or config.image_size >= 16, f"--image-size {config.image_size}: expected 16 or more pixels")
     expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
-    expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
+    expect(config.channels in CHANNEL_COUNTS, f"--channels {config.channels}: expected {CHANNEL_COUNTS_TEXT}")
     expect(config.bit_depth in (None, *BIT_DEPTHS),
            f"--bit-depth {config.bit_depth}: expected {', '.join(map(str, BIT_DEPTHS))}")
     expect(config.cache_limit_gb is None or config.cache_limit_gb >= 0, f"--cache-limit-gb {config.cache_limit_gb}: expected 0 or more")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -23,11 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from protloc import devices
 from protloc.allocator import freed_memory_kept_for_batches
 from protloc.data.cache import FEATURES_FOLDER, ImageCache, entry_key
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
 from protloc.data.transforms import eval_transforms
+from protloc.files import atomic_path
 from protloc.training.datamodule import SeededData
 
 
@@ -133,23 +134,14 @@ def table_features(model, table: DatasetTable, *, image_size: int, mean, std, ch
 
 
 def store_features(cache: ImageCache, path: Path, features: np.ndarray) -> None:
-    """Written under a temporary name, then renamed, within the cache's size limit (skipped when it would pass)."""
+    """Written atomically (files.atomic_path), within the cache's size limit (skipped when it would pass)."""
     if not cache.reserve(features.nbytes):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(temporary, "wb") as file:
+        with atomic_path(path) as temporary, open(temporary, "wb") as file:
             np.save(file, features, allow_pickle=False)
-        os.replace(temporary, path)
     except OSError:
         pass  # a cache that cannot be written costs time later, never this run
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def frozen_phase_data(model, table: DatasetTable, train_rows, val_rows, images, *, device: str, precision: str,
@@ -161,6 +153,6 @@ def frozen_phase_data(model, table: DatasetTable, train_rows, val_rows, images, 
     features = table_features(
         model, table, image_size=images.image_size, mean=images.mean, std=images.std, channels=images.channels,
         cache=images.cache, batch_size=images.batch_size, workers=images.workers, device=device,
-        autocast_dtype=AUTOCAST_DTYPES.get(precision), show_progress=show_progress,
+        autocast_dtype=devices.autocast_dtype(precision), show_progress=show_progress,
     )
     return FeatureData(features, table.targets, train_rows, val_rows, batch_size=images.batch_size, seed=images.seed)

@@ -32,17 +32,17 @@ from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
 from protloc.models.run_weights import save_run
 from protloc.plots import plot_learning_rate, plot_training_curves
-from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE,
-                          RunConfig, TrainingOutcome)
+from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, DEFAULT_THRESHOLD, LR_FILE, LR_PLOT_FILE,
+                          METRICS_FILE, RunConfig, TrainingOutcome)
 from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.datamodule import LocalisationData
-from protloc.training.engine import Engine, expected_warnings_ignored, make_trainer, rank
 from protloc.training.features import frozen_phase_data
 from protloc.training.losses import auto_pos_weight, make_loss
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
+from protloc.training.trainer import Hardware, expected_warnings_ignored, make_trainer, rank
 
 
 @dataclass
@@ -78,7 +78,7 @@ def build_initial_model(config: TrainConfig, num_classes: int) -> ProtlocNet:
                        in_chans=config.channels, dropout=config.dropout)
 
 
-def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, engine: Engine, phase: Phase, *,
+def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, hardware: Hardware, phase: Phase, *,
               run_dir: Path, loss, label_names: list[str], history: TrainingHistory, max_epochs: int | None = None,
               ckpt_path: Path | None = None) -> None:
     """Train `model` in place for one phase (or its first `max_epochs` epochs), from `ckpt_path` if given."""
@@ -93,25 +93,25 @@ def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, en
     data.first_epoch = phase.first_epoch
     keep_freed_memory = freed_memory_kept() if phase.name == "frozen" else contextlib.nullcontext()
     with expected_warnings_ignored(), keep_freed_memory:
-        trainer = make_trainer(config, engine, max_epochs=max_epochs or phase.epochs,
+        trainer = make_trainer(config, hardware, max_epochs=max_epochs or phase.epochs,
                                checkpoint_dir=Path(run_dir) / CHECKPOINT_DIR / phase.name,
                                callbacks=[SeedEachEpoch(config.seed), history])
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     model.to(memory_format=torch.contiguous_format)
 
 
-def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: ProtlocNet, train_rows: np.ndarray,
+def train_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, model: ProtlocNet, train_rows: np.ndarray,
               val_rows: np.ndarray, run_dir: Path) -> bool:
     """Train `model` on one split into `run_dir`: True when the run finished (rank 0 has written the run
     folder), False when it stopped early (`stop_after`; resume continues it)."""
     if config.show_progress and rank() == 0:
-        print(f"{run_dir}: training on {engine.describe()}", flush=True)
+        print(f"{run_dir}: training on {hardware.describe()}", flush=True)
     image_size = input_size(config)
     cache = image_cache(config)
     mean, std = run_normalization(config, table.subset(train_rows), run_dir, image_size=image_size,
-                                  workers=engine.workers, cache=cache)
+                                  workers=hardware.workers, cache=cache)
     data = LocalisationData(table, train_rows, val_rows, image_size=image_size, mean=mean, std=std,
-                            channels=config.channels, batch_size=config.batch_size, workers=engine.workers,
+                            channels=config.channels, batch_size=config.batch_size, workers=hardware.workers,
                             seed=config.seed, cache=cache)
     pos_weight = auto_pos_weight(table.targets[train_rows]) if config.pos_weight == "auto" else None
     history = TrainingHistory(run_dir / METRICS_FILE)
@@ -129,13 +129,13 @@ def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: P
             break
         phase_data = data
         if config.head_only_features and phase.name == "frozen":
-            phase_data = frozen_phase_data(model, table, train_rows, val_rows, data, device=engine.device,
-                                           precision=engine.precision, show_progress=config.show_progress and rank() == 0)
-        fit_phase(model, phase_data, config, engine, phase, max_epochs=max_epochs, ckpt_path=points[phase.name], **fit)
+            phase_data = frozen_phase_data(model, table, train_rows, val_rows, data, device=hardware.device,
+                                           precision=hardware.precision, show_progress=config.show_progress and rank() == 0)
+        fit_phase(model, phase_data, config, hardware, phase, max_epochs=max_epochs, ckpt_path=points[phase.name], **fit)
     if len(history.rows) < config.epochs_frozen + config.epochs:
         return False
     if rank() == 0:
-        finish_run(config, engine, table, data, model, history, run_dir, image_size=image_size, mean=mean, std=std)
+        finish_run(config, hardware, table, data, model, history, run_dir, image_size=image_size, mean=mean, std=std)
     return True
 
 
@@ -146,7 +146,7 @@ def load_best_weights(model: ProtlocNet, run_dir: Path, phase: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: LocalisationData, model: ProtlocNet,
+def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, data: LocalisationData, model: ProtlocNet,
                history: TrainingHistory, run_dir: Path, *, image_size: int, mean: list[float], std: list[float]) -> None:
     """Best weights, thresholds tuned on validation, and the run folder."""
     metrics = history.metrics_frame()
@@ -155,14 +155,14 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
     label_names = list(table.label_set.names)
     run_config = RunConfig(
         backbone=config.backbone, label_set=table.label_set.name, label_names=label_names, image_size=image_size,
-        in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[0.5] * len(label_names),
+        in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[DEFAULT_THRESHOLD] * len(label_names),
         dropout=config.dropout, layout=table.layout, bit_depth=table.bit_depth,
     )
     val_images = ImageDataset(data.val_table, channels=config.channels, transform=eval_preset(run_config),
                               image_size=image_size, cache=data.cache)
     probabilities, _ok = predict_probabilities(
         model, val_images, run_config, batch_size=config.batch_size, workers=data.val_workers(),
-        show_progress=False, device=engine.device, precision="fp32",
+        show_progress=False, device=hardware.device, precision="fp32",
     )
     targets = data.val_table.targets
     thresholds = tune_thresholds(targets, probabilities)
@@ -170,10 +170,10 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
     speed = metrics.groupby("phase", sort=False)["images_per_second"].mean()
     run_config.training = TrainingOutcome(
         recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),
-        best_epoch=int(best["epoch"]), best_phase=str(best["phase"]), precision_used=engine.precision,
-        world_size=engine.world_size, images_per_second={phase: float(value) for phase, value in speed.items()},
+        best_epoch=int(best["epoch"]), best_phase=str(best["phase"]), precision_used=hardware.precision,
+        world_size=hardware.world_size, images_per_second={phase: float(value) for phase, value in speed.items()},
         # Both in-sample: these images picked the epoch, and the thresholds too.
-        val_at_05=scores_as_deployed(targets, probabilities, 0.5),
+        val_at_05=scores_as_deployed(targets, probabilities, DEFAULT_THRESHOLD),
         val_tuned=scores_as_deployed(targets, probabilities, thresholds),
     )
     write_run_folder(run_dir, run_config, model, history)

@@ -11,7 +11,7 @@ from protloc.errors import DataError
 from protloc.labels import get_label_set
 from protloc.training.config import TrainConfig, check_config
 from protloc.training.crossval import train_folds
-from protloc.training.engine import lightning_output, rank, resolve_engine
+from protloc.training.trainer import lightning_output, rank, resolve_hardware
 from protloc.training.resume import check_out_folder
 from protloc.training.run import build_initial_model, image_cache, input_size, train_run
 from protloc.training.splits import make_split
@@ -24,7 +24,7 @@ def train(config: TrainConfig) -> Path:
     A run stopped by `stop_after` returns without config.json; train again with resume=True to continue.
     """
     check_config(config)
-    engine = resolve_engine(config)
+    hardware = resolve_hardware(config)
     out = Path(config.out)
     if rank() == 0:
         check_out_folder(config)
@@ -35,10 +35,10 @@ def train(config: TrainConfig) -> Path:
         if rank() == 0:
             check_images(table, config.show_progress, image_cache(config), input_size(config), config.channels)
         if config.folds >= 2:
-            train_folds(config, engine, table, model)
+            train_folds(config, hardware, table, model)
         else:
             train_rows, val_rows = make_split(config.validation_split, table.targets, config.val_fraction, config.seed)
-            train_run(config, engine, table, model, train_rows, val_rows, out)
+            train_run(config, hardware, table, model, train_rows, val_rows, out)
     return out
 
 
