@@ -19,7 +19,7 @@ import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protloc.data import BIT_DEPTHS
+from protloc.data import BIT_DEPTHS, Z2G
 from protloc.data.stains import CHANNEL_COUNTS, CHANNEL_COUNTS_TEXT
 from protloc.errors import ProtlocError
 from protloc.files import write_json
@@ -141,7 +141,7 @@ class RunConfig:
     thresholds: list[float]
     dropout: float = 0.0
     # Layout of the training data: predict writes that layout's Kaggle submission format by default.
-    layout: str = "z2g"
+    layout: str = Z2G
     # Full scale of the training images' pixels, 2**bit_depth - 1 (data.BIT_DEPTHS; data/intensity.py), applied to
     # every image the run reads. None in configs from before it was stored: each image's guessed from its maximum.
     bit_depth: int | None = None

@@ -175,3 +175,17 @@ def test_images_with_fewer_channels_than_asked_for(tmp_path, capsys):
     code, _, err = run_check(tmp_path / "set.csv", capsys)
     assert code == 2 and f"{tmp_path / 'gray.png'}: 1 channel (grayscale), but the run reads 3 (red, green, blue)" in err
     assert main(["check", str(tmp_path / "set.csv"), "--channels", "1"]) == 0
+
+
+def test_unlabelled_data_is_said_to_be_unlabelled_with_what_was_checked(demo_data, tmp_path, capsys):
+    assert main(["check", str(demo_data / "test")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"OK: {demo_data / 'test'} (folder layout) — 16 unlabelled images, each readable with the 3 "
+                          "channels asked for; no labels to check")
+    assert "labelled images" not in out.replace("unlabelled images", "")
+    plate = tmp_path / "plate"
+    for well in ("A01", "B02"):
+        (plate / well).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(plate / well / "field.png")
+    assert main(["check", str(plate), "--recursive"]) == 0
+    assert "2 unlabelled images" in capsys.readouterr().out

@@ -118,7 +118,7 @@ def test_incomplete_stain_sets_and_mixed_folders_are_refused(assemble_hpa2018, t
     problems: list[str] = []
     assert list(read_dataset(folder, collect=problems).frame["id"]) == ids[:1] and len(problems) == 1
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "photo.png")
-    with pytest.raises(DataError, match=r"7 stain files \(<Id>_<stain>.png\) and 1 other images \(photo.png\)"):
+    with pytest.raises(DataError, match=rf"{folder} holds 7 stain files and 1 other images \(photo.png\)"):
         read_dataset(folder)
 
 
@@ -132,3 +132,57 @@ def test_hpa2018_stains_may_be_tiff(assemble_hpa2018, tmp_path):
     table = read_dataset(tmp_path)
     assert Path(table.frame["source"][0][1]).name == f"{ids[0]}_green.tif"
     assert np.array_equal(load_image(table.frame["source"][0])[:, :, 1], tifffile.imread(green.with_suffix(".tif")))
+
+
+def write_stain_set(folder: Path, identifier: str, stains=("red", "green", "blue"), value: int = 50) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stain in stains:
+        Image.fromarray(np.full((8, 8), value, np.uint8)).save(folder / f"{identifier}_{stain}.png")
+
+
+def test_mixed_files_from_several_folders_name_each_folder(tmp_path):
+    write_stain_set(tmp_path / "a", "x")
+    (tmp_path / "b").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "b" / "photo.png")
+    with pytest.raises(DataError) as caught:
+        read_inputs(sorted((tmp_path / "a").iterdir()) + [tmp_path / "b" / "photo.png"])
+    assert caught.value.lines == [f"stain files (<Id>_<stain>.png) and other images together: {tmp_path / 'a'} holds 3 "
+                                  f"stain files; {tmp_path / 'b'} holds 1 other images (photo.png); give stain files "
+                                  "and whole images separately"]
+
+
+def test_one_name_in_two_folders_is_two_images_and_each_problem_names_its_folder(tmp_path):
+    write_stain_set(tmp_path / "a", "x")
+    write_stain_set(tmp_path / "b", "x", stains=("red", "green"))
+    with pytest.raises(DataError) as caught:
+        read_inputs(sorted((tmp_path / "a").iterdir()) + sorted((tmp_path / "b").iterdir()))
+    assert caught.value.lines == [f"{tmp_path / 'b'}: Id x has no blue stain file; a 3-channel run reads red, green, "
+                                  "blue, one file each: x_red, x_green, x_blue (.png, .tif or .jpg)"]
+    write_stain_set(tmp_path / "b", "x", stains=("blue",))
+    table = read_inputs(sorted((tmp_path / "a").iterdir()) + sorted((tmp_path / "b").iterdir()))
+    assert [Path(source[0]).parent.name for source in table.frame["source"]] == ["a", "b"]
+
+
+def test_gray_as_reads_a_lone_stain_file_as_one_grayscale_image(tmp_path):
+    write_stain_set(tmp_path, "cell", stains=("green",))
+    with pytest.raises(DataError) as caught:
+        read_inputs([tmp_path / "cell_green.png"])
+    assert caught.value.lines[0].endswith("; or, to read cell_green.png alone as one grayscale image, --gray-as STAIN")
+    table = read_inputs([tmp_path / "cell_green.png"], gray_as="green")
+    assert table.frame["id"].tolist() == ["cell"] and table.frame["source"].tolist() == [str(tmp_path / "cell_green.png")]
+    assert read_dataset(tmp_path, gray_as="green").frame["source"].tolist() == [str(tmp_path / "cell_green.png")]
+    write_stain_set(tmp_path, "pair", stains=("green", "red"))  # two stains of three: still incomplete
+    with pytest.raises(DataError, match="Id pair has no blue stain file"):
+        read_dataset(tmp_path, gray_as="green")
+
+
+def test_recursive_reads_a_plates_folders_with_relative_ids(tmp_path):
+    for well, field in (("A01", "f1"), ("A01", "f2"), ("B02", "f1")):
+        write_stain_set(tmp_path / well / field, "img")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "A01" / "f2" / "overview.png")
+    with pytest.raises(DataError, match="no images found .*its subfolders hold some: add --recursive"):
+        read_dataset(tmp_path)
+    (tmp_path / "A01" / "f2" / "overview.png").unlink()
+    table = read_dataset(tmp_path, recursive=True)
+    assert table.frame["id"].tolist() == ["A01/f1/img", "A01/f2/img", "B02/f1/img"]
+    assert all(len(source) == 3 for source in table.frame["source"])

@@ -56,6 +56,18 @@ def test_labels_are_the_probabilities_cut_at_the_run_thresholds(run_dir, demo_da
     assert labels["Label"].tolist() == [" ".join(map(str, np.flatnonzero(row))) for row in expected]
 
 
+def test_label_names_spell_out_the_classes_beside_numbers_or_probabilities(run_dir, demo_data, tmp_path):
+    assert predict(run_dir, demo_data, "--out", tmp_path / "labels.csv", "--label-names") == 0
+    assert predict(run_dir, demo_data, "--out", tmp_path / "probs.csv", "--probabilities", "--label-names") == 0
+    labels = pd.read_csv(tmp_path / "labels.csv", dtype=str, keep_default_na=False)
+    probs = pd.read_csv(tmp_path / "probs.csv", dtype={"Image": str}, keep_default_na=False)
+    assert list(labels.columns) == ["Image", "Label", "Class names"]
+    assert list(probs.columns) == ["Image", "Class names", *HPA10.names]
+    named = [[HPA10.names[int(i)] for i in numbers.split()] for numbers in labels["Label"]]
+    assert [names.split("; ") for names in labels["Class names"]] == named
+    assert probs["Class names"].tolist() == labels["Class names"].tolist()
+
+
 def test_threshold_override_and_allow_empty(run_dir, demo_data, tmp_path):
     out = tmp_path / "high.csv"
     assert predict(run_dir, demo_data, "--out", out, "--threshold", "0.999", "--allow-empty") == 0
@@ -258,3 +270,32 @@ def test_sixteen_bit_images_differing_in_one_saturated_pixel_get_the_same_probab
     out = tmp_path / "out.csv"
     assert predict(run_dir, *images, "--probabilities", "--out", out) == 0
     np.testing.assert_allclose(pd.read_csv(out)[list(HPA10.names)].to_numpy(), per_run, atol=1e-5)
+
+
+def test_gray_as_wins_over_a_stain_suffix(run_dir, real_data, tmp_path, capsys):
+    gray = sorted((Path(real_data) / "hpa2018-sample" / "train").glob("*_green.png"))[0]
+    shutil.copy(gray, tmp_path / "cell_green.png")
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, tmp_path / "cell_green.png", "--out", out) == 2
+    assert "to read cell_green.png alone as one grayscale image, --gray-as STAIN" in capsys.readouterr().err
+    assert predict(run_dir, tmp_path / "cell_green.png", "--gray-as", "green", "--probabilities", "--out", out) == 0
+    shutil.copy(gray, tmp_path / "protein.png")
+    assert predict(run_dir, tmp_path / "protein.png", "--gray-as", "green", "--probabilities", "--out", tmp_path / "p.csv") == 0
+    written, plain = pd.read_csv(out), pd.read_csv(tmp_path / "p.csv")
+    assert written["Image"].tolist() == ["cell"]
+    np.testing.assert_allclose(written[list(HPA10.names)].to_numpy(), plain[list(HPA10.names)].to_numpy(), atol=1e-6)
+
+
+def test_recursive_gives_a_plate_as_one_csv_with_relative_ids(run_dir, demo_data, tmp_path):
+    tests = sorted((demo_data / "test").glob("*.png"))
+    plate = tmp_path / "plate"
+    for number, (well, field) in enumerate((("A01", "1"), ("A01", "2"), ("B02", "1"))):
+        (plate / well / field).mkdir(parents=True)
+        shutil.copy(tests[number], plate / well / field / "image.png")
+    out = tmp_path / "out.csv"
+    assert predict(run_dir, plate, "--recursive", "--probabilities", "--out", out) == 0
+    written = pd.read_csv(out)
+    assert written["Image"].tolist() == ["A01/1/image", "A01/2/image", "B02/1/image"]
+    assert predict(run_dir, *tests[:3], "--probabilities", "--out", tmp_path / "flat.csv") == 0
+    flat = pd.read_csv(tmp_path / "flat.csv")
+    np.testing.assert_allclose(written[list(HPA10.names)].to_numpy(), flat[list(HPA10.names)].to_numpy(), atol=1e-6)

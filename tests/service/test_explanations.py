@@ -25,7 +25,7 @@ def predictor_64(untrained_run):
 
 def test_overlays_are_protloc_explains_maps(predictor_64, image_paths):
     from protloc.reports.explain import explain_image as explain_file
-    from protloc.reports.explain import model_view, overlay_map
+    from protloc.reports.explain import heatmap_colours, model_view, overlay_map
 
     predictor = predictor_64
     image = np.asarray(Image.open(image_paths[0]).convert("RGB"))
@@ -38,9 +38,10 @@ def test_overlays_are_protloc_explains_maps(predictor_64, image_paths):
     plt.close(figure)
     seen = model_view(predictor.prepare(str(image_paths[0]))[None], predictor.config)
     for name, cam in zip(classes, explanation.cams):
-        expected = (overlay_map(seen, cam) * 255 + 0.5).astype(np.uint8)
-        np.testing.assert_array_equal(decoded(overlays[name]), expected)
-    assert not np.array_equal(decoded(overlays["Golgi apparatus"]), decoded(overlays["Nuclear bodies"]))
+        overlay, heatmap = overlays[name]
+        np.testing.assert_array_equal(decoded(overlay), (overlay_map(seen, cam) * 255 + 0.5).astype(np.uint8))
+        np.testing.assert_array_equal(decoded(heatmap), (heatmap_colours(cam) * 255 + 0.5).astype(np.uint8))
+    assert not np.array_equal(decoded(overlays["Golgi apparatus"][0]), decoded(overlays["Nuclear bodies"][0]))
     assert explain_image(predictor, image, []) == {}
 
 

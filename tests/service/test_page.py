@@ -1,17 +1,22 @@
 """The page in a real headless Chromium against the real server: upload images, read the table, open one
-image's Grad-CAMs, download the CSV, and compare all of it with the API and with `protloc predict`.
+image's class maps, download the CSV, and compare all of it with the API and with `protloc predict`; then the
+same page at a phone's width (390 px) and a desktop's (1400 px), screenshots kept in the test's folder.
 
 Chromium and its driver come from Debian (`apt-get install chromium chromium-driver`, done by .ci/run); without
 them this test fails rather than skips, so that a missing browser cannot pass unnoticed.
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import httpx2
+import numpy as np
 import pandas as pd
 import pytest
+import tifffile
+from PIL import Image
 
 from protloc.cli import main
 
@@ -62,46 +67,186 @@ def api_labels(url: str, paths) -> dict[str, list[str]]:
     return {result["name"]: result["labels"] for result in response.json()["images"]}
 
 
+def api_results(url: str, paths) -> dict[str, dict]:
+    with httpx2.Client(trust_env=False, timeout=30) as http:
+        response = http.post(url + "/predict", files=[("files", (p.name, p.read_bytes())) for p in paths])
+    return {result["name"]: result for result in response.json()["images"]}
+
+
+def open_page(driver, url: str, width: int):
+    from selenium.webdriver.common.by import By
+
+    driver.set_window_size(width, 1000)
+    driver.get(url + "/")
+    wait_for(lambda: "test_resnet" in driver.find_element(By.ID, "run-about").text, what="the run's description")
+    picker = driver.find_element(By.ID, "picker")
+    driver.execute_script("arguments[0].style.display = 'block'", picker)  # it hides inside its button
+    return picker
+
+
+def rows_of(driver):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+
+
+def labelled(driver, count: int):
+    """The rows once `count` of them show labels or an error."""
+    from selenium.webdriver.common.by import By
+
+    def done():
+        rows = rows_of(driver)
+        finished = [row for row in rows if row.find_elements(By.CSS_SELECTOR, ".label, .error")]
+        return len(rows) == count and len(finished) == count and rows
+    return wait_for(done, what=f"{count} finished rows")
+
+
+def chip_labels(row) -> list[tuple[str, str]]:
+    """(class name, its percentage) of each label chip of a row."""
+    from selenium.webdriver.common.by import By
+
+    chips = [chip.text for chip in row.find_elements(By.CSS_SELECTOR, ".label")]
+    return [re.fullmatch(r"(.+) ([<>]?\d+%)", chip).groups() for chip in chips]
+
+
 def test_the_page_labels_images_explains_one_and_downloads_the_csv(browser, live_server, image_paths, run_dir, tmp_path):
     from selenium.webdriver.common.by import By
 
     driver, downloads = browser
     paths = image_paths[:3]
-    driver.get(live_server.url + "/")
-    wait_for(lambda: "test_resnet" in driver.find_element(By.ID, "run-about").text, what="the run's description")
-
-    picker = driver.find_element(By.ID, "picker")
-    driver.execute_script("arguments[0].style.display = 'block'", picker)  # it hides inside its button
+    picker = open_page(driver, live_server.url, 1280)
     picker.send_keys("\n".join(str(path) for path in paths))
-    rows = wait_for(lambda: (found := driver.find_elements(By.CSS_SELECTOR, "#results tbody tr"))
-                    and len(driver.find_elements(By.CSS_SELECTOR, "#results .spark")) == 3 and found,
-                    what="three labelled rows")
-    driver.save_screenshot(str(tmp_path / "table.png"))
-    shown = {row.find_element(By.CSS_SELECTOR, "td.name").text:
-             [label.text for label in row.find_elements(By.CSS_SELECTOR, ".label")] for row in rows}
-    expected = api_labels(live_server.url, paths)
-    assert shown == expected
+    rows = labelled(driver, 3)
+    expected = api_results(live_server.url, paths)
+    shown = {row.find_element(By.CSS_SELECTOR, "td.name").text: chip_labels(row) for row in rows}
+    # Each label with its probability as the API gives it, most likely first.
+    assert shown == {name: [(label, f"{round(100 * result['probabilities'][label])}%") for label in
+                            sorted(result["labels"], key=lambda label: -result["probabilities"][label])]
+                     for name, result in expected.items()}
 
     rows[0].click()
-    first = expected[paths[0].name]
+    first = expected[paths[0].name]["labels"]
     pictures = "#detail-images img"
-    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, pictures)) == 2 + len(first), what="the Grad-CAMs")
+    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, pictures)) == 2 + len(first), what="the class maps")
     widths = wait_for(lambda: (w := driver.execute_script(
         "return [...document.querySelectorAll(arguments[0])].map(i => i.complete ? i.naturalWidth : 0)", pictures))
         and all(w) and w, what="the images to load")
-    assert widths[:2] == [64, 64] and set(widths[2:]) <= {32}  # the upload as sent; overlays at the model's size
+    assert widths[:2] == [64, 64] and set(widths[2:]) <= {32}  # the upload as sent; maps at the model's size
     captions = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#detail-images figcaption")]
     assert captions[:2] == ["the image", "protein (green channel)"]
-    assert [caption.split(" p = ")[0] for caption in captions[2:]] == first
-    driver.save_screenshot(str(tmp_path / "detail.png"))
+    assert [caption.rsplit(" ", 1)[0] for caption in captions[2:]] == first
+    # The legend says what the pictures show: outlines, with their shares; the colour scale once chosen.
+    legend = driver.find_element(By.CSS_SELECTOR, ".key-overlay").text
+    assert "grey outline" in legend and "50%" in legend and "20%" in legend
+    overlay = driver.find_elements(By.CSS_SELECTOR, pictures)[2].get_attribute("src")
+    driver.find_element(By.CSS_SELECTOR, "input[value=heatmap]").click()
+    assert driver.find_elements(By.CSS_SELECTOR, pictures)[2].get_attribute("src") != overlay
+    assert driver.find_element(By.CSS_SELECTOR, ".key-heatmap").is_displayed()
+    # A map enlarges: the dialog shows it wider than its panel.
+    driver.find_elements(By.CSS_SELECTOR, "#detail-images figure")[2].click()
+    zoomed = wait_for(lambda: driver.find_element(By.ID, "zoom-image").size["width"], what="the enlarged map")
+    assert zoomed > driver.find_elements(By.CSS_SELECTOR, pictures)[2].size["width"]
+    driver.find_element(By.CSS_SELECTOR, "#zoom button").click()
 
     driver.find_element(By.ID, "download").click()
     csv = downloads / "submission.csv"
     wait_for(lambda: csv.exists() and not list(downloads.glob("*.crdownload")), what="the CSV download")
     assert main(["predict", str(run_dir), *map(str, paths), "--out", str(tmp_path / "predict.csv"), "--device", "cpu",
-                 "--precision", "fp32", "--workers", "0"]) == 0
+                 "--precision", "fp32", "--workers", "0", "--label-names"]) == 0
     downloaded = pd.read_csv(csv, dtype=str, keep_default_na=False)
     predicted = pd.read_csv(tmp_path / "predict.csv", dtype=str, keep_default_na=False)
     assert list(downloaded.columns) == ["Image", "Label"]
     pd.testing.assert_frame_equal(downloaded.sort_values("Image", ignore_index=True),
-                                  predicted.sort_values("Image", ignore_index=True))
+                                  predicted[["Image", "Label"]].sort_values("Image", ignore_index=True))
+    driver.find_element(By.ID, "download-table").click()
+    table = downloads / "labels.csv"
+    wait_for(lambda: table.exists() and not list(downloads.glob("*.crdownload")), what="the table download")
+    names = pd.read_csv(table, dtype={"id": str}, keep_default_na=False)
+    assert names["id"].tolist() == downloaded["Image"].tolist()
+    assert dict(zip(names["id"], names["labels"])) == dict(zip(predicted["Image"], predicted["Class names"]))
+
+
+@pytest.fixture(scope="module")
+def awkward_uploads(image_paths, tmp_path_factory):
+    """What a biologist has at hand: a PNG and a TIFF of one image (one id, two files), a stain set whose blue and
+    yellow files come in a second pick, and a grayscale protein image the 3-stain run cannot read alone."""
+    folder = tmp_path_factory.mktemp("uploads")
+    png = folder / "10034.png"
+    png.write_bytes(image_paths[0].read_bytes())
+    tiff = folder / "10034.tif"
+    tifffile.imwrite(tiff, np.asarray(Image.open(image_paths[0]).convert("RGB")))
+    composite = np.asarray(Image.open(image_paths[1]).convert("RGB"))
+    stains = {}
+    for index, stain in enumerate(("red", "green", "blue", "yellow")):
+        stains[stain] = folder / f"plate_7_well_B3_field_2_{stain}.png"
+        Image.fromarray(composite[:, :, min(index, 2)]).save(stains[stain])
+    gray = folder / "protein_only.png"
+    Image.fromarray(composite[:, :, 1]).save(gray)
+    return {"png": png, "tiff": tiff, "stains": stains, "gray": gray}
+
+
+def screenshot(driver, path: Path) -> None:
+    """The whole page, at the window's width: the window grows to the page's height for the picture."""
+    width = driver.get_window_size()["width"]
+    driver.set_window_size(width, min(driver.execute_script("return document.documentElement.scrollHeight"), 6000))
+    driver.save_screenshot(str(path))
+    driver.set_window_size(width, 1000)
+
+
+def overflow(driver) -> dict:
+    """How far the page reaches past the window's right edge, and which elements do."""
+    return driver.execute_script("""
+        const width = document.documentElement.clientWidth;
+        const wide = [...document.querySelectorAll('body *')].filter((node) => node.getClientRects().length
+            && node.getBoundingClientRect().right > width + 0.5).map((node) => node.tagName + '.' + node.className);
+        return {scroll: document.documentElement.scrollWidth - width, elements: wide};""")
+
+
+def overlaps(first, second) -> bool:
+    a, b = first.rect, second.rect
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or
+                a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+def test_the_page_at_phone_and_desktop_width(browser, live_server, awkward_uploads, width, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver, _downloads = browser
+    files = awkward_uploads
+    picker = open_page(driver, live_server.url, width)
+    assert not overlaps(driver.find_element(By.ID, "run-name"), driver.find_element(By.CSS_SELECTOR, "nav a"))
+    picker.send_keys(f"{files['png']}\n{files['tiff']}")
+    picker.send_keys(f"{files['stains']['red']}\n{files['stains']['green']}")
+    waiting = labelled(driver, 3)
+    assert "stain set without blue" in waiting[2].text  # until its blue file comes
+    picker.send_keys(f"{files['stains']['blue']}\n{files['stains']['yellow']}\n{files['gray']}")
+    rows = labelled(driver, 4)
+    screenshot(driver, tmp_path / f"table-{width}.png")
+
+    png, tiff, stain_set, gray = rows
+    for row in (png, tiff, stain_set):  # labels with their percentages, and every row its picture
+        assert chip_labels(row), row.text
+        assert driver.execute_script("const i = arguments[0].querySelector('td.thumb img');"
+                                     "return i.complete && i.naturalWidth > 0", row)
+    assert "plate_7_well_B3_field_2 (red, green, blue, yellow)" in stain_set.text.replace("\n", " ")
+    assert "yellow stain (plate_7_well_B3_field_2_yellow.png) not used" in stain_set.text
+    error = gray.find_element(By.CSS_SELECTOR, ".error").text
+    assert error.startswith("protein_only.png: a grayscale image")
+    assert "--" not in error and "HTTP" not in error and "gray_as" not in error
+    assert overflow(driver) == {"scroll": 0, "elements": []}
+
+    # One row goes alone; the ids stay unique for the CSV.
+    gray.find_element(By.CSS_SELECTOR, ".remove-button").click()
+    assert len(rows_of(driver)) == 3 and "1 not labelled" not in driver.find_element(By.ID, "status").text
+    assert "CSV id: 10034.tif" in rows_of(driver)[1].text
+
+    # The detail view: bars as wide as they can be read, numbers beside them.
+    rows_of(driver)[2].click()
+    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#detail-images img")) > 2, what="the class maps")
+    tracks = [track.size["width"] for track in driver.find_elements(By.CSS_SELECTOR, "#detail-bars .track")]
+    assert len(tracks) == 10 and min(tracks) > 0.4 * min(width, 1100) - 40
+    values = [value.text for value in driver.find_elements(By.CSS_SELECTOR, "#detail-bars .bar-value")]
+    assert all(re.fullmatch(r"[<>]?\d+%", value) for value in values), values
+    assert overflow(driver) == {"scroll": 0, "elements": []}
+    screenshot(driver, tmp_path / f"detail-{width}.png")

@@ -115,3 +115,40 @@ class CellScores:
 
 def truth_mask(data_root: str | Path, image_id: str, shape: tuple[int, int]) -> np.ndarray:
     return read_mask(find_mask(Path(data_root) / TRUTH_MASKS_DIR, image_id), shape)
+
+
+CELL_METRICS_FILE = "cell_metrics.json"
+
+
+def evaluate_cells(predictor, table, image_probabilities: np.ndarray, data_root: str | Path, masks_dir=None, *,
+                   tta: bool = False, batch_size: int = 32, show_progress: bool = False) -> dict:
+    """Per-cell scores of a run on a table of images with per-cell truth under `data_root`, beside the baseline.
+    The cells are `masks_dir`'s, else found by segmentation; the truth is always DATA/cells.csv and DATA/cells/.
+    Raises DataError listing the images that could not be scored."""
+    from protloc.cells.predict import predict_table_cells
+
+    truth = read_cell_truth(data_root, predictor.config.num_classes)
+    scores = CellScores(predictor.config.num_classes)
+    problems = []
+    keep = np.array([str(i) in truth for i in table.frame["id"]])
+    if not keep.any():
+        raise DataError(f"{Path(data_root) / CELLS_CSV}: none of the {len(table)} images has rows here")
+    table, image_probabilities = table.subset(np.flatnonzero(keep)), image_probabilities[keep]
+    image_predicted = predictor.decide(image_probabilities)
+    for row, prediction, mask, problem in predict_table_cells(predictor, table, image_probabilities, masks_dir,
+                                                              tta=tta, batch_size=batch_size,
+                                                              show_progress=show_progress):
+        if problem:
+            problems.append(problem)
+            continue
+        image_id = prediction.image_id
+        try:
+            true_mask = truth_mask(data_root, image_id, mask.shape)
+        except DataError as error:
+            problems.extend(error.lines)
+            continue
+        scores.add(prediction, image_predicted[row], true_mask, truth[image_id], mask)
+    if problems:
+        raise DataError(*problems)
+    return {"images": int(len(table)), "masks": "segmentation" if masks_dir is None else str(masks_dir),
+            **scores.summary()}

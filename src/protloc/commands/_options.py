@@ -26,7 +26,15 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 def read_dataset_from_args(args: argparse.Namespace, path=None, split: str = "train") -> DatasetTable:
     label_set = get_label_set(args.labels) if args.labels else None
-    return read_dataset(path or args.data, layout=args.format, split=split, label_set=label_set, channels=args.channels)
+    return read_dataset(path or args.data, layout=args.format, split=split, label_set=label_set, channels=args.channels,
+                        recursive=getattr(args, "recursive", False))
+
+
+def add_recursive_option(parser: argparse.ArgumentParser) -> None:
+    """--recursive: a folder of images with its subfolders (readers.read_folder)."""
+    parser.add_argument("--recursive", action="store_true",
+                        help="read a folder of images with its subfolders (a plate's well/field folders), each image's "
+                             "id its path relative to the folder, without the extension (default: the folder alone)")
 
 
 def add_run_data_options(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_bit_depth_option, add_device_options, add_gray_as_option,
+from protloc.commands._options import (add_bit_depth_option, add_device_options, add_gray_as_option, add_recursive_option,
                                        add_run_data_options, add_stain_map_option, add_subset_option,
                                        announce_reading)
 
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     add_device_options(parser)
     add_run_data_options(parser)
     add_gray_as_option(parser)
+    add_recursive_option(parser)
     add_bit_depth_option(parser)
     add_stain_map_option(parser)
     parser.set_defaults(handler=run)
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.run)
     method = resolve_method(args.method)  # before the slow part: a missing umap-learn fails fast
     label_set = get_label_set(args.labels) if args.labels else None
-    table = read_dataset(args.data, layout=args.format, split=args.subset, label_set=label_set, channels=config.in_chans)
+    table = read_dataset(args.data, layout=args.format, split=args.subset, label_set=label_set, channels=config.in_chans,
+                         recursive=args.recursive, gray_as=args.gray_as)
     predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as,
                                bit_depth=args.bit_depth,
                                stain_map=args.stain_map)

@@ -19,6 +19,14 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the evaluation")
     parser.add_argument("--threshold", type=threshold_value, default=None, metavar="T",
                         help="one threshold for every class instead of the run's per-class thresholds")
+    parser.add_argument("--cells", action="store_true",
+                        help="also score per cell on data with per-cell truth (DATA/cells.csv, DATA/cells/<Image>.png; "
+                             "demo-data --cells writes them): per-cell macro F1 and the HPA single-cell competition's "
+                             "mAP, each beside the baseline \"every cell gets its image's labels\"; into "
+                             "DIR/cell_metrics.json")
+    parser.add_argument("--masks", default=None, metavar="DIR",
+                        help="with --cells: the cells to label, DIR/<id>.png (default: found by segmentation); "
+                             "they are matched to the true cells at IoU >= 0.6")
     add_inference_options(parser)
     add_run_data_options(parser)
     add_gray_as_option(parser)
@@ -28,15 +36,22 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from protloc.errors import ProtlocError
     from protloc.files import atomic_dir, check_output_path
     from protloc.inference.predictor import load_predictor
     from protloc.reports.evaluate import check_label_names, evaluate_run
     from protloc.runs import load_config
 
     check_output_path(args.out, folder=True)
+    if args.masks is not None and not args.cells:
+        raise ProtlocError("--masks gives the cells for --cells; add --cells")
     config = load_config(args.run)
     table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast
+    if args.cells:
+        from protloc.cells.evaluate import read_cell_truth
+
+        read_cell_truth(_data_root(args.data), config.num_classes)
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
                                precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
                                stain_map=args.stain_map)
@@ -44,11 +59,33 @@ def run(args: argparse.Namespace) -> int:
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
         evaluation = evaluate_run(predictor, table, out, threshold=args.threshold, tta=args.tta,
                                   batch_size=args.batch_size, workers=args.workers, data_name=str(args.data))
+        cells = _evaluate_cells(args, predictor, table, evaluation, out) if args.cells else None
     scores = evaluation.scores["thresholds"]
     print(f"{len(table)} images: macro F1 {scores['f1_macro']:.4f}, micro F1 {scores['f1_micro']:.4f}, "
           f"course F-score {scores['fscore_course']:.4f} ({evaluation.threshold_source}); "
           f"{sample_note(config, args.data)}; open {args.out}/index.html")
+    if cells is not None:
+        print(f"{cells['true_cells']} cells ({cells['matched_cells']} matched by {cells['masks']}): per-cell macro F1 "
+              f"{cells['cell_macro_f1']:.4f} (baseline {cells['baseline_cell_macro_f1']:.4f}), mAP "
+              f"{cells['cell_map']:.4f} (baseline {cells['baseline_cell_map']:.4f})")
     return 0
+
+
+def _data_root(data: str):
+    """The dataset's folder, where cells.csv and cells/ lie."""
+    from pathlib import Path
+
+    return Path(data) if Path(data).is_dir() else Path(data).parent
+
+
+def _evaluate_cells(args: argparse.Namespace, predictor, table, evaluation, out) -> dict:
+    from protloc.cells.evaluate import CELL_METRICS_FILE, evaluate_cells
+    from protloc.files import write_json
+
+    cells = evaluate_cells(predictor, table, evaluation.probabilities, _data_root(args.data), args.masks, tta=args.tta,
+                           batch_size=args.batch_size, show_progress=True)
+    write_json(out / CELL_METRICS_FILE, cells)
+    return cells
 
 
 def sample_note(config, data) -> str:

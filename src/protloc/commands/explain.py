@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_device_options, add_gray_as_option,
+from protloc.commands._options import (add_bit_depth_option, add_device_options, add_gray_as_option, add_recursive_option,
                                        add_stain_map_option, add_subset_option, announce_reading)
 
 
@@ -25,9 +25,15 @@ def register(subparsers) -> None:
     parser.add_argument("--target-classes", default="predicted", metavar="WHICH",
                         help="predicted, all, or class names/numbers separated by commas (default %(default)s)")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="layout of a dataset given as IMAGE")
+    parser.add_argument("--cells", action="store_true",
+                        help="also draw each image's cells outlined with the classes each one was given "
+                             "(<id>_cells.png); cells from --masks or found by segmentation")
+    parser.add_argument("--masks", default=None, metavar="DIR",
+                        help="with --cells: the cells of each image, DIR/<id>.png label images (0 background)")
     add_subset_option(parser)
     add_device_options(parser, batches=False)
     add_gray_as_option(parser)
+    add_recursive_option(parser)
     add_bit_depth_option(parser)
     add_stain_map_option(parser)
     parser.set_defaults(handler=run)
@@ -44,12 +50,17 @@ def run(args: argparse.Namespace) -> int:
         true_classes,
         write_explanation_page,
     )
+    from protloc.errors import DataError, ProtlocError
+    from protloc.reports.cells import cell_blocks, write_cell_figures
     from protloc.runs import load_config
 
     check_output_path(args.out, folder=True)
+    if args.masks is not None and not args.cells:
+        raise ProtlocError("--masks gives the cells for --cells; add --cells")
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
-    table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans)
+    table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans,
+                        recursive=args.recursive, gray_as=args.gray_as)
     predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as,
                                bit_depth=args.bit_depth,
                                stain_map=args.stain_map)
@@ -59,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
               "true and missed classes are not shown", file=sys.stderr)
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
         explanations = explain_table(predictor, table, out, targets)
-        write_explanation_page(explanations, predictor.config, out, describe_maps(predictor.model, predictor.config))
+        cells = []
+        if args.cells:
+            cells, problems = write_cell_figures(predictor, table, out, [e.figure for e in explanations], args.masks)
+            if problems:
+                raise DataError(*problems)
+        write_explanation_page(explanations, predictor.config, out, describe_maps(predictor.model, predictor.config),
+                               cell_blocks(cells))
     print(f"{len(explanations)} explanations written; open {args.out}/index.html")
     return 0

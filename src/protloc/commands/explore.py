@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_dataset_options, add_subset_option, read_dataset_from_args
+from protloc.commands._options import add_dataset_options, add_recursive_option, add_subset_option, read_dataset_from_args
 from protloc.data import BIT_DEPTHS
 
 
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
                         help="intensity scale of the images, 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit "
                              "files), as protloc train --bit-depth (default: detected as train detects it)")
     add_dataset_options(parser)
+    add_recursive_option(parser)
     parser.set_defaults(handler=run)
 
 

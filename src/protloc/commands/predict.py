@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option,
-                                       add_inference_options, add_stain_map_option, announce_reading,
+                                       add_inference_options, add_recursive_option, add_stain_map_option, announce_reading,
                                        image_cache_from_args, threshold_value)
 
 
@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
     parser.add_argument("--probabilities", action="store_true",
                         help="write the id then one probability column per class (named by class) instead of labels")
+    parser.add_argument("--label-names", action="store_true",
+                        help="also write the predicted classes by name, \"; \"-joined, in a column 'Class names' (after "
+                             "the class numbers, or before the probabilities); the file is then more than a Kaggle "
+                             "submission")
     parser.add_argument("--threshold", type=threshold_value, default=None,
                         help="one threshold for every class instead of the run's tuned per-class thresholds")
     parser.add_argument("--allow-empty", action="store_true",
@@ -40,6 +44,7 @@ def register(subparsers) -> None:
                         help="with --cells: the cells of each image, DIR/<id>.png (or .tif) label images: 0 background, "
                              "k for cell k (from protloc segment, cellpose, CellProfiler, HPA-Cell-Segmentation)")
     add_gray_as_option(parser)
+    add_recursive_option(parser)
     add_bit_depth_option(parser)
     add_stain_map_option(parser)
     add_inference_options(parser)
@@ -68,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.run)
     # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
     label_set = LabelSet(config.label_set, tuple(config.label_names))
-    table = read_inputs(args.inputs, layout=args.format, split="test", label_set=label_set, channels=config.in_chans)
+    table = read_inputs(args.inputs, layout=args.format, split="test", label_set=label_set, channels=config.in_chans,
+                        recursive=args.recursive, gray_as=args.gray_as)
     missing = find_missing_files(table) if args.on_error == "fail" else []
     if missing:
         raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
@@ -97,10 +103,13 @@ def run(args: argparse.Namespace) -> int:
         return _write_cells(args, predictor, table.subset(np.flatnonzero(ok)), probabilities[ok])
     ids = table.frame["id"][ok].tolist()
     layout = output_layout(table.layout, config.layout)
+    decided = predictor.decide(probabilities[ok], threshold=args.threshold, allow_empty=args.allow_empty)
+    names = config.label_names if args.label_names else None
     if args.probabilities:
-        frame = probability_frame(ids, probabilities[ok], config.label_names, layout)
+        frame = probability_frame(ids, probabilities[ok], config.label_names, layout,
+                                  predicted=decided if args.label_names else None)
     else:
-        frame = submission_frame(ids, predictor.decide(probabilities[ok], threshold=args.threshold, allow_empty=args.allow_empty), layout)
+        frame = submission_frame(ids, decided, layout, label_names=names)
     write_csv(args.out, frame)
     what = f"probabilities of {config.num_classes} classes" if args.probabilities else ",".join(frame.columns)
     print(f"wrote {args.out}: {len(frame)} images ({what})")

@@ -28,9 +28,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve a trained run over HTTP (web page and JSON API)",
         description="Serve a trained run over HTTP until Ctrl-C. GET / is a page to drop images on, see their "
-                    "labels and Grad-CAMs and download a Kaggle CSV; POST /predict takes images (multipart field "
+                    "labels and class-activation maps and download a CSV; POST /predict takes images (multipart field "
                     "'files', or a stain set in fields red, green, blue[, yellow]) and answers labels and "
-                    "probabilities as JSON; POST /explain gives Grad-CAM overlays; /docs documents the API. "
+                    "probabilities as JSON; POST /explain gives class-activation maps (HiResCAM, a Grad-CAM variant); /docs documents the API. "
                     "Example: curl -F files=@cell.png http://127.0.0.1:8000/predict")
     parser.add_argument("run", metavar="RUN", help="run folder (config.json + model.safetensors) written by protloc train")
     parser.add_argument("--host", default="127.0.0.1",

@@ -28,6 +28,7 @@ UNIFORM_SIZE_LAYOUTS = (Z2G, HPA2018)
 @dataclass
 class CheckReport:
     layout: str
+    labelled: bool = True
     n_images: int = 0
     n_test_images: int = 0
     problems: list[str] = field(default_factory=list)
@@ -118,15 +119,17 @@ def check_dataset(
     label_set: LabelSet | None = None,
     channels: int = 3,
     show_progress: bool = True,
+    recursive: bool = False,
 ) -> CheckReport:
     """Every problem of a dataset: CSV format, labels, duplicate ids, missing, corrupt or odd images."""
     path = Path(path)
     problems: list[str] = []
     try:
-        table = read_dataset(path, layout=layout, label_set=label_set, channels=channels, collect=problems)
+        table = read_dataset(path, layout=layout, label_set=label_set, channels=channels, collect=problems,
+                             recursive=recursive)
     except DataError as error:  # the CSV itself is unusable: nothing more can be checked
         return CheckReport(layout or "unknown", problems=problems + error.lines)
-    report = CheckReport(table.layout, n_images=len(table), notes=outside_notes(table))
+    report = CheckReport(table.layout, labelled=table.labelled, n_images=len(table), notes=outside_notes(table))
     problems.extend(find_image_problems(table, show_progress=show_progress, description="checking train images"))
     if table.layout == Z2G and (table.root / "test").is_dir():
         try:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from protloc.data import FOLDER, GENERIC, HPA2018, IMAGES, LAYOUTS, Z2G
 from protloc.data.images import IMAGE_SUFFIXES
-from protloc.data.stains import group_stain_files, split_stain_name, stain_set_sources
+from protloc.data.stains import describe_mixed_files, group_stain_files, split_stain_name, stain_set_sources
 from protloc.errors import DataError, ProtlocError, listed
 from protloc.labels import HPA10, HPA28, LabelSet
 
@@ -230,36 +230,46 @@ def read_generic(csv_path: Path, label_set: LabelSet = HPA10, collect: list[str]
     return _table(ids, sources, labels, lines, label_set, GENERIC, csv_path.parent, csv_path, True, channels)
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files of `folder`, sorted; with `recursive`, of its subfolders too (a plate's well/field folders)."""
+    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(path for path in found if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
 
 
-def read_folder(folder: Path, label_set: LabelSet = HPA10, channels: int = 3, collect: list[str] | None = None) -> DatasetTable:
+def read_folder(folder: Path, label_set: LabelSet = HPA10, channels: int = 3, collect: list[str] | None = None, *,
+                recursive: bool = False, gray_as: str | None = None) -> DatasetTable:
+    """A folder of images (see read_images); with `recursive` its subfolders' too, each image's id its path
+    relative to `folder` without the extension (`A01/field-1/cell`), so that a plate's images come out as one table."""
     folder = Path(folder)
-    paths = list_images(folder)
+    paths = list_images(folder, recursive)
     if not paths:
-        raise DataError(f"{folder}: no images found (expected .png, .jpg or .tif files)")
-    return read_images(paths, label_set, layout=FOLDER, root=folder, channels=channels, collect=collect)
+        deeper = " (its subfolders hold some: add --recursive)" if not recursive and list_images(folder, True) else ""
+        raise DataError(f"{folder}: no images found (expected .png, .jpg, .tif, .czi, .nd2 or .lif files){deeper}")
+    return read_images(paths, label_set, layout=FOLDER, root=folder, channels=channels, collect=collect,
+                       gray_as=gray_as, relative_ids=recursive)
 
 
 def read_images(paths: Sequence[Path], label_set: LabelSet = HPA10, layout: str = IMAGES, root: Path | None = None,
-                channels: int = 3, collect: list[str] | None = None) -> DatasetTable:
-    """Image files, one image each; stain files (<Id>_<stain>.<ext>) are grouped into one image per Id.
+                channels: int = 3, collect: list[str] | None = None, *, gray_as: str | None = None,
+                relative_ids: bool = False) -> DatasetTable:
+    """Image files, one image each; stain files (<Id>_<stain>.<ext>) are grouped into one image per Id and folder
+    (with `gray_as`, an Id of one file is read alone: stains.group_stain_files). `relative_ids`: ids are paths
+    relative to `root`.
 
     Incomplete stain sets are problems, as is a mix of stain files and other images (which is which would be a
     guess): they fail the read, or are appended to `collect` and left out."""
     paths = [Path(path) for path in paths]
-    stain_files = [path for path in paths if split_stain_name(path)]
-    if stain_files and len(stain_files) < len(paths):
-        others = [path.name for path in paths if not split_stain_name(path)]
-        raise DataError(
-            f"{root or paths[0].parent}: {len(stain_files)} stain files (<Id>_<stain>.png) and {len(others)} other images "
-            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give stain files and whole images separately")
-    if stain_files:
-        ids, sources, problems = group_stain_files(stain_files, channels)
+    mixed = describe_mixed_files(paths)
+    if mixed:
+        raise DataError(mixed)
+    if any(split_stain_name(path) for path in paths):
+        ids, sources, problems = group_stain_files(paths, channels, gray_as=gray_as)
         _raise_or_collect(problems, collect)
     else:
         ids, sources = [path.stem for path in paths], [str(path) for path in paths]
+    if relative_ids and root is not None:
+        ids = [os.path.relpath(os.path.join(os.path.dirname(source if isinstance(source, str) else source[0]),
+                                            identifier), root) for identifier, source in zip(ids, sources)]
     if len(set(ids)) != len(ids):
         ids = [str(source if isinstance(source, str) else source[0]) for source in sources]
     labels, lines = [()] * len(ids), [0] * len(ids)
@@ -314,11 +324,14 @@ def read_dataset(
     label_set: LabelSet | None = None,
     channels: int = 3,
     collect: list[str] | None = None,
+    recursive: bool = False,
+    gray_as: str | None = None,
 ) -> DatasetTable:
     """Read any supported dataset into a DatasetTable. Image files are not opened here (see check).
 
     Row problems (bad labels, duplicate ids) raise a DataError listing all of them, or, when `collect`
-    is a list, are appended to it and the good rows are returned."""
+    is a list, are appended to it and the good rows are returned. `recursive` and `gray_as`: see read_folder
+    and read_images (a folder of images, or image files)."""
     path = Path(path)
     layout = layout or detect_layout(path)
     if layout not in LAYOUTS:
@@ -331,17 +344,20 @@ def read_dataset(
     if layout == GENERIC:
         return read_generic(path, label_set, collect, channels)
     if layout == FOLDER:
-        return read_folder(path, label_set, channels, collect)
-    return read_images([path], label_set, channels=channels, collect=collect)
+        return read_folder(path, label_set, channels, collect, recursive=recursive, gray_as=gray_as)
+    return read_images([path], label_set, channels=channels, collect=collect, gray_as=gray_as)
 
 
 def read_inputs(inputs: Sequence[str | Path], *, layout: str | None = None, split: str = "test",
-                label_set: LabelSet | None = None, channels: int = 3) -> DatasetTable:
-    """What `predict` takes: one dataset (folder or CSV), a folder of images, or several image files."""
+                label_set: LabelSet | None = None, channels: int = 3, recursive: bool = False,
+                gray_as: str | None = None) -> DatasetTable:
+    """What `predict` takes: one dataset (folder or CSV), a folder of images (`recursive`: and its subfolders), or
+    several image files; `gray_as` (--gray-as) reads a lone stain file as one grayscale image (read_images)."""
     inputs = [Path(item) for item in inputs]
     if len(inputs) == 1 and not (inputs[0].is_file() and inputs[0].suffix.lower() in IMAGE_SUFFIXES):
-        return read_dataset(inputs[0], layout=layout, split=split, label_set=label_set, channels=channels)
+        return read_dataset(inputs[0], layout=layout, split=split, label_set=label_set, channels=channels,
+                            recursive=recursive, gray_as=gray_as)
     missing = [str(item) for item in inputs if not item.is_file()]
     if missing:
         raise DataError(*(f"{item}: no such image file" for item in missing))
-    return read_images(inputs, label_set or HPA10, channels=channels)
+    return read_images(inputs, label_set or HPA10, channels=channels, gray_as=gray_as)

@@ -36,29 +36,57 @@ def split_stain_name(path: str | Path) -> tuple[str, str] | None:
     return identifier, stain.lower()
 
 
+def describe_mixed_files(paths: Sequence[str | Path]) -> str | None:
+    """Why stain files and other images cannot be read together, naming each folder and what it holds; None
+    when the files are all stain files or all other images."""
+    stain_files = [path for path in paths if split_stain_name(path)]
+    if not stain_files or len(stain_files) == len(paths):
+        return None
+    by_folder: dict[str, list[list[str]]] = defaultdict(lambda: [[], []])
+    for path in paths:
+        by_folder[os.path.dirname(str(path)) or "."][0 if split_stain_name(path) else 1].append(os.path.basename(path))
+    holds = []
+    for folder, (stains, others) in by_folder.items():
+        parts = [f"{len(stains)} stain files" if stains else "",
+                 f"{len(others)} other images ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else ""]
+        holds.append(f"{folder} holds {' and '.join(filter(None, parts))}")
+    return (f"stain files (<Id>_<stain>.png) and other images together: {'; '.join(holds)}; give stain files and "
+            "whole images separately")
+
+
 def stain_file_hint(identifier: str, stains: Sequence[str]) -> str:
     return ", ".join(f"{identifier}_{stain}" for stain in stains) + " (.png, .tif or .jpg)"
 
 
-def group_stain_files(paths: Sequence[str | Path], channels: int) -> tuple[list[str], list[tuple[str, ...]], list[str]]:
+def group_stain_files(paths: Sequence[str | Path], channels: int,
+                      gray_as: str | None = None) -> tuple[list[str], list[tuple[str, ...] | str], list[str]]:
     """Stain files -> (ids, stain sets in the run's channel order, problems), ids in order of first appearance.
+    An Id is a name in a folder: files of one name in two folders are two images.
 
     A problem is an Id without every stain the run reads, or with two files of one stain. Stains the run does
-    not read (yellow for an RGB run) are left out of the set."""
+    not read (yellow for an RGB run) are left out of the set. With `gray_as` (the user's --gray-as), an Id of
+    one file is that file alone, a grayscale image the run reads as the `gray_as` stain: the option wins over
+    the name."""
     needed = run_stains(channels)
-    files: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    files: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for path in paths:
         identifier, stain = split_stain_name(path)
-        files[identifier][stain].append(str(path))
+        files[os.path.dirname(str(path)) or ".", identifier][stain].append(str(path))
     ids, sources, problems = [], [], []
-    for identifier, by_stain in files.items():
-        folder = os.path.dirname(next(iter(by_stain.values()))[0]) or "."
+    for (folder, identifier), by_stain in files.items():
         missing = [stain for stain in needed if stain not in by_stain]
         doubled = [stain for stain in needed if len(by_stain.get(stain, ())) > 1]
+        lone = [file for stain_files in by_stain.values() for file in stain_files]
+        if missing and gray_as is not None and len(lone) == 1:
+            ids.append(identifier)
+            sources.append(lone[0])
+            continue
         if missing:
+            alone = (f"; or, to read {os.path.basename(lone[0])} alone as one grayscale image, --gray-as STAIN"
+                     if len(lone) == 1 else "")
             problems.append(
                 f"{folder}: Id {identifier} has no {' or '.join(missing)} stain file; a {channels}-channel run reads "
-                f"{', '.join(needed)}, one file each: {stain_file_hint(identifier, needed)}")
+                f"{', '.join(needed)}, one file each: {stain_file_hint(identifier, needed)}{alone}")
         for stain in doubled:
             names = ", ".join(os.path.basename(path) for path in by_stain[stain])
             problems.append(f"{folder}: Id {identifier} has {len(by_stain[stain])} {stain} stain files ({names}); keep one")

@@ -18,6 +18,8 @@ SUBMISSION_COLUMNS = {Z2G: ("Image", "Label"), HPA2018: ("Id", "Predicted")}
 KAGGLE_LAYOUTS = tuple(SUBMISSION_COLUMNS)
 # Six decimals are far below any threshold step and keep files a third of the size of full floats.
 PROBABILITY_DECIMALS = 6
+NAMES_COLUMN = "Class names"  # predict --label-names: the labels spelt out, "; "-joined (names hold spaces)
+NAMES_SEPARATOR = "; "
 
 
 def output_layout(input_layout: str, run_layout: str) -> str:
@@ -27,16 +29,30 @@ def output_layout(input_layout: str, run_layout: str) -> str:
     return run_layout if run_layout in KAGGLE_LAYOUTS else Z2G
 
 
-def submission_frame(ids: Sequence[str], predicted: np.ndarray, layout: str) -> pd.DataFrame:
-    """One row per image: the id and its classes as space-separated numbers, in increasing order."""
+def class_names(predicted: np.ndarray, label_names: Sequence[str]) -> list[str]:
+    """Each row's classes by name, "; "-joined, in class order."""
+    return [NAMES_SEPARATOR.join(label_names[i] for i in np.flatnonzero(row)) for row in np.asarray(predicted, dtype=bool)]
+
+
+def submission_frame(ids: Sequence[str], predicted: np.ndarray, layout: str,
+                     label_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per image: the id and its classes as space-separated numbers, in increasing order; with
+    `label_names`, a last column of their names too (the file is then more than a Kaggle submission)."""
     id_column, label_column = SUBMISSION_COLUMNS[layout]
     labels = [" ".join(str(i) for i in np.flatnonzero(row)) for row in np.asarray(predicted, dtype=bool)]
-    return pd.DataFrame({id_column: list(ids), label_column: labels})
+    frame = pd.DataFrame({id_column: list(ids), label_column: labels})
+    if label_names is not None:
+        frame[NAMES_COLUMN] = class_names(predicted, label_names)
+    return frame
 
 
-def probability_frame(ids: Sequence[str], probabilities: np.ndarray, label_names: Sequence[str], layout: str) -> pd.DataFrame:
-    """The id column of `layout`'s format, then one probability column per class, named by the class."""
+def probability_frame(ids: Sequence[str], probabilities: np.ndarray, label_names: Sequence[str], layout: str,
+                      predicted: np.ndarray | None = None) -> pd.DataFrame:
+    """The id column of `layout`'s format, then one probability column per class, named by the class; with
+    `predicted`, the predicted classes' names before them."""
     id_column = SUBMISSION_COLUMNS[layout][0]
     frame = pd.DataFrame(np.round(np.asarray(probabilities, dtype=np.float64), PROBABILITY_DECIMALS), columns=list(label_names))
+    if predicted is not None:
+        frame.insert(0, NAMES_COLUMN, class_names(predicted, label_names))
     frame.insert(0, id_column, list(ids))
     return frame

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from protloc.data.readers import DatasetTable
@@ -33,6 +34,9 @@ from protloc.reports.explore import rgb_view
 PANEL_COLUMNS = 4
 TARGET_MODES = ("predicted", "all")
 CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by bench_cam_localisation.py (git history)
+# What people read wherever the maps are named (CLI, reports, page, API docs): the method as it is.
+CAM_ABOUT = ("HiResCAM (a variant of Grad-CAM that multiplies each feature's gradient with its activation where "
+             "it sits, rather than averaging the gradient over the image)")
 # Outlines around the hottest pixels holding these shares of the map's mass, as the ground-truth masks
 # of the synthetic patterns are defined: a peaky map gets small outlines, a diffuse one large ones, and
 # a few extreme pixels cannot hide the rest as a fraction-of-maximum level would. The outer one bounds
@@ -40,6 +44,7 @@ CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by bench_cam_localis
 MAP_MASS_SHARES = (0.5, 0.2)
 HOT_TINT = 0.25
 OUTLINE_COLOURS = ((0.7, 0.7, 0.7), (1.0, 1.0, 1.0))  # grey and white: apart from the stains' hues
+HEATMAP = "inferno"  # the map alone: dark where it is 0, pale yellow at its maximum; readable in grey too
 
 
 @dataclass
@@ -107,7 +112,8 @@ def protein_channel(image: np.ndarray) -> np.ndarray:
 def cam_layer(model) -> torch.nn.Module:
     layer = getattr(model.backbone, "cam_layer", None)
     if layer is None:
-        raise ProtlocError(f"backbone {model.backbone.spec.name}: no layer with a spatial map was found for Grad-CAM")
+        raise ProtlocError(f"backbone {model.backbone.spec.name}: no layer with a spatial map was found for "
+                           f"class-activation maps")
     return layer
 
 
@@ -149,7 +155,7 @@ def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.nd
 
 
 def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
-    """Grad-CAM maps of a run's model; for a K-fold ensemble, the mean of its folds' maps (each fold seeing the
+    """Class-activation maps of a run's model; for a K-fold ensemble, the mean of its folds' maps (each fold seeing the
     image normalised as it was trained), scaled back to 0..1 per map."""
     from protloc.models.ensemble import FoldEnsemble
 
@@ -215,6 +221,11 @@ def overlay_map(image: np.ndarray, cam: np.ndarray, shares: tuple[float, ...] = 
     for share, colour in zip(shares, OUTLINE_COLOURS):
         shown[outline(hottest_area(cam, share), width)] = colour
     return shown
+
+
+def heatmap_colours(cam: np.ndarray) -> np.ndarray:
+    """A map (H, W) in 0..1 as RGB (H, W, 3) in 0..1 on the HEATMAP colour scale."""
+    return colormaps[HEATMAP](np.clip(cam, 0, 1))[..., :3].astype(np.float32)
 
 
 def plot_probabilities(ax, explanation: Explanation, thresholds: list[float], names: list[str]):
@@ -286,7 +297,7 @@ def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path
     explanations, used = [], set()
     truth = true_classes(table, predictor.config) or [None] * len(table)
     rows = zip(table.frame["id"], table.frame["source"], truth)
-    for identifier, source, true in progress_bar(rows, total=len(table), desc="Grad-CAM", unit="image",
+    for identifier, source, true in progress_bar(rows, total=len(table), desc="class maps", unit="image",
                                          disable=not show_progress):
         explanation, figure = explain_image(predictor, str(identifier), source, targets, true)
         while explanation.figure in used:  # two ids that sanitise to one name
@@ -297,19 +308,24 @@ def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path
     return explanations
 
 
-def describe_maps(model, config) -> str:
-    """How the maps were made and how to read them, for the page above the figures."""
+def describe_maps(model, config, *, panels: bool = True) -> str:
+    """How the maps were made and how to read them, for the page above the figures; `panels`: say which classes
+    get one (the figures of `protloc explain`)."""
     from protloc.models.ensemble import FoldEnsemble
 
     folds = ""
     if isinstance(model, FoldEnsemble):  # the folds share a backbone: the first one says how each was mapped
         folds, model = f" (the mean of {len(model.folds)} folds' maps)", model.folds[0]
     rows, columns = cam_grid(model, config.image_size)
-    return (f"Maps{folds}: {CAM_METHOD} on layer {model.backbone.cam_layer_name} of {config.backbone}, "
-            f"{rows}x{columns} cells at {config.image_size} px, smoothed up to the image. In each class's panel the "
-            f"grey outline surrounds the hottest pixels holding {MAP_MASS_SHARES[0]:.0%} of its map (lightly tinted "
-            f"inside), the white one those holding {MAP_MASS_SHARES[1]:.0%}; every other pixel is the input's own. "
-            "Panels are drawn for the predicted classes and for true classes the model missed (red title).")
+    text = (f"Class-activation maps{folds}: where in the image the model found each class, made with {CAM_ABOUT} "
+            f"on layer {model.backbone.cam_layer_name} of {config.backbone}: {rows}x{columns} cells at "
+            f"{config.image_size} px, smoothed up to the image. Each map is scaled to its own maximum, so two classes' "
+            f"maps show where, not how strongly. Outlines: grey around the hottest pixels holding "
+            f"{MAP_MASS_SHARES[0]:.0%} of the map (lightly tinted inside), white around those holding "
+            f"{MAP_MASS_SHARES[1]:.0%}; every other pixel is the input's own, so the stains stay visible.")
+    if panels:
+        text += " Panels are drawn for the predicted classes and for true classes the model missed (red title)."
+    return text
 
 
 def class_list(indices: list[int] | None, names: list[str]) -> str:
@@ -337,8 +353,10 @@ def explanation_blocks(explanations: list[Explanation], config, prefix: str = ""
     return blocks
 
 
-def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path, maps: str = "") -> None:
-    """index.html over the figures; `maps` is `describe_maps`'s text."""
+def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path, maps: str = "",
+                           more: list[str] | None = None) -> None:
+    """index.html over the figures; `maps` is `describe_maps`'s text, `more` blocks go last (the cells)."""
     blocks = [html.paragraph("Images are shown as the model saw them (resized), beside their protein stain alone."),
               *([html.paragraph(maps)] if maps else [])]
-    html.write_page(Path(out_dir) / "index.html", "Explanations", blocks + explanation_blocks(explanations, config))
+    html.write_page(Path(out_dir) / "index.html", "Explanations",
+                    blocks + explanation_blocks(explanations, config) + list(more or []))

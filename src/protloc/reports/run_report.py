@@ -209,16 +209,21 @@ def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name
 
 def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: str, samples: int,
                     show_progress: bool, links_to: Path | None = None) -> list[str]:
+    from protloc.reports.cells import cell_blocks, write_cell_figures
     from protloc.reports.explain import describe_maps, explain_table, explanation_blocks
 
     shown = table.subset(range(min(samples, len(table))))
     if not len(shown):
         return [html.note("No samples asked for (--samples 0).")]
     explanations = explain_table(predictor, shown, samples_dir, "predicted", show_progress=show_progress)
+    prefix = relative_link(links_to or samples_dir, page) + "/"
+    # Their cells, as protloc segment finds them: an image where none are found is said, not drawn.
+    cells, problems = write_cell_figures(predictor, shown, samples_dir, [e.figure for e in explanations])
     return [html.paragraph(f"The first {len(shown)} images of {data_name}, with the map of each predicted class"
                            + (" and of each true class the model missed." if table.labelled else ".")),
             html.paragraph(describe_maps(predictor.model, predictor.config)),
-            *explanation_blocks(explanations, predictor.config, relative_link(links_to or samples_dir, page) + "/")]
+            *explanation_blocks(explanations, predictor.config, prefix),
+            *cell_blocks(cells, prefix), *(html.note(f"No cells drawn for {line}") for line in problems)]
 
 
 def linked_files(blocks: list[str]) -> list[str]:

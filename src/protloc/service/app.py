@@ -1,9 +1,9 @@
 """A trained run behind HTTP: the FastAPI application of `protloc serve`.
 
-    GET  /              the page for people: drop images, see labels and Grad-CAMs, download a CSV
+    GET  /              the page for people: drop images, see labels and class-activation maps, download a CSV
     GET  /health        the run: name, backbone, engine, classes, thresholds, limits
     POST /predict       images (multipart `files`, a stain set, or one raw image body) -> labels, probabilities
-    POST /explain       one image -> Grad-CAM overlay per class, inline as PNG data URLs
+    POST /explain       one image -> a class-activation map (HiResCAM) per class, inline as PNG data URLs
     GET  /docs          interactive API documentation, its assets served from the package (works offline)
     GET  /openapi.json  the API's description
 

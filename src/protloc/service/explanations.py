@@ -1,7 +1,8 @@
-"""Grad-CAM overlays and previews as PNG bytes, for POST /explain.
+"""Class-activation maps (HiResCAM, a Grad-CAM variant) and previews as PNG bytes, for POST /explain.
 
 `explain_image` is the service's one door to reports/explain.py: the same maps as `protloc explain`, drawn
-the same way (the map's hottest areas outlined over the input as the model saw it, stains left visible).
+the same way (the map's hottest areas outlined over the input as the model saw it, stains left visible), and
+each map alone on a colour scale, where differences inside the outlines show.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from protloc.inference.predictor import Predictor
 from protloc.reports.explore import rgb_view
 
 PREVIEW_SIDE = 512  # pixels: enough to see cells on a screen, small enough to send inline
+THUMBNAIL_SIDE = 96  # pixels: a table row's picture
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -23,10 +25,11 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def explain_image(predictor: Predictor, image: np.ndarray, classes: Sequence[str]) -> dict[str, bytes]:
-    """{class name: PNG of its map drawn over the image} for one decoded image (H, W, C uint8): the input comes
-    from the predictor, the maps and their drawing from reports/explain.py, as `protloc explain` makes them."""
-    from protloc.reports.explain import compute_model_cams, model_view, overlay_map
+def explain_image(predictor: Predictor, image: np.ndarray, classes: Sequence[str]) -> dict[str, tuple[bytes, bytes]]:
+    """{class name: (PNG of its map drawn over the image, PNG of the map alone on a colour scale)} for one decoded
+    image (H, W, C uint8): the input comes from the predictor, the maps and their drawing from reports/explain.py,
+    as `protloc explain` makes them."""
+    from protloc.reports.explain import compute_model_cams, heatmap_colours, model_view, overlay_map
 
     indices = [predictor.label_names.index(name) for name in classes]
     if not indices:
@@ -34,7 +37,20 @@ def explain_image(predictor: Predictor, image: np.ndarray, classes: Sequence[str
     tensor = predictor.prepare(image)[None]
     cams = compute_model_cams(predictor.model, tensor, indices)  # a K-fold folder's: the mean of its folds' maps
     seen = rgb_view(model_view(tensor, predictor.config))
-    return {name: png_bytes((overlay_map(seen, cam) * 255 + 0.5).astype(np.uint8)) for name, cam in zip(classes, cams)}
+    return {name: (png_bytes(as_uint8(overlay_map(seen, cam))), png_bytes(as_uint8(heatmap_colours(cam))))
+            for name, cam in zip(classes, cams)}
+
+
+def as_uint8(picture: np.ndarray) -> np.ndarray:
+    return (picture * 255 + 0.5).astype(np.uint8)
+
+
+def thumbnail_png(image: np.ndarray) -> bytes:
+    """The colour composite of a decoded image, at most THUMBNAIL_SIDE wide: a row's picture on the page, for
+    files a browser cannot show itself (TIFF, stain sets)."""
+    picture = Image.fromarray(np.ascontiguousarray(rgb_view(image)))
+    picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return png_bytes(np.asarray(picture))
 
 
 def preview_images(image: np.ndarray) -> tuple[bytes, bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Annotated
 
@@ -16,6 +16,7 @@ from python_multipart.multipart import parse_options_header
 from protloc.data import BIT_DEPTHS
 from protloc.data.images import ImageReadError, compose_stains
 from protloc.data.stains import STAINS, parse_stain_map
+from protloc.service.explanations import thumbnail_png
 from protloc.service.runtime import Runtime
 from protloc.service.schemas import ClassExplanation, ExplainResponse, Health, ImageResult, PredictResponse, Problem
 from protloc.service.uploads import http_status
@@ -46,8 +47,10 @@ class Options:
     tta: bool = False
     threshold: float | None = None
     allow_empty: bool = False
+    thumbnails: bool = False
     bit_depth: int | None = None
     stain_map: dict | None = None
+    cells: bool = False
 
 
 def _either(name: str, query, form):
@@ -59,6 +62,9 @@ def _either(name: str, query, form):
 TTA = "average over the 8 flips and quarter turns of each image (8x slower)"
 THRESHOLD = "one threshold for every class instead of the run's tuned per-class thresholds"
 ALLOW_EMPTY = "allow images with no label (default: each image gets at least its most likely class)"
+THUMBNAILS = "add each image's thumbnail (a PNG data URL, at most 96 px) to the answer"
+CELLS = ("also answer per cell: each cell found by segmentation (nuclei from blue, cells from red), its labels and "
+         "probabilities, centroid, area and outline (a polygon in the image's pixels)")
 BIT_DEPTH = (f"depth of the images' pixels, {', '.join(map(str, BIT_DEPTHS))} (12 for 12-bit camera data in 16-bit "
              "files), each scaled from its full scale into the run's range (default: the run's bit depth; a run of "
              "8-bit images reads a 16-bit file by its container, 0..65535)")
@@ -90,16 +96,22 @@ def read_options(
     tta_field: Annotated[bool | None, Form(alias="tta", description=TTA)] = None,
     threshold_field: Annotated[float | None, Form(alias="threshold", gt=0, lt=1, description=THRESHOLD)] = None,
     allow_empty_field: Annotated[bool | None, Form(alias="allow_empty", description=ALLOW_EMPTY)] = None,
+    thumbnails: Annotated[bool | None, Query(description=THUMBNAILS)] = None,
+    thumbnails_field: Annotated[bool | None, Form(alias="thumbnails", description=THUMBNAILS)] = None,
     bit_depth: Annotated[int | None, Query(description=BIT_DEPTH)] = None,
     bit_depth_field: Annotated[int | None, Form(alias="bit_depth", description=BIT_DEPTH)] = None,
     stain_map: Annotated[str | None, Query(description=STAIN_MAP)] = None,
     stain_map_field: Annotated[str | None, Form(alias="stain_map", description=STAIN_MAP)] = None,
+    cells: Annotated[bool | None, Query(description=CELLS)] = None,
+    cells_field: Annotated[bool | None, Form(alias="cells", description=CELLS)] = None,
 ) -> Options:
     return Options(tta=bool(_either("tta", tta, tta_field)),
                    threshold=_either("threshold", threshold, threshold_field),
                    allow_empty=bool(_either("allow_empty", allow_empty, allow_empty_field)),
+                   thumbnails=bool(_either("thumbnails", thumbnails, thumbnails_field)),
                    bit_depth=_bit_depth(_either("bit_depth", bit_depth, bit_depth_field)),
-                   stain_map=_stain_map(_either("stain_map", stain_map, stain_map_field)))
+                   stain_map=_stain_map(_either("stain_map", stain_map, stain_map_field)),
+                   cells=bool(_either("cells", cells, cells_field)))
 
 
 # ---------------------------------------------------------------- images: files, a stain set, or the body
@@ -118,6 +130,7 @@ class Upload:
 
     name: str
     files: list[tuple[str, bytes]]  # (name for messages, bytes)
+    notes: list[str] = field(default_factory=list)  # what of the upload was not used
 
 
 def _content_type(request: Request) -> str:
@@ -148,8 +161,10 @@ async def gather_uploads(request: Request, runtime: Runtime, files: list[UploadF
         if missing:
             raise HTTPException(422, f"stain set: no {', '.join(missing)} image (this run stacks "
                                      f"{', '.join(runtime.stains)}; send each as a form field of that name)")
+        unused = [f"{stain} stain ({given[stain].filename}) not used: this model reads {and_list(runtime.stains)}"
+                  for stain in given if stain not in runtime.stains]
         uploads.append(Upload(_stain_set_name(given), [(f"{stain} ({given[stain].filename})", await given[stain].read())
-                                                       for stain in runtime.stains]))
+                                                       for stain in runtime.stains], unused))
     if not uploads:
         raise HTTPException(400, "no image: send files in a multipart field named files, a stain set in fields "
                                  f"{', '.join(runtime.stains)}, or one image as the body with its Content-Type "
@@ -157,6 +172,24 @@ async def gather_uploads(request: Request, runtime: Runtime, files: list[UploadF
     if len(uploads) > runtime.limits.max_files:
         raise HTTPException(413, f"{len(uploads)} images in one request; the limit is {runtime.limits.max_files}")
     return uploads
+
+
+def and_list(words: list[str]) -> str:
+    """"red, green and blue"."""
+    return ", ".join(words[:-1]) + f" and {words[-1]}" if len(words) > 1 else "".join(words)
+
+
+def check_channels(name: str, image: np.ndarray, stains: list[str]) -> None:
+    """A file with fewer channels than the run's stains is refused in words for people uploading images, naming
+    the two ways that work (no option of the command line: the service reads images as they are)."""
+    have = image.shape[-1]
+    if have >= len(stains):
+        return
+    what = "a grayscale image (one stain)" if have == 1 else f"an image of {have} channels"
+    stem = PurePath(name).stem
+    files = ", ".join(f"{stem}_{stain}.png" for stain in stains)
+    raise HTTPException(422, f"{name}: {what}, but this model reads {len(stains)} stains stacked ({and_list(stains)}). "
+                             f"Send a colour composite, or the stains as a set of one file each: {files}")
 
 
 async def decode(runtime: Runtime, upload: Upload, options: Options = Options()) -> np.ndarray:
@@ -167,6 +200,7 @@ async def decode(runtime: Runtime, upload: Upload, options: Options = Options())
         except ImageReadError as error:
             raise HTTPException(http_status(error), f"{name}: {error}") from None
     if len(arrays) == 1:
+        check_channels(upload.name, arrays[0], runtime.stains)
         return arrays[0]
     try:
         return compose_stains(arrays)
@@ -174,24 +208,30 @@ async def decode(runtime: Runtime, upload: Upload, options: Options = Options())
         raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 
 
-async def predict_uploads(runtime: Runtime, uploads: list[Upload], options: Options) -> np.ndarray:
-    """(N, C) probabilities. Each image joins the batching queue as soon as it is decoded, so decoding the
-    next one overlaps the model's work on this one."""
+async def predict_uploads(runtime: Runtime, uploads: list[Upload], options: Options) -> tuple[np.ndarray, list[str | None]]:
+    """(N, C) probabilities, and each image's thumbnail data URL when options ask for it (else None). Each image
+    joins the batching queue as soon as it is decoded, so decoding the next one overlaps the model's work on this one."""
     pending: list[asyncio.Future] = []
+    pictures: list[str | None] = []
+    loop = asyncio.get_running_loop()
     try:
         for upload in uploads:
             image = await decode(runtime, upload, options)
             pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=options.tta)))
-        return np.stack(await asyncio.gather(*pending))
+            pictures.append(data_url(await loop.run_in_executor(runtime.decoders, thumbnail_png, image))
+                            if options.thumbnails else None)
+        return np.stack(await asyncio.gather(*pending)), pictures
     finally:
         for task in pending:
             task.cancel()  # no-op for finished ones; drops the rest when one image failed
 
 
-def image_result(name: str, probabilities: np.ndarray, decided: np.ndarray, label_names: list[str]) -> ImageResult:
+def image_result(upload: Upload, probabilities: np.ndarray, decided: np.ndarray, label_names: list[str],
+                 thumbnail: str | None = None) -> ImageResult:
     classes = [int(i) for i in np.flatnonzero(decided)]
-    return ImageResult(name=name, labels=[label_names[i] for i in classes], classes=classes,
-                       probabilities={label: float(p) for label, p in zip(label_names, probabilities)})
+    return ImageResult(name=upload.name, labels=[label_names[i] for i in classes], classes=classes,
+                       probabilities={label: float(p) for label, p in zip(label_names, probabilities)},
+                       notes=upload.notes, thumbnail=thumbnail)
 
 
 # ---------------------------------------------------------------- routes
@@ -210,13 +250,30 @@ async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
     stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
     uploads = await gather_uploads(request, runtime, files, stains)
-    probabilities = await predict_uploads(runtime, uploads, options)
+    probabilities, thumbnails = await predict_uploads(runtime, uploads, options)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
     names = predictor.label_names
     thresholds = predictor.config.thresholds if options.threshold is None else [options.threshold] * len(names)
-    images = [image_result(upload.name, p, d, names) for upload, p, d in zip(uploads, probabilities, decided)]
+    images = [image_result(upload, p, d, names, thumbnail)
+              for upload, p, d, thumbnail in zip(uploads, probabilities, decided, thumbnails)]
+    if options.cells:
+        for upload, result, p in zip(uploads, images, probabilities):
+            await add_cells(runtime, upload, result, p, options)
     return PredictResponse(images=images, thresholds={name: float(t) for name, t in zip(names, thresholds)})
+
+
+async def add_cells(runtime: Runtime, upload: Upload, result: ImageResult, probabilities: np.ndarray,
+                    options: Options) -> None:
+    """The image's cells into its result; an image without nuclei is a 422 naming it."""
+    from protloc.errors import DataError
+
+    image = await decode(runtime, upload, options)
+    try:
+        result.cells = await runtime.cells(image, probabilities, upload.name, options.threshold)
+    except DataError as error:
+        raise HTTPException(422, error.lines[0]) from None
+    result.size = [int(image.shape[1]), int(image.shape[0])]
 
 
 def resolve_classes(requested: list[str], label_names: list[str], decided: np.ndarray) -> list[str]:
@@ -252,7 +309,10 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
                   classes_field: Annotated[list[str] | None, Form(alias="classes", description=CLASSES)] = None,
                   files: Files = None, red: Red = None, green: Green = None, blue: Blue = None,
                   yellow: Yellow = None) -> ExplainResponse:
-    """Grad-CAM: where in one image (or stain set) the model found each class, as `protloc explain` draws it."""
+    """Class-activation maps (HiResCAM, a Grad-CAM variant): where in one image (or stain set) the model found each
+    class, as `protloc explain` draws them, and each map alone on a colour scale."""
+    from protloc.reports.explain import MAP_MASS_SHARES  # loaded with the maps' code, not for /predict
+
     uploads = await gather_uploads(request, runtime, files, dict(zip(STAIN_FIELDS, (red, green, blue, yellow))))
     if len(uploads) != 1:
         raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
@@ -265,6 +325,8 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     overlays, composite, green_channel = await runtime.explain(image, targets)
     numbers = [names.index(name) for name in targets]
     explanations = [ClassExplanation(label=names[i], number=i, probability=float(probabilities[i]),
-                                     predicted=bool(decided[i]), overlay=data_url(overlays[names[i]])) for i in numbers]
-    return ExplainResponse(image=image_result(uploads[0].name, probabilities, decided, names),
-                           composite=data_url(composite), green=data_url(green_channel), explanations=explanations)
+                                     predicted=bool(decided[i]), overlay=data_url(overlays[names[i]][0]),
+                                     heatmap=data_url(overlays[names[i]][1])) for i in numbers]
+    return ExplainResponse(image=image_result(uploads[0], probabilities, decided, names),
+                           composite=data_url(composite), green=data_url(green_channel), explanations=explanations,
+                           about=await runtime.maps_about(), outline_shares=list(MAP_MASS_SHARES))

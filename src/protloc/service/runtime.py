@@ -30,7 +30,7 @@ class Runtime:
     def __init__(self, predictor: Predictor, *, run_name: str, engine: str, limits: ServiceLimits,
                  explainer: Predictor | None = None):
         self.predictor = predictor
-        self.explainer = explainer or predictor  # Grad-CAM needs the torch model, also when serving ONNX
+        self.explainer = explainer or predictor  # the class maps need the torch model, also when serving ONNX
         self.run_name = run_name
         self.engine = predictor.engine_name  # what actually runs: "auto" resolved by load_predictor
         self.limits = limits
@@ -40,13 +40,14 @@ class Runtime:
         self.model_thread = ModelThread()
         self.batching = BatchingPredictor(predictor, self.model_thread, limits)
         self.decoders = ThreadPoolExecutor(limits.decode_slots, thread_name_prefix="protloc-decode")
+        self._maps_about: str | None = None
 
     async def start(self) -> None:
         """Make the event loop's objects in the loop that serves (a test client runs a loop of its own)."""
         self.decode_slots = asyncio.Semaphore(self.limits.decode_slots)
         self.explain_slots = asyncio.Semaphore(self.limits.explain_slots)
         await self.model_thread.run(self._warm_up)
-        # Grad-CAM's import takes seconds; done beside the serving, the first /explain need not wait for it.
+        # pytorch-grad-cam's import takes seconds; done beside the serving, the first /explain need not wait for it.
         threading.Thread(target=import_module, args=("pytorch_grad_cam",), name="protloc-import", daemon=True).start()
         self.batching.start()
 
@@ -90,12 +91,30 @@ class Runtime:
         return await self._in_slot(self.decode_slots, "image decoders",
                                    lambda: loop.run_in_executor(self.decoders, decode))
 
-    async def explain(self, image: np.ndarray, classes: Sequence[str]) -> tuple[dict[str, bytes], bytes, bytes]:
-        """({class: overlay PNG}, composite PNG, green channel PNG); Grad-CAM runs in the model thread."""
-        overlays = await self._in_slot(self.explain_slots, "Grad-CAM slots",
+    async def explain(self, image: np.ndarray, classes: Sequence[str]) -> tuple[dict[str, tuple[bytes, bytes]], bytes, bytes]:
+        """({class: (overlay PNG, heat map PNG)}, composite PNG, green channel PNG); the maps are made in the model
+        thread."""
+        overlays = await self._in_slot(self.explain_slots, "class-map slots",
                                        lambda: self.model_thread.run(explain_image, self.explainer, image, list(classes)))
         composite, green = await asyncio.get_running_loop().run_in_executor(self.decoders, preview_images, image)
         return overlays, composite, green
+
+    async def cells(self, image: np.ndarray, probabilities: np.ndarray, name: str, threshold: float | None = None):
+        """The image's cells (service/cells.py), segmented and labelled in the model thread, one image at a time
+        (the explain slots: each is many forward passes). Raises DataError for an image with no nuclei."""
+        from protloc.service.cells import cell_results
+
+        return await self._in_slot(self.explain_slots, "cell slots", lambda: self.model_thread.run(
+            cell_results, self.predictor, image, probabilities, name, threshold))
+
+    async def maps_about(self) -> str:
+        """How the maps are made and drawn (reports/explain.py's words), worked out once: it runs the model."""
+        if self._maps_about is None:
+            from protloc.reports.explain import describe_maps
+
+            self._maps_about = await self.model_thread.run(
+                partial(describe_maps, self.explainer.model, self.explainer.config, panels=False))
+        return self._maps_about
 
     def health(self) -> Health:
         config = self.predictor.config

@@ -21,11 +21,31 @@ class Health(BaseModel):
     max_files: int
 
 
+class CellResult(BaseModel):
+    cell: int = Field(description="the cell's number in the image's mask, 1..K")
+    labels: list[str] = Field(description="the cell's predicted class names (may be none)")
+    classes: list[int]
+    probabilities: dict[str, float] = Field(description="the cell's probability per class: the geometric mean of the "
+                                                        "cell's alone and its image's")
+    centroid: list[float] = Field(description="[x, y] in the image's pixels")
+    area: int = Field(description="pixels")
+    touches_border: bool
+    outline: list[list[float]] = Field(description="the cell's boundary, [x, y] points in the image's pixels, a "
+                                                   "closed polygon")
+
+
 class ImageResult(BaseModel):
     name: str = Field(description="the uploaded file's name; for a stain set, the common id of its files")
     labels: list[str] = Field(description="predicted class names")
     classes: list[int] = Field(description="predicted class numbers, as in Kaggle submission files")
     probabilities: dict[str, float] = Field(description="probability per class name")
+    notes: list[str] = Field(default_factory=list,
+                             description="what was left out of the upload, e.g. a yellow stain a 3-channel run does not read")
+    thumbnail: str | None = Field(default=None, description="PNG data URL, at most 96 px: the image as a colour "
+                                                            "composite; only when the request asks for thumbnails")
+    size: list[int] | None = Field(default=None, description="[width, height] of the image in pixels; with cells")
+    cells: list[CellResult] | None = Field(default=None, description="one per cell, found by segmentation; only when "
+                                                                     "the request asks for cells")
 
 
 class PredictResponse(BaseModel):
@@ -38,7 +58,10 @@ class ClassExplanation(BaseModel):
     number: int
     probability: float
     predicted: bool
-    overlay: str = Field(description="PNG data URL: the Grad-CAM map over the image as the model saw it")
+    overlay: str = Field(description="PNG data URL: the class-activation map (HiResCAM) over the image as the model "
+                                     "saw it: its hottest areas outlined, the stains left visible")
+    heatmap: str = Field(description="PNG data URL: the same map alone, on a colour scale (dark: none, yellow: the "
+                                     "map's own maximum)")
 
 
 class ExplainResponse(BaseModel):
@@ -46,6 +69,9 @@ class ExplainResponse(BaseModel):
     composite: str = Field(description="PNG data URL: the uploaded image (colour composite), at most 512 px")
     green: str = Field(description="PNG data URL: the green (protein) channel alone, in grey")
     explanations: list[ClassExplanation]
+    about: str = Field(description="how the maps were made and how to read them")
+    outline_shares: list[float] = Field(description="the overlays' outlines, grey then white: each surrounds the "
+                                                    "hottest pixels holding this share of the map")
 
 
 class Problem(BaseModel):

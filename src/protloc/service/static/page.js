@@ -1,10 +1,14 @@
-// The page of `protloc serve`: label many images with the served run, look at one's Grad-CAMs, download a CSV.
-// It talks only to this server's JSON API (health, predict, explain), one request per image, a few at a time.
+// The page of `protloc serve`: label many images with the served run, look at one's class-activation maps,
+// download CSVs. It talks only to this server's JSON API (health, predict, explain), one request per image, a few
+// at a time.
 "use strict";
 
 const STAIN_NAME = /^(.*)_(red|green|blue|yellow)$/i;  // HPA stain files: ID_red.png, ID_green.png...
+const STAIN_ORDER = ["red", "green", "blue", "yellow"];
+const BROWSER_IMAGES = /^image\/(png|jpeg)$/;  // what an <img> shows by itself; others get the server's thumbnail
 const IN_FLIGHT = 4;  // requests at once; the server batches them into shared forward passes
 const RETRIES = 4;  // a busy server answers 503; wait and retry
+const NEXT_CLASSES = 3;  // classes shown after the labels in a row
 
 let run = null;  // GET /health
 const items = [];  // one per image or stain set: {id, name, file | stains, result, error, explanation, row}
@@ -13,11 +17,23 @@ let selected = null;
 const byId = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const stem = (name) => name.replace(/\.[^.]*$/, "");
+const percent = (p) => (p >= 0.995 ? ">99%" : p < 0.005 ? "<1%" : `${Math.round(100 * p)}%`);
+const andList = (words) => (words.length > 1 ? `${words.slice(0, -1).join(", ")} and ${words.at(-1)}` : words.join(""));
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A file name that may break after _ . - rather than anywhere: long names wrap between their parts.
+function fileName(text) {
+  const node = element("span", "file-name");
+  text.split(/(?<=[_.\-])/).forEach((part, index) => {
+    if (index) node.append(element("wbr"));
+    node.append(part);
+  });
   return node;
 }
 
@@ -28,79 +44,134 @@ function options() {
   return {tta: form.tta.checked, threshold: form.threshold.value.trim(), allow_empty: form.allow_empty.checked};
 }
 
-function formFor(item) {
+function formFor(item, extra = {}) {
   const body = new FormData();
   if (item.file) {
     body.append("files", item.file, item.file.name);
   } else {
-    for (const stain of run.stains) body.append(stain, item.stains[stain], item.stains[stain].name);
+    // Every stain given, yellow too: the server says which it does not use.
+    for (const stain of STAIN_ORDER) if (item.stains[stain]) body.append(stain, item.stains[stain], item.stains[stain].name);
   }
   const chosen = options();
   body.append("tta", chosen.tta);
   body.append("allow_empty", chosen.allow_empty);
   if (chosen.threshold) body.append("threshold", chosen.threshold);
+  for (const [name, value] of Object.entries(extra)) body.append(name, value);
   return body;
 }
 
 async function post(path, makeBody) {
   for (let attempt = 0; ; attempt++) {
-    const response = await fetch(path, {method: "POST", body: makeBody()});
+    let response;
+    try {
+      response = await fetch(path, {method: "POST", body: makeBody()});
+    } catch (error) {
+      throw new Error("the server did not answer; is protloc serve still running?");
+    }
     if (response.status !== 503 || attempt === RETRIES) return response;
     await sleep(1000 * (attempt + 1));
   }
 }
 
+// The server's words for a refusal, in the page's: no status codes, no field paths.
 async function answer(response) {
-  let detail = response.statusText;
+  let detail = "";
   try {
     const data = await response.json();
     if (response.ok) return data;
     detail = typeof data.detail === "string" ? data.detail
-      : data.detail.map((problem) => `${problem.loc.join(".")}: ${problem.msg}`).join("; ");
+      : data.detail.map((problem) => `${problem.loc.at(-1)}: ${problem.msg}`).join("; ");
   } catch (error) {
     if (response.ok) throw error;
   }
-  throw new Error(`${detail} (HTTP ${response.status})`);
+  if (response.status === 503) detail = "the server is busy; try again in a minute";
+  else if (response.status === 413 && !detail) detail = "too large for this server";
+  throw new Error(detail || `the server refused it (${response.statusText || response.status})`);
+}
+
+// An error message that starts with what it is about.
+function aboutItem(item, message) {
+  const names = [item.name, item.id, ...Object.values(item.stains || {}).map((file) => file.name)];
+  return names.some((name) => message.startsWith(name)) ? message : `${item.name}: ${message}`;
 }
 
 // ------------------------------------------------------------------ files -> items
 
+// Ids are unique, as the CSV's first column must be: 10034.png and 10034.tif are "10034" and "10034.tif".
+function uniqueId(wanted, fallback) {
+  const taken = new Set(items.map((item) => item.id));
+  if (!taken.has(wanted)) return wanted;
+  if (!taken.has(fallback)) return fallback;
+  let count = 2;
+  while (taken.has(`${fallback} (${count})`)) count++;
+  return `${fallback} (${count})`;
+}
+
+function describeSet(item) {
+  const given = STAIN_ORDER.filter((stain) => item.stains[stain]);
+  const missing = run.stains.filter((stain) => !item.stains[stain]);
+  item.name = `${item.setId} (${given.join(", ")})`;
+  item.error = item.incomplete = missing.length
+    ? `stain set without ${andList(missing)}: add ${missing.map((stain) => `${item.setId}_${stain}`).join(", ")} ` +
+      "(drop or pick them; they join this row)"
+    : null;
+}
+
 function addFiles(files) {
-  const sets = new Map();
   const added = [];
+  const touched = new Set();
   for (const file of files) {
     const match = STAIN_NAME.exec(stem(file.name));
     if (!match) {
-      added.push({id: stem(file.name), name: file.name, file});
+      const item = {id: uniqueId(stem(file.name), file.name), name: file.name, file};
+      items.push(item);
+      added.push(item);
       continue;
     }
-    if (!sets.has(match[1])) sets.set(match[1], {});
-    sets.get(match[1])[match[2].toLowerCase()] = file;
+    const [, setId, stain] = match;
+    let item = items.find((other) => other.stains && other.setId === setId);
+    if (!item) {
+      item = {id: uniqueId(setId, `${setId} (stain set)`), setId, stains: {}};
+      items.push(item);
+      added.push(item);
+    }
+    item.stains[stain.toLowerCase()] = file;
+    touched.add(item);
   }
-  for (const [id, stains] of sets) {
-    const missing = run.stains.filter((stain) => !stains[stain]);
-    const item = {id, name: `${id} (${run.stains.join(", ")})`, stains};
-    if (missing.length) item.error = item.incomplete = `stain set without ${missing.join(", ")}`;
-    added.push(item);
-  }
-  items.push(...added);
-  byId("results").hidden = false;
-  added.forEach(renderRow);
-  predictAll(added.filter((item) => !item.error));
+  touched.forEach(describeSet);
+  byId("results").hidden = items.length === 0;
+  items.filter((item) => added.includes(item) || touched.has(item)).forEach(renderRow);
+  predictAll(items.filter((item) => (added.includes(item) || touched.has(item)) && !item.incomplete));
+}
+
+function removeItem(item) {
+  const index = items.indexOf(item);
+  if (index < 0) return;
+  items.splice(index, 1);
+  item.removed = true;
+  if (item.row) item.row.remove();
+  if (item.thumbnail && item.thumbnail.startsWith("blob:")) URL.revokeObjectURL(item.thumbnail);
+  if (selected === item) closeDetail();
+  byId("results").hidden = items.length === 0;
+  updateStatus();
 }
 
 async function predictItem(item) {
+  if (item.removed) return;
   item.result = null;
   item.error = null;
   item.explanation = null;
   renderRow(item);
+  const needsThumbnail = !(item.file && BROWSER_IMAGES.test(item.file.type));
   try {
-    const data = await answer(await post("predict", () => formFor(item)));
+    const data = await answer(await post("predict", () => formFor(item, needsThumbnail ? {thumbnails: true} : {})));
     item.result = data.images[0];
     item.thresholds = data.thresholds;
+    if (item.result.thumbnail) item.thumbnail = item.result.thumbnail;
   } catch (error) {
-    item.error = error.message;
+    item.error = aboutItem(item, error.message);
   }
+  if (item.removed) return;
   renderRow(item);
   if (item === selected) openDetail(item);
 }
@@ -120,19 +191,43 @@ async function predictAll(list) {
 
 // ------------------------------------------------------------------ the table
 
-function spark(result) {
-  const chart = element("div", "spark");
-  run.labels.forEach((label, index) => {
-    const p = result.probabilities[label];
-    const bar = element("span", result.classes.includes(index) ? "on" : "");
-    bar.style.height = `${Math.max(2, 100 * p)}%`;
-    bar.title = `${index} ${label}: ${p.toFixed(3)}`;
-    chart.append(bar);
-  });
-  return chart;
+function ranked(result) {
+  return run.labels.map((label, index) => ({label, index, p: result.probabilities[label]})).sort((a, b) => b.p - a.p);
+}
+
+function labelCell(item) {
+  const cell = element("td", "labels");
+  if (item.error) {
+    cell.append(element("span", "error", item.error));
+  } else if (!item.result) {
+    cell.append(element("span", "pending", "predicting\u2026"));
+  } else {
+    if (!item.result.labels.length) cell.append(element("span", "pending", "no label"));
+    for (const {label, p} of ranked(item.result).filter(({index}) => item.result.classes.includes(index))) {
+      const chip = element("span", "label", label);
+      chip.append(" ", element("span", "value", percent(p)));
+      cell.append(chip);
+    }
+    for (const note of item.result.notes || []) cell.append(element("span", "note", note));
+  }
+  return cell;
+}
+
+function nextCell(item) {
+  const cell = element("td", "next");
+  if (item.result) {
+    const others = ranked(item.result).filter(({index}) => !item.result.classes.includes(index)).slice(0, NEXT_CLASSES);
+    others.forEach(({label, p}) => {
+      const entry = element("span", "other", label);
+      entry.append(" ", element("span", "value", percent(p)));
+      cell.append(entry);
+    });
+  }
+  return cell;
 }
 
 function renderRow(item) {
+  if (item.removed) return;
   if (!item.row) {
     item.row = element("tr");
     item.row.addEventListener("click", () => openDetail(item));
@@ -142,22 +237,21 @@ function renderRow(item) {
   const picture = element("img");
   picture.alt = "";
   picture.addEventListener("error", () => picture.removeAttribute("src"));  // a file that is no image after all
+  if (!item.thumbnail && item.file && BROWSER_IMAGES.test(item.file.type)) item.thumbnail = URL.createObjectURL(item.file);
   if (item.thumbnail) picture.src = item.thumbnail;
-  else if (item.file && /^image\/(png|jpeg)$/.test(item.file.type)) picture.src = item.thumbnail = URL.createObjectURL(item.file);
   thumb.append(picture);
-  const labels = element("td", "labels");
-  const bars = element("td", "bars");
-  if (item.error) {
-    labels.append(element("span", "error", item.error));
-  } else if (!item.result) {
-    labels.append(element("span", "pending", "predicting\u2026"));
-  } else {
-    if (!item.result.labels.length) labels.append(element("span", "pending", "no label"));
-    item.result.labels.forEach((label) => labels.append(element("span", "label", label)));
-    bars.append(spark(item.result));
-  }
-  item.row.replaceChildren(thumb, element("td", "name", item.name), labels, bars);
+  const name = element("td", "name");
+  name.append(fileName(item.name));
+  if (item.id !== stem(item.name) && item.id !== item.setId) name.append(element("span", "csv-id", `CSV id: ${item.id}`));
+  const remove = element("td", "remove");
+  const button = element("button", "remove-button", "\u00d7");
+  button.type = "button";
+  button.title = button.ariaLabel = `remove ${item.name}`;
+  button.addEventListener("click", (event) => { event.stopPropagation(); removeItem(item); });
+  remove.append(button);
+  item.row.replaceChildren(thumb, name, labelCell(item), nextCell(item), remove);
   item.row.classList.toggle("selected", item === selected);
+  item.row.classList.toggle("failed", Boolean(item.error));
 }
 
 function updateStatus() {
@@ -166,25 +260,36 @@ function updateStatus() {
   const pending = items.length - done - failed;
   const parts = [`${done} of ${items.length} images labelled`];
   if (pending) parts.push(`${pending} waiting`);
-  if (failed) parts.push(`${failed} failed`);
-  byId("status").textContent = parts.join(", ");
+  if (failed) parts.push(`${failed} not labelled (see their rows)`);
+  byId("status").textContent = items.length ? parts.join(", ") : "";
   byId("status").className = failed ? "error" : "";
-  byId("download").disabled = done === 0;
+  byId("download").disabled = byId("download-table").disabled = done === 0;
   byId("clear").disabled = items.length === 0;
 }
 
-// ------------------------------------------------------------------ one image: Grad-CAM
+// ------------------------------------------------------------------ one image: its bars and maps
 
 function figure(src, caption, strong) {
   const box = element("figure");
   const picture = element("img");
   picture.src = src;
-  picture.alt = caption;
+  picture.alt = strong ? `${strong} ${caption}` : caption;
   const text = element("figcaption");
   if (strong) text.append(element("strong", "", strong), " ");
   text.append(caption);
   box.append(picture, text);
+  box.tabIndex = 0;
+  const zoom = () => openZoom(picture.src, text.textContent);
+  box.addEventListener("click", zoom);
+  box.addEventListener("keydown", (event) => { if (event.key === "Enter") zoom(); });
   return box;
+}
+
+function openZoom(src, caption) {
+  byId("zoom-image").src = src;
+  byId("zoom-image").alt = caption;
+  byId("zoom-caption").textContent = caption;
+  byId("zoom").showModal();
 }
 
 function probabilityBars(item) {
@@ -196,32 +301,53 @@ function probabilityBars(item) {
     fill.style.width = `${(100 * p).toFixed(1)}%`;
     const tick = element("div", "tick");
     tick.style.left = `${(100 * item.thresholds[label]).toFixed(1)}%`;
+    tick.title = `threshold ${percent(item.thresholds[label])}`;
     track.append(fill, tick);
-    row.append(element("span", "bar-name", `${index} ${label}`), track, element("span", "bar-value", p.toFixed(3)));
+    row.append(element("span", "bar-name", `${index} ${label}`), track, element("span", "bar-value", percent(p)));
     return row;
   });
   byId("detail-bars").replaceChildren(...rows);
+  byId("detail-bars-legend").hidden = false;
+}
+
+function mapStyle() {
+  return document.querySelector("input[name=map-style]:checked").value;
 }
 
 function showExplanation(item) {
   const data = item.explanation;
+  const style = mapStyle();
   const panels = [figure(data.composite, "the image"), figure(data.green, "protein (green channel)")];
   for (const part of data.explanations) {
-    panels.push(figure(part.overlay, `p = ${part.probability.toFixed(2)}`, part.label));
+    panels.push(figure(style === "heatmap" ? part.heatmap : part.overlay, percent(part.probability), part.label));
   }
   byId("detail-images").replaceChildren(...panels);
-  byId("detail-status").textContent = data.explanations.length ? "Grad-CAM for each predicted class:"
-    : "No class is predicted for this image, so there is nothing to explain.";
-  byId("detail").scrollIntoView({block: "start"});
+  const any = data.explanations.length > 0;
+  byId("detail-status").textContent = any ? "Where the model found each predicted class:"
+    : "No class is predicted for this image, so there is no map to show.";
+  byId("map-style").hidden = byId("maps-legend").hidden = !any;
+  data.outline_shares.forEach((share, index) => {
+    document.querySelectorAll(`.share-${index}`).forEach((node) => { node.textContent = `${Math.round(100 * share)}%`; });
+  });
+  document.querySelector(".key-overlay").hidden = style !== "overlay";
+  document.querySelector(".key-heatmap").hidden = style !== "heatmap";
+  byId("maps-about").textContent = data.about;
+}
+
+function closeDetail() {
+  selected = null;
+  byId("detail").hidden = true;
+  items.forEach((item) => item.row && item.row.classList.remove("selected"));
 }
 
 async function openDetail(item) {
   selected = item;
   items.forEach((other) => other.row && other.row.classList.toggle("selected", other === item));
   byId("detail").hidden = false;
-  byId("detail-name").textContent = item.name;
+  byId("detail-name").replaceChildren(fileName(item.name));
   byId("detail-images").replaceChildren();
   byId("detail-bars").replaceChildren();
+  byId("detail-bars-legend").hidden = byId("map-style").hidden = byId("maps-legend").hidden = true;
   const status = byId("detail-status");
   status.className = "";
   if (item.error || !item.result) {
@@ -231,12 +357,12 @@ async function openDetail(item) {
   }
   probabilityBars(item);
   if (!item.explanation) {
-    status.textContent = "computing Grad-CAM\u2026";
+    status.textContent = "drawing the class maps\u2026";
     try {
       item.explanation = await answer(await post("explain", () => formFor(item)));
     } catch (error) {
       if (selected === item) {
-        status.textContent = error.message;
+        status.textContent = aboutItem(item, error.message);
         status.className = "error";
       }
       return;
@@ -247,32 +373,39 @@ async function openDetail(item) {
   if (selected === item) showExplanation(item);
 }
 
-// ------------------------------------------------------------------ CSV in the run's Kaggle format
+// ------------------------------------------------------------------ CSVs
 
 function csvField(text) {
   return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
-function downloadCsv() {
-  const lines = [run.csv_columns.join(",")];
-  for (const item of items) {
-    if (item.result) lines.push(`${csvField(item.id)},${item.result.classes.join(" ")}`);
-  }
+function download(lines, fileName) {
   const link = element("a");
-  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], {type: "text/csv"}));
-  link.download = "submission.csv";
+  link.href = URL.createObjectURL(new Blob([lines.map((fields) => fields.map(csvField).join(",")).join("\n") + "\n"],
+                                           {type: "text/csv"}));
+  link.download = fileName;
   document.body.append(link);
   link.click();
   link.remove();
 }
 
+// The run's Kaggle format: id, class numbers.
+function downloadCsv() {
+  const done = items.filter((item) => item.result);
+  download([run.csv_columns, ...done.map((item) => [item.id, item.result.classes.join(" ")])], "submission.csv");
+}
+
+// For people: id, labels by name, then every class's probability (as protloc.load(...).predict(...).to_frame()).
+function downloadTable() {
+  const done = items.filter((item) => item.result);
+  const rows = done.map((item) => [item.id, item.result.labels.join("; "),
+    ...run.labels.map((label) => item.result.probabilities[label].toFixed(6))]);
+  download([["id", "labels", ...run.labels], ...rows], "labels.csv");
+}
+
 function clearAll() {
-  items.splice(0).forEach((item) => item.row && item.row.remove());
-  selected = null;
-  byId("detail").hidden = true;
-  byId("results").hidden = true;
-  updateStatus();
-  byId("status").textContent = "";
+  [...items].forEach(removeItem);
+  closeDetail();
 }
 
 // ------------------------------------------------------------------ wiring
@@ -289,14 +422,20 @@ function wireDropZone() {
   });
 }
 
+function describeRun() {
+  document.title = `protloc: ${run.run}`;
+  byId("run-name").textContent = `\u00b7 ${run.run}`;
+  byId("run-about").textContent = `${run.backbone}, ${run.labels.length} classes; reads ${andList(run.stains)} ` +
+    `stains and sees images at ${run.image_size} px.`;
+}
+
 async function start() {
   byId("download").addEventListener("click", downloadCsv);
+  byId("download-table").addEventListener("click", downloadTable);
   byId("clear").addEventListener("click", clearAll);
-  byId("detail-close").addEventListener("click", () => {
-    selected = null;
-    byId("detail").hidden = true;
-    items.forEach((item) => item.row && item.row.classList.remove("selected"));
-  });
+  byId("detail-close").addEventListener("click", closeDetail);
+  byId("zoom").addEventListener("click", (event) => { if (event.target === byId("zoom")) byId("zoom").close(); });
+  byId("map-style").addEventListener("change", () => selected && selected.explanation && showExplanation(selected));
   byId("options").addEventListener("change", () => predictAll(items.filter((item) => !item.incomplete)));
   byId("options").addEventListener("submit", (event) => event.preventDefault());
   try {
@@ -305,10 +444,7 @@ async function start() {
     byId("run-about").textContent = `The service does not answer: ${error.message}`;
     return;
   }
-  document.title = `protloc: ${run.run}`;
-  byId("run-name").textContent = `\u00b7 ${run.run}`;
-  byId("run-about").textContent = `${run.backbone}, ${run.labels.length} classes; images are seen at ` +
-    `${run.image_size} px. Images go to this server only.`;
+  describeRun();
   wireDropZone();
 }
 
