@@ -53,7 +53,7 @@ def test_each_run_folder_name_is_a_literal_in_runs_py_alone():
 # the layer of what it needs and of what needs it.
 LAYERS = (
     {"errors"},
-    {"files", "labels", "devices", "allocator", "plots", "progress"},  # vocabulary and plain tools
+    {"files", "labels", "devices", "allocator", "plots", "progress", "lightning_quiet"},  # vocabulary and plain tools
     {"data"},  # files to tables and tensors
     {"runs", "cells"},  # the run-folder format; cells of an image
     {"models"},  # networks, their weights and ensembles

@@ -52,19 +52,14 @@ OUT_OF_FOLD_FILE = "out_of_fold.csv"  # in a K-fold folder: each training image'
 # ("image_size", "n_train", "best_epoch", "val_tuned"...). The keys are those earlier versions wrote, so older run
 # folders load. Nothing reads it back to rebuild the model; it is there for people, reports and `protloc compare`.
 
-# Recipe keys written by earlier versions, and their names now: older records read, and their stopped runs resume.
+# Recipe keys written by earlier versions, and their names now: older records read with today's names.
 RENAMED_KEYS = {"split": "validation_split", "layout": "format"}
 
 
-def upgrade_recipe(values: dict) -> dict:
-    """A recorded recipe with today's key names (earlier versions said "split" and "layout").
-
-    Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
-    a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began."""
-    upgraded = {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
-    if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:
-        upgraded["fold_split"] = "stratified" if upgraded.get("validation_split") == "stratified" else "random"
-    return upgraded
+def rename_recipe_keys(values: dict) -> dict:
+    """A recorded recipe with today's key names (earlier versions said "split" and "layout"); nothing else
+    changes, so a record is written back as it was read. Resuming fills in more (training.config.upgrade_recipe)."""
+    return {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
 
 
 @dataclass
@@ -107,7 +102,7 @@ class TrainingOutcome:
         """From config.json's "training" (any version): outcome keys to their fields, the rest is the recipe."""
         fields = {JSON_KEYS.get(item.name, item.name): item.name for item in dataclasses.fields(cls) if item.name != "recipe"}
         outcome = {fields[key]: value for key, value in values.items() if key in fields}
-        recipe = upgrade_recipe({key: value for key, value in values.items() if key not in fields})
+        recipe = rename_recipe_keys({key: value for key, value in values.items() if key not in fields})
         return cls(recipe=recipe, **outcome)
 
 

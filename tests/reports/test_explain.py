@@ -169,3 +169,25 @@ def test_explain_on_a_labelled_dataset_lists_missed_classes(run_dir, demo_data, 
     page = (out / "index.html").read_text()
     assert "<th>missed</th>" in page
     assert page.count("missed Mitochondria") + page.count("missed Nuclear speckles") >= 2
+
+
+def test_a_microscope_file_stating_its_pixel_size_gets_a_scale_bar(predictor, demo_data, tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from protloc.reports.explain import explain_image
+
+    rgb = np.asarray(Image.open(sorted((demo_data / "train").glob("*.png"))[0]))  # 64 x 64
+    planes = np.stack([rgb[:, :, 2], rgb[:, :, 0], rgb[:, :, 1]])
+    tifffile.imwrite(tmp_path / "cell.ome.tif", planes, ome=True, photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "Tubulin", "GFP"]}, "PhysicalSizeX": 0.5})
+    tifffile.imwrite(tmp_path / "plain.ome.tif", planes, ome=True, photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "Tubulin", "GFP"]}})
+    texts = {}
+    for name in ("cell", "plain"):
+        _, figure = explain_image(predictor, name, str(tmp_path / f"{name}.ome.tif"), [4])
+        texts[name] = [text.get_text() for axes in figure.axes for artist in axes.artists
+                       for text in artist.findobj(lambda item: hasattr(item, "get_text"))]
+        plt.close(figure)
+    assert "5 µm" in texts["cell"]  # 64 px of 0.5 µm: 32 µm wide, a quarter of it rounded down to 5
+    assert texts["plain"] == []

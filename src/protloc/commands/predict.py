@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option,
-                                       add_inference_options, add_recursive_option, add_stain_map_option, announce_reading,
-                                       image_cache_from_args, threshold_value)
+from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option, add_inference_options,
+                                       add_process_options, add_recursive_option, add_stain_map_option, announce_reading,
+                                       image_cache_from_args, ranks_from_args, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     add_recursive_option(parser)
     add_bit_depth_option(parser)
     add_stain_map_option(parser)
-    add_inference_options(parser)
+    add_process_options(add_inference_options(parser))
     add_cache_options(parser)
     parser.set_defaults(handler=run)
 
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     if args.masks is not None and not Path(args.masks).is_dir():
         raise ProtlocError(f"--masks {args.masks}: not a folder")
+    ranks = ranks_from_args(args, args.out)  # before the input: several machines without a launcher fail at once
     config = load_config(args.run)
     # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
     label_set = LabelSet(config.label_set, tuple(config.label_names))
@@ -79,13 +80,15 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
                                           f"written (--on-error skip writes the others)")
-    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
-                               stain_map=args.stain_map,
-                               cache=image_cache_from_args(args))
+    device, onnx_threads = (ranks.device, ranks.threads) if ranks else (args.device, None)
+    predictor = load_predictor(args.run, device=device, engine=args.engine, onnx_path=args.onnx, precision=args.precision,
+                               gray_as=args.gray_as, bit_depth=args.bit_depth, stain_map=args.stain_map,
+                               cache=image_cache_from_args(args), onnx_threads=onnx_threads)
     announce_reading(table, config, args)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
-                                     show_progress=True)
+                                     show_progress=True, ranks=ranks)
+    if result is None:
+        return 0  # one of several processes: process 0 writes the whole table
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable
     if problems:
         if args.on_error == "fail" and len(table) == 1:

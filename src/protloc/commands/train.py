@@ -14,25 +14,19 @@ import pandas as pd
 
 from protloc.allocator import use_huge_pages_for_tensors
 from protloc.data import BIT_DEPTHS
-from protloc.commands._options import add_cache_options, add_dataset_options, add_device_options
+from protloc.commands._options import add_cache_options, add_dataset_options, add_device_options, positive_int
 from protloc.errors import ProtlocError
 from protloc.files import check_output_path
 from protloc.runs import (CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, LR_PLOT_FILE, METRICS_FILE,
                           load_config)
 # Light at import (no torch, no Lightning): `protloc --help` stays fast.
 from protloc.training.config import (
-    GRAD_CLIP_MODES, LOSSES, NORMALIZATIONS, OPTIMIZERS, POS_WEIGHTS, VALIDATION_SPLITS, FOLD_SPLITS, TrainConfig, option,
+    GRAD_CLIP_MODES, LOSSES, NORMALIZATIONS, OPTIMIZERS, POS_WEIGHTS, SAMPLERS, THRESHOLD_METHODS, VALIDATION_SPLITS, FOLD_SPLITS,
+    TrainConfig, option,
 )
 from protloc.training.resume import RESUMABLE_CHANGES, resumed_config
 
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected 1 or more")
-    return value
 
 
 def count(text: str) -> int:
@@ -111,6 +105,14 @@ def add_recipe_options(recipe) -> None:
     add(recipe, "loss", "binary cross-entropy or focal loss", choices=LOSSES)
     add(recipe, "pos_weight", "auto: weight each class's positives by negatives/positives on the training split",
         choices=POS_WEIGHTS)
+    add(recipe, "sampler", "uniform: each training image once per epoch; rare: draw images of rare classes more often "
+                           "(weight: (largest class count / rarest label's count) ** 0.5)", choices=SAMPLERS)
+    add(recipe, "threshold_method", "per-class thresholds tuned on validation: f1 (each class's best F1, pulled "
+                                    "towards 0.5 by few positives) or class-ratio (each class labelled on as many "
+                                    "validation images as its share of training images)", choices=THRESHOLD_METHODS)
+    add(recipe, "augment_resolution", "augmentation crops training images at their own resolution, kept (and cached) "
+                                      "at up to this many times --image-size: small compartments keep their pixels "
+                                      "in a zoomed crop; 1: crop from the copy at --image-size", type=float)
     add(recipe, "head_only_features", "train the frozen phase's head on the backbone's features, computed once per "
                                       "image without augmentation (and kept in the image cache): that phase then takes "
                                       "seconds", action="store_true")

@@ -253,6 +253,12 @@ def to_image_array(array: np.ndarray, bit_depth: int | None = None) -> np.ndarra
     return to_uint8(to_channels_last(array), bit_depth)
 
 
+def image_stem(path: str | Path) -> str:
+    """A file's name without its extension, an OME-TIFF's .ome too: 'cell.ome.tif' -> 'cell'."""
+    stem = Path(path).stem
+    return stem[:-4] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
+
+
 def describe_channels(count: int) -> str:
     return {1: "1 channel (grayscale)", 3: "3 channels (RGB)", 4: "4 channels"}.get(count, f"{count} channels")
 
@@ -349,3 +355,17 @@ def describe_microscope_reading(paths, channels: int, stain_map: dict | None = N
             parts.append(f"{stored.pixel_size_um:.4g} µm per pixel")
         return f"{path}: " + "; ".join(parts) if parts else None
     return None
+
+
+def stated_pixel_size(source) -> tuple[float, int] | None:
+    """(µm per pixel, the stored image's width in pixels) of a microscope file that states its pixel size, else
+    None (other files, stain sets, arrays, unreadable files)."""
+    from protloc.data.microscopy import BIOIO_FORMATS
+
+    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() not in (".tif", ".tiff", *BIOIO_FORMATS):
+        return None
+    try:
+        stored = read_image(source)
+    except ImageReadError:
+        return None
+    return (stored.pixel_size_um, stored.pixels.shape[1]) if stored.pixel_size_um else None

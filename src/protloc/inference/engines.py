@@ -66,8 +66,9 @@ def make_engine(model_or_session, *, device: str = "cpu", precision: str = "auto
     return OnnxEngine(model_or_session)
 
 
-def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path = "RUN"):
-    """An ONNX Runtime session on `path`, checked against the run's config."""
+def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path = "RUN", *, threads: int | None = None):
+    """An ONNX Runtime session on `path`, checked against the run's config; `threads` compute threads (default:
+    ONNX Runtime's, one per core), fewer where several processes share the cores."""
     import onnxruntime
 
     path = Path(path)
@@ -75,7 +76,10 @@ def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path =
     if not path.is_file():
         raise ProtlocError(f"{path}: ONNX model not found; run `{export}` first")
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types for unreadable or invalid files
         raise ProtlocError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
     shape = session.get_inputs()[0].shape  # [batch, channels, height, width]; batch is a name

@@ -132,28 +132,30 @@ def cached_onnx_path(cache_dir: str | Path, digest: str, config: RunConfig) -> P
     return Path(cache_dir) / CACHE_FOLDER / f"{key[:40]}.onnx"
 
 
-def _fresh_session(path: Path, config: RunConfig, run_dir: str | Path, digest: str):
+def _fresh_session(path: Path, config: RunConfig, run_dir: str | Path, digest: str, threads: int | None = None):
     """A session on `path` when it exists, fits the config and was exported from weights `digest`; else None."""
     if not path.is_file():
         return None
     try:
-        session = open_onnx_session(path, config, run_dir)
+        session = open_onnx_session(path, config, run_dir, threads=threads)
     except ProtlocError:  # unreadable, or made for another image size or class count
         return None
     return session if session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest else None
 
 
-def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Path | None = None):
+def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Path | None = None, *,
+                     threads: int | None = None):
     """An ONNX Runtime session for the run: on RUN/model.onnx when it was exported from the run's weights and fits
-    its config, else on an export in `cache_dir` (default: the image cache's folder), made first when missing."""
+    its config, else on an export in `cache_dir` (default: the image cache's folder), made first when missing;
+    `threads` as open_onnx_session."""
     from protloc.data.cache import default_cache_dir
 
     digest = weights_digest(run_dir)
-    session = _fresh_session(Path(run_dir) / ONNX_FILE, config, run_dir, digest)
+    session = _fresh_session(Path(run_dir) / ONNX_FILE, config, run_dir, digest, threads)
     if session is not None:
         return session
     path = cached_onnx_path(cache_dir or default_cache_dir(), digest, config)
-    session = _fresh_session(path, config, run_dir, digest)
+    session = _fresh_session(path, config, run_dir, digest, threads)
     if session is not None:
         return session
     log.info("exporting %s to %s for ONNX Runtime (once; again whenever the weights change)", run_dir, path)
@@ -165,4 +167,4 @@ def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Pa
         raise ProtlocError(f"{path}: cannot write the ONNX model ({error.strerror or error}); export it elsewhere with "
                            f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, set $PROTLOC_CACHE_DIR, or use "
                            f"--engine torch") from None
-    return open_onnx_session(path, config, run_dir)
+    return open_onnx_session(path, config, run_dir, threads=threads)

@@ -72,6 +72,8 @@ class TableResult(NamedTuple):
 
     outputs: np.ndarray  # (N, width) float32: probabilities or features; meaningless where a problem is
     problems: list[str]  # "" for an image that was read, else 'PATH: why'
+    # Other per-image arrays an engine gives beside its outputs (named_outputs), each (N, ...) in row order.
+    extras: dict[str, np.ndarray] = {}
 
     @property
     def ok(self) -> np.ndarray:
@@ -80,6 +82,39 @@ class TableResult(NamedTuple):
     @property
     def unreadable(self) -> list[str]:
         return [problem for problem in self.problems if problem]
+
+
+def named_outputs(outputs) -> dict[str, torch.Tensor]:
+    """A batch's outputs as named per-image arrays: a tensor is "outputs"; an engine that gives more per image
+    returns a dict, its model outputs under "outputs" and the others (a score, say) beside them. Every name flows
+    through both ways of predicting a table (one process, or several: distributed.py) into TableResult."""
+    return dict(outputs) if isinstance(outputs, dict) else {"outputs": outputs}
+
+
+class RowCollector:
+    """Named per-image arrays of batches, each row put at its place in the table: one process's batches, or every
+    process's shares of a table (distributed.py)."""
+
+    def __init__(self, rows: int, width: int | None = None):
+        self.total = rows
+        # With a known width (the classes), an empty table still gives (0, width) outputs.
+        self.arrays = {} if width is None else {"outputs": np.zeros((rows, width), dtype=np.float32)}
+        self.problems = [""] * rows
+        self.seen = np.zeros(rows, dtype=bool)
+
+    def add(self, rows: np.ndarray, arrays: dict[str, np.ndarray], problems) -> None:
+        for name, values in arrays.items():
+            if name not in self.arrays:
+                self.arrays[name] = np.zeros((self.total, *values.shape[1:]), dtype=values.dtype)
+            self.arrays[name][rows] = values
+        for row, problem in zip(rows.tolist(), problems):
+            self.problems[row] = str(problem)
+        self.seen[rows] = True
+
+    def result(self) -> TableResult:
+        extras = {name: values for name, values in self.arrays.items() if name != "outputs"}
+        outputs = self.arrays.get("outputs", np.zeros((0, 0), dtype=np.float32))
+        return TableResult(outputs, self.problems, extras)
 
 
 def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
@@ -92,30 +127,32 @@ def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
 
 
 def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, *, width: int | None,
-                 batch_size: int, workers: int, show_progress: bool, desc: str) -> TableResult:
+                 batch_size: int, workers: int, show_progress: bool, desc: str, ranks=None) -> TableResult | None:
     """`run_batch` on each batch of images, rows in `dataset` order.
 
     width=None: the width of the first batch's outputs (0 for an empty dataset), for outputs such as
-    features whose width only the model knows.
+    features whose width only the model knows. With `ranks` (distributed.Ranks) every process of a distributed
+    prediction runs this with the same arguments: each runs its share, process 0 gets the whole result and the
+    others None.
     """
+    if ranks is not None:
+        _loader(dataset, batch_size, workers)  # the same checks of the options
+        collected = ranks.run_batches(run_batch, dataset, width=width, batch_size=batch_size, workers=workers,
+                                      show_progress=show_progress, desc=desc)
+        return None if collected is None else collected.result()
     from protloc.progress import progress_bar
 
-    outputs = None if width is None else np.zeros((len(dataset), width), dtype=np.float32)
-    problems = [""] * len(dataset)
+    collected = RowCollector(len(dataset), width)
     # Batch after batch, each one's activations are the size of the last one's: kept, they are reused instead
     # of faulted in again (twice the images per second on the CPU; allocator.py). One batch has nothing to reuse.
     keep_freed_memory = freed_memory_kept_for_batches(len(dataset), batch_size)
     with keep_freed_memory, progress_bar(total=len(dataset), desc=desc, unit="img", disable=not show_progress,
                                  leave=False) as bar:
         for images, _targets, rows, batch_problems in _loader(dataset, batch_size, workers):
-            batch = run_batch(images).numpy()
-            if outputs is None:
-                outputs = np.zeros((len(dataset), batch.shape[1]), dtype=np.float32)
-            outputs[rows.numpy()] = batch
-            for row, problem in zip(rows.tolist(), batch_problems):
-                problems[row] = problem
+            arrays = {name: values.numpy() for name, values in named_outputs(run_batch(images)).items()}
+            collected.add(rows.numpy(), arrays, batch_problems)
             bar.update(len(rows))
-    return TableResult(outputs if outputs is not None else np.zeros((0, 0), dtype=np.float32), problems)
+    return collected.result()
 
 
 # ---------------------------------------------------------------- the door
@@ -228,19 +265,26 @@ class Predictor:
         return predict_batch(self.engine, batch, tta).numpy()
 
     def predict_table(self, data: DatasetTable | Dataset, *, batch_size: int = 32, workers: int = 0,
-                      tta: bool = False, show_progress: bool = False) -> TableResult:
-        """Probabilities of every image of a table (or of a Dataset with ImageDataset-shaped items)."""
+                      tta: bool = False, show_progress: bool = False, ranks=None) -> TableResult | None:
+        """Probabilities of every image of a table (or of a Dataset with ImageDataset-shaped items).
+
+        With `ranks` (protloc.inference.distributed.Ranks, its `device` this Predictor's), every process of a
+        distributed prediction calls this with the same table: each predicts its share, process 0 gets the whole
+        result in table order, the others None."""
         dataset = self.dataset(data) if isinstance(data, DatasetTable) else data
         return _run_batches(lambda images: predict_batch(self.engine, images, tta), dataset,
                             width=self.config.num_classes, batch_size=batch_size, workers=workers,
-                            show_progress=show_progress, desc="predict")
+                            show_progress=show_progress, desc="predict", ranks=ranks)
 
     def embed_table(self, table: DatasetTable, *, batch_size: int = 32, workers: int = 0,
-                    show_progress: bool = False) -> np.ndarray:
-        """Pooled backbone features (N, F) float32 via model.embed. Unreadable images raise a DataError naming them."""
+                    show_progress: bool = False, ranks=None) -> np.ndarray | None:
+        """Pooled backbone features (N, F) float32 via model.embed. Unreadable images raise a DataError naming them.
+        With `ranks`, as predict_table: None on every process but process 0."""
         engine = self._torch_engine()  # before any image is read
         result = _run_batches(engine.embed, self.dataset(table), width=None, batch_size=batch_size,
-                              workers=workers, show_progress=show_progress, desc="embed")
+                              workers=workers, show_progress=show_progress, desc="embed", ranks=ranks)
+        if result is None:
+            return None
         if result.unreadable:
             raise DataError(*result.unreadable)
         return result.outputs
@@ -288,11 +332,13 @@ def choose_engine(engine: str, device: str, precision: str, onnx_path: str | Pat
 
 def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
                    onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None,
-                   bit_depth: int | None = None, stain_map: str | dict | None = None, cache=None) -> Predictor:
+                   bit_depth: int | None = None, stain_map: str | dict | None = None, cache=None,
+                   onnx_threads: int | None = None) -> Predictor:
     """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx
-    where it matches the weights, else on an export kept in the cache folder (onnx_export.run_onnx_session);
-    "auto" picks (choose_engine). Nothing is written into the run folder. With an ImageCache
-    (protloc.data.cache), images of tables are decoded and resized once, for later calls too."""
+    where it matches the weights, else on an export kept in the cache folder (onnx_export.run_onnx_session), with
+    `onnx_threads` compute threads (default one per core); "auto" picks (choose_engine). Nothing is written into
+    the run folder. With an ImageCache (protloc.data.cache), images of tables are decoded and resized once, for
+    later calls too."""
     engine = choose_engine(engine, device, precision, onnx_path)
     if engine == "onnx":
         if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
@@ -300,7 +346,8 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
                                f"--device {device} --precision {precision}; use --engine torch for those")
         config = load_config(run_dir)
         cache_dir = cache.folder if cache is not None else None
-        session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config, cache_dir)
+        session = (open_onnx_session(onnx_path, config, run_dir, threads=onnx_threads) if onnx_path
+                   else run_onnx_session(run_dir, config, cache_dir, threads=onnx_threads))
         return Predictor(config, session, gray_as=gray_as, bit_depth=bit_depth, stain_map=stain_map, run_dir=run_dir,
                          cache=cache)
     device = resolve_device(device)

@@ -2,7 +2,7 @@
 curves with each class's operating point, and the label sets the model gets wrong most often.
 
 `score_predictions` is pure (probabilities in, tables out); `write_evaluation` writes metrics.json,
-predictions.csv, the plots and index.html; `evaluate_run` predicts with a run's Predictor first.
+predictions.csv, the plots and index.html; `evaluate_table` predicts with a run's Predictor and scores, `evaluate_run` both and writes.
 """
 from __future__ import annotations
 
@@ -238,9 +238,10 @@ def check_label_names(table, config, data_name: str) -> None:
         )
 
 
-def evaluate_run(predictor, table, out_dir: str | Path, *, threshold: float | None = None, tta: bool = False,
-                 batch_size: int = 32, workers: int = 0, data_name: str = "", show_progress: bool = True) -> Evaluation:
-    """Predict `table` with the run's Predictor, score it and write the evaluation into `out_dir`."""
+def evaluate_table(predictor, table, *, threshold: float | None = None, tta: bool = False, batch_size: int = 32,
+                   workers: int = 0, data_name: str = "", show_progress: bool = True, ranks=None) -> Evaluation | None:
+    """Predict `table` with the run's Predictor and score it. With `ranks` (protloc.inference.distributed.Ranks)
+    every process predicts its share and process 0 scores the whole table; the others return None."""
     from protloc.errors import DataError
     from protloc.inference.predictor import find_missing_files
 
@@ -252,12 +253,22 @@ def evaluate_run(predictor, table, out_dir: str | Path, *, threshold: float | No
     missing = find_missing_files(table)  # before the slow part
     if missing:
         raise DataError(*missing, f"{len(missing)} image files named by {data_name} are missing")
-    result = predictor.predict_table(table, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress)
+    result = predictor.predict_table(table, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress,
+                                     ranks=ranks)
+    if result is None:
+        return None
     if result.unreadable:
         raise DataError(*result.unreadable)
     thresholds = config.thresholds if threshold is None else threshold
     source = "config thresholds" if threshold is None else f"threshold {threshold:g}"
-    evaluation = score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
-                                   list(config.label_names), source, tta)
+    return score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
+                             list(config.label_names), source, tta)
+
+
+def evaluate_run(predictor, table, out_dir: str | Path, *, data_name: str = "", **options) -> Evaluation:
+    """Predict `table` with the run's Predictor, score it and write the evaluation into `out_dir` (options as
+    evaluate_table's, in one process)."""
+    data_name = data_name or str(table.root)
+    evaluation = evaluate_table(predictor, table, data_name=data_name, **options)
     write_evaluation(evaluation, out_dir, f"Evaluation on {data_name}")
     return evaluation

@@ -23,6 +23,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from protloc.data.images import stated_pixel_size
 from protloc.data.readers import DatasetTable
 from protloc.errors import ProtlocError
 from protloc.files import save_figure
@@ -189,7 +190,9 @@ def explain_image(predictor: Predictor, identifier: str, source, targets: str | 
     cams = compute_model_cams(predictor.model, tensor, chosen)
     explanation = Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams,
                               None if true is None else list(true))
-    return explanation, plot_explanation(explanation, model_view(tensor, config), config)
+    stated = stated_pixel_size(source)  # a microscope file's µm per pixel, for a scale bar
+    um_per_pixel = stated[0] * stated[1] / tensor.shape[-1] if stated else None
+    return explanation, plot_explanation(explanation, model_view(tensor, config), config, um_per_pixel)
 
 
 def outline(region: np.ndarray, width: int) -> np.ndarray:
@@ -256,8 +259,20 @@ def image_panel(figure, cell, picture: np.ndarray, title: str, **imshow):
     return axes
 
 
-def plot_explanation(explanation: Explanation, image: np.ndarray, config):
-    """The figure of one explanation; `image` is the model's input in 0..1, (H, W, channels)."""
+def add_scale_bar(axes, um_per_pixel: float, width: int) -> None:
+    """A bar of a round length in µm, about a quarter of the image wide, in its lower right corner."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    quarter = um_per_pixel * width / 4
+    length = max([step * 10**power for power in range(-2, 5) for step in (1, 2, 5) if step * 10**power <= quarter]
+                 or [quarter])
+    axes.add_artist(AnchoredSizeBar(axes.transData, length / um_per_pixel, f"{length:g} µm", "lower right",
+                                    color="white", frameon=False, size_vertical=max(1, width // 100), fontproperties={"size": 8}))
+
+
+def plot_explanation(explanation: Explanation, image: np.ndarray, config, um_per_pixel: float | None = None):
+    """The figure of one explanation; `image` is the model's input in 0..1, (H, W, channels); `um_per_pixel`, where
+    the file states its pixel size, draws a scale bar on the input."""
     names = config.label_names
     rgb = rgb_view(image)
     panels = 2 + len(explanation.targets)
@@ -266,8 +281,10 @@ def plot_explanation(explanation: Explanation, image: np.ndarray, config):
     width = max(3.0 * columns, 0.35 * len(names) + 1.5, 6.0)
     figure = Figure(figsize=(width, 3.2 * image_rows + 3.0), layout="constrained")
     grid = figure.add_gridspec(image_rows + 1, columns, height_ratios=[3.2] * image_rows + [2.6])
-    image_panel(figure, grid[0, 0], rgb,
-                textwrap.fill(explanation.id, 30) + f"\ninput ({image.shape[0]} px, as the model sees it)")
+    axes = image_panel(figure, grid[0, 0], rgb,
+                       textwrap.fill(explanation.id, 30) + f"\ninput ({image.shape[0]} px, as the model sees it)")
+    if um_per_pixel:
+        add_scale_bar(axes, um_per_pixel, image.shape[1])
     image_panel(figure, grid[0, 1], protein_channel(image), "protein stain (green) alone", cmap="gray", vmin=0, vmax=1)
     for panel, (index, cam) in enumerate(zip(explanation.targets, explanation.cams), start=2):
         title = f"{names[index]}\np = {explanation.probabilities[index]:.2f}, {explanation.status(index)}"

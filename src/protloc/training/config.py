@@ -12,7 +12,7 @@ from pathlib import Path
 from protloc.data import BIT_DEPTHS
 from protloc.data.stains import CHANNEL_COUNTS, CHANNEL_COUNTS_TEXT
 from protloc.errors import ProtlocError
-from protloc.runs import upgrade_recipe
+from protloc.runs import rename_recipe_keys
 
 VALIDATION_SPLITS = ("mask", "random", "stratified")
 FOLD_SPLITS = ("stratified", "random")  # "mask" cannot make K disjoint folds
@@ -20,6 +20,8 @@ NORMALIZATIONS = ("backbone", "dataset")
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("bce", "focal")
 POS_WEIGHTS = ("none", "auto")
+SAMPLERS = ("uniform", "rare")  # protloc.training.sampling
+THRESHOLD_METHODS = ("f1", "class-ratio")  # protloc.inference.thresholds
 GRAD_CLIP_MODES = ("value", "norm")
 
 @dataclass
@@ -50,6 +52,8 @@ class TrainConfig:
     grad_clip_mode: str = "value"
     loss: str = "bce"
     pos_weight: str = "none"
+    sampler: str = "uniform"  # "rare": draw images of rare classes more often
+    threshold_method: str = "f1"  # per-class thresholds for F1, or "class-ratio": labelling each class as often as training
     dropout: float = 0.0
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     precision: str = "auto"  # auto, fp32, bf16 or fp16
@@ -64,6 +68,7 @@ class TrainConfig:
     cache: bool = True  # decode and resize each image once, kept on disk (protloc.data.cache); results are the same
     cache_dir: str | None = None  # None: $PROTLOC_CACHE_DIR, else ~/.cache/protloc
     cache_limit_gb: float | None = None  # None: $PROTLOC_CACHE_LIMIT_GB, else 10
+    augment_resolution: float = 2.0  # training images kept at up to this many times image_size, cropped there
     head_only_features: bool = False  # frozen phase on precomputed backbone features, without augmentation
 
 
@@ -77,7 +82,8 @@ def check_config(config: TrainConfig) -> None:
             problems.append(message)
 
     for name, allowed in (("validation_split", VALIDATION_SPLITS), ("fold_split", FOLD_SPLITS), ("normalize", NORMALIZATIONS),
-                          ("optimizer", OPTIMIZERS), ("loss", LOSSES), ("pos_weight", POS_WEIGHTS),
+                          ("optimizer", OPTIMIZERS), ("loss", LOSSES), ("pos_weight", POS_WEIGHTS), ("sampler", SAMPLERS),
+                          ("threshold_method", THRESHOLD_METHODS),
                           ("grad_clip_mode", GRAD_CLIP_MODES)):
         value = getattr(config, name)
         expect(value in allowed, f"{option(name)} {value}: expected one of {', '.join(allowed)}")
@@ -91,6 +97,8 @@ def check_config(config: TrainConfig) -> None:
     expect(0.0 <= config.dropout < 1.0, f"--dropout {config.dropout}: expected a probability in [0, 1)")
     expect(0.0 < config.val_fraction < 1.0, f"--val-fraction {config.val_fraction}: expected a fraction between 0 and 1")
     expect(config.folds >= 1, f"--folds {config.folds}: expected 2 or more folds (1 = a single split)")
+    expect(config.augment_resolution >= 1.0, f"--augment-resolution {config.augment_resolution}: expected 1 (crop from "
+                                              "the input-size copy) or more")
     expect(config.image_size is None or config.image_size >= 16, f"--image-size {config.image_size}: expected 16 or more pixels")
     expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
@@ -115,6 +123,21 @@ def recipe_of(config: TrainConfig) -> dict:
         if values[key]:
             values[key] = str(Path(values[key]).resolve())
     return values
+
+
+def upgrade_recipe(values: dict) -> dict:
+    """A recorded recipe as today's TrainConfig reads it: today's key names (runs.rename_recipe_keys), and what
+    earlier versions did without saying so.
+
+    Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
+    a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began; and
+    they cropped augmentations from the input-size copy (augment_resolution 1)."""
+    upgraded = rename_recipe_keys(values)
+    # Earlier versions cropped from the copy at the input size.
+    upgraded.setdefault("augment_resolution", 1.0)
+    if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:
+        upgraded["fold_split"] = "stratified" if upgraded.get("validation_split") == "stratified" else "random"
+    return upgraded
 
 
 def config_from_recipe(values: dict, **changes) -> TrainConfig:

@@ -30,7 +30,7 @@ import pandas as pd
 from protloc.data.readers import DatasetTable
 from protloc.errors import DataError
 from protloc.files import write_csv
-from protloc.inference.thresholds import apply_thresholds, cross_fitted_labels, tune_thresholds
+from protloc.inference.thresholds import apply_thresholds, class_ratio_thresholds, cross_fitted_labels, tune_thresholds
 from protloc.metrics import multilabel_scores, scores_as_deployed
 from protloc.models.classifier import ProtlocNet
 from protloc.runs import (CONFIG_FILE, DEFAULT_THRESHOLD, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS,
@@ -86,7 +86,10 @@ def finish_ensemble(config: TrainConfig, hardware: Hardware, table: DatasetTable
     out = Path(config.out)
     probabilities = predict_out_of_fold(out, table, folds, hardware, config.batch_size)
     targets = table.targets
-    thresholds = tune_thresholds(targets, probabilities)
+    if config.threshold_method == "class-ratio":
+        thresholds = class_ratio_thresholds(probabilities, targets.mean(axis=0))
+    else:
+        thresholds = tune_thresholds(targets, probabilities)
     held_out_by = np.zeros(len(table), dtype=int)
     for fold, (_train_rows, val_rows) in enumerate(folds):
         held_out_by[val_rows] = fold

@@ -26,7 +26,8 @@ from protloc.data.readers import DatasetTable
 from protloc.data.transforms import eval_preset
 from protloc.files import save_figure, write_csv
 from protloc.inference.predictor import predict_probabilities
-from protloc.inference.thresholds import tune_thresholds
+from protloc.inference.thresholds import class_ratio_thresholds, tune_thresholds
+from protloc.lightning_quiet import expected_warnings_ignored
 from protloc.metrics import scores_as_deployed
 from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
@@ -42,7 +43,8 @@ from protloc.training.losses import auto_pos_weight, make_loss
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
-from protloc.training.trainer import Hardware, expected_warnings_ignored, make_trainer, rank
+from protloc.training.sampling import rare_class_weights
+from protloc.training.trainer import Hardware, make_trainer, rank
 
 
 @dataclass
@@ -64,6 +66,27 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
 
 def input_size(config: TrainConfig) -> int:
     return config.image_size or backbone_spec(config.backbone).input_size
+
+
+def augmentation_size(config: TrainConfig, table: DatasetTable, train_rows: np.ndarray, image_size: int,
+                      sample: int = 8) -> int:
+    """The side at which training images are kept and cropped: their own size, bounded by --augment-resolution
+    times the input size, and never under the input size. Their own size is the smallest side among the first
+    `sample` training images (every image is resized to a square, so a smaller one would be upsampled)."""
+    bound = int(round(config.augment_resolution * image_size))
+    if bound <= image_size:
+        return image_size
+    from protloc.data.cache import decode_resized
+    from protloc.data.images import ImageReadError
+
+    sides = []
+    for source in table.frame["source"].iloc[train_rows[:sample]]:
+        try:
+            _image, shape = decode_resized(source, config.channels, 16, bit_depth=table.bit_depth)
+        except ImageReadError:
+            continue  # the pre-training check reports it
+        sides.append(min(shape[:2]))
+    return max(image_size, min([bound, *sides]))
 
 
 def image_cache(config: TrainConfig) -> ImageCache | None:
@@ -112,7 +135,10 @@ def train_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, mode
                                   workers=hardware.workers, cache=cache)
     data = LocalisationData(table, train_rows, val_rows, image_size=image_size, mean=mean, std=std,
                             channels=config.channels, batch_size=config.batch_size, workers=hardware.workers,
-                            seed=config.seed, cache=cache)
+                            seed=config.seed, cache=cache,
+                            train_size=augmentation_size(config, table, train_rows, image_size))
+    if config.sampler == "rare":
+        data.sample_weights = rare_class_weights(table.targets[train_rows])
     pos_weight = auto_pos_weight(table.targets[train_rows]) if config.pos_weight == "auto" else None
     history = TrainingHistory(run_dir / METRICS_FILE)
     fit = dict(run_dir=run_dir, loss=make_loss(config.loss, pos_weight), label_names=list(table.label_set.names),
@@ -160,12 +186,15 @@ def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, dat
     )
     val_images = ImageDataset(data.val_table, channels=config.channels, transform=eval_preset(run_config),
                               image_size=image_size, cache=data.cache)
-    probabilities, _ok = predict_probabilities(
+    probabilities = predict_probabilities(
         model, val_images, run_config, batch_size=config.batch_size, workers=data.val_workers(),
         show_progress=False, device=hardware.device, precision="fp32",
-    )
+    ).outputs
     targets = data.val_table.targets
-    thresholds = tune_thresholds(targets, probabilities)
+    if config.threshold_method == "class-ratio":
+        thresholds = class_ratio_thresholds(probabilities, data.train_table.targets.mean(axis=0))
+    else:
+        thresholds = tune_thresholds(targets, probabilities)
     run_config.thresholds = [float(t) for t in thresholds]
     speed = metrics.groupby("phase", sort=False)["images_per_second"].mean()
     run_config.training = TrainingOutcome(

@@ -9,12 +9,13 @@ from protloc.data.intensity import detect_bit_depth
 from protloc.data.readers import DatasetTable, read_dataset
 from protloc.errors import DataError
 from protloc.labels import get_label_set
+from protloc.lightning_quiet import lightning_output
 from protloc.training.config import TrainConfig, check_config
 from protloc.training.crossval import train_folds
-from protloc.training.trainer import lightning_output, rank, resolve_hardware
 from protloc.training.resume import check_out_folder
 from protloc.training.run import build_initial_model, image_cache, input_size, train_run
 from protloc.training.splits import make_split
+from protloc.training.trainer import rank, resolve_hardware
 
 
 def train(config: TrainConfig) -> Path:
