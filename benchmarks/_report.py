@@ -135,6 +135,10 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
                       ("frozen_step", "frozen step (no_grad backbone)"), ("forward", "forward only")):
         print(f"  {name}: " + ", ".join(f"{m[key]:.1f}" for m in cpu["each"]))
     train = cpu["train"]
+    fine_tune = [f"{metrics.set_index('epoch')['images_per_second'][3]:.1f}"
+                 for metrics in [training["large_metrics"], *training["warm_metrics"]]]
+    print(f"  fine-tune epoch of each training run, cold then warm: {', '.join(fine_tune)} images/s; direct memory "
+          f"compactions the kernel stalled for during each: {', '.join(map(str, training['stalls']))}")
     print(f"  fine-tune epoch against the steady-state limit (steps after the first): "
           f"{finetune / train['finetune_steady']:.2f}x")
     print(f"  PNG decode + resize on all cores: {predict['decode']:.1f}")

@@ -108,7 +108,7 @@ def training_steps_per_epoch(args, data: Path) -> int:
 def mean_of(*measurements: dict) -> dict:
     """Each limit averaged over the measurements taken just before and just after the work it is compared with:
     this machine's speed drifts over minutes, and in the benchmark's process the limits rise as its heap grows
-    (the forward pass about twice as fast once glibc keeps freed memory; README, "Speed at real scale"), so a
+    (the forward pass about twice as fast once glibc keeps freed memory; benchmarks/RESULTS.md, "Speed at real scale"), so a
     limit measured at another time, or the best of several, would compare unlike moments."""
     return {key: sum(m[key] for m in measurements) / len(measurements) for key in measurements[0]}
 
@@ -132,12 +132,14 @@ def measure_large_run(args, large: Path, work: Path) -> dict:
     (benchmarks/RESULTS.md), so the table reports the warm runs' median and spread, and the cold run apart."""
     print("protloc train, scale*N images, cold image cache ...", flush=True)
     measured, metrics = runs.train_run(large, work / "run-large", work / "cache-large", **training_settings(args))
-    warm = []
+    warm, stalls = [], [measured.compaction_stalls]
     for index in range(args.rounds):
         print(f"protloc train, scale*N images, warm image cache ({index + 1} of {args.rounds}) ...", flush=True)
-        warm.append(runs.train_run(large, work / f"run-large-warm-{index}", work / "cache-large",
-                                   **training_settings(args))[1])
-    return {"work": work, "large": measured, "large_metrics": metrics, "warm_metrics": warm}
+        warm_run, warm_metrics = runs.train_run(large, work / f"run-large-warm-{index}", work / "cache-large",
+                                                **training_settings(args))
+        warm.append(warm_metrics)
+        stalls.append(warm_run.compaction_stalls)
+    return {"work": work, "large": measured, "large_metrics": metrics, "warm_metrics": warm, "stalls": stalls}
 
 
 def measure_other_runs(args, small: Path, large: Path, work: Path) -> dict:

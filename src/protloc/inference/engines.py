@@ -3,7 +3,7 @@
 A torch model (TorchEngine) or an ONNX Runtime session on a `protloc export` file (OnnxEngine). Device and
 precision come from protloc.devices: "auto" precision is fp32 on the CPU, so CPU probabilities are the same
 on every machine, and bf16 (fp16 where bf16 is missing) on a GPU. bf16 moved probabilities by up to 0.065
-(efficientnet_lite0 trained on demo data; README, "Inference engines and precision"), enough to flip a label
+(efficientnet_lite0 trained on demo data; docs/inference.md), enough to flip a label
 that sits near its threshold; use fp32 where outputs must match exactly (ONNX parity, tests).
 """
 from __future__ import annotations

@@ -147,7 +147,7 @@ def store_features(cache: ImageCache, path: Path, features: np.ndarray) -> None:
 def frozen_phase_data(model, table: DatasetTable, train_rows, val_rows, images, *, device: str, precision: str,
                       show_progress: bool) -> FeatureData:
     """FeatureData standing in for `images` (the run's LocalisationData) in the frozen phase, computed on the
-    training engine's device (under DDP, this process's GPU) and in its precision (fp32, bf16 or fp16)."""
+    training hardware's device (under DDP, this process's GPU) and in its precision (fp32, bf16 or fp16)."""
     if device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     features = table_features(
