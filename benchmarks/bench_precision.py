@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protloc.inference.engines import OnnxEngine, TorchEngine, open_onnx_session
-from protloc.inference.onnx_export import export_onnx
+from protloc.inference.engines import OnnxEngine, TorchEngine
+from protloc.inference.onnx_export import export_onnx, open_onnx_session
 from protloc.inference.predictor import Predictor, load_predictor
 
 

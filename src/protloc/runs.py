@@ -23,106 +23,17 @@ from protloc.data import BIT_DEPTHS, Z2G
 from protloc.data.stains import CHANNEL_COUNTS, CHANNEL_COUNTS_TEXT
 from protloc.errors import ProtlocError
 from protloc.files import write_json
+from protloc.training_data import TrainingData, record_problems
+# A run folder's names are typed once, in run_names.py (which files.py reads too); they are part of this format
+# and importable from here.
+from protloc.run_names import (BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE,  # noqa: F401
+                               FOLD_PREFIX, FOLDS_FILE, FOLDS_SUMMARY_ROWS, LAST_CHECKPOINT, LR_FILE, LR_PLOT_FILE,
+                               METRICS_FILE, ONNX_FILE, OUT_OF_FOLD_FILE, OUTLIER_FILE, RECIPE_FILE, REPORT_FILE,
+                               WEIGHTS_FILE, fold_dir, fold_number)
+from protloc.training_outcome import TrainingOutcome
 
 # A class's threshold until one is tuned for it, and the one validation scores are reported at.
 DEFAULT_THRESHOLD = 0.5
-
-# Every file a run folder holds is named here, once; all other modules import these names.
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-ONNX_FILE = "model.onnx"  # written by `protloc export`, read by `--engine onnx`
-METRICS_FILE = "metrics.csv"  # one row per epoch
-LR_FILE = "lr.csv"  # the learning rate at every step
-CURVES_FILE = "curves.png"
-LR_PLOT_FILE = "lr.png"
-REPORT_FILE = "report.html"
-CHECKPOINT_DIR = "checkpoints"  # Lightning checkpoints, one folder per phase, for --resume
-RECIPE_FILE = "recipe.json"  # in CHECKPOINT_DIR: the config and normalisation a resumed run must share
-LAST_CHECKPOINT = "last.ckpt"
-BEST_CHECKPOINT = "best.ckpt"
-FOLDS_FILE = "folds.csv"  # in a K-fold folder: one row per fold, then the rows FOLDS_SUMMARY_ROWS
-FOLDS_SUMMARY_ROWS = ("mean", "std", "out-of-fold")  # over the folds; the pooled out-of-fold predictions
-FOLD_PREFIX = "fold-"  # a K-fold folder holds fold-0 ... fold-(K-1), each a run folder
-ENSEMBLE_FILE = "ensemble.json"  # in a K-fold folder: the folds it averages and the ensemble's thresholds
-OUT_OF_FOLD_FILE = "out_of_fold.csv"  # in a K-fold folder: each training image's probabilities from the fold that held it out
-
-
-# ---------------------------------------------------------------- the training record
-# config.json keeps it under "training" as one flat JSON object: the recipe's options, then the outcome
-# ("image_size", "n_train", "best_epoch", "val_tuned"...). The keys are those earlier versions wrote, so older run
-# folders load. Nothing reads it back to rebuild the model; it is there for people, reports and `protloc compare`.
-
-# Recipe keys written by earlier versions, and their names now: older records read with today's names.
-RENAMED_KEYS = {"split": "validation_split", "layout": "format"}
-
-
-def rename_recipe_keys(values: dict) -> dict:
-    """A recorded recipe with today's key names (earlier versions said "split" and "layout"); nothing else
-    changes, so a record is written back as it was read. Resuming fills in more (training.config.upgrade_recipe)."""
-    return {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
-
-
-@dataclass
-class TrainingOutcome:
-    recipe: dict = field(default_factory=dict)  # the TrainConfig's values (see training.config.recipe_of)
-    image_size: int | None = None  # the size trained at (the recipe may say None: the backbone's)
-    n_train: int | None = None
-    n_val: int | None = None
-    best_epoch: int | None = None  # 1-based, counted over both phases
-    best_phase: str | None = None
-    precision_used: str | None = None
-    world_size: int | None = None  # processes that trained
-    images_per_second: dict[str, float] | None = None  # per phase, training loop only
-    # Validation scores of the best epoch's weights, images labelled as predict labels them (each at least one
-    # label), at 0.5 and at the tuned thresholds. In-sample: the same images picked the epoch and tuned the
-    # thresholds. (Runs of earlier versions: val_at_05 at a plain 0.5 cut, val_at_05_predicted as predict.)
-    val_at_05: dict | None = None
-    val_at_05_predicted: dict | None = None
-    val_tuned: dict | None = None
-    # K-fold only: out-of-fold labels, each fold's images at thresholds tuned on the other folds' out-of-fold
-    # predictions. The honest estimate of tuned thresholds: no image tuned the cut it is scored at.
-    val_tuned_cross_fitted: dict | None = None
-    thresholds_tuned_on: dict | None = None  # written by `protloc tune`
-
-    @property
-    def validation_split(self) -> str | None:
-        return self.recipe.get("validation_split")
-
-    def to_dict(self) -> dict:
-        """The flat JSON object of config.json's "training"; unset outcome fields are left out."""
-        values = dict(self.recipe)
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if item.name != "recipe" and value is not None:
-                values[JSON_KEYS.get(item.name, item.name)] = value
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainingOutcome":
-        """From config.json's "training" (any version): outcome keys to their fields, the rest is the recipe."""
-        fields = {JSON_KEYS.get(item.name, item.name): item.name for item in dataclasses.fields(cls) if item.name != "recipe"}
-        outcome = {fields[key]: value for key, value in values.items() if key in fields}
-        recipe = rename_recipe_keys({key: value for key, value in values.items() if key not in fields})
-        return cls(recipe=recipe, **outcome)
-
-
-# Field names that are not valid Python names in JSON.
-JSON_KEYS = {"val_at_05": "val_at_0.5", "val_at_05_predicted": "val_at_0.5_predicted"}
-
-
-# ---------------------------------------------------------------- run folders
-
-
-def fold_dir(out: str | Path, fold: int) -> Path:
-    return Path(out) / f"{FOLD_PREFIX}{fold}"
-
-
-def fold_number(folder: str | Path) -> int | None:
-    """k for a folder named fold-k, else None."""
-    name = Path(folder).name
-    suffix = name.removeprefix(FOLD_PREFIX)
-    return int(suffix) if name.startswith(FOLD_PREFIX) and suffix.isdigit() else None
-
 
 @dataclass
 class RunConfig:
@@ -143,17 +54,32 @@ class RunConfig:
     # The recipe and what came of it (split, seed, best epoch...), for the record; nothing reads it back
     # to rebuild the model. A dict (as config.json holds it) is read into a TrainingOutcome.
     training: TrainingOutcome = field(default_factory=TrainingOutcome)
+    # Mahalanobis distance above which an image is unlike the training images (inference/outliers.py; the
+    # description is OUTLIER_FILE). None in configs from before outlier scores: predictions then have none.
+    outlier_threshold: float | None = None
+    # What the model learned from (training_data.py); None in configs from before it was recorded.
+    training_data: TrainingData | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.training, dict):
             self.training = TrainingOutcome.from_dict(self.training)
+        if isinstance(self.training_data, dict):
+            self.training_data = TrainingData.from_dict(self.training_data)
+
+    @property
+    def trained_on(self) -> str:
+        """One line: what the model learned from."""
+        if self.training_data is None:
+            return "trained on data this config does not record (a run from before protloc recorded it)"
+        return self.training_data.describe()
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "training": self.training.to_dict()}
+        training_data = self.training_data.to_dict() if self.training_data is not None else None
+        return {**dataclasses.asdict(self), "training": self.training.to_dict(), "training_data": training_data}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = CONFIG_FILE) -> "RunConfig":
@@ -163,8 +89,9 @@ class RunConfig:
         missing = sorted(required - set(data))
         if missing:
             raise ProtlocError(f"{source}: missing keys {', '.join(missing)} (not a protloc run config?)")
-        if not isinstance(data.get("training", {}), (dict, TrainingOutcome)):
-            raise ProtlocError(f"{source}: training {reprlib.repr(data['training'])}: expected a JSON object")
+        for name in ("training", "training_data"):
+            if not isinstance(data.get(name) or {}, (dict, TrainingOutcome, TrainingData)):
+                raise ProtlocError(f"{source}: {name} {reprlib.repr(data[name])}: expected a JSON object")
         config = cls(**{key: value for key, value in data.items() if key in names})
         problems = config_problems(config)
         if config.bit_depth not in (None, *BIT_DEPTHS):
@@ -212,6 +139,10 @@ def config_problems(config: RunConfig) -> list[str]:
                "thresholds", f"{config.num_classes} numbers in (0, 1], one per class of label_names")
     expect(_is_number(config.dropout) and 0 <= config.dropout < 1, "dropout", "a probability in [0, 1)")
     expect(isinstance(config.layout, str), "layout", "a dataset layout's name")
+    expect(config.outlier_threshold is None or (_is_number(config.outlier_threshold) and config.outlier_threshold > 0),
+           "outlier_threshold", "a positive number (or null: no outlier scores)")
+    if isinstance(config.training_data, TrainingData):
+        problems += record_problems(config.training_data)
     return problems
 
 
@@ -301,7 +232,8 @@ class EnsembleConfig(RunConfig):
 
     def record(self) -> dict:
         """What ensemble.json holds."""
-        return ensemble_record(self.folds, self.label_set, self.label_names, self.thresholds, self.training)
+        return ensemble_record(self.folds, self.label_set, self.label_names, self.thresholds, self.training,
+                               self.outlier_threshold)
 
     def to_dict(self) -> dict:
         """The ensemble as one JSON object (e.g. for an ONNX file's metadata), each fold's normalisation included."""
@@ -310,14 +242,17 @@ class EnsembleConfig(RunConfig):
         return {**values, "kind": "ensemble", "folds": list(self.folds), "fold_normalization": normalization}
 
 
-def ensemble_record(folds: list[str], label_set: str, label_names: list[str], thresholds, training: TrainingOutcome) -> dict:
+def ensemble_record(folds: list[str], label_set: str, label_names: list[str], thresholds, training: TrainingOutcome,
+                    outlier_threshold: float | None = None) -> dict:
     return {"kind": "ensemble", "folds": list(folds), "label_set": label_set, "label_names": list(label_names),
-            "thresholds": [float(value) for value in thresholds], "training": training.to_dict()}
+            "thresholds": [float(value) for value in thresholds], "training": training.to_dict(),
+            "outlier_threshold": outlier_threshold}
 
 
 def write_ensemble(out: str | Path, folds: list[str], label_set: str, label_names: list[str], thresholds,
-                   training: TrainingOutcome) -> None:
-    write_json(Path(out) / ENSEMBLE_FILE, ensemble_record(folds, label_set, label_names, thresholds, training))
+                   training: TrainingOutcome, outlier_threshold: float | None = None) -> None:
+    write_json(Path(out) / ENSEMBLE_FILE,
+               ensemble_record(folds, label_set, label_names, thresholds, training, outlier_threshold))
 
 
 def read_ensemble_record(path: Path) -> dict:
@@ -329,9 +264,34 @@ def read_ensemble_record(path: Path) -> dict:
     # Only fold-<k> names, so that the file cannot point the model anywhere outside its own folder.
     if not isinstance(folds, list) or not folds or not all(isinstance(f, str) and fold_number(f) is not None and f == Path(f).name for f in folds):
         raise ProtlocError(f"{path}: \"folds\" must list one or more fold folder names (fold-0, fold-1, ...), got {folds!r}")
-    if not isinstance(data["thresholds"], list) or len(data["thresholds"]) != len(data["label_names"]):
-        raise ProtlocError(f"{path}: expected one threshold per class ({len(data['label_names'])} classes)")
+    problems = ensemble_record_problems(path, data)
+    if problems:
+        raise ProtlocError(*(f"{path}: {problem}" for problem in problems))
     return data
+
+
+def ensemble_record_problems(path: Path, data: dict) -> list[str]:
+    """What is wrong with an ensemble.json's fields (its folds already known to be fold-k names), one line each."""
+    problems = []
+    folds = data["folds"]
+    if len(set(folds)) != len(folds):
+        problems.append(f"folds {reprlib.repr(folds)}: a fold is listed more than once")
+    for fold in dict.fromkeys(folds):
+        if (path.parent / fold).is_symlink():
+            problems.append(f"folds: {fold} is a symbolic link (a fold is a folder of its own K-fold folder)")
+    names = data["label_names"]
+    if not (isinstance(names, list) and names and all(isinstance(name, str) and name.strip() for name in names)
+            and len(set(names)) == len(names)):
+        problems.append(f"label_names {reprlib.repr(names)}: expected a list of distinct class names")
+    elif not (_numbers(data["thresholds"], len(names)) and all(0 < value <= 1 for value in data["thresholds"])):
+        problems.append(f"thresholds {reprlib.repr(data['thresholds'])}: expected one threshold per class, "
+                        f"{len(names)} numbers in (0, 1] in the order of label_names")
+    if not isinstance(data["label_set"], str):
+        problems.append(f"label_set {reprlib.repr(data['label_set'])}: expected the label set's name")
+    if not isinstance(data.get("training") or {}, dict):
+        problems.append(f"training {reprlib.repr(data['training'])}: expected a JSON object")
+    return problems
+
 
 
 def load_ensemble_config(out: str | Path) -> EnsembleConfig:
@@ -351,5 +311,16 @@ def load_ensemble_config(out: str | Path) -> EnsembleConfig:
     values = {item.name: getattr(first, item.name) for item in dataclasses.fields(RunConfig)}
     values.update(label_set=data["label_set"], label_names=list(data["label_names"]),
                   thresholds=[float(value) for value in data["thresholds"]], mean=[0.0] * first.in_chans,
-                  std=[1.0] * first.in_chans, training=TrainingOutcome.from_dict(data.get("training") or {}))
+                  std=[1.0] * first.in_chans, training=TrainingOutcome.from_dict(data.get("training") or {}),
+                  outlier_threshold=ensemble_outlier_threshold(path, data, fold_configs))
     return EnsembleConfig(**values, folds=list(data["folds"]), fold_configs=fold_configs)
+
+
+def ensemble_outlier_threshold(path: Path, data: dict, fold_configs: list[RunConfig]) -> float | None:
+    """ensemble.json's outlier threshold; None where it or any fold has none (folds trained before outlier scores)."""
+    value = data.get("outlier_threshold")
+    if value is None or any(config.outlier_threshold is None for config in fold_configs):
+        return None
+    if not (_is_number(value) and value > 0):
+        raise ProtlocError(f"{path}: outlier_threshold {reprlib.repr(value)}: expected a positive number (or null)")
+    return float(value)

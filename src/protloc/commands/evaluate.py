@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.reports.evaluate import check_label_names, evaluate_table, write_evaluation
     from protloc.runs import load_config
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=[args.data])
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     ranks = ranks_from_args(args, args.out)

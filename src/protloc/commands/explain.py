@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.reports.cells import cell_blocks, write_cell_figures
     from protloc.runs import load_config
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=args.images)
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     config = load_config(args.run)

@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
     parser.add_argument("--probabilities", action="store_true",
-                        help="write the id then one probability column per class (named by class) instead of labels")
+                        help="write the id, one probability column per class (named by class), then outlier_score "
+                             "(higher: less like the training images) and outlier (above the run's threshold: the "
+                             "labels deserve doubt) instead of labels")
     parser.add_argument("--label-names", action="store_true",
                         help="also write the predicted classes by name, \"; \"-joined, in a column 'Class names' (after "
                              "the class numbers, or before the probabilities); the file is then more than a Kaggle "
@@ -61,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
     from protloc.errors import DataError, ProtlocError, listed
     from protloc.files import check_output_path, write_csv
     from protloc.inference.predictor import find_missing_files, load_predictor
-    from protloc.inference.submission import output_layout, probability_frame, submission_frame
+    from protloc.inference.submission import PROBABILITY_DECIMALS, output_layout, probability_frame, submission_frame
     from protloc.labels import LabelSet
     from protloc.runs import load_config
 
-    check_output_path(args.out)
+    check_output_path(args.out, inputs=args.inputs)
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     if args.masks is not None and not Path(args.masks).is_dir():
@@ -108,14 +110,24 @@ def run(args: argparse.Namespace) -> int:
     layout = output_layout(table.layout, config.layout)
     decided = predictor.decide(probabilities[ok], threshold=args.threshold, allow_empty=args.allow_empty)
     names = config.label_names if args.label_names else None
+    scores = result.outlier_scores[ok] if result.outlier_scores is not None else None
+    outliers = predictor.flag_outliers(scores)
     if args.probabilities:
         frame = probability_frame(ids, probabilities[ok], config.label_names, layout,
                                   predicted=decided if args.label_names else None)
-    else:
+        if outliers is not None:
+            frame["outlier_score"] = scores.round(PROBABILITY_DECIMALS)
+            frame["outlier"] = outliers
+    else:  # the Kaggle format, exactly: id and labels (and class names only when asked)
         frame = submission_frame(ids, decided, layout, label_names=names)
     write_csv(args.out, frame)
     what = f"probabilities of {config.num_classes} classes" if args.probabilities else ",".join(frame.columns)
+    print(f"model {config.trained_on}")
     print(f"wrote {args.out}: {len(frame)} images ({what})")
+    if outliers is not None and outliers.any():
+        print(f"protloc: warning: {int(outliers.sum())} of {len(outliers)} images are unlike the images the model was "
+              f"trained on (outlier score above {predictor.outlier_threshold:.4g}); their labels deserve doubt"
+              + ("" if args.probabilities else " (--probabilities names them)"), file=sys.stderr)
     return 0
 
 

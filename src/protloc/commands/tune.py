@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.run)
     if not args.dry_run:
-        check_output_path(Path(args.run) / CONFIG_FILE, option="RUN")
+        check_output_path(Path(args.run) / CONFIG_FILE, option="RUN", replaces_run_file=True)
     table = read_run_dataset(args, config, args.data)
     check_tuning_data(table, config, data=str(args.data), run=str(args.run))
     predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,

@@ -9,3 +9,7 @@ BIT_DEPTHS = (8, 10, 12, 14, 16)
 # competition folders, a generic CSV of paths and labels, a folder of images, and image files given one by one.
 Z2G, HPA2018, GENERIC, FOLDER, IMAGES = "z2g", "hpa2018", "generic", "folder", "images"
 LAYOUTS = (Z2G, HPA2018, GENERIC, FOLDER, IMAGES)
+
+# `protloc demo-data` writes this file into the dataset it generates; its presence makes a dataset "demo" (the
+# kind a run records, training_data.py).
+DEMO_MARKER = "demo-data.json"

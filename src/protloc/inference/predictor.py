@@ -30,9 +30,10 @@ from protloc.data.workers import prediction_workers
 from protloc.devices import resolve_device
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
-from protloc.inference.engines import OnnxEngine, TorchEngine, make_engine, open_onnx_session, predict_batch  # noqa: F401
+from protloc.inference.engines import (OUTLIER_SCORE, OnnxEngine, TorchEngine, make_engine,  # noqa: F401
+                                      predict_batch, scored_outputs)
 from protloc.inference.inputs import InputImages, as_image_list, image_ids, read_input
-from protloc.inference.onnx_export import run_onnx_session
+from protloc.inference.onnx_export import open_onnx_session, run_onnx_session
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import LabelSet
 from protloc.models.run_weights import load_run
@@ -78,6 +79,11 @@ class TableResult(NamedTuple):
     @property
     def ok(self) -> np.ndarray:
         return np.array([not problem for problem in self.problems], dtype=bool)
+
+    @property
+    def outlier_scores(self) -> np.ndarray | None:
+        """(N,) float32 beside probabilities, where the run has an outlier description (inference/outliers.py)."""
+        return self.extras.get(OUTLIER_SCORE)
 
     @property
     def unreadable(self) -> list[str]:
@@ -166,6 +172,17 @@ class Prediction:
     label_names: list[str]
     probabilities: np.ndarray  # (N, C) float32
     predicted: np.ndarray  # (N, C) bool
+    # How unlike the training images each image is (inference/outliers.py), and the run's threshold for
+    # `outliers`; None for a run trained before outlier scores.
+    outlier_scores: np.ndarray | None = None  # (N,) float32
+    outlier_threshold: float | None = None
+
+    @property
+    def outliers(self) -> np.ndarray | None:
+        """(N,) bool: images whose outlier score is above the run's threshold (their labels deserve doubt)."""
+        if self.outlier_scores is None or self.outlier_threshold is None:
+            return None
+        return self.outlier_scores > self.outlier_threshold
 
     @property
     def labels(self) -> list[list[str]]:
@@ -177,10 +194,14 @@ class Prediction:
         return [[int(i) for i in np.flatnonzero(row)] for row in self.predicted]
 
     def to_frame(self) -> pd.DataFrame:
-        """Columns: id, labels ("; "-joined class names), then one probability column per class."""
+        """Columns: id, labels ("; "-joined class names), one probability column per class, then outlier_score
+        and outlier (where the run has them)."""
         frame = pd.DataFrame(self.probabilities, columns=self.label_names)
         frame.insert(0, "labels", ["; ".join(names) for names in self.labels])
         frame.insert(0, "id", self.ids)
+        if self.outliers is not None:
+            frame["outlier_score"] = self.outlier_scores
+            frame["outlier"] = self.outliers
         return frame
 
 
@@ -194,7 +215,7 @@ class Predictor:
 
     def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto",
                  gray_as: str | None = None, bit_depth: int | None = None, stain_map: str | dict | None = None,
-                 run_dir: str | Path | None = None, cache=None):
+                 run_dir: str | Path | None = None, cache=None, scorer=None):
         if gray_as is not None and gray_as not in run_stains(config.in_chans):
             raise ProtlocError(f"--gray-as {gray_as}: the run reads {', '.join(run_stains(config.in_chans))}")
         if bit_depth is not None and bit_depth not in BIT_DEPTHS:
@@ -205,7 +226,7 @@ class Predictor:
         self.bit_depth = bit_depth if bit_depth is not None else config.bit_depth
         self.stain_map = as_stain_map(stain_map)  # a microscope file's channel names -> stains (microscopy.py)
         self.run_dir = run_dir  # where the torch model is loaded from when an ONNX engine is asked for it
-        self.engine = make_engine(engine, device=device, precision=precision)
+        self.engine = make_engine(engine, device=device, precision=precision, scorer=scorer)
         self._cpu_torch_engine: TorchEngine | None = None
         self.transform = eval_preset(config)
         self.cache = cache  # a protloc.data.cache.ImageCache: tables' images decoded and resized once
@@ -218,6 +239,17 @@ class Predictor:
     @property
     def label_names(self) -> list[str]:
         return list(self.config.label_names)
+
+    @property
+    def outlier_threshold(self) -> float | None:
+        """The run's outlier threshold; None where this engine gives no outlier scores."""
+        has_scores = getattr(self.engine, "scored_model", None) is not None or getattr(self.engine, "has_scores", False)
+        return self.config.outlier_threshold if has_scores else None
+
+    def flag_outliers(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """(N,) bool from outlier scores: above the run's threshold."""
+        threshold = self.outlier_threshold
+        return None if scores is None or threshold is None else np.asarray(scores) > threshold
 
     @property
     def label_set(self) -> LabelSet:
@@ -266,13 +298,14 @@ class Predictor:
 
     def predict_table(self, data: DatasetTable | Dataset, *, batch_size: int = 32, workers: int = 0,
                       tta: bool = False, show_progress: bool = False, ranks=None) -> TableResult | None:
-        """Probabilities of every image of a table (or of a Dataset with ImageDataset-shaped items).
+        """Probabilities (and outlier scores) of every image of a table (or of a Dataset with ImageDataset-shaped
+        items).
 
         With `ranks` (protloc.inference.distributed.Ranks, its `device` this Predictor's), every process of a
         distributed prediction calls this with the same table: each predicts its share, process 0 gets the whole
         result in table order, the others None."""
         dataset = self.dataset(data) if isinstance(data, DatasetTable) else data
-        return _run_batches(lambda images: predict_batch(self.engine, images, tta), dataset,
+        return _run_batches(lambda images: scored_outputs(self.engine, images, tta), dataset,
                             width=self.config.num_classes, batch_size=batch_size, workers=workers,
                             show_progress=show_progress, desc="predict", ranks=ranks)
 
@@ -293,9 +326,14 @@ class Predictor:
         """(N, C) probabilities for one image or a list of them: paths, files' bytes, numpy arrays (H, W[, C];
         uint8, uint16 or 0..1 float), PIL images, or stain sets ({stain: image}, or a tuple in the run's channel
         order); see read_input."""
+        return self.predict_scored(images, tta=tta, batch_size=batch_size).outputs
+
+    def predict_scored(self, images, *, tta: bool = False, batch_size: int = 32) -> TableResult:
+        """Probabilities and outlier scores (None for a run without them) of images as predict_proba takes them;
+        an unreadable image raises ProtlocError."""
         dataset = InputImages(as_image_list(images), channels=self.config.in_chans, transform=self.transform,
                               bit_depth=self.bit_depth, gray_as=self.gray_as, stain_map=self.stain_map)
-        return self.predict_table(dataset, batch_size=batch_size, tta=tta).outputs
+        return self.predict_table(dataset, batch_size=batch_size, tta=tta)
 
     def decide(self, probabilities: np.ndarray, *, threshold: float | None = None, allow_empty: bool = False) -> np.ndarray:
         """Boolean labels (N, C): the run's per-class thresholds, or one `threshold` for all classes."""
@@ -305,16 +343,17 @@ class Predictor:
     def predict(self, images, *, tta: bool = False, threshold: float | None = None,
                 allow_empty: bool = False, batch_size: int = 32) -> Prediction:
         images = as_image_list(images)
-        probabilities = self.predict_proba(images, tta=tta, batch_size=batch_size)
-        predicted = self.decide(probabilities, threshold=threshold, allow_empty=allow_empty)
-        return Prediction(image_ids(images), self.label_names, probabilities, predicted)
+        result = self.predict_scored(images, tta=tta, batch_size=batch_size)
+        predicted = self.decide(result.outputs, threshold=threshold, allow_empty=allow_empty)
+        return Prediction(image_ids(images), self.label_names, result.outputs, predicted, result.outlier_scores,
+                          self.outlier_threshold)
 
 
 def predict_probabilities(model_or_session, data: DatasetTable | Dataset, config: RunConfig, *, batch_size: int = 32,
                           workers: int = 0, tta: bool = False, show_progress: bool = True, device: str = "cpu",
-                          precision: str = "auto") -> TableResult:
+                          precision: str = "auto", scorer=None) -> TableResult:
     """Predictor(config, model).predict_table(data): for code that holds a model rather than a run folder."""
-    predictor = Predictor(config, model_or_session, device=device, precision=precision)
+    predictor = Predictor(config, model_or_session, device=device, precision=precision, scorer=scorer)
     return predictor.predict_table(data, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress)
 
 
@@ -350,8 +389,11 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
                    else run_onnx_session(run_dir, config, cache_dir, threads=onnx_threads))
         return Predictor(config, session, gray_as=gray_as, bit_depth=bit_depth, stain_map=stain_map, run_dir=run_dir,
                          cache=cache)
+    from protloc.inference.outliers import load_scorer
+
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
-    model = TorchEngine(model, device=device, precision=precision, own_model=True)
+    scorer = load_scorer(run_dir, config, model)
+    model = TorchEngine(model, device=device, precision=precision, own_model=True, scorer=scorer)
     return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, bit_depth=bit_depth,
                      stain_map=stain_map, run_dir=run_dir, cache=cache)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path
+from protloc.files import atomic_path, check_digest, write_digest
 from protloc.runs import (CONFIG_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, check_head_fits, load_config,
                           read_weight_shapes, save_config)
 
@@ -20,8 +20,12 @@ def save_run(run_dir: str | Path, config: RunConfig, model) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    if broken := non_finite_tensors(state):
+        raise ProtlocError(f"{run_dir / WEIGHTS_FILE}: not written: {len(broken)} weight tensors hold NaN or infinite "
+                           f"values (e.g. {broken[0]}); training diverged")
     with atomic_path(run_dir / WEIGHTS_FILE) as temp:
         save_file(state, str(temp))
+    write_digest(run_dir / WEIGHTS_FILE)  # checked by load_run
     save_config(run_dir, config)
 
 
@@ -44,10 +48,14 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     shapes = read_weight_shapes(weights_path)
     model = build_model(config.backbone, config.num_classes, pretrained=False, in_chans=config.in_chans, dropout=config.dropout)
     check_weights_fit(config, shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, weights_path)
+    check_digest(weights_path)
     try:
         state = load_file(str(weights_path), device=device)
     except Exception as error:  # safetensors raises its own error, OSError or others for damaged files
         raise ProtlocError(f"{weights_path}: not a readable safetensors file ({type(error).__name__})") from None
+    if broken := non_finite_tensors(state):
+        raise ProtlocError(f"{weights_path}: {len(broken)} weight tensors hold NaN or infinite values (e.g. "
+                           f"{broken[0]}); the run's training diverged, retrain it")
     model.load_state_dict(state, strict=True)
     return config, model.to(device).eval()
 
@@ -67,3 +75,8 @@ def check_weights_fit(config: RunConfig, saved: dict[str, tuple], expected: dict
         raise ProtlocError(f"{weights_path}: does not fit the backbone {config.backbone!r} of {CONFIG_FILE} "
                            f"({len(missing)} tensors missing, {len(unexpected)} unexpected, {len(wrong)} of another "
                            f"shape, e.g. {examples}); are the two files from different runs?")
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]

@@ -42,9 +42,29 @@ class Evaluation:
     probabilities: np.ndarray
     exact_match: float
     tta: bool = False
+    # How unlike the training images each image is (inference/outliers.py), and the run's threshold; None for
+    # a run without outlier scores.
+    outlier_scores: np.ndarray | None = None
+    outlier_threshold: float | None = None
+    trained_on: str = ""  # the run's record of its training data, in one line
+
+    @property
+    def outliers(self) -> np.ndarray | None:
+        if self.outlier_scores is None or self.outlier_threshold is None:
+            return None
+        return self.outlier_scores > self.outlier_threshold
+
+    def outlier_summary(self) -> dict | None:
+        """The threshold, how many images are above it, and the median score."""
+        if self.outliers is None:
+            return None
+        return {"threshold": self.outlier_threshold, "images_flagged": int(self.outliers.sum()),
+                "share_flagged": float(self.outliers.mean()) if len(self.outliers) else 0.0,
+                "median_score": float(np.median(self.outlier_scores)) if len(self.outlier_scores) else None}
 
     def to_json(self) -> dict:
         return {
+            "trained_on": self.trained_on,
             "images": int(self.targets.shape[0]),
             "label_names": self.label_names,
             "thresholds": self.thresholds,
@@ -56,7 +76,29 @@ class Evaluation:
             # JSON has no NaN: a class without positives has no average precision.
             "per_class": self.per_class.astype(object).where(self.per_class.notna(), None).to_dict(orient="records"),
             "most_frequent_mistakes": self.mistakes.to_dict(orient="records"),
+            "outliers": self.outlier_summary(),
         }
+
+
+def with_outliers(evaluation: Evaluation, scores: np.ndarray | None, threshold: float | None, trained_on: str) -> Evaluation:
+    """The evaluation with each image's outlier score and flag (also as predictions.csv columns)."""
+    evaluation.trained_on = trained_on
+    if scores is None or threshold is None:
+        return evaluation
+    evaluation.outlier_scores, evaluation.outlier_threshold = np.asarray(scores, dtype=np.float64), float(threshold)
+    evaluation.predictions["outlier_score"] = evaluation.outlier_scores.round(6)
+    evaluation.predictions["outlier"] = evaluation.outliers
+    return evaluation
+
+
+def outlier_blocks(evaluation: Evaluation) -> list[str]:
+    summary = evaluation.outlier_summary()
+    if summary is None:
+        return [html.note("This run has no outlier scores (trained before protloc described its training images).")]
+    text = (f"{summary['images_flagged']} of {len(evaluation.outliers)} images ({summary['share_flagged']:.1%}) are "
+            f"unlike the images the model was trained on (outlier score above {summary['threshold']:.4g}; median "
+            f"score {summary['median_score']:.4g}); their labels deserve doubt.")
+    return [html.note(text) if summary["images_flagged"] else html.paragraph(text)]
 
 
 def format_labels(row: np.ndarray) -> str:
@@ -201,9 +243,11 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
     mistakes = (html.table(evaluation.mistakes) if len(evaluation.mistakes)
                 else html.note("Every image got exactly its true label set."))
     return [
+        *([html.paragraph(f"The model was {evaluation.trained_on}.")] if evaluation.trained_on else []),
         html.paragraph(f"{evaluation.targets.shape[0]} images; exact label set right for "
                        f"{evaluation.exact_match:.1%}. Labels by {evaluation.threshold_source}"
                        + (", probabilities averaged over 8 flips and turns (TTA)." if evaluation.tta else ".")),
+        *outlier_blocks(evaluation),
         html.heading("F1 scores", 3),
         html.table(scores_table(evaluation), float_digits=4),
         html.heading("Per class", 3),
@@ -261,8 +305,9 @@ def evaluate_table(predictor, table, *, threshold: float | None = None, tta: boo
         raise DataError(*result.unreadable)
     thresholds = config.thresholds if threshold is None else threshold
     source = "config thresholds" if threshold is None else f"threshold {threshold:g}"
-    return score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
-                             list(config.label_names), source, tta)
+    evaluation = score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
+                                   list(config.label_names), source, tta)
+    return with_outliers(evaluation, result.outlier_scores, predictor.outlier_threshold, config.trained_on)
 
 
 def evaluate_run(predictor, table, out_dir: str | Path, *, data_name: str = "", **options) -> Evaluation:

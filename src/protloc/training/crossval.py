@@ -103,7 +103,14 @@ def finish_ensemble(config: TrainConfig, hardware: Hardware, table: DatasetTable
         val_tuned_cross_fitted=multilabel_scores(targets, cross_fitted),
     )
     write_ensemble(out, [fold_dir(out, fold).name for fold in range(len(folds))], table.label_set.name,
-                   list(table.label_set.names), thresholds, training)
+                   list(table.label_set.names), thresholds, training, ensemble_outlier_threshold(out, len(folds)))
+
+
+def ensemble_outlier_threshold(out: Path, folds: int) -> float | None:
+    """The mean of the folds' outlier thresholds: the ensemble's score is the mean of theirs (inference/outliers.py).
+    A mean of scores spreads less than each fold's, so this flags no more validation-like images than a fold does."""
+    thresholds = [load_config(fold_dir(out, fold)).outlier_threshold for fold in range(folds)]
+    return None if any(value is None for value in thresholds) else float(np.mean(thresholds))
 
 
 def write_out_of_fold(out: Path, table: DatasetTable, held_out_by: np.ndarray, probabilities: np.ndarray) -> None:

@@ -25,6 +25,7 @@ from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
 from protloc.data.transforms import eval_preset
 from protloc.files import save_figure, write_csv
+from protloc.inference.outliers import MahalanobisScore, describe_features, outlier_threshold, save_description
 from protloc.inference.predictor import predict_probabilities
 from protloc.inference.thresholds import class_ratio_thresholds, tune_thresholds
 from protloc.lightning_quiet import expected_warnings_ignored
@@ -34,17 +35,18 @@ from protloc.models.classifier import ProtlocNet, build_model
 from protloc.models.run_weights import save_run
 from protloc.plots import plot_learning_rate, plot_training_curves
 from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, DEFAULT_THRESHOLD, LR_FILE, LR_PLOT_FILE,
-                          METRICS_FILE, RunConfig, TrainingOutcome)
+                          METRICS_FILE, OUTLIER_FILE, RunConfig, TrainingOutcome)
 from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.datamodule import LocalisationData
-from protloc.training.features import frozen_phase_data
+from protloc.training.features import compute_features, frozen_phase_data
 from protloc.training.losses import auto_pos_weight, make_loss
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
 from protloc.training.sampling import rare_class_weights
 from protloc.training.trainer import Hardware, make_trainer, rank
+from protloc.training_data import record_training_data
 
 
 @dataclass
@@ -174,7 +176,7 @@ def load_best_weights(model: ProtlocNet, run_dir: Path, phase: str) -> None:
 
 def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, data: LocalisationData, model: ProtlocNet,
                history: TrainingHistory, run_dir: Path, *, image_size: int, mean: list[float], std: list[float]) -> None:
-    """Best weights, thresholds tuned on validation, and the run folder."""
+    """Best weights, the training features described, thresholds tuned on validation, and the run folder."""
     metrics = history.metrics_frame()
     best = metrics.loc[metrics["val_f1_macro"].idxmax()]  # the first of equals, as ModelCheckpoint keeps it
     load_best_weights(model, run_dir, best["phase"])
@@ -183,19 +185,24 @@ def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, dat
         backbone=config.backbone, label_set=table.label_set.name, label_names=label_names, image_size=image_size,
         in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[DEFAULT_THRESHOLD] * len(label_names),
         dropout=config.dropout, layout=table.layout, bit_depth=table.bit_depth,
+        training_data=record_training_data(config.data, kind=config.data_kind, label_names=label_names,
+                                           targets=table.targets, bit_depth=table.bit_depth),
     )
-    val_images = ImageDataset(data.val_table, channels=config.channels, transform=eval_preset(run_config),
-                              image_size=image_size, cache=data.cache)
-    probabilities = predict_probabilities(
-        model, val_images, run_config, batch_size=config.batch_size, workers=data.val_workers(),
-        show_progress=False, device=hardware.device, precision="fp32",
-    ).outputs
-    targets = data.val_table.targets
+    description = describe_features(compute_features(
+        model, eval_images(data.train_table, run_config, config, data), batch_size=config.batch_size,
+        workers=data.val_workers(), device=hardware.device, autocast_dtype=None, show_progress=False))
+    result = predict_probabilities(
+        model, eval_images(data.val_table, run_config, config, data), run_config, batch_size=config.batch_size,
+        workers=data.val_workers(), show_progress=False, device=hardware.device, precision="fp32",
+        scorer=MahalanobisScore(description),
+    )
+    probabilities, targets = result.outputs, data.val_table.targets
     if config.threshold_method == "class-ratio":
         thresholds = class_ratio_thresholds(probabilities, data.train_table.targets.mean(axis=0))
     else:
         thresholds = tune_thresholds(targets, probabilities)
     run_config.thresholds = [float(t) for t in thresholds]
+    run_config.outlier_threshold = outlier_threshold(result.outlier_scores)
     speed = metrics.groupby("phase", sort=False)["images_per_second"].mean()
     run_config.training = TrainingOutcome(
         recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),
@@ -205,7 +212,14 @@ def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, dat
         val_at_05=scores_as_deployed(targets, probabilities, DEFAULT_THRESHOLD),
         val_tuned=scores_as_deployed(targets, probabilities, thresholds),
     )
+    save_description(run_dir / OUTLIER_FILE, description)  # before config.json: a config never lacks its file
     write_run_folder(run_dir, run_config, model, history)
+
+
+def eval_images(table: DatasetTable, run_config: RunConfig, config: TrainConfig, data: LocalisationData) -> ImageDataset:
+    """A split's images as prediction reads them (the run's eval preset)."""
+    return ImageDataset(table, channels=config.channels, transform=eval_preset(run_config),
+                        image_size=run_config.image_size, cache=data.cache)
 
 
 def write_run_folder(run_dir: Path, run_config: RunConfig, model: ProtlocNet, history: TrainingHistory) -> None:
