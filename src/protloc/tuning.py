@@ -13,7 +13,8 @@ import pandas as pd
 
 from protloc.data.readers import DatasetTable
 from protloc.errors import DataError, ProtlocError, listed
-from protloc.inference.predictor import Predictor, find_missing_files
+from protloc.data.check import find_missing_files
+from protloc.inference.predictor import Predictor
 from protloc.inference.thresholds import apply_thresholds, tune_thresholds
 from protloc.metrics import multilabel_scores
 from protloc.runs import RunConfig

@@ -215,6 +215,7 @@ def test_the_page_at_phone_and_desktop_width(browser, live_server, awkward_uploa
     files = awkward_uploads
     picker = open_page(driver, live_server.url, width)
     assert not overlaps(driver.find_element(By.ID, "run-name"), driver.find_element(By.CSS_SELECTOR, "nav a"))
+    assert driver.find_element(By.ID, "run-trained").text.startswith("The model was")  # what it learned from
     picker.send_keys(f"{files['png']}\n{files['tiff']}")
     picker.send_keys(f"{files['stains']['red']}\n{files['stains']['green']}")
     waiting = labelled(driver, 3)
