@@ -7,6 +7,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from protloc.errors import ProtlocError
+
+CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by bench_cam_localisation.py (git history)
+
+
+def cam_layer(model) -> torch.nn.Module:
+    layer = getattr(model.backbone, "cam_layer", None)
+    if layer is None:
+        raise ProtlocError(f"backbone {model.backbone.spec.name}: no layer with a spatial map was found for "
+                           f"class-activation maps")
+    return layer
+
 
 def unscaled_cam_method(method: str):
     """The pytorch-grad-cam class `method` with its maps left at their own magnitude: it stretches each map to
@@ -45,8 +57,6 @@ def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.nd
 
     if not class_indices:
         return np.zeros((0, *tensor.shape[-2:]), dtype=np.float32)
-    from protloc.reports.explain import CAM_METHOD, cam_layer
-
     layer = cam_layer(model)
     targets = [ClassifierOutputTarget(index) for index in class_indices]
     # Channels-last model and input: on CPU the backward pass through depthwise convolutions is

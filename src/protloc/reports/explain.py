@@ -31,11 +31,11 @@ from protloc.inference.predictor import Predictor
 from protloc.labels import did_you_mean, list_classes
 from protloc.reports.explore import rgb_view
 # Computed there, drawn here; importable from here as before.
-from protloc.reports.cams import compute_cams, compute_model_cams, scale_together  # noqa: F401
+from protloc.reports.cams import (CAM_METHOD, cam_layer, compute_cams, compute_model_cams,  # noqa: F401
+                                  scale_together)
 
 PANEL_COLUMNS = 4
 TARGET_MODES = ("predicted", "all")
-CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by bench_cam_localisation.py (git history)
 # What people read wherever the maps are named (CLI, reports, page, API docs): the method as it is.
 CAM_ABOUT = ("HiResCAM (a variant of Grad-CAM that multiplies each feature's gradient with its activation where "
              "it sits, rather than averaging the gradient over the image)")
@@ -125,14 +125,6 @@ def model_view(tensor: torch.Tensor, config) -> np.ndarray:
 def protein_channel(image: np.ndarray) -> np.ndarray:
     """(H, W, C) -> the protein stain alone: green in an RGB(Y) composite, the only channel of a grey image."""
     return image[:, :, 1] if image.shape[-1] >= 3 else image[:, :, 0]
-
-
-def cam_layer(model) -> torch.nn.Module:
-    layer = getattr(model.backbone, "cam_layer", None)
-    if layer is None:
-        raise ProtlocError(f"backbone {model.backbone.spec.name}: no layer with a spatial map was found for "
-                           f"class-activation maps")
-    return layer
 
 
 def cam_grid(model, image_size: int) -> tuple[int, int]:
