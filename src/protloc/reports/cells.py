@@ -69,8 +69,8 @@ def cell_blocks(figures: list[tuple[str, str]], prefix: str = "") -> list[str]:
         return []
     blocks = [html.heading("Cells"),
               html.paragraph("Each cell outlined with the classes it was given (numbers, legend below each picture): "
-                             "the cell shown to the model alone, its probabilities combined with its image's "
-                             "(docs/cells.md).")]
+                             "of its image's labels, those for which the cell's protein signal and the model on the "
+                             "cell alone give full evidence (docs/cells.md).")]
     return blocks + [html.image(prefix + name, f"{image_id}: cells") for image_id, name in figures]
 
 
