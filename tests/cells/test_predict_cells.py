@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from protloc.cells.masks import write_mask
-from protloc.cells.predict import cell_evidence, isolate_cells, predict_cells, protein_signal
+from protloc.cells.predict import cell_evidence, isolate_cells, predict_cells, protein_signal, to_model_size
 from protloc.cli import main
 from protloc.inference.predictor import load_predictor
 from protloc.labels import HPA10_NAMES
@@ -52,8 +52,10 @@ def test_scores_are_the_image_probability_times_the_cell_evidence(run_dir, cell_
     mask = np.asarray(Image.open(cell_data / "cells" / path.name)).astype(np.int32)
     prediction = predict_cells(predictor, image, mask, path.stem)
     cells = prediction.cells
-    alone = predictor.predict_proba(isolate_cells(image, mask, cells))
+    alone = predictor.predict_proba(isolate_cells(*to_model_size(image, mask, 32), cells))
     assert np.allclose(prediction.own_probabilities, alone, atol=1e-5)
+    # Isolated at the model's size, each cell looks to the model as it does isolated at full size, then resized.
+    assert np.allclose(alone, predictor.predict_proba(isolate_cells(image, mask, cells)), atol=0.02)
     whole = predictor.predict_proba([image])[0]
     evidence = cell_evidence(protein_signal(image, mask, cells), alone)
     assert np.allclose(prediction.probabilities, whole * evidence, atol=1e-5)

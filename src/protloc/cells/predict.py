@@ -77,6 +77,21 @@ def isolate_cells(image: np.ndarray, mask: np.ndarray, cells) -> list[np.ndarray
     return [np.where((mask == k)[:, :, None], image, 0).astype(image.dtype) for k in cells]
 
 
+def to_model_size(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image resized as the run's eval preset resizes it, and the mask by nearest neighbour, when the image is
+    larger than the model's input: each cell is then isolated on the small image, and the preset's resize of
+    each isolated cell (a tenth of a second for a 512 px image on a CPU) is not needed."""
+    if max(image.shape[:2]) <= size:
+        return image, mask
+    from protloc.data.images import to_chw_tensor
+    from protloc.data.transforms import resize_transform
+
+    small = resize_transform(size)(to_chw_tensor(image)).numpy().transpose(1, 2, 0)
+    rows = ((np.arange(size) + 0.5) * mask.shape[0] / size).astype(int)
+    cols = ((np.arange(size) + 0.5) * mask.shape[1] / size).astype(int)
+    return np.ascontiguousarray(small), mask[np.ix_(rows, cols)]
+
+
 def predict_cells(predictor, image: np.ndarray, mask: np.ndarray, image_id: str = "0", *,
                   image_probabilities: np.ndarray | None = None, threshold: float | None = None, tta: bool = False,
                   batch_size: int = 32) -> CellPrediction:
@@ -88,7 +103,9 @@ def predict_cells(predictor, image: np.ndarray, mask: np.ndarray, image_id: str 
         image_probabilities = predictor.predict_proba([image], tta=tta)[0]
     image_probabilities = np.asarray(image_probabilities)
     image_predicted = predictor.decide(image_probabilities[None], threshold=threshold)[0]
-    own = predictor.predict_proba(isolate_cells(image, mask, geometry["Cell"]), tta=tta, batch_size=batch_size)
+    small_image, small_mask = to_model_size(image, mask, predictor.config.image_size)
+    own = predictor.predict_proba(isolate_cells(small_image, small_mask, geometry["Cell"]), tta=tta,
+                                  batch_size=batch_size)
     own = own.reshape(len(geometry), len(image_probabilities))
     signal = protein_signal(image, mask, geometry["Cell"])
     evidence = cell_evidence(signal, own)
