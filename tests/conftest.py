@@ -38,7 +38,7 @@ TOGETHER = (
 )
 # Measured on 2 cores, slowest first (each over 2 s); the rest follow in the usual order.
 SLOWEST_FIRST = (
-    "tests/training/test_ddp.py", "tests/reports/test_embed.py", "tests/service/test_page.py",
+    "tests/training/test_ddp.py", "tests/inference/test_distributed.py", "tests/reports/test_embed.py", "tests/service/test_page.py",
     "tests/reports/test_run_report.py", "tests/training/test_speed_paths.py", "tests/training/test_resume.py",
     "tests/inference/test_ensemble.py", "tests/training/test_crash.py", "tests/test_hostile_input.py",
     "tests/reports/test_explore.py", "tests/inference/test_onnx.py", "tests/reports/test_explain.py",
@@ -144,12 +144,16 @@ def untrained_run(tmp_path_factory):
 
     def make(run_dir: Path | None = None, *, backbone: str = "test_resnet", label_set=None, in_chans: int = 3,
              image_size: int = 32, thresholds: list[float] | None = None, layout: str = "z2g",
-             training: dict | None = None, spread: float | None = None, weights: bool = True) -> Path:
+             training: dict | None = None, spread: float | None = None, weights: bool = True,
+             outliers_of: list | None = None) -> Path:
         """config.json (normalisation from the backbone's spec; the default threshold for every class unless
         given; label set hpa10 unless given) and, with `weights`, the seeded network's model.safetensors.
 
         `spread` scales the head's weights: an untrained head gives every image probabilities near 0.5, so
         tests whose labels must differ between images spread them out.
+
+        `outliers_of` (image paths) describes those images' features as training does (outliers.safetensors, the
+        99th percentile of their scores as outlier_threshold), for tests of outlier scores.
         """
         import torch
 
@@ -174,9 +178,27 @@ def untrained_run(tmp_path_factory):
             save_run(run_dir, config, model)
         else:
             save_config(run_dir, config)
+        if outliers_of:
+            describe_run_features(run_dir, outliers_of)
         return run_dir
 
     return make
+
+
+def describe_run_features(run_dir: Path, images: list) -> None:
+    """outliers.safetensors and outlier_threshold for a run, from the features of `images`."""
+    import protloc
+    from protloc.data.readers import read_images
+    from protloc.inference.outliers import describe_features, outlier_threshold, save_description
+    from protloc.runs import OUTLIER_FILE, load_config, save_config
+
+    predictor = protloc.load(run_dir, engine="torch", precision="fp32")
+    features = predictor.embed_table(read_images([Path(image) for image in images]))
+    description = describe_features(features)
+    save_description(run_dir / OUTLIER_FILE, description)
+    config = load_config(run_dir)
+    config.outlier_threshold = outlier_threshold(description.scores(features))
+    save_config(run_dir, config)
 
 
 @pytest.fixture(scope="session")

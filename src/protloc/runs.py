@@ -21,11 +21,13 @@ from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path, write_json
 from protloc.training.outcome import TrainingOutcome
+from protloc.training.training_data import TrainingData, record_problems
 
 # Every file a run folder holds is named here, once; all other modules import these names.
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"  # written by `protloc export`, read by `--engine onnx`
+OUTLIER_FILE = "outliers.safetensors"  # the training images' features, described (inference/outliers.py)
 METRICS_FILE = "metrics.csv"  # one row per epoch
 LR_FILE = "lr.csv"  # the learning rate at every step
 CURVES_FILE = "curves.png"
@@ -72,17 +74,32 @@ class RunConfig:
     # The recipe and what came of it (split, seed, best epoch...), for the record; nothing reads it back
     # to rebuild the model. A dict (as config.json holds it) is read into a TrainingOutcome.
     training: TrainingOutcome = field(default_factory=TrainingOutcome)
+    # Mahalanobis distance above which an image is unlike the training images (inference/outliers.py; the
+    # description is OUTLIER_FILE). None in configs from before outlier scores: predictions then have none.
+    outlier_threshold: float | None = None
+    # What the model learned from (training/training_data.py); None in configs from before it was recorded.
+    training_data: TrainingData | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.training, dict):
             self.training = TrainingOutcome.from_dict(self.training)
+        if isinstance(self.training_data, dict):
+            self.training_data = TrainingData.from_dict(self.training_data)
+
+    @property
+    def trained_on(self) -> str:
+        """One line: what the model learned from."""
+        if self.training_data is None:
+            return "trained on data this config does not record (a run from before protloc recorded it)"
+        return self.training_data.describe()
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "training": self.training.to_dict()}
+        training_data = self.training_data.to_dict() if self.training_data is not None else None
+        return {**dataclasses.asdict(self), "training": self.training.to_dict(), "training_data": training_data}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = CONFIG_FILE) -> "RunConfig":
@@ -92,8 +109,9 @@ class RunConfig:
         missing = sorted(required - set(data))
         if missing:
             raise ProtlocError(f"{source}: missing keys {', '.join(missing)} (not a protloc run config?)")
-        if not isinstance(data.get("training", {}), (dict, TrainingOutcome)):
-            raise ProtlocError(f"{source}: training {reprlib.repr(data['training'])}: expected a JSON object")
+        for name in ("training", "training_data"):
+            if not isinstance(data.get(name) or {}, (dict, TrainingOutcome, TrainingData)):
+                raise ProtlocError(f"{source}: {name} {reprlib.repr(data[name])}: expected a JSON object")
         config = cls(**{key: value for key, value in data.items() if key in names})
         problems = config_problems(config)
         if config.bit_depth not in (None, *BIT_DEPTHS):
@@ -140,6 +158,10 @@ def config_problems(config: RunConfig) -> list[str]:
                "thresholds", f"{config.num_classes} numbers in (0, 1], one per class of label_names")
     expect(_is_number(config.dropout) and 0 <= config.dropout < 1, "dropout", "a probability in [0, 1)")
     expect(isinstance(config.layout, str), "layout", "a dataset layout's name")
+    expect(config.outlier_threshold is None or (_is_number(config.outlier_threshold) and config.outlier_threshold > 0),
+           "outlier_threshold", "a positive number (or null: no outlier scores)")
+    if isinstance(config.training_data, TrainingData):
+        problems += record_problems(config.training_data)
     return problems
 
 
@@ -293,7 +315,8 @@ class EnsembleConfig(RunConfig):
 
     def record(self) -> dict:
         """What ensemble.json holds."""
-        return ensemble_record(self.folds, self.label_set, self.label_names, self.thresholds, self.training)
+        return ensemble_record(self.folds, self.label_set, self.label_names, self.thresholds, self.training,
+                               self.outlier_threshold)
 
     def to_dict(self) -> dict:
         """The ensemble as one JSON object (e.g. for an ONNX file's metadata), each fold's normalisation included."""
@@ -302,14 +325,17 @@ class EnsembleConfig(RunConfig):
         return {**values, "kind": "ensemble", "folds": list(self.folds), "fold_normalization": normalization}
 
 
-def ensemble_record(folds: list[str], label_set: str, label_names: list[str], thresholds, training: TrainingOutcome) -> dict:
+def ensemble_record(folds: list[str], label_set: str, label_names: list[str], thresholds, training: TrainingOutcome,
+                    outlier_threshold: float | None = None) -> dict:
     return {"kind": "ensemble", "folds": list(folds), "label_set": label_set, "label_names": list(label_names),
-            "thresholds": [float(value) for value in thresholds], "training": training.to_dict()}
+            "thresholds": [float(value) for value in thresholds], "training": training.to_dict(),
+            "outlier_threshold": outlier_threshold}
 
 
 def write_ensemble(out: str | Path, folds: list[str], label_set: str, label_names: list[str], thresholds,
-                   training: TrainingOutcome) -> None:
-    write_json(Path(out) / ENSEMBLE_FILE, ensemble_record(folds, label_set, label_names, thresholds, training))
+                   training: TrainingOutcome, outlier_threshold: float | None = None) -> None:
+    write_json(Path(out) / ENSEMBLE_FILE,
+               ensemble_record(folds, label_set, label_names, thresholds, training, outlier_threshold))
 
 
 def read_ensemble_record(path: Path) -> dict:
@@ -343,5 +369,16 @@ def load_ensemble_config(out: str | Path) -> EnsembleConfig:
     values = {item.name: getattr(first, item.name) for item in dataclasses.fields(RunConfig)}
     values.update(label_set=data["label_set"], label_names=list(data["label_names"]),
                   thresholds=[float(value) for value in data["thresholds"]], mean=[0.0] * first.in_chans,
-                  std=[1.0] * first.in_chans, training=TrainingOutcome.from_dict(data.get("training") or {}))
+                  std=[1.0] * first.in_chans, training=TrainingOutcome.from_dict(data.get("training") or {}),
+                  outlier_threshold=ensemble_outlier_threshold(path, data, fold_configs))
     return EnsembleConfig(**values, folds=list(data["folds"]), fold_configs=fold_configs)
+
+
+def ensemble_outlier_threshold(path: Path, data: dict, fold_configs: list[RunConfig]) -> float | None:
+    """ensemble.json's outlier threshold; None where it or any fold has none (folds trained before outlier scores)."""
+    value = data.get("outlier_threshold")
+    if value is None or any(config.outlier_threshold is None for config in fold_configs):
+        return None
+    if not (_is_number(value) and value > 0):
+        raise ProtlocError(f"{path}: outlier_threshold {reprlib.repr(value)}: expected a positive number (or null)")
+    return float(value)

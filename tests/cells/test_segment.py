@@ -90,3 +90,21 @@ def test_a_grayscale_image_or_a_stain_set_without_blue_is_refused(tmp_path, caps
     Image.fromarray(np.full((32, 32), 9, dtype=np.uint8)).save(tmp_path / "x_red.png")
     assert main(["segment", str(tmp_path / "x_red.png"), "--out", str(tmp_path / "b")]) == 2
     assert "Id x has no blue stain file" in capsys.readouterr().err
+
+
+def test_an_ome_tiff_is_segmented_by_its_channel_names_with_areas_in_square_micrometres(cell_data, tmp_path):
+    import tifffile
+
+    path = sorted((cell_data / "test").glob("*.png"))[0]
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    # Channels in another order than RGB, named: the blue (nucleus) stain is found by its name.
+    tifffile.imwrite(tmp_path / "cells.ome.tif", np.stack([rgb[..., 1], rgb[..., 2], rgb[..., 0]]), ome=True,
+                     photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": ["GFP", "DAPI", "Tubulin"]},
+                                                         "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    assert main(["segment", str(tmp_path / "cells.ome.tif"), "--out", str(tmp_path / "ome")]) == 0
+    assert main(["segment", str(path), "--out", str(tmp_path / "png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "ome" / "cells.png")),
+                          np.asarray(Image.open(tmp_path / "png" / path.name)))
+    with open(tmp_path / "ome" / "cells.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(float(row["area_um2"]) == pytest.approx(int(row["area"]) * 0.0625) for row in rows)

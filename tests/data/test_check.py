@@ -189,3 +189,20 @@ def test_unlabelled_data_is_said_to_be_unlabelled_with_what_was_checked(demo_dat
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(plate / well / "field.png")
     assert main(["check", str(plate), "--recursive"]) == 0
     assert "2 unlabelled images" in capsys.readouterr().out
+
+
+def test_a_microscope_file_is_checked_by_its_channel_names(tmp_path, capsys):
+    import tifffile
+
+    folder = tmp_path / "ome"
+    folder.mkdir()
+    for name, channels in (("good", ["DAPI", "GFP", "Tubulin"]), ("odd", ["DAPI", "Brightfield", "GFP", "Tubulin"])):
+        tifffile.imwrite(folder / f"{name}.ome.tif", np.zeros((len(channels), 8, 8), np.uint16), ome=True,
+                         photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": channels}})
+    assert main(["check", str(folder)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("protloc: error")]
+    assert errors[0] == (f"protloc: error: {folder / 'odd.ome.tif'}: channel 'Brightfield' is not a stain protloc knows "
+                         "by name: add --stain-map 'Brightfield=STAIN' (STAIN one of red, green, blue, yellow, or none "
+                         "to leave it out)")
+    assert not any("good.ome.tif" in line for line in errors)
+    assert main(["check", str(folder), "--stain-map", "Brightfield=none"]) == 0

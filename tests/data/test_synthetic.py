@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_same_seed_gives_identical_bytes_and_workers_do_not_matter(small_set, tm
     write_demo_dataset(again, n_train=10, n_test=5, size=64, seed=3, show_progress=False, workers=1)
     a, b = _all_files(small_set), _all_files(again)
     assert sorted(a) == sorted(b)
-    assert len(a) == 10 + 5 + 2
+    assert len(a) == 10 + 5 + 3  # images, train.csv, submission.csv, demo-data.json
     for name in a:
         assert a[name] == b[name], name
 
@@ -82,7 +83,9 @@ def test_layout(small_set):
     assert all(r[1] == "0" for r in sub[1:])
     assert len(test_ids) == 5 and not set(test_ids) & set(ids)
     assert sorted(p.name for p in (small_set / "test").iterdir()) == sorted(f"{i}.png" for i in test_ids)
-    assert sorted(p.name for p in small_set.iterdir()) == ["submission.csv", "test", "train", "train.csv"]
+    # demo-data.json marks the dataset as generated: a model trained on it records its kind "demo".
+    assert sorted(p.name for p in small_set.iterdir()) == ["demo-data.json", "submission.csv", "test", "train", "train.csv"]
+    assert json.loads((small_set / "demo-data.json").read_text())["generator"] == "protloc demo-data"
 
     for path in list((small_set / "train").iterdir()) + list((small_set / "test").iterdir()):
         with Image.open(path) as im:

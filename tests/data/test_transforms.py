@@ -115,3 +115,22 @@ def test_draws_stay_within_the_seeds_ranges():
     symmetry = torch.stack([unit[:, 0, 0], unit[:, 0, 1], unit[:, 1, 0], unit[:, 1, 1]], dim=1).round()
     counts = torch.unique(symmetry, dim=0, return_counts=True)[1]
     assert len(counts) == 8 and counts.min() > 180
+
+
+def test_from_a_copy_twice_the_size_the_whole_image_is_its_2x2_means(images):
+    identity = drawn(Augmentation(**NONE), 0).expand(3, 2, 3)
+    zeros, ones = torch.zeros(2), torch.ones(2)
+    out = augment_batch(images, identity, zeros, ones, out_size=12)
+    torch.testing.assert_close(out, F.avg_pool2d(scaled(images), 2), atol=1e-5, rtol=0)
+
+
+def test_a_zoomed_crop_from_the_larger_copy_keeps_detail_the_input_size_copy_has_lost():
+    # A 1-pixel checkerboard at 48 px: resized to the 24 px input size it is a flat grey.
+    board = ((torch.arange(48)[:, None] + torch.arange(48)[None, :]) % 2 * 255).to(torch.uint8).expand(1, 1, 48, 48)
+    small = v2.Resize((24, 24), antialias=True)(board)
+    half_side = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]).expand(1, 2, 3)  # the central quarter, zoomed 2x
+    zeros, ones = torch.zeros(1), torch.ones(1)
+    from_small = augment_batch(small, half_side, zeros, ones)
+    from_large = augment_batch(board.contiguous(), half_side, zeros, ones, out_size=24)
+    assert from_small.std() < 0.05  # nothing left to zoom into
+    assert from_large.std() > 0.4  # the checkerboard, at its own pixels

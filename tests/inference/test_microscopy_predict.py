@@ -55,6 +55,7 @@ def test_an_ome_tiff_with_named_channels_predicts_as_the_stain_set_of_its_pixels
         path = write_ome(tmp_path / f"{'-'.join(order)}.ome.tif", [by_name[name] for name in order], order)
         mapped = probabilities(run_dir, path, "--stain-map", stain_map, out=tmp_path / "mapped.csv")
         np.testing.assert_allclose(mapped, expected, atol=1e-4)
+        assert pd.read_csv(tmp_path / "mapped.csv", dtype=str)["Image"].tolist() == ["-".join(order)]  # no .ome
         by_default = probabilities(run_dir, path, out=tmp_path / "default.csv")  # these names are known
         np.testing.assert_allclose(by_default, expected, atol=1e-4)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]

@@ -7,7 +7,8 @@ import torch
 from sklearn.metrics import f1_score
 
 from protloc.errors import ProtlocError
-from protloc.inference.thresholds import apply_thresholds, cross_fitted_labels, tune_thresholds
+from protloc.inference.thresholds import (apply_thresholds, class_ratio_thresholds, cross_fitted_labels,
+                                         tune_thresholds)
 
 
 def noisy_predictions(seed=0, n=200, c=6):
@@ -65,8 +66,9 @@ def test_thresholds_fitted_to_few_positives_stay_near_half():
     targets[:4, 0] = 1  # 4 positives
     targets[:200, 1] = 1  # 200 positives
     probabilities = np.where(targets == 1, rng.uniform(0.15, 0.25, targets.shape), rng.uniform(0.0, 0.1, targets.shape))
-    optimum = tune_thresholds(targets, probabilities, shrinkage=0)
-    shrunk = tune_thresholds(targets, probabilities, shrinkage=20)
+    # Under plain p >= cut (allow_empty): the shrinkage alone, without the check under predict's fallback rule.
+    optimum = tune_thresholds(targets, probabilities, shrinkage=0, allow_empty=True)
+    shrunk = tune_thresholds(targets, probabilities, shrinkage=20, allow_empty=True)
     assert (optimum < 0.16).all()
     # Both classes have the same optimum; the class with 4 positives moves 4/24 of the way, the other 200/220.
     assert abs(shrunk[0] - (0.5 + (optimum[0] - 0.5) * 4 / 24)) <= 0.01 + 1e-9
@@ -141,3 +143,29 @@ def test_cross_fitted_labels_tune_each_group_on_the_others_and_score_below_in_sa
     assert per_class_f1(targets, labels).mean() < per_class_f1(targets, in_sample).mean()
     with pytest.raises(ProtlocError, match="two groups"):
         cross_fitted_labels(targets, probabilities, np.zeros(300))
+
+
+def test_class_ratio_thresholds_label_each_class_as_often_as_training_had_it():
+    targets, probabilities = noisy_predictions(seed=4, n=400)
+    prevalence = np.array([0.05, 0.1, 0.2, 0.3, 0.4, 0.0])
+    thresholds = class_ratio_thresholds(probabilities, prevalence)
+    labelled = (probabilities >= thresholds).mean(axis=0)
+    # Within a grid step of the asked share (the grid moves by 0.01; a step passes few images here).
+    assert np.abs(labelled[:5] - prevalence[:5]).max() < 0.03
+    assert thresholds[5] == 0.5  # a class never seen in training: nothing to follow
+    assert thresholds[0] > thresholds[4]  # rarer classes get higher cuts on these equally spread scores
+    with pytest.raises(ProtlocError, match="prevalence"):
+        class_ratio_thresholds(probabilities, prevalence[:3])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_tuned_thresholds_never_lose_to_half_under_the_rule_predict_labels_with(seed):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((120, 5)) < np.array([0.5, 0.3, 0.15, 0.08, 0.04])).astype(np.float32)
+    targets[targets.sum(axis=1) == 0, 0] = 1  # every protein sits somewhere
+    probabilities = np.clip(0.3 * targets + rng.normal(0.25, 0.15, targets.shape), 0.0, 1.0)
+
+    def deployed_macro_f1(thresholds):
+        return f1_score(targets, apply_thresholds(probabilities, thresholds), average="macro", zero_division=0)
+
+    assert deployed_macro_f1(tune_thresholds(targets, probabilities)) >= deployed_macro_f1(0.5) - 1e-12

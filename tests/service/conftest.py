@@ -32,9 +32,11 @@ LIVE_TIMEOUT_S = 5.0
 
 
 @pytest.fixture(scope="session")
-def run_dir(untrained_run):
-    # Spread probabilities, so that labels differ between images and a threshold can split the classes.
-    return untrained_run(thresholds=[THRESHOLD] * 10, spread=30)
+def run_dir(untrained_run, demo_data):
+    # Spread probabilities, so that labels differ between images and a threshold can split the classes; the
+    # demo training images' features described, so that predictions have outlier scores.
+    return untrained_run(thresholds=[THRESHOLD] * 10, spread=30,
+                         outliers_of=sorted((demo_data / "train").glob("*.png"))[:60])
 
 
 @pytest.fixture(scope="session")

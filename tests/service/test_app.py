@@ -14,6 +14,7 @@ from PIL import Image
 
 from protloc.cli import main
 from protloc.labels import HPA10
+from protloc.runs import load_config
 from protloc.service.app import create_app
 from protloc.service.limits import ServiceLimits
 from tests.service.conftest import THRESHOLD, png_bytes
@@ -50,6 +51,20 @@ def test_health_describes_the_run_from_its_config(client, run_dir):
     assert health["stains"] == ["red", "green", "blue"]
     assert health["csv_columns"] == ["Image", "Label"]  # a Zero-to-GANs run's Kaggle format
     assert health["max_files"] == 8 and health["max_pixels"] == 1_000_000
+    assert health["outlier_threshold"] == pytest.approx(load_config(run_dir).outlier_threshold)
+    assert health["trained_on"] == load_config(run_dir).trained_on and health["training_data"] is None
+
+
+def test_every_image_gets_its_outlier_score_and_flag(client, predictor, image_paths, real_data):
+    from pathlib import Path
+
+    paths = [*image_paths[:3], Path(real_data) / "z2g-sample" / "10034.png"]
+    response = client.post("/predict", files=[("files", (path.name, path.read_bytes(), "image/png")) for path in paths])
+    assert response.status_code == 200
+    answers = response.json()["images"]
+    expected = predictor.predict(paths)
+    np.testing.assert_allclose([answer["outlier_score"] for answer in answers], expected.outlier_scores, rtol=1e-4)
+    assert [answer["outlier"] for answer in answers] == expected.outliers.tolist()
 
 
 def test_the_page_and_its_files_are_served_from_the_package_with_nothing_from_elsewhere(client):

@@ -19,6 +19,7 @@ import tifffile
 from PIL import Image
 
 from protloc.cli import main
+from protloc.runs import load_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -59,12 +60,6 @@ def wait_for(condition, timeout: float = 30, what: str = "the page"):
             return value
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for {what}")
-
-
-def api_labels(url: str, paths) -> dict[str, list[str]]:
-    with httpx2.Client(trust_env=False, timeout=30) as http:
-        response = http.post(url + "/predict", files=[("files", (p.name, p.read_bytes())) for p in paths])
-    return {result["name"]: result["labels"] for result in response.json()["images"]}
 
 
 def api_results(url: str, paths) -> dict[str, dict]:
@@ -123,6 +118,10 @@ def test_the_page_labels_images_explains_one_and_downloads_the_csv(browser, live
     assert shown == {name: [(label, f"{round(100 * result['probabilities'][label])}%") for label in
                             sorted(result["labels"], key=lambda label: -result["probabilities"][label])]
                      for name, result in expected.items()}
+    assert driver.find_element(By.ID, "run-trained").text == f"The model was {load_config(run_dir).trained_on}."
+    warned = {row.find_element(By.CSS_SELECTOR, "td.name").text: bool(row.find_elements(By.CSS_SELECTOR, ".outlier"))
+              for row in rows}
+    assert warned == {name: result["outlier"] for name, result in expected.items()}
 
     rows[0].click()
     first = expected[paths[0].name]["labels"]
@@ -250,3 +249,15 @@ def test_the_page_at_phone_and_desktop_width(browser, live_server, awkward_uploa
     assert all(re.fullmatch(r"[<>]?\d+%", value) for value in values), values
     assert overflow(driver) == {"scroll": 0, "elements": []}
     screenshot(driver, tmp_path / f"detail-{width}.png")
+
+
+def test_the_page_warns_on_the_row_of_an_image_unlike_the_training_images(browser, live_server, real_data):
+    from selenium.webdriver.common.by import By
+
+    driver, _downloads = browser
+    real = Path(real_data) / "z2g-sample" / "10034.png"
+    assert api_results(live_server.url, [real])[real.name]["outlier"]  # a real cell, for a run described on demo cells
+    picker = open_page(driver, live_server.url, 1280)
+    picker.send_keys(str(real))
+    warning = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#results tbody tr .outlier"), what="the warning")
+    assert warning[0].is_displayed() and "unlike the training images" in warning[0].text

@@ -52,7 +52,8 @@ def test_every_option_says_its_default():
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     options = [action for action in parser._actions if action.option_strings and action.dest != "help"]
     assert {action.dest for action in options} == fields - {"data", "show_progress"}
-    assert [action.dest for action in options if "default" not in action.help] == []
+    # Each option says its default, or that it has none because it is required.
+    assert [action.dest for action in options if "default" not in action.help and "required" not in action.help] == []
 
 
 def test_recipes_of_earlier_versions_read_with_todays_names():

@@ -89,3 +89,11 @@ def test_resume_writes_a_missing_ensemble_and_keeps_an_existing_one(trained_kfol
     (copy / ENSEMBLE_FILE).write_text(json.dumps(retuned))
     assert main(["train", "--resume", str(copy), "--workers", "0"]) == 0
     assert json.loads((copy / ENSEMBLE_FILE).read_text()) == retuned
+
+
+def test_the_ensemble_has_one_outlier_threshold_the_mean_of_its_folds(trained_kfold):
+    folds = [load_config(trained_kfold / f"fold-{fold}").outlier_threshold for fold in range(2)]
+    assert all(value is not None and value > 0 for value in folds)
+    ensemble = load_config(trained_kfold)
+    assert isinstance(ensemble, EnsembleConfig) and ensemble.outlier_threshold == pytest.approx(np.mean(folds))
+    assert ensemble.training_data.kind == "demo"  # the folds' record of their data

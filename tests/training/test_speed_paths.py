@@ -57,7 +57,10 @@ def test_runs_with_and_without_the_cache_end_with_identical_weights(demo_data, t
     cache_dir = str(tmp_path / "cache")
     # Filled by the pre-training check (and loader workers), then read back by the next run in the main process.
     filled = train(recipe(demo_data, tmp_path / "filled", cache_dir=cache_dir, workers=1))
-    assert len(list((tmp_path / "cache" / IMAGES_FOLDER).glob("*/*.u8"))) == 96
+    # Every image at the input size (the check, validation), and the training images at their own larger size too
+    # (64 px for the 32 px input: the augmentation crops there).
+    n_train = load_config(filled).training.n_train
+    assert len(list((tmp_path / "cache" / IMAGES_FOLDER).glob("*/*.u8"))) == 96 + n_train
     warm = train(recipe(demo_data, tmp_path / "warm", cache_dir=cache_dir))
     assert_same_run(plain, filled)
     assert_same_run(plain, warm)

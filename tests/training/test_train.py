@@ -33,7 +33,7 @@ def random_split_run(demo_data, tiny_recipe, tmp_path_factory):
     args = ["train", str(demo_data), "--out", str(out), *tiny_recipe.args(), "--backbone", "mobilenetv3_small_050",
             "--validation-split", "random", "--normalize", "dataset", "--loss", "focal", "--pos-weight", "auto",
             "--optimizer", "adamw", "--grad-clip", "1.0", "--grad-clip-mode", "norm", "--dropout", "0.2",
-            "--bit-depth", "12"]
+            "--bit-depth", "12", "--data-kind", "real"]
     assert main(args) == 0
     return out
 
@@ -58,6 +58,46 @@ def test_train_writes_a_complete_run_folder(default_run, demo_data):
     assert set(training.val_tuned) >= {"f1_macro", "f1_micro", "f1_samples", "fscore_course", "f1_per_class"}
     # Tuning may only help on the data it was tuned on, compared under the same labelling rule.
     assert training.val_tuned["f1_macro"] >= training.val_at_05["f1_macro"] - 1e-12
+
+
+def test_the_run_describes_its_training_features_and_sets_the_outlier_threshold_on_validation(default_run):
+    """outliers.safetensors holds the mean of the training images' features; the threshold is the 99th percentile
+    of the validation images' scores, both as prediction computes them."""
+    import protloc
+    from protloc.inference.outliers import load_description
+    from protloc.runs import OUTLIER_FILE, read_weight_shapes
+    from protloc.training.config import config_from_recipe
+    from protloc.training.splits import make_split
+    from protloc.training.train import read_training_table
+
+    config = load_config(default_run)
+    assert set(read_weight_shapes(default_run / OUTLIER_FILE)) == {"mean", "precision"}  # safetensors
+    recipe = config_from_recipe(config.training.recipe)
+    table = read_training_table(recipe)
+    train_rows, val_rows = make_split(recipe.validation_split, table.targets, recipe.val_fraction, recipe.seed)
+    predictor = protloc.load(default_run, engine="torch", precision="fp32")
+    description = load_description(default_run / OUTLIER_FILE)
+    np.testing.assert_allclose(description.mean, predictor.embed_table(table.subset(train_rows)).mean(axis=0),
+                               rtol=1e-3, atol=1e-4)
+    scores = predictor.predict_table(table.subset(val_rows)).outlier_scores
+    assert config.outlier_threshold == pytest.approx(np.percentile(scores, 99), rel=1e-4)
+
+
+def test_the_run_records_what_it_was_trained_on(default_run, random_split_run, demo_data):
+    from datetime import datetime
+
+    import protloc
+
+    record = load_config(default_run).training_data
+    labels = pd.read_csv(demo_data / "train.csv")["Label"].str.split()
+    assert record.folder == str(demo_data.resolve()) and record.kind == "demo"  # demo-data marks its datasets
+    assert record.images == len(labels) == 96 and record.bit_depth == 8
+    counts = {name: int(sum(str(index) in row for row in labels)) for index, name in enumerate(record.classes)}
+    assert record.classes == counts and len(counts) == 10
+    assert record.protloc_version == protloc.__version__ and datetime.fromisoformat(record.date).tzinfo is not None
+    assert load_config(default_run).trained_on.startswith("trained on 96 generated demo images of 10 classes, 8-bit")
+    stated = load_config(random_split_run).training_data
+    assert stated.kind == "real" and stated.bit_depth == 12  # --data-kind real, --bit-depth 12
 
 
 def test_metrics_csv_has_one_row_per_epoch_with_every_score(default_run):

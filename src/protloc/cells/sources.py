@@ -77,6 +77,9 @@ def _with_yellow(stain_set: tuple[str, ...]) -> dict[str, str]:
 def read_stains(source: Source) -> Stains:
     """The planes of one image, float32. Raises DataError naming the file."""
     if isinstance(source, str):
+        named = _named_stains(source)
+        if named is not None:
+            return named
         pixels = _pixels(source)
         channels = pixels.shape[-1]
         if channels == 1:
@@ -92,6 +95,27 @@ def read_stains(source: Source) -> Stains:
     if len(shapes) > 1:
         raise DataError(f"{source['blue']}: the stain files of this Id differ in size "
                         f"({', '.join(f'{s}: {p.shape[1]}x{p.shape[0]}' for s, p in planes.items())})")
+    return Stains(blue=planes["blue"], red=planes.get("red"), yellow=planes.get("yellow"))
+
+
+def _named_stains(path: str) -> Stains | None:
+    """The planes of a microscope file whose channels are named (OME-TIFF, CZI...), picked by their names
+    (stains.channel_stains); None for other files."""
+    from protloc.data.images import read_image
+    from protloc.data.stains import channel_stains
+
+    try:
+        stored = read_image(path)
+    except ImageReadError as error:
+        raise DataError(f"{path}: {error}") from None
+    if not stored.channel_names:
+        return None
+    stains, problems = channel_stains(stored.channel_names)
+    if problems or "blue" not in stains:
+        why = "; ".join(problems) or "no channel is the blue (nucleus) stain, where nuclei are found"
+        raise DataError(f"{path}: {why}")
+    planes = {stain: stored.pixels[..., stains.index(stain)].astype(np.float32) for stain in ("blue", "red", "yellow")
+              if stain in stains}
     return Stains(blue=planes["blue"], red=planes.get("red"), yellow=planes.get("yellow"))
 
 

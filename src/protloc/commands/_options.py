@@ -175,10 +175,42 @@ def image_cache_from_args(args: argparse.Namespace):
     return open_image_cache(args.cache_dir, args.cache_limit_gb) if args.cache else None
 
 
-def add_inference_options(parser: argparse.ArgumentParser, *, engine_choice: bool = True) -> None:
-    """Options shared by the commands that predict labels (predict, tune, evaluate, report)."""
-    add_engine_options(parser)
+def add_inference_options(parser: argparse.ArgumentParser, *, engine_choice: bool = True) -> argparse._ArgumentGroup:
+    """Options shared by the commands that predict labels (predict, tune, evaluate, report). Returns the "engine"
+    group."""
+    engine = add_engine_options(parser)
     if engine_choice:
         add_engine_choice(parser)
     parser.add_argument("--tta", action="store_true",
                         help="average over the 8 flips and quarter turns of each image (8x slower)")
+    return engine
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected 1 or more")
+    return value
+
+
+def add_process_options(engine: argparse._ArgumentGroup) -> None:
+    """--devices N --num-nodes M: the commands that predict whole tables (predict, embed, evaluate) in several
+    processes, through Lightning DDP as training does."""
+    engine.add_argument("--devices", type=positive_int, default=1, metavar="N",
+                        help="processes per machine, one per device (GPU, or CPU share); 2 or more predict together "
+                             "through Lightning DDP (gloo on the CPU), each its share of the images, merged in input "
+                             "order (default %(default)s: one process, without Lightning)")
+    engine.add_argument("--num-nodes", type=positive_int, default=1, metavar="M",
+                        help="machines, each running this command under a launcher that sets MASTER_ADDR, MASTER_PORT "
+                             "and NODE_RANK (torchrun, srun; docs/cluster.md); --out must be on a file system they all "
+                             "see (default %(default)s)")
+
+
+def ranks_from_args(args: argparse.Namespace, out):
+    """protloc.inference.distributed.Ranks for --devices and --num-nodes, its shares exchanged beside `out`; None
+    for one process, which predicts without Lightning (and without its start-up)."""
+    if args.devices * args.num_nodes == 1:
+        return None
+    from protloc.inference.distributed import Ranks, exchange_folder
+
+    return Ranks(args.devices, args.num_nodes, device=args.device, exchange=exchange_folder(out))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_dataset_options, add_recursive_option
+from protloc.commands._options import add_dataset_options, add_recursive_option, add_stain_map_option
 
 
 def register(subparsers) -> None:
@@ -12,6 +12,7 @@ def register(subparsers) -> None:
     parser.add_argument("data", metavar="DATA", help="dataset folder or CSV file")
     add_dataset_options(parser)
     add_recursive_option(parser)
+    add_stain_map_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     label_set = get_label_set(args.labels) if args.labels else None
     report = check_dataset(args.data, layout=args.format, label_set=label_set, channels=args.channels,
-                           recursive=args.recursive)
+                           recursive=args.recursive, stain_map=args.stain_map)
     if not report.ok:
         raise DataError(*listed(report.problems), f"{len(report.problems)} problem(s) found in {args.data}")
     for note in report.notes:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_recursive_option,
-                                       add_run_data_options, add_stain_map_option, add_subset_option,
-                                       announce_reading)
+from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_process_options,
+                                       add_recursive_option, add_run_data_options, add_stain_map_option, add_subset_option,
+                                       announce_reading, ranks_from_args)
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                              "compiling) or pca (linear, instant) (default %(default)s)")
     add_subset_option(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
-    add_engine_options(parser)
+    add_process_options(add_engine_options(parser))
     add_run_data_options(parser)
     add_gray_as_option(parser)
     add_recursive_option(parser)
@@ -42,17 +42,21 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_path(args.out)
     check_output_path(map_path(args.out), option="--out (its map)")
+    ranks = ranks_from_args(args, args.out)
     config = load_config(args.run)
     method = resolve_method(args.method)  # before the slow part: a missing umap-learn fails fast
     label_set = get_label_set(args.labels) if args.labels else None
     table = read_dataset(args.data, layout=args.format, split=args.subset, label_set=label_set, channels=config.in_chans,
                          recursive=args.recursive, gray_as=args.gray_as)
-    predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as,
-                               bit_depth=args.bit_depth,
+    predictor = load_predictor(args.run, device=ranks.device if ranks else args.device, engine="torch",
+                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
                                stain_map=args.stain_map)
     announce_reading(table, config, args)
-    features, map_file = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size,
-                                     workers=args.workers, seed=args.seed, data_name=str(args.data))
+    embedded = embed_table(predictor, table, args.out, method=method, batch_size=args.batch_size, workers=args.workers,
+                           seed=args.seed, data_name=str(args.data), ranks=ranks)
+    if embedded is None:
+        return 0  # one of several processes: process 0 writes the whole table
+    features, map_file = embedded
     where = f" and a {method.upper()} map to {map_file}" if map_file else " (too few images for a map)"
     print(f"{features.shape[0]} images x {features.shape[1]} features written to {args.out}{where}")
     return 0

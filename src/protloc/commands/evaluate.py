@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_bit_depth_option, add_gray_as_option, add_inference_options,
-                                       add_run_data_options, add_stain_map_option, announce_reading,
+from protloc.commands._options import (add_bit_depth_option, add_gray_as_option, add_inference_options, add_process_options,
+                                       add_run_data_options, add_stain_map_option, announce_reading, ranks_from_args,
                                        read_run_dataset, threshold_value)
 
 
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--masks", default=None, metavar="DIR",
                         help="with --cells: the cells to label, DIR/<id>.png (default: found by segmentation); "
                              "they are matched to the true cells at IoU >= 0.6")
-    add_inference_options(parser)
+    add_process_options(add_inference_options(parser))
     add_run_data_options(parser)
     add_gray_as_option(parser)
     add_bit_depth_option(parser)
@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from protloc.errors import ProtlocError
     from protloc.files import atomic_dir, check_output_path
     from protloc.inference.predictor import load_predictor
-    from protloc.reports.evaluate import check_label_names, evaluate_run
+    from protloc.reports.evaluate import check_label_names, evaluate_table, write_evaluation
     from protloc.runs import load_config
 
     check_output_path(args.out, folder=True)
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
+    ranks = ranks_from_args(args, args.out)
     config = load_config(args.run)
     table = read_run_dataset(args, config, args.data)
     check_label_names(table, config, str(args.data))  # before loading the model: fail fast
@@ -52,13 +53,17 @@ def run(args: argparse.Namespace) -> int:
         from protloc.cells.evaluate import read_cell_truth
 
         read_cell_truth(_data_root(args.data), config.num_classes)
-    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
-                               stain_map=args.stain_map)
+    device, onnx_threads = (ranks.device, ranks.threads) if ranks else (args.device, None)
+    predictor = load_predictor(args.run, device=device, engine=args.engine, onnx_path=args.onnx, precision=args.precision,
+                               gray_as=args.gray_as, bit_depth=args.bit_depth, stain_map=args.stain_map,
+                               onnx_threads=onnx_threads)
     announce_reading(table, config, args)
+    evaluation = evaluate_table(predictor, table, threshold=args.threshold, tta=args.tta, batch_size=args.batch_size,
+                                workers=args.workers, data_name=str(args.data), ranks=ranks)
+    if evaluation is None:
+        return 0  # one of several processes: process 0 writes the evaluation (and scores the cells, with --cells)
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
-        evaluation = evaluate_run(predictor, table, out, threshold=args.threshold, tta=args.tta,
-                                  batch_size=args.batch_size, workers=args.workers, data_name=str(args.data))
+        write_evaluation(evaluation, out, f"Evaluation on {args.data}")
         cells = _evaluate_cells(args, predictor, table, evaluation, out) if args.cells else None
     scores = evaluation.scores["thresholds"]
     print(f"{len(table)} images: macro F1 {scores['f1_macro']:.4f}, micro F1 {scores['f1_micro']:.4f}, "

@@ -24,11 +24,15 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from protloc.files import check_output_path
     from protloc.inference.onnx_export import DEFAULT_OPSET, export_onnx, weights_digest
+    from protloc.inference.outliers import load_scorer
     from protloc.runs import load_run
 
     path = check_output_path(args.out or Path(args.run) / ONNX_FILE)
     config, model = load_run(args.run)
-    difference = export_onnx(model, config, path, opset=args.opset or DEFAULT_OPSET, weights_digest=weights_digest(args.run))
+    scorer = load_scorer(args.run, config, model)
+    difference = export_onnx(model, config, path, opset=args.opset or DEFAULT_OPSET, weights_digest=weights_digest(args.run),
+                             scorer=scorer)
+    scores = " and an outlier score" if scorer is not None else ""
     print(f"wrote {path}: {config.backbone}, {config.in_chans}x{config.image_size}x{config.image_size} -> "
-          f"{config.num_classes} probabilities; ONNX Runtime matches torch within {difference:.1e}")
+          f"{config.num_classes} probabilities{scores}; ONNX Runtime matches torch within {difference:.1e}")
     return 0

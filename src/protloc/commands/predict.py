@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option,
-                                       add_inference_options, add_recursive_option, add_stain_map_option, announce_reading,
-                                       image_cache_from_args, threshold_value)
+from protloc.commands._options import (add_bit_depth_option, add_cache_options, add_gray_as_option, add_inference_options,
+                                       add_process_options, add_recursive_option, add_stain_map_option, announce_reading,
+                                       image_cache_from_args, ranks_from_args, threshold_value)
 
 
 def register(subparsers) -> None:
@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
     parser.add_argument("--probabilities", action="store_true",
-                        help="write the id then one probability column per class (named by class) instead of labels")
+                        help="write the id, one probability column per class (named by class), then outlier_score "
+                             "(higher: less like the training images) and outlier (above the run's threshold: the "
+                             "labels deserve doubt) instead of labels")
     parser.add_argument("--label-names", action="store_true",
                         help="also write the predicted classes by name, \"; \"-joined, in a column 'Class names' (after "
                              "the class numbers, or before the probabilities); the file is then more than a Kaggle "
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
     add_recursive_option(parser)
     add_bit_depth_option(parser)
     add_stain_map_option(parser)
-    add_inference_options(parser)
+    add_process_options(add_inference_options(parser))
     add_cache_options(parser)
     parser.set_defaults(handler=run)
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.errors import DataError, ProtlocError, listed
     from protloc.files import check_output_path, write_csv
     from protloc.inference.predictor import find_missing_files, load_predictor
-    from protloc.inference.submission import output_layout, probability_frame, submission_frame
+    from protloc.inference.submission import PROBABILITY_DECIMALS, output_layout, probability_frame, submission_frame
     from protloc.labels import LabelSet
     from protloc.runs import load_config
 
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     if args.masks is not None and not Path(args.masks).is_dir():
         raise ProtlocError(f"--masks {args.masks}: not a folder")
+    ranks = ranks_from_args(args, args.out)  # before the input: several machines without a launcher fail at once
     config = load_config(args.run)
     # The input first: its problems show before the model loads (or is exported for ONNX Runtime).
     label_set = LabelSet(config.label_set, tuple(config.label_names))
@@ -79,13 +82,15 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise DataError(*listed(missing), f"{len(missing)} image files named by the input are missing; nothing "
                                           f"written (--on-error skip writes the others)")
-    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
-                               precision=args.precision, gray_as=args.gray_as, bit_depth=args.bit_depth,
-                               stain_map=args.stain_map,
-                               cache=image_cache_from_args(args))
+    device, onnx_threads = (ranks.device, ranks.threads) if ranks else (args.device, None)
+    predictor = load_predictor(args.run, device=device, engine=args.engine, onnx_path=args.onnx, precision=args.precision,
+                               gray_as=args.gray_as, bit_depth=args.bit_depth, stain_map=args.stain_map,
+                               cache=image_cache_from_args(args), onnx_threads=onnx_threads)
     announce_reading(table, config, args)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
-                                     show_progress=True)
+                                     show_progress=True, ranks=ranks)
+    if result is None:
+        return 0  # one of several processes: process 0 writes the whole table
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable
     if problems:
         if args.on_error == "fail" and len(table) == 1:
@@ -105,14 +110,24 @@ def run(args: argparse.Namespace) -> int:
     layout = output_layout(table.layout, config.layout)
     decided = predictor.decide(probabilities[ok], threshold=args.threshold, allow_empty=args.allow_empty)
     names = config.label_names if args.label_names else None
+    scores = result.outlier_scores[ok] if result.outlier_scores is not None else None
+    outliers = predictor.flag_outliers(scores)
     if args.probabilities:
         frame = probability_frame(ids, probabilities[ok], config.label_names, layout,
                                   predicted=decided if args.label_names else None)
-    else:
+        if outliers is not None:
+            frame["outlier_score"] = scores.round(PROBABILITY_DECIMALS)
+            frame["outlier"] = outliers
+    else:  # the Kaggle format, exactly: id and labels (and class names only when asked)
         frame = submission_frame(ids, decided, layout, label_names=names)
     write_csv(args.out, frame)
     what = f"probabilities of {config.num_classes} classes" if args.probabilities else ",".join(frame.columns)
+    print(f"model {config.trained_on}")
     print(f"wrote {args.out}: {len(frame)} images ({what})")
+    if outliers is not None and outliers.any():
+        print(f"protloc: warning: {int(outliers.sum())} of {len(outliers)} images are unlike the images the model was "
+              f"trained on (outlier score above {predictor.outlier_threshold:.4g}); their labels deserve doubt"
+              + ("" if args.probabilities else " (--probabilities names them)"), file=sys.stderr)
     return 0
 
 

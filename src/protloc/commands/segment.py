@@ -16,7 +16,8 @@ def register(subparsers) -> None:
                     "grown from the nuclei. INPUT is what predict reads: a dataset folder, a CSV, a folder of images, "
                     "image files or stain files <Id>_<stain>.png (blue needed; red and yellow used when there). "
                     "Writes DIR/<id>.png (uint16: 0 background, cell k = k) and DIR/cells.csv (Image, Cell, "
-                    "centroid_y, centroid_x, area in pixels, touches_border).")
+                    "centroid_y, centroid_x, area in pixels, touches_border; area_um2 where an image "
+                    "states its pixel size, as OME-TIFF, CZI, ND2 and LIF files do).")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="dataset folder, CSV, image folder or image files")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the masks and cells.csv")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from protloc.cells.masks import CELLS_CSV, cell_geometry, write_mask
     from protloc.cells.sources import segment_source, segmentation_sources
+    from protloc.data.microscopy import stated_pixel_size
     from protloc.errors import DataError, listed
     from protloc.files import atomic_dir, check_output_path, write_csv
 
@@ -47,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
                 problems.extend(error.lines)
                 continue
             write_mask(out / f"{identifier}.png", mask)
-            tables.append(cell_geometry(mask).assign(Image=identifier))
+            geometry = cell_geometry(mask).assign(Image=identifier)
+            stated = stated_pixel_size(source)  # a microscope file's µm per pixel: areas in µm² too
+            tables.append(geometry.assign(area_um2=geometry["area"] * stated[0] ** 2) if stated else geometry)
         if problems and (args.on_error == "fail" or not tables):
             what = "could not be segmented" if tables else "none could be segmented"
             raise DataError(*listed(problems), f"{len(problems)} of {total} images {what}; nothing written"
                             + (" (--on-error skip writes the others)" if tables else ""))
         frame = pd.concat(tables, ignore_index=True)
-        frame = frame[["Image", "Cell", "centroid_y", "centroid_x", "area", "touches_border"]]
+        columns = ["Image", "Cell", "centroid_y", "centroid_x", "area", "touches_border"]
+        frame = frame[columns + (["area_um2"] if "area_um2" in frame else [])]
         write_csv(out / CELLS_CSV, frame)
     for line in listed(problems):
         print(f"protloc: warning: skipped {line}", file=sys.stderr)

@@ -326,21 +326,23 @@ class ImageCache:
             found.append((stat.st_mtime, stat.st_size, path))
         return found
 
-    def prepare(self, sources: Iterable, channels: int, size: int, *, bit_depth: int | None = None,
+    def prepare(self, sources: Iterable, channels: int, size: int | Sequence[int], *, bit_depth: int | None = None,
                 gray_as: str | None = None, stain_map: dict | None = None) -> None:
         """Before a run reads `sources`: mark their entries as just used and, if the images not yet stored would
-        pass the limit, remove the least recently used other entries until they fit. Recounts the usage."""
-        nbytes = HEADER.size + channels * size * size
+        pass the limit, remove the least recently used other entries until they fit. Recounts the usage. `size`
+        is one for all or one per source (a run keeps its training images larger than its validation images)."""
+        sources = list(sources)
+        sizes = [size] * len(sources) if isinstance(size, int) else list(size)
         with self._usage_file() as file:
             own, missing = set(), 0
-            for source in sources:
+            for source, side in zip(sources, sizes):
                 try:
-                    path = self.entry_path(entry_key(source, channels, size, bit_depth=bit_depth, gray_as=gray_as,
+                    path = self.entry_path(entry_key(source, channels, side, bit_depth=bit_depth, gray_as=gray_as,
                                                      stain_map=stain_map))
                     os.utime(path)
                     own.add(path)
                 except OSError:  # not stored yet (or an unreadable source, which will not be stored)
-                    missing += nbytes
+                    missing += HEADER.size + channels * side * side
             entries = sorted(self._entries())
             used = sum(entry_bytes for _, entry_bytes, _ in entries)
             for _, entry_bytes, path in entries:

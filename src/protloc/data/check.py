@@ -55,12 +55,16 @@ def _file_owners(table: DatasetTable) -> dict[str, tuple[str, int]]:
     return owners
 
 
-def _channel_problem(path: str, shape: tuple[int, ...], table: DatasetTable, in_stain_set: bool) -> str | None:
+def _channel_problem(path: str, shape: tuple[int, ...], table: DatasetTable, in_stain_set: bool,
+                     stain_map: dict | None = None) -> str | None:
     allowed = EXPECTED_FILE_CHANNELS.get(table.layout)
     if allowed and shape[2] not in allowed:
         return f"{path}: {shape[2]} channels (expected {' or '.join(map(str, allowed))} in the {table.layout} layout)"
     if in_stain_set:  # one stain each: any channel count reads as one plane (images.stain_plane)
         return None
+    named = _named_channel_problem(path, table.channels, stain_map)
+    if named is not False:
+        return named
     try:
         convert_channels(np.zeros((1, 1, shape[2]), dtype=np.uint8), table.channels)
     except ImageReadError as error:
@@ -68,7 +72,30 @@ def _channel_problem(path: str, shape: tuple[int, ...], table: DatasetTable, in_
     return None
 
 
+def _named_channel_problem(path: str, channels: int, stain_map: dict | None) -> str | None | bool:
+    """For a microscope file whose channels are named: why its names do not give the run's stains, or None when
+    they do; False for other files, whose channel count decides (convert_channels)."""
+    from protloc.data.images import read_image
+    from protloc.data.microscopy import BIOIO_FORMATS, fit_named_channels
+
+    if Path(path).suffix.lower() not in (".tif", ".tiff", *BIOIO_FORMATS):
+        return False
+    try:
+        stored = read_image(path)
+    except ImageReadError:
+        return False  # the probe reported it
+    if not stored.channel_names:
+        return False
+    try:
+        fit_named_channels(np.zeros((1, 1, len(stored.channel_names)), np.uint8), stored.channel_names, channels,
+                           stain_map=stain_map)
+    except ImageReadError as error:
+        return f"{path}: {error}"
+    return None
+
+
 def find_image_problems(table: DatasetTable, *, show_progress: bool = True, description: str = "checking images",
+                        stain_map: dict | None = None,
                         probe=_probe) -> list[str]:
     """One line per missing, unreadable or oddly shaped image file of the table, and per file with fewer channels
     than the table was read for. `probe` (path -> (path, shape, error)) may be an image cache's, which skips files
@@ -87,7 +114,7 @@ def find_image_problems(table: DatasetTable, *, show_progress: bool = True, desc
         else:
             shapes[path] = shape
     for path, shape in shapes.items():
-        problem = _channel_problem(path, shape, table, in_stain_set=owners[path][1] > 0)
+        problem = _channel_problem(path, shape, table, in_stain_set=owners[path][1] > 0, stain_map=stain_map)
         if problem:
             problems.append(problem)
     if table.layout in UNIFORM_SIZE_LAYOUTS and shapes:
@@ -118,6 +145,7 @@ def check_dataset(
     channels: int = 3,
     show_progress: bool = True,
     recursive: bool = False,
+    stain_map: dict | None = None,
 ) -> CheckReport:
     """Every problem of a dataset: CSV format, labels, duplicate ids, missing, corrupt or odd images."""
     path = Path(path)
@@ -128,7 +156,8 @@ def check_dataset(
     except DataError as error:  # the CSV itself is unusable: nothing more can be checked
         return CheckReport(layout or "unknown", problems=problems + error.lines)
     report = CheckReport(table.layout, labelled=table.labelled, n_images=len(table), notes=outside_notes(table))
-    problems.extend(find_image_problems(table, show_progress=show_progress, description="checking train images"))
+    problems.extend(find_image_problems(table, show_progress=show_progress, description="checking train images",
+                                        stain_map=stain_map))
     if table.layout == "z2g" and (table.root / "test").is_dir():
         try:
             test_table = read_dataset(table.root, layout="z2g", split="test", label_set=table.label_set, channels=channels)

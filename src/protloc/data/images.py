@@ -298,6 +298,12 @@ def to_image_array(array: np.ndarray, bit_depth: int | None = None) -> np.ndarra
     return to_uint8(to_channels_last(array), bit_depth)
 
 
+def image_stem(path: str | Path) -> str:
+    """A file's name without its extension, an OME-TIFF's .ome too: 'cell.ome.tif' -> 'cell'."""
+    stem = Path(path).stem
+    return stem[:-4] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
+
+
 def describe_channels(count: int) -> str:
     return {1: "1 channel (grayscale)", 3: "3 channels (RGB)", 4: "4 channels"}.get(count, f"{count} channels")
 

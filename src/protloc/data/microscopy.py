@@ -150,3 +150,17 @@ def describe_microscope_reading(paths, channels: int, stain_map: dict | None = N
             parts.append(f"{stored.pixel_size_um:.4g} µm per pixel")
         return f"{path}: " + "; ".join(parts) if parts else None
     return None
+
+
+def stated_pixel_size(source) -> tuple[float, int] | None:
+    """(µm per pixel, the stored image's width in pixels) of a microscope file that states its pixel size, else
+    None (other files, stain sets, arrays, unreadable files)."""
+    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() not in (".tif", ".tiff", *BIOIO_FORMATS):
+        return None
+    from protloc.data.images import read_image
+
+    try:
+        stored = read_image(source)
+    except ImageReadError:
+        return None
+    return (stored.pixel_size_um, stored.pixels.shape[1]) if stored.pixel_size_um else None

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from protloc.data.images import IMAGE_SUFFIXES
+from protloc.data.images import IMAGE_SUFFIXES, image_stem
 from protloc.data.stains import describe_mixed_files, group_stain_files, split_stain_name, stain_set_sources
 from protloc.errors import DataError, ProtlocError, listed
 from protloc.labels import HPA10, HPA28, LabelSet
@@ -266,7 +266,7 @@ def read_images(paths: Sequence[Path], label_set: LabelSet = HPA10, layout: str 
         ids, sources, problems = group_stain_files(paths, channels, gray_as=gray_as)
         _raise_or_collect(problems, collect)
     else:
-        ids, sources = [path.stem for path in paths], [str(path) for path in paths]
+        ids, sources = [image_stem(path) for path in paths], [str(path) for path in paths]
     if relative_ids and root is not None:
         ids = [os.path.relpath(os.path.join(os.path.dirname(source if isinstance(source, str) else source[0]),
                                             identifier), root) for identifier, source in zip(ids, sources)]

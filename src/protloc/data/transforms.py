@@ -75,15 +75,23 @@ class Augmentation:
         return torch.tensor([[sx * m00, sx * m01, centre_x], [sy * m10, sy * m11, centre_y]], dtype=torch.float32)
 
 
-def augment_batch(images: torch.Tensor, maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  out_size: int | None = None) -> torch.Tensor:
     """uint8 images (N, C, H, W) resampled through their maps (N, 2, 3) from `Augmentation.draw` (bilinear, and
-    mirrored at the image's edges), then normalised as `batch_to_model_input` does: float32 for the model.
+    mirrored at the image's edges) into `out_size` squares (default: H x W), then normalised as
+    `batch_to_model_input` does: float32 for the model.
+
+    Images larger than `out_size` (a training copy kept at up to twice the input size, see
+    protloc.training.datamodule) give crops their own pixels instead of upsampled ones; a map's coordinates are
+    fractions of the image, so the same map crops the same region at any stored size. With a 2x copy, the whole
+    image maps each output pixel to the mean of 2 x 2 stored pixels (bilinear at their shared corner).
 
     Normalising after the resampling gives the same values (up to rounding: both are per-channel affine and
     bilinear weights sum to one) and costs two passes over the batch in place instead of three and a copy. The
     sampling grid is built here rather than by F.affine_grid, whose batched matrix product took most of the time
     of the resampling itself on the CPU (224 px batches of 32, 2 cores)."""
-    n, _, height, width = images.shape
+    n = images.shape[0]
+    height, width = (out_size, out_size) if out_size else images.shape[2:]
     options = dict(device=images.device, dtype=torch.float32)
     maps = maps.to(**options).view(n, 6, 1, 1)
     xs = torch.arange(width, **options).mul_(2 / width).add_(1 / width - 1)

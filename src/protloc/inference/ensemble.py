@@ -40,12 +40,21 @@ class FoldEnsemble(nn.Module):
         return torch.stack(per_fold).mean(dim=0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        probabilities = self.probabilities(images)
-        # log(p) - log(1 - p), not torch.logit: the ONNX exporter has no logit; p = 0 or 1 gives -inf or inf,
-        # whose sigmoid is again 0 or 1.
-        return torch.log(probabilities) - torch.log1p(-probabilities)
+        return as_logits(self.probabilities(images))
+
+    def logits_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass per fold for both: the ensemble's logits and the folds' features side by side (as embed)."""
+        outputs = [fold.logits_and_features(inputs) for fold, inputs in self.fold_inputs(images)]
+        probabilities = torch.stack([torch.sigmoid(logits.float()) for logits, _ in outputs]).mean(dim=0)
+        return as_logits(probabilities), torch.cat([features for _, features in outputs], dim=1)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The folds' pooled features side by side (N, K x F): each fold's feature space is its own, so they are
         concatenated, not averaged."""
         return torch.cat([fold.embed(inputs) for fold, inputs in self.fold_inputs(images)], dim=1)
+
+
+def as_logits(probabilities: torch.Tensor) -> torch.Tensor:
+    # log(p) - log(1 - p), not torch.logit: the ONNX exporter has no logit; p = 0 or 1 gives -inf or inf,
+    # whose sigmoid is again 0 or 1.
+    return torch.log(probabilities) - torch.log1p(-probabilities)

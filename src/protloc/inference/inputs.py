@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from protloc.data.images import (ImageReadError, compose_stains, convert_channels, decode_image, fit_stored,
+from protloc.data.images import (ImageReadError, compose_stains, image_stem, convert_channels, decode_image, fit_stored,
                                  pil_to_array, read_image, stain_plane, to_chw_tensor, to_image_array)
 from protloc.data.stains import STAINS, run_stains, split_stain_name
 from protloc.errors import ProtlocError
@@ -104,7 +104,7 @@ class InputImages(Dataset):
 def image_id(image, index: int) -> str:
     """A file's name without extension; a stain set of files: its Id, from its first file's name; else the position."""
     if isinstance(image, (str, Path)):
-        return Path(image).stem
+        return image_stem(image)
     if isinstance(image, (dict, tuple)):
         first = next(iter(image.values() if isinstance(image, dict) else image), None)
         if isinstance(first, (str, Path)):

@@ -1,17 +1,21 @@
-"""ONNX export of a run: images (N, C, H, W) normalised as the run's config says -> probabilities (N, classes).
+"""ONNX export of a run: images (N, C, H, W) normalised as the run's config says -> probabilities (N, classes),
+and, for a run with an outlier description, outlier scores (N,) as a second output "outlier_score".
 
 The sigmoid is part of the graph, so an ONNX consumer gets probabilities and applies the run's thresholds
-(from its config) directly. The batch axis is dynamic; height and width are fixed at the run's image size.
+(from its config) directly; the outlier score comes from the same forward pass (inference/outliers.py) and is
+compared with the config's outlier_threshold. The batch axis is dynamic; height and width are fixed at the
+run's image size.
 
 Exporter: the TorchScript-based one (`dynamo=False`). The torch.export-based exporter, the default since
 torch 2.9, needs the onnxscript package, which is not installed here; the legacy one handles these CNNs.
 Every export is checked with onnx.checker and compared with torch on a random batch before it is kept.
 
 The default CPU engine runs the run's own RUN/model.onnx (written by `protloc export`) when it matches
-RUN/model.safetensors (the SHA-256 of the weights file is stored in the graph's metadata) and fits the run's
-config; otherwise `run_onnx_session` exports one into the cache folder (data/cache.py: $PROTLOC_CACHE_DIR, else
-~/.cache/protloc), on first use and again whenever the weights change. Loading a run writes nothing into its
-folder, and says what it exports through the "protloc" logger, which the command line shows.
+RUN/model.safetensors (the SHA-256 of the weights file, and of the outlier description, is stored in the graph's
+metadata) and fits the run's config; otherwise `run_onnx_session` exports one into the cache folder
+(data/cache.py: $PROTLOC_CACHE_DIR, else ~/.cache/protloc), on first use and again whenever the weights change.
+Loading a run writes nothing into its folder, and says what it exports through the "protloc" logger, which the
+command line shows.
 """
 from __future__ import annotations
 
@@ -28,39 +32,47 @@ from torch import nn
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
 from protloc.inference.engines import open_onnx_session
-from protloc.runs import ONNX_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
+from protloc.runs import ONNX_FILE, OUTLIER_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+SCORE_OUTPUT_NAME = "outlier_score"
 WEIGHTS_DIGEST_KEY = "protloc_weights_sha256"  # metadata: the weights file the graph was exported from
 CACHE_FOLDER = "onnx-v1"  # in the cache folder: <key>.onnx, the default engine's exports (cached_onnx_path)
 # What the graph does not hold: a change to these leaves an export usable.
-NOT_IN_THE_GRAPH = ("thresholds", "training", "label_set", "layout", "bit_depth")
+NOT_IN_THE_GRAPH = ("thresholds", "training", "label_set", "layout", "bit_depth", "outlier_threshold", "training_data")
 
 log = logging.getLogger(__name__)
 
 
 class ProbabilityModel(nn.Module):
-    """The classifier with its sigmoid: what the ONNX file computes."""
+    """The classifier with its sigmoid, and with the outlier scorer where given: what the ONNX file computes."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, scorer: nn.Module | None = None):
         super().__init__()
         self.model = model
+        self.scorer = scorer
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(images))
+    def forward(self, images: torch.Tensor):
+        if self.scorer is None:
+            return torch.sigmoid(self.model(images))
+        logits, features = self.model.logits_and_features(images)
+        return torch.sigmoid(logits), self.scorer(features)
 
 
 def export_onnx(model: nn.Module, config: RunConfig, path: str | Path, *, opset: int = DEFAULT_OPSET, seed: int = 0,
-                weights_digest: str | None = None) -> float:
+                weights_digest: str | None = None, scorer: nn.Module | None = None) -> float:
     """Write `path` (atomically) and return the largest |torch - ONNX Runtime| probability difference on a
     random batch; raise ProtlocError, keeping no file, if the graph is invalid or the difference is over 1e-4.
-    `weights_digest` (of the weights file the model came from) is stored in the metadata."""
+    `weights_digest` (of the weights file the model came from) is stored in the metadata; `scorer` (the run's,
+    inference/outliers.py) adds the outlier score output."""
     import onnx
 
-    wrapped = ProbabilityModel(model.float().cpu().to(memory_format=torch.contiguous_format)).eval()
+    scorer = scorer.float().cpu().eval() if scorer is not None else None
+    wrapped = ProbabilityModel(model.float().cpu().to(memory_format=torch.contiguous_format), scorer).eval()
+    outputs = [OUTPUT_NAME] + ([SCORE_OUTPUT_NAME] if scorer is not None else [])
     example = torch.zeros(2, config.in_chans, config.image_size, config.image_size)
     with atomic_path(path) as temp:
         with warnings.catch_warnings(), torch.no_grad():
@@ -69,8 +81,8 @@ def export_onnx(model: nn.Module, config: RunConfig, path: str | Path, *, opset:
             try:
                 torch.onnx.export(
                     wrapped, (example,), str(temp), dynamo=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    input_names=[INPUT_NAME], output_names=outputs,
+                    dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
                 )
             except Exception as error:  # the exporter raises many types for unsupported operators or opsets
                 raise ProtlocError(f"ONNX export of {config.backbone} at opset {opset} failed: {str(error).splitlines()[0]}") from None
@@ -101,12 +113,18 @@ def compare_with_torch(wrapped: nn.Module, onnx_path: str | Path, config: RunCon
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, config.in_chans, config.image_size, config.image_size, generator=generator)
     with torch.no_grad():
-        expected = wrapped(images).numpy()
+        expected = wrapped(images)
+    expected = [output.numpy() for output in (expected if isinstance(expected, tuple) else (expected,))]
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
-    if actual.shape != expected.shape:
-        raise ProtlocError(f"{onnx_path}: ONNX output has shape {actual.shape}, torch {expected.shape}")
-    return float(np.abs(actual - expected).max())
+    actual = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    if [output.shape for output in actual] != [output.shape for output in expected]:
+        raise ProtlocError(f"{onnx_path}: ONNX outputs have shapes {[a.shape for a in actual]}, torch "
+                           f"{[e.shape for e in expected]}")
+    difference = float(np.abs(actual[0] - expected[0]).max())
+    if len(actual) > 1:  # the outlier score: relative, as distances run into the hundreds
+        scale = np.maximum(np.abs(expected[1]), 1.0)
+        difference = max(difference, float((np.abs(actual[1] - expected[1]) / scale).max()))
+    return difference
 
 
 def weights_digest(run_dir: str | Path) -> str:
@@ -119,9 +137,14 @@ def weights_digest(run_dir: str | Path) -> str:
     path = Path(run_dir) / WEIGHTS_FILE
     try:
         with open(path, "rb") as stream:
-            return hashlib.file_digest(stream, "sha256").hexdigest()
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()
     except FileNotFoundError:
         raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)") from None
+    description = Path(run_dir) / OUTLIER_FILE
+    if config.outlier_threshold is not None and description.is_file():  # a new description: export again
+        with open(description, "rb") as stream:
+            digest = hashlib.sha256((digest + hashlib.file_digest(stream, "sha256").hexdigest()).encode()).hexdigest()
+    return digest
 
 
 def cached_onnx_path(cache_dir: str | Path, digest: str, config: RunConfig) -> Path:
@@ -131,37 +154,42 @@ def cached_onnx_path(cache_dir: str | Path, digest: str, config: RunConfig) -> P
     return Path(cache_dir) / CACHE_FOLDER / f"{key[:40]}.onnx"
 
 
-def _fresh_session(path: Path, config: RunConfig, run_dir: str | Path, digest: str):
+def _fresh_session(path: Path, config: RunConfig, run_dir: str | Path, digest: str, threads: int | None = None):
     """A session on `path` when it exists, fits the config and was exported from weights `digest`; else None."""
     if not path.is_file():
         return None
     try:
-        session = open_onnx_session(path, config, run_dir)
+        session = open_onnx_session(path, config, run_dir, threads=threads)
     except ProtlocError:  # unreadable, or made for another image size or class count
         return None
     return session if session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest else None
 
 
-def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Path | None = None):
+def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Path | None = None, *,
+                     threads: int | None = None):
     """An ONNX Runtime session for the run: on RUN/model.onnx when it was exported from the run's weights and fits
-    its config, else on an export in `cache_dir` (default: the image cache's folder), made first when missing."""
+    its config, else on an export in `cache_dir` (default: the image cache's folder), made first when missing;
+    `threads` as open_onnx_session."""
     from protloc.data.cache import default_cache_dir
 
     digest = weights_digest(run_dir)
-    session = _fresh_session(Path(run_dir) / ONNX_FILE, config, run_dir, digest)
+    session = _fresh_session(Path(run_dir) / ONNX_FILE, config, run_dir, digest, threads)
     if session is not None:
         return session
     path = cached_onnx_path(cache_dir or default_cache_dir(), digest, config)
-    session = _fresh_session(path, config, run_dir, digest)
+    session = _fresh_session(path, config, run_dir, digest, threads)
     if session is not None:
         return session
-    log.info("exporting %s to %s for ONNX Runtime (once; again whenever the weights change)", run_dir, path)
+    from protloc.inference.outliers import load_scorer
+
     _config, model = load_run(run_dir)
+    scorer = load_scorer(run_dir, config, model)  # a damaged description stops here, before any export
+    log.info("exporting %s to %s for ONNX Runtime (once; again whenever the weights change)", run_dir, path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(model, config, path, weights_digest=digest)
+        export_onnx(model, config, path, weights_digest=digest, scorer=scorer)
     except OSError as error:
         raise ProtlocError(f"{path}: cannot write the ONNX model ({error.strerror or error}); export it elsewhere with "
                            f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, set $PROTLOC_CACHE_DIR, or use "
                            f"--engine torch") from None
-    return open_onnx_session(path, config, run_dir)
+    return open_onnx_session(path, config, run_dir, threads=threads)

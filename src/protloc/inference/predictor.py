@@ -28,7 +28,8 @@ from protloc.data.stains import describe_missing_stain, parse_stain_map, run_sta
 from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
-from protloc.inference.engines import OnnxEngine, TorchEngine, make_engine, open_onnx_session, predict_batch  # noqa: F401
+from protloc.inference.engines import (OUTLIER_SCORE, OnnxEngine, TorchEngine, make_engine,  # noqa: F401
+                                      open_onnx_session, predict_batch, scored_outputs)
 from protloc.inference.inputs import InputImages, as_image_list, image_ids, read_input
 from protloc.inference.onnx_export import run_onnx_session
 from protloc.inference.thresholds import apply_thresholds
@@ -69,14 +70,54 @@ class TableResult(NamedTuple):
 
     outputs: np.ndarray  # (N, width) float32: probabilities or features; meaningless where a problem is
     problems: list[str]  # "" for an image that was read, else 'PATH: why'
+    # Other per-image arrays an engine gives beside its outputs (named_outputs), each (N, ...) in row order.
+    extras: dict[str, np.ndarray] = {}
 
     @property
     def ok(self) -> np.ndarray:
         return np.array([not problem for problem in self.problems], dtype=bool)
 
     @property
+    def outlier_scores(self) -> np.ndarray | None:
+        """(N,) float32 beside probabilities, where the run has an outlier description (inference/outliers.py)."""
+        return self.extras.get(OUTLIER_SCORE)
+
+    @property
     def unreadable(self) -> list[str]:
         return [problem for problem in self.problems if problem]
+
+
+def named_outputs(outputs) -> dict[str, torch.Tensor]:
+    """A batch's outputs as named per-image arrays: a tensor is "outputs"; an engine that gives more per image
+    returns a dict, its model outputs under "outputs" and the others (a score, say) beside them. Every name flows
+    through both ways of predicting a table (one process, or several: distributed.py) into TableResult."""
+    return dict(outputs) if isinstance(outputs, dict) else {"outputs": outputs}
+
+
+class RowCollector:
+    """Named per-image arrays of batches, each row put at its place in the table: one process's batches, or every
+    process's shares of a table (distributed.py)."""
+
+    def __init__(self, rows: int, width: int | None = None):
+        self.total = rows
+        # With a known width (the classes), an empty table still gives (0, width) outputs.
+        self.arrays = {} if width is None else {"outputs": np.zeros((rows, width), dtype=np.float32)}
+        self.problems = [""] * rows
+        self.seen = np.zeros(rows, dtype=bool)
+
+    def add(self, rows: np.ndarray, arrays: dict[str, np.ndarray], problems) -> None:
+        for name, values in arrays.items():
+            if name not in self.arrays:
+                self.arrays[name] = np.zeros((self.total, *values.shape[1:]), dtype=values.dtype)
+            self.arrays[name][rows] = values
+        for row, problem in zip(rows.tolist(), problems):
+            self.problems[row] = str(problem)
+        self.seen[rows] = True
+
+    def result(self) -> TableResult:
+        extras = {name: values for name, values in self.arrays.items() if name != "outputs"}
+        outputs = self.arrays.get("outputs", np.zeros((0, 0), dtype=np.float32))
+        return TableResult(outputs, self.problems, extras)
 
 
 def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
@@ -90,30 +131,32 @@ def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
 
 
 def _run_batches(run_batch: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, *, width: int | None,
-                 batch_size: int, workers: int, show_progress: bool, desc: str) -> TableResult:
+                 batch_size: int, workers: int, show_progress: bool, desc: str, ranks=None) -> TableResult | None:
     """`run_batch` on each batch of images, rows in `dataset` order.
 
     width=None: the width of the first batch's outputs (0 for an empty dataset), for outputs such as
-    features whose width only the model knows.
+    features whose width only the model knows. With `ranks` (distributed.Ranks) every process of a distributed
+    prediction runs this with the same arguments: each runs its share, process 0 gets the whole result and the
+    others None.
     """
+    if ranks is not None:
+        _loader(dataset, batch_size, workers)  # the same checks of the options
+        collected = ranks.run_batches(run_batch, dataset, width=width, batch_size=batch_size, workers=workers,
+                                      show_progress=show_progress, desc=desc)
+        return None if collected is None else collected.result()
     from protloc.progress import progress_bar
 
-    outputs = None if width is None else np.zeros((len(dataset), width), dtype=np.float32)
-    problems = [""] * len(dataset)
+    collected = RowCollector(len(dataset), width)
     # Batch after batch, each one's activations are the size of the last one's: kept, they are reused instead
     # of faulted in again (twice the images per second on the CPU; allocator.py). One batch has nothing to reuse.
     keep_freed_memory = freed_memory_kept_for_batches(len(dataset), batch_size)
     with keep_freed_memory, progress_bar(total=len(dataset), desc=desc, unit="img", disable=not show_progress,
                                  leave=False) as bar:
         for images, _targets, rows, batch_problems in _loader(dataset, batch_size, workers):
-            batch = run_batch(images).numpy()
-            if outputs is None:
-                outputs = np.zeros((len(dataset), batch.shape[1]), dtype=np.float32)
-            outputs[rows.numpy()] = batch
-            for row, problem in zip(rows.tolist(), batch_problems):
-                problems[row] = problem
+            arrays = {name: values.numpy() for name, values in named_outputs(run_batch(images)).items()}
+            collected.add(rows.numpy(), arrays, batch_problems)
             bar.update(len(rows))
-    return TableResult(outputs if outputs is not None else np.zeros((0, 0), dtype=np.float32), problems)
+    return collected.result()
 
 
 # ---------------------------------------------------------------- the door
@@ -127,6 +170,17 @@ class Prediction:
     label_names: list[str]
     probabilities: np.ndarray  # (N, C) float32
     predicted: np.ndarray  # (N, C) bool
+    # How unlike the training images each image is (inference/outliers.py), and the run's threshold for
+    # `outliers`; None for a run trained before outlier scores.
+    outlier_scores: np.ndarray | None = None  # (N,) float32
+    outlier_threshold: float | None = None
+
+    @property
+    def outliers(self) -> np.ndarray | None:
+        """(N,) bool: images whose outlier score is above the run's threshold (their labels deserve doubt)."""
+        if self.outlier_scores is None or self.outlier_threshold is None:
+            return None
+        return self.outlier_scores > self.outlier_threshold
 
     @property
     def labels(self) -> list[list[str]]:
@@ -138,10 +192,14 @@ class Prediction:
         return [[int(i) for i in np.flatnonzero(row)] for row in self.predicted]
 
     def to_frame(self) -> pd.DataFrame:
-        """Columns: id, labels ("; "-joined class names), then one probability column per class."""
+        """Columns: id, labels ("; "-joined class names), one probability column per class, then outlier_score
+        and outlier (where the run has them)."""
         frame = pd.DataFrame(self.probabilities, columns=self.label_names)
         frame.insert(0, "labels", ["; ".join(names) for names in self.labels])
         frame.insert(0, "id", self.ids)
+        if self.outliers is not None:
+            frame["outlier_score"] = self.outlier_scores
+            frame["outlier"] = self.outliers
         return frame
 
 
@@ -155,7 +213,7 @@ class Predictor:
 
     def __init__(self, config: RunConfig, engine, *, device: str = "auto", precision: str = "auto",
                  gray_as: str | None = None, bit_depth: int | None = None, stain_map: str | dict | None = None,
-                 run_dir: str | Path | None = None, cache=None):
+                 run_dir: str | Path | None = None, cache=None, scorer=None):
         if gray_as is not None and gray_as not in run_stains(config.in_chans):
             raise ProtlocError(f"--gray-as {gray_as}: the run reads {', '.join(run_stains(config.in_chans))}")
         if bit_depth is not None and bit_depth not in BIT_DEPTHS:
@@ -166,7 +224,7 @@ class Predictor:
         self.bit_depth = bit_depth if bit_depth is not None else config.bit_depth
         self.stain_map = as_stain_map(stain_map)  # a microscope file's channel names -> stains (microscopy.py)
         self.run_dir = run_dir  # where the torch model is loaded from when an ONNX engine is asked for it
-        self.engine = make_engine(engine, device=device, precision=precision)
+        self.engine = make_engine(engine, device=device, precision=precision, scorer=scorer)
         self._cpu_torch_engine: TorchEngine | None = None
         self.transform = eval_preset(config)
         self.cache = cache  # a protloc.data.cache.ImageCache: tables' images decoded and resized once
@@ -179,6 +237,17 @@ class Predictor:
     @property
     def label_names(self) -> list[str]:
         return list(self.config.label_names)
+
+    @property
+    def outlier_threshold(self) -> float | None:
+        """The run's outlier threshold; None where this engine gives no outlier scores."""
+        has_scores = getattr(self.engine, "scored_model", None) is not None or getattr(self.engine, "has_scores", False)
+        return self.config.outlier_threshold if has_scores else None
+
+    def flag_outliers(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """(N,) bool from outlier scores: above the run's threshold."""
+        threshold = self.outlier_threshold
+        return None if scores is None or threshold is None else np.asarray(scores) > threshold
 
     @property
     def label_set(self) -> LabelSet:
@@ -226,19 +295,27 @@ class Predictor:
         return predict_batch(self.engine, batch, tta).numpy()
 
     def predict_table(self, data: DatasetTable | Dataset, *, batch_size: int = 32, workers: int = 0,
-                      tta: bool = False, show_progress: bool = False) -> TableResult:
-        """Probabilities of every image of a table (or of a Dataset with ImageDataset-shaped items)."""
+                      tta: bool = False, show_progress: bool = False, ranks=None) -> TableResult | None:
+        """Probabilities (and outlier scores) of every image of a table (or of a Dataset with ImageDataset-shaped
+        items).
+
+        With `ranks` (protloc.inference.distributed.Ranks, its `device` this Predictor's), every process of a
+        distributed prediction calls this with the same table: each predicts its share, process 0 gets the whole
+        result in table order, the others None."""
         dataset = self.dataset(data) if isinstance(data, DatasetTable) else data
-        return _run_batches(lambda images: predict_batch(self.engine, images, tta), dataset,
+        return _run_batches(lambda images: scored_outputs(self.engine, images, tta), dataset,
                             width=self.config.num_classes, batch_size=batch_size, workers=workers,
-                            show_progress=show_progress, desc="predict")
+                            show_progress=show_progress, desc="predict", ranks=ranks)
 
     def embed_table(self, table: DatasetTable, *, batch_size: int = 32, workers: int = 0,
-                    show_progress: bool = False) -> np.ndarray:
-        """Pooled backbone features (N, F) float32 via model.embed. Unreadable images raise a DataError naming them."""
+                    show_progress: bool = False, ranks=None) -> np.ndarray | None:
+        """Pooled backbone features (N, F) float32 via model.embed. Unreadable images raise a DataError naming them.
+        With `ranks`, as predict_table: None on every process but process 0."""
         engine = self._torch_engine()  # before any image is read
         result = _run_batches(engine.embed, self.dataset(table), width=None, batch_size=batch_size,
-                              workers=workers, show_progress=show_progress, desc="embed")
+                              workers=workers, show_progress=show_progress, desc="embed", ranks=ranks)
+        if result is None:
+            return None
         if result.unreadable:
             raise DataError(*result.unreadable)
         return result.outputs
@@ -247,9 +324,14 @@ class Predictor:
         """(N, C) probabilities for one image or a list of them: paths, files' bytes, numpy arrays (H, W[, C];
         uint8, uint16 or 0..1 float), PIL images, or stain sets ({stain: image}, or a tuple in the run's channel
         order); see read_input."""
+        return self.predict_scored(images, tta=tta, batch_size=batch_size).outputs
+
+    def predict_scored(self, images, *, tta: bool = False, batch_size: int = 32) -> TableResult:
+        """Probabilities and outlier scores (None for a run without them) of images as predict_proba takes them;
+        an unreadable image raises ProtlocError."""
         dataset = InputImages(as_image_list(images), channels=self.config.in_chans, transform=self.transform,
                               bit_depth=self.bit_depth, gray_as=self.gray_as, stain_map=self.stain_map)
-        return self.predict_table(dataset, batch_size=batch_size, tta=tta).outputs
+        return self.predict_table(dataset, batch_size=batch_size, tta=tta)
 
     def decide(self, probabilities: np.ndarray, *, threshold: float | None = None, allow_empty: bool = False) -> np.ndarray:
         """Boolean labels (N, C): the run's per-class thresholds, or one `threshold` for all classes."""
@@ -259,16 +341,17 @@ class Predictor:
     def predict(self, images, *, tta: bool = False, threshold: float | None = None,
                 allow_empty: bool = False, batch_size: int = 32) -> Prediction:
         images = as_image_list(images)
-        probabilities = self.predict_proba(images, tta=tta, batch_size=batch_size)
-        predicted = self.decide(probabilities, threshold=threshold, allow_empty=allow_empty)
-        return Prediction(image_ids(images), self.label_names, probabilities, predicted)
+        result = self.predict_scored(images, tta=tta, batch_size=batch_size)
+        predicted = self.decide(result.outputs, threshold=threshold, allow_empty=allow_empty)
+        return Prediction(image_ids(images), self.label_names, result.outputs, predicted, result.outlier_scores,
+                          self.outlier_threshold)
 
 
 def predict_probabilities(model_or_session, data: DatasetTable | Dataset, config: RunConfig, *, batch_size: int = 32,
                           workers: int = 0, tta: bool = False, show_progress: bool = True, device: str = "cpu",
-                          precision: str = "auto") -> TableResult:
+                          precision: str = "auto", scorer=None) -> TableResult:
     """Predictor(config, model).predict_table(data): for code that holds a model rather than a run folder."""
-    predictor = Predictor(config, model_or_session, device=device, precision=precision)
+    predictor = Predictor(config, model_or_session, device=device, precision=precision, scorer=scorer)
     return predictor.predict_table(data, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress)
 
 
@@ -286,11 +369,13 @@ def choose_engine(engine: str, device: str, precision: str, onnx_path: str | Pat
 
 def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "torch",
                    onnx_path: str | Path | None = None, precision: str = "auto", gray_as: str | None = None,
-                   bit_depth: int | None = None, stain_map: str | dict | None = None, cache=None) -> Predictor:
+                   bit_depth: int | None = None, stain_map: str | dict | None = None, cache=None,
+                   onnx_threads: int | None = None) -> Predictor:
     """A Predictor on a run folder. engine "onnx" runs ONNX Runtime on `onnx_path`, or on the run's own model.onnx
-    where it matches the weights, else on an export kept in the cache folder (onnx_export.run_onnx_session);
-    "auto" picks (choose_engine). Nothing is written into the run folder. With an ImageCache
-    (protloc.data.cache), images of tables are decoded and resized once, for later calls too."""
+    where it matches the weights, else on an export kept in the cache folder (onnx_export.run_onnx_session), with
+    `onnx_threads` compute threads (default one per core); "auto" picks (choose_engine). Nothing is written into
+    the run folder. With an ImageCache (protloc.data.cache), images of tables are decoded and resized once, for
+    later calls too."""
     engine = choose_engine(engine, device, precision, onnx_path)
     if engine == "onnx":
         if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
@@ -298,11 +383,15 @@ def load_predictor(run_dir: str | Path, *, device: str = "auto", engine: str = "
                                f"--device {device} --precision {precision}; use --engine torch for those")
         config = load_config(run_dir)
         cache_dir = cache.folder if cache is not None else None
-        session = open_onnx_session(onnx_path, config, run_dir) if onnx_path else run_onnx_session(run_dir, config, cache_dir)
+        session = (open_onnx_session(onnx_path, config, run_dir, threads=onnx_threads) if onnx_path
+                   else run_onnx_session(run_dir, config, cache_dir, threads=onnx_threads))
         return Predictor(config, session, gray_as=gray_as, bit_depth=bit_depth, stain_map=stain_map, run_dir=run_dir,
                          cache=cache)
+    from protloc.inference.outliers import load_scorer
+
     device = resolve_device(device)
     config, model = load_run(run_dir, device=device)
-    model = TorchEngine(model, device=device, precision=precision, own_model=True)
+    scorer = load_scorer(run_dir, config, model)
+    model = TorchEngine(model, device=device, precision=precision, own_model=True, scorer=scorer)
     return Predictor(config, model, device=device, precision=precision, gray_as=gray_as, bit_depth=bit_depth,
                      stain_map=stain_map, run_dir=run_dir, cache=cache)

@@ -26,6 +26,11 @@ class ProtlocNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass for both: the logits, and the pooled features the outlier score reads."""
+        features = self.backbone(x)
+        return self.head(features), features
+
     def train(self, mode: bool = True) -> ProtlocNet:
         super().train(mode)
         if self.backbone_frozen:

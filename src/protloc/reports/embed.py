@@ -135,10 +135,16 @@ def write_embedding_map(parquet_path: str | Path, features: np.ndarray, targets:
 
 
 def embed_table(predictor, table, out_file: str | Path, *, method: str = "umap", batch_size: int = 32,
-                workers: int = 0, seed: int = 0, data_name: str = "", show_progress: bool = True) -> tuple[np.ndarray, Path | None]:
-    """Write the features of every image of `table` to `out_file` (Parquet) and the map beside it."""
+                workers: int = 0, seed: int = 0, data_name: str = "", show_progress: bool = True,
+                ranks=None) -> tuple[np.ndarray, Path | None] | None:
+    """Write the features of every image of `table` to `out_file` (Parquet) and the map beside it; returns them
+    and the map's path. With `ranks` (protloc.inference.distributed.Ranks) every process computes its share and
+    process 0 writes everything; the others return None."""
     method = resolve_method(method)
-    features = predictor.embed_table(table, batch_size=batch_size, workers=workers, show_progress=show_progress)
+    features = predictor.embed_table(table, batch_size=batch_size, workers=workers, show_progress=show_progress,
+                                     ranks=ranks)
+    if features is None:
+        return None
     names = list(table.label_set.names)
     labels = [[names[i] for i in row] for row in table.frame["labels"]] if table.labelled else None
     write_embeddings(out_file, list(table.frame["id"]), features, labels)

@@ -2,7 +2,7 @@
 curves with each class's operating point, and the label sets the model gets wrong most often.
 
 `score_predictions` is pure (probabilities in, tables out); `write_evaluation` writes metrics.json,
-predictions.csv, the plots and index.html; `evaluate_run` predicts with a run's Predictor first.
+predictions.csv, the plots and index.html; `evaluate_table` predicts with a run's Predictor and scores, `evaluate_run` both and writes.
 """
 from __future__ import annotations
 
@@ -41,9 +41,29 @@ class Evaluation:
     probabilities: np.ndarray
     exact_match: float
     tta: bool = False
+    # How unlike the training images each image is (inference/outliers.py), and the run's threshold; None for
+    # a run without outlier scores.
+    outlier_scores: np.ndarray | None = None
+    outlier_threshold: float | None = None
+    trained_on: str = ""  # the run's record of its training data, in one line
+
+    @property
+    def outliers(self) -> np.ndarray | None:
+        if self.outlier_scores is None or self.outlier_threshold is None:
+            return None
+        return self.outlier_scores > self.outlier_threshold
+
+    def outlier_summary(self) -> dict | None:
+        """The threshold, how many images are above it, and the median score."""
+        if self.outliers is None:
+            return None
+        return {"threshold": self.outlier_threshold, "images_flagged": int(self.outliers.sum()),
+                "share_flagged": float(self.outliers.mean()) if len(self.outliers) else 0.0,
+                "median_score": float(np.median(self.outlier_scores)) if len(self.outlier_scores) else None}
 
     def to_json(self) -> dict:
         return {
+            "trained_on": self.trained_on,
             "images": int(self.targets.shape[0]),
             "label_names": self.label_names,
             "thresholds": self.thresholds,
@@ -55,7 +75,29 @@ class Evaluation:
             # JSON has no NaN: a class without positives has no average precision.
             "per_class": self.per_class.astype(object).where(self.per_class.notna(), None).to_dict(orient="records"),
             "most_frequent_mistakes": self.mistakes.to_dict(orient="records"),
+            "outliers": self.outlier_summary(),
         }
+
+
+def with_outliers(evaluation: Evaluation, scores: np.ndarray | None, threshold: float | None, trained_on: str) -> Evaluation:
+    """The evaluation with each image's outlier score and flag (also as predictions.csv columns)."""
+    evaluation.trained_on = trained_on
+    if scores is None or threshold is None:
+        return evaluation
+    evaluation.outlier_scores, evaluation.outlier_threshold = np.asarray(scores, dtype=np.float64), float(threshold)
+    evaluation.predictions["outlier_score"] = evaluation.outlier_scores.round(6)
+    evaluation.predictions["outlier"] = evaluation.outliers
+    return evaluation
+
+
+def outlier_blocks(evaluation: Evaluation) -> list[str]:
+    summary = evaluation.outlier_summary()
+    if summary is None:
+        return [html.note("This run has no outlier scores (trained before protloc described its training images).")]
+    text = (f"{summary['images_flagged']} of {len(evaluation.outliers)} images ({summary['share_flagged']:.1%}) are "
+            f"unlike the images the model was trained on (outlier score above {summary['threshold']:.4g}; median "
+            f"score {summary['median_score']:.4g}); their labels deserve doubt.")
+    return [html.note(text) if summary["images_flagged"] else html.paragraph(text)]
 
 
 def format_labels(row: np.ndarray) -> str:
@@ -200,9 +242,11 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
     mistakes = (html.table(evaluation.mistakes) if len(evaluation.mistakes)
                 else html.note("Every image got exactly its true label set."))
     return [
+        *([html.paragraph(f"The model was {evaluation.trained_on}.")] if evaluation.trained_on else []),
         html.paragraph(f"{evaluation.targets.shape[0]} images; exact label set right for "
                        f"{evaluation.exact_match:.1%}. Labels by {evaluation.threshold_source}"
                        + (", probabilities averaged over 8 flips and turns (TTA)." if evaluation.tta else ".")),
+        *outlier_blocks(evaluation),
         html.heading("F1 scores", 3),
         html.table(scores_table(evaluation), float_digits=4),
         html.heading("Per class", 3),
@@ -237,9 +281,10 @@ def check_label_names(table, config, data_name: str) -> None:
         )
 
 
-def evaluate_run(predictor, table, out_dir: str | Path, *, threshold: float | None = None, tta: bool = False,
-                 batch_size: int = 32, workers: int = 0, data_name: str = "", show_progress: bool = True) -> Evaluation:
-    """Predict `table` with the run's Predictor, score it and write the evaluation into `out_dir`."""
+def evaluate_table(predictor, table, *, threshold: float | None = None, tta: bool = False, batch_size: int = 32,
+                   workers: int = 0, data_name: str = "", show_progress: bool = True, ranks=None) -> Evaluation | None:
+    """Predict `table` with the run's Predictor and score it. With `ranks` (protloc.inference.distributed.Ranks)
+    every process predicts its share and process 0 scores the whole table; the others return None."""
     from protloc.errors import DataError
     from protloc.inference.predictor import find_missing_files
 
@@ -251,12 +296,23 @@ def evaluate_run(predictor, table, out_dir: str | Path, *, threshold: float | No
     missing = find_missing_files(table)  # before the slow part
     if missing:
         raise DataError(*missing, f"{len(missing)} image files named by {data_name} are missing")
-    result = predictor.predict_table(table, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress)
+    result = predictor.predict_table(table, batch_size=batch_size, workers=workers, tta=tta, show_progress=show_progress,
+                                     ranks=ranks)
+    if result is None:
+        return None
     if result.unreadable:
         raise DataError(*result.unreadable)
     thresholds = config.thresholds if threshold is None else threshold
     source = "config thresholds" if threshold is None else f"threshold {threshold:g}"
     evaluation = score_predictions(list(table.frame["id"].astype(str)), table.targets, result.outputs, thresholds,
                                    list(config.label_names), source, tta)
+    return with_outliers(evaluation, result.outlier_scores, predictor.outlier_threshold, config.trained_on)
+
+
+def evaluate_run(predictor, table, out_dir: str | Path, *, data_name: str = "", **options) -> Evaluation:
+    """Predict `table` with the run's Predictor, score it and write the evaluation into `out_dir` (options as
+    evaluate_table's, in one process)."""
+    data_name = data_name or str(table.root)
+    evaluation = evaluate_table(predictor, table, data_name=data_name, **options)
     write_evaluation(evaluation, out_dir, f"Evaluation on {data_name}")
     return evaluation

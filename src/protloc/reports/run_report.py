@@ -157,6 +157,7 @@ def model_settings(config) -> list[tuple[str, object]]:
         ("normalisation std", config.std),
         ("dropout", config.dropout),
         ("training data layout", config.layout),
+        ("outlier threshold", config.outlier_threshold if config.outlier_threshold is not None else "none"),
     ]
 
 
@@ -253,15 +254,20 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
     if table is not None and table.labelled:
         check_label_names(table, config, data_name)  # before the slow part
 
+    # First what the model learned from: a model trained on generated cells says so before any score.
+    opening = [html.paragraph(f"The model was {config.trained_on}.")]
+    if config.training_data is not None and config.training_data.kind == "demo":
+        opening.append(html.note("It has only seen generated demo cells: its labels of real microscope images are "
+                                 "not to be trusted (their outlier scores say how unlike they are)."))
     if table is None:
-        blocks = [html.heading("Evaluation"),
+        blocks = [*opening, html.heading("Evaluation"),
                   html.note(f"No evaluation: add a labelled dataset with `protloc report {run_dir} --data DATA` "
                             "(e.g. a validation set in the layout the run was trained on).")]
         samples_blocks = [html.note("No sample predictions without --data.")]
     else:
         predictor = load_predictor(run_dir, device=device, precision=precision)
         prediction = dict(tta=tta, batch_size=batch_size, workers=workers, show_progress=show_progress)
-        blocks = [html.heading(f"Evaluation on {data_name}"),
+        blocks = [*opening, html.heading(f"Evaluation on {data_name}"),
                   *evaluation_section(predictor, table, files_dir, page, data_name, links_to=report_dir,
                                       **prediction)]
         samples_blocks = samples_section(predictor, table, files_dir / SAMPLES_DIR, page, data_name, samples,

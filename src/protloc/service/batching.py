@@ -74,7 +74,8 @@ class Admission:
 
 
 class BatchingPredictor:
-    """`await predict(image, tta)` -> probabilities (C,), computed in batches shared between requests."""
+    """`await predict(image, tta)` -> (probabilities (C,), outlier score or None), computed in batches shared
+    between requests."""
 
     def __init__(self, predictor: Predictor, model_thread: ModelThread, limits: ServiceLimits):
         self.predictor = predictor
@@ -97,7 +98,7 @@ class BatchingPredictor:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
-    async def predict(self, image: np.ndarray, *, tta: bool = False) -> np.ndarray:
+    async def predict(self, image: np.ndarray, *, tta: bool = False) -> tuple[np.ndarray, float | None]:
         await self.admission.enter(image.nbytes)
         try:
             job = Job(image, tta, asyncio.get_running_loop().create_future())
@@ -134,16 +135,17 @@ class BatchingPredictor:
     async def _run(self, jobs: list[Job], tta: bool) -> None:
         images = [job.image for job in jobs]
         try:
-            probabilities = await self.model_thread.run(self._forward, images, tta)
+            probabilities, scores = await self.model_thread.run(self._forward, images, tta)
         except Exception as error:  # a fault in the model run: every waiting request hears of it
             for job in jobs:
                 if not job.done.done():
                     job.done.set_exception(error)
             return
-        for job, row in zip(jobs, probabilities):
+        for index, (job, row) in enumerate(zip(jobs, probabilities)):
             if not job.done.done():
-                job.done.set_result(row)
+                job.done.set_result((row, None if scores is None else float(scores[index])))
 
-    def _forward(self, images: list[np.ndarray], tta: bool) -> np.ndarray:
+    def _forward(self, images: list[np.ndarray], tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
         self.forward_passes += 1
-        return self.predictor.predict_proba(images, tta=tta, batch_size=len(images))
+        result = self.predictor.predict_scored(images, tta=tta, batch_size=len(images))
+        return result.outputs, result.outlier_scores

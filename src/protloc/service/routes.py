@@ -208,9 +208,11 @@ async def decode(runtime: Runtime, upload: Upload, options: Options = Options())
         raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 
 
-async def predict_uploads(runtime: Runtime, uploads: list[Upload], options: Options) -> tuple[np.ndarray, list[str | None]]:
-    """(N, C) probabilities, and each image's thumbnail data URL when options ask for it (else None). Each image
-    joins the batching queue as soon as it is decoded, so decoding the next one overlaps the model's work on this one."""
+async def predict_uploads(runtime: Runtime, uploads: list[Upload],
+                          options: Options) -> tuple[np.ndarray, list[float | None], list[str | None]]:
+    """(N, C) probabilities, each image's outlier score (None for a run without them), and its thumbnail data URL
+    when options ask for it (else None). Each image joins the batching queue as soon as it is decoded, so decoding
+    the next one overlaps the model's work on this one."""
     pending: list[asyncio.Future] = []
     pictures: list[str | None] = []
     loop = asyncio.get_running_loop()
@@ -220,18 +222,22 @@ async def predict_uploads(runtime: Runtime, uploads: list[Upload], options: Opti
             pending.append(asyncio.ensure_future(runtime.batching.predict(image, tta=options.tta)))
             pictures.append(data_url(await loop.run_in_executor(runtime.decoders, thumbnail_png, image))
                             if options.thumbnails else None)
-        return np.stack(await asyncio.gather(*pending)), pictures
+        answers = await asyncio.gather(*pending)
+        return (np.stack([probabilities for probabilities, _ in answers]), [score for _, score in answers], pictures)
     finally:
         for task in pending:
             task.cancel()  # no-op for finished ones; drops the rest when one image failed
 
 
 def image_result(upload: Upload, probabilities: np.ndarray, decided: np.ndarray, label_names: list[str],
-                 thumbnail: str | None = None) -> ImageResult:
+                 thumbnail: str | None = None, outlier_score: float | None = None,
+                 outlier_threshold: float | None = None) -> ImageResult:
     classes = [int(i) for i in np.flatnonzero(decided)]
+    flagged = None if outlier_score is None or outlier_threshold is None else bool(outlier_score > outlier_threshold)
     return ImageResult(name=upload.name, labels=[label_names[i] for i in classes], classes=classes,
                        probabilities={label: float(p) for label, p in zip(label_names, probabilities)},
-                       notes=upload.notes, thumbnail=thumbnail)
+                       notes=upload.notes, thumbnail=thumbnail,
+                       outlier_score=outlier_score if flagged is not None else None, outlier=flagged)
 
 
 # ---------------------------------------------------------------- routes
@@ -250,13 +256,13 @@ async def predict(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     """Labels and per-class probabilities for each image, as `protloc predict` gives them."""
     stains = dict(zip(STAIN_FIELDS, (red, green, blue, yellow)))
     uploads = await gather_uploads(request, runtime, files, stains)
-    probabilities, thumbnails = await predict_uploads(runtime, uploads, options)
+    probabilities, scores, thumbnails = await predict_uploads(runtime, uploads, options)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities, threshold=options.threshold, allow_empty=options.allow_empty)
     names = predictor.label_names
     thresholds = predictor.config.thresholds if options.threshold is None else [options.threshold] * len(names)
-    images = [image_result(upload, p, d, names, thumbnail)
-              for upload, p, d, thumbnail in zip(uploads, probabilities, decided, thumbnails)]
+    images = [image_result(upload, p, d, names, thumbnail, score, predictor.outlier_threshold)
+              for upload, p, d, thumbnail, score in zip(uploads, probabilities, decided, thumbnails, scores)]
     if options.cells:
         for upload, result, p in zip(uploads, images, probabilities):
             await add_cells(runtime, upload, result, p, options)
@@ -317,7 +323,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     if len(uploads) != 1:
         raise HTTPException(422, f"explain takes one image or one stain set, not {len(uploads)}")
     image = await decode(runtime, uploads[0], options)
-    probabilities = await runtime.batching.predict(image, tta=options.tta)
+    probabilities, score = await runtime.batching.predict(image, tta=options.tta)
     predictor = runtime.predictor
     decided = predictor.decide(probabilities[None], threshold=options.threshold, allow_empty=options.allow_empty)[0]
     names = predictor.label_names
@@ -327,6 +333,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
     explanations = [ClassExplanation(label=names[i], number=i, probability=float(probabilities[i]),
                                      predicted=bool(decided[i]), overlay=data_url(overlays[names[i]][0]),
                                      heatmap=data_url(overlays[names[i]][1])) for i in numbers]
-    return ExplainResponse(image=image_result(uploads[0], probabilities, decided, names),
+    return ExplainResponse(image=image_result(uploads[0], probabilities, decided, names, None, score,
+                                              predictor.outlier_threshold),
                            composite=data_url(composite), green=data_url(green_channel), explanations=explanations,
                            about=await runtime.maps_about(), outline_shares=list(MAP_MASS_SHARES))

@@ -123,4 +123,6 @@ class Runtime:
                       thresholds=dict(zip(config.label_names, map(float, config.thresholds))),
                       image_size=config.image_size, stains=self.stains, csv_columns=list(SUBMISSION_COLUMNS[layout]),
                       max_upload_bytes=self.limits.max_upload_bytes, max_pixels=self.limits.max_pixels,
-                      max_files=self.limits.max_files)
+                      max_files=self.limits.max_files, trained_on=config.trained_on,
+                      training_data=config.training_data.to_dict() if config.training_data is not None else None,
+                      outlier_threshold=self.predictor.outlier_threshold)

@@ -19,6 +19,11 @@ class Health(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_files: int
+    trained_on: str = Field(description="what the model learned from, in one line (config.json's training_data)")
+    training_data: dict | None = Field(description="config.json's record of the training data: folder, kind (demo or "
+                                                   "real), images, classes, bit depth, date, protloc version")
+    outlier_threshold: float | None = Field(description="outlier score above which an image is flagged as unlike "
+                                                        "the training images; null for a run without outlier scores")
 
 
 class CellResult(BaseModel):
@@ -43,6 +48,10 @@ class ImageResult(BaseModel):
                              description="what was left out of the upload, e.g. a yellow stain a 3-channel run does not read")
     thumbnail: str | None = Field(default=None, description="PNG data URL, at most 96 px: the image as a colour "
                                                             "composite; only when the request asks for thumbnails")
+    outlier_score: float | None = Field(None, description="how unlike the training images this image is (higher: "
+                                                          "less like them); null for a run without outlier scores")
+    outlier: bool | None = Field(None, description="outlier_score above the run's threshold: the image is unlike "
+                                                   "what the model learned from, so its labels deserve doubt")
     size: list[int] | None = Field(default=None, description="[width, height] of the image in pixels; with cells")
     cells: list[CellResult] | None = Field(default=None, description="one per cell, found by segmentation; only when "
                                                                      "the request asks for cells")

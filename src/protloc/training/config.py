@@ -18,6 +18,8 @@ NORMALIZATIONS = ("backbone", "dataset")
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("bce", "focal")
 POS_WEIGHTS = ("none", "auto")
+SAMPLERS = ("uniform", "rare")  # protloc.training.sampling
+THRESHOLD_METHODS = ("f1", "class-ratio")  # protloc.inference.thresholds
 GRAD_CLIP_MODES = ("value", "norm")
 
 # Recipe keys written by earlier versions, and their names now: their stopped runs still resume.
@@ -42,6 +44,7 @@ class TrainConfig:
     folds: int = 1  # K >= 2: K-fold cross-validation, one run per fold in OUT/fold-<k>
     fold_split: str = "stratified"  # how K-fold assigns images to folds, whatever validation_split says
     normalize: str = "backbone"  # or "dataset": per-channel mean/std of the training images
+    data_kind: str = "auto"  # "demo", "real", or "auto": detected from the folder (training/training_data.py)
     epochs_frozen: int = 1
     epochs: int = 5
     lr_frozen: float = 1e-2
@@ -52,6 +55,8 @@ class TrainConfig:
     grad_clip_mode: str = "value"
     loss: str = "bce"
     pos_weight: str = "none"
+    sampler: str = "uniform"  # "rare": draw images of rare classes more often
+    threshold_method: str = "f1"  # per-class thresholds for F1, or "class-ratio": labelling each class as often as training
     dropout: float = 0.0
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     precision: str = "auto"  # auto, fp32, bf16 or fp16
@@ -66,6 +71,7 @@ class TrainConfig:
     cache: bool = True  # decode and resize each image once, kept on disk (protloc.data.cache); results are the same
     cache_dir: str | None = None  # None: $PROTLOC_CACHE_DIR, else ~/.cache/protloc
     cache_limit_gb: float | None = None  # None: $PROTLOC_CACHE_LIMIT_GB, else 10
+    augment_resolution: float = 2.0  # training images kept at up to this many times image_size, cropped there
     head_only_features: bool = False  # frozen phase on precomputed backbone features, without augmentation
 
 
@@ -79,7 +85,8 @@ def check_config(config: TrainConfig) -> None:
             problems.append(message)
 
     for name, allowed in (("validation_split", VALIDATION_SPLITS), ("fold_split", FOLD_SPLITS), ("normalize", NORMALIZATIONS),
-                          ("optimizer", OPTIMIZERS), ("loss", LOSSES), ("pos_weight", POS_WEIGHTS),
+                          ("optimizer", OPTIMIZERS), ("loss", LOSSES), ("pos_weight", POS_WEIGHTS), ("sampler", SAMPLERS),
+                          ("threshold_method", THRESHOLD_METHODS),
                           ("grad_clip_mode", GRAD_CLIP_MODES)):
         value = getattr(config, name)
         expect(value in allowed, f"{option(name)} {value}: expected one of {', '.join(allowed)}")
@@ -93,10 +100,13 @@ def check_config(config: TrainConfig) -> None:
     expect(0.0 <= config.dropout < 1.0, f"--dropout {config.dropout}: expected a probability in [0, 1)")
     expect(0.0 < config.val_fraction < 1.0, f"--val-fraction {config.val_fraction}: expected a fraction between 0 and 1")
     expect(config.folds >= 1, f"--folds {config.folds}: expected 2 or more folds (1 = a single split)")
+    expect(config.augment_resolution >= 1.0, f"--augment-resolution {config.augment_resolution}: expected 1 (crop from "
+                                              "the input-size copy) or more")
     expect(config.image_size is None or config.image_size >= 16, f"--image-size {config.image_size}: expected 16 or more pixels")
     expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
     expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
+    expect(config.data_kind in ("auto", "demo", "real"), f"--data-kind {config.data_kind}: expected auto, demo or real")
     expect(config.bit_depth in (None, *BIT_DEPTHS),
            f"--bit-depth {config.bit_depth}: expected {', '.join(map(str, BIT_DEPTHS))}")
     expect(config.cache_limit_gb is None or config.cache_limit_gb >= 0, f"--cache-limit-gb {config.cache_limit_gb}: expected 0 or more")
@@ -123,8 +133,11 @@ def upgrade_recipe(values: dict) -> dict:
     """A recorded recipe with today's key names (earlier versions said "split" and "layout").
 
     Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
-    a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began."""
+    a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began; and
+    they cropped augmentations from the input-size copy (augment_resolution 1)."""
     upgraded = {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+    # Earlier versions cropped from the copy at the input size.
+    upgraded.setdefault("augment_resolution", 1.0)
     if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:
         upgraded["fold_split"] = "stratified" if upgraded.get("validation_split") == "stratified" else "random"
     return upgraded

@@ -30,7 +30,7 @@ import pandas as pd
 from protloc.data.readers import DatasetTable
 from protloc.errors import DataError
 from protloc.files import write_csv
-from protloc.inference.thresholds import apply_thresholds, cross_fitted_labels, tune_thresholds
+from protloc.inference.thresholds import apply_thresholds, class_ratio_thresholds, cross_fitted_labels, tune_thresholds
 from protloc.models.classifier import ProtlocNet
 from protloc.runs import (CONFIG_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, METRICS_FILE, OUT_OF_FOLD_FILE,
                           WEIGHTS_FILE, fold_dir, load_config, write_ensemble)
@@ -86,7 +86,10 @@ def finish_ensemble(config: TrainConfig, engine: Engine, table: DatasetTable, fo
     out = Path(config.out)
     probabilities = predict_out_of_fold(out, table, folds, engine, config.batch_size)
     targets = table.targets
-    thresholds = tune_thresholds(targets, probabilities)
+    if config.threshold_method == "class-ratio":
+        thresholds = class_ratio_thresholds(probabilities, targets.mean(axis=0))
+    else:
+        thresholds = tune_thresholds(targets, probabilities)
     held_out_by = np.zeros(len(table), dtype=int)
     for fold, (_train_rows, val_rows) in enumerate(folds):
         held_out_by[val_rows] = fold
@@ -100,7 +103,14 @@ def finish_ensemble(config: TrainConfig, engine: Engine, table: DatasetTable, fo
         val_tuned_cross_fitted=multilabel_scores(targets, cross_fitted),
     )
     write_ensemble(out, [fold_dir(out, fold).name for fold in range(len(folds))], table.label_set.name,
-                   list(table.label_set.names), thresholds, training)
+                   list(table.label_set.names), thresholds, training, ensemble_outlier_threshold(out, len(folds)))
+
+
+def ensemble_outlier_threshold(out: Path, folds: int) -> float | None:
+    """The mean of the folds' outlier thresholds: the ensemble's score is the mean of theirs (inference/outliers.py).
+    A mean of scores spreads less than each fold's, so this flags no more validation-like images than a fold does."""
+    thresholds = [load_config(fold_dir(out, fold)).outlier_threshold for fold in range(folds)]
+    return None if any(value is None for value in thresholds) else float(np.mean(thresholds))
 
 
 def write_out_of_fold(out: Path, table: DatasetTable, held_out_by: np.ndarray, probabilities: np.ndarray) -> None:

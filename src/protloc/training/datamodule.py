@@ -25,26 +25,40 @@ from protloc.data.readers import DatasetTable
 from protloc.data.transforms import Augmentation, augment_batch, batch_to_model_input, eval_transforms
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def sample_seed(seed: int, epoch: int, index) -> int:
+    """The augmentation seed of row `index` (or of a (row, draw) pair) in an epoch."""
+    parts = list(index) if isinstance(index, tuple) else [index]
+    return int(np.random.SeedSequence([seed, epoch, *parts]).generate_state(1)[0])
 
 
 class EpochSeededSampler(DistributedSampler):
     """A DistributedSampler (one replica on a single device) that yields (row, augmentation seed) pairs.
 
-    `first_epoch` shifts the epoch count so each phase of the run gets its own orders and augmentations.
+    `first_epoch` shifts the epoch count so each phase of the run gets its own orders and augmentations. With
+    `weights` (one per row, protloc.training.sampling) an epoch draws as many rows as there are, with replacement,
+    each with probability proportional to its weight; the draw too is a function of (seed, epoch) alone.
     """
 
-    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, first_epoch: int = 0):
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, first_epoch: int = 0,
+                 weights: np.ndarray | None = None):
         # DistributedSampler shuffles with seed + epoch: offsetting the seed offsets the epoch.
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed + first_epoch)
         self.base_seed = seed
         self.first_epoch = first_epoch
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+
+    def _indices(self) -> Iterator[int]:
+        if self.weights is None:
+            return super().__iter__()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator).tolist()
+        return iter(drawn[self.rank:self.total_size:self.num_replicas])  # each rank its share, as DistributedSampler
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.first_epoch + self.epoch
-        for index in super().__iter__():
-            yield index, sample_seed(self.base_seed, epoch, index)
+        for draw, index in enumerate(self._indices()):
+            # A row drawn twice in an epoch gets two augmentations.
+            yield index, sample_seed(self.base_seed, epoch, index if self.weights is None else (index, draw))
 
 
 class SeededAugmentation(Dataset):
@@ -79,6 +93,7 @@ class SeededData(L.LightningDataModule):
         self.workers = workers
         self.seed = seed
         self.first_epoch = 0  # the run-wide number of the current phase's first epoch; set per phase
+        self.sample_weights: np.ndarray | None = None  # per training row (protloc.training.sampling); None: each once
 
     def train_dataset(self) -> Dataset:
         """Items fetched by (row, augmentation seed)."""
@@ -109,7 +124,8 @@ class SeededData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
         world_size, rank = self._replicas()
-        sampler = EpochSeededSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed, first_epoch=self.first_epoch)
+        sampler = EpochSeededSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed, first_epoch=self.first_epoch,
+                                     weights=self.sample_weights)
         if self.trainer is not None:
             # Lightning sets the sampler's epoch only when an epoch starts, but a loader with workers draws its first
             # indices when created; a resumed fit creates it for an epoch past 0, so set the epoch now.
@@ -148,11 +164,15 @@ class LocalisationData(SeededData):
         seed: int,
         cache=None,
         augmentation: Augmentation = Augmentation(),
+        train_size: int | None = None,
     ):
         super().__init__(batch_size=batch_size, workers=workers, seed=seed)
         self.train_table = table.subset(train_rows)
         self.val_table = table.subset(val_rows)
         self.image_size = image_size
+        # Training images are kept (and cached) at train_size >= image_size and cropped from there at full
+        # resolution; the augmentation's output, and validation, are at image_size.
+        self.train_size = max(train_size or image_size, image_size)
         self.mean, self.std = list(mean), list(std)
         self.channels = channels
         self.cache = cache  # a protloc.data.cache.ImageCache, or None to decode every image on every read
@@ -163,11 +183,12 @@ class LocalisationData(SeededData):
     def setup(self, stage: str) -> None:
         if self.cache is not None and not self._cache_prepared:
             sources = [*self.train_table.frame["source"], *self.val_table.frame["source"]]
-            self.cache.prepare(sources, self.channels, self.image_size, bit_depth=self.train_table.bit_depth)
+            sizes = [self.train_size] * len(self.train_table) + [self.image_size] * len(self.val_table)
+            self.cache.prepare(sources, self.channels, sizes, bit_depth=self.train_table.bit_depth)
             self._cache_prepared = True
 
-    def _dataset(self, table: DatasetTable, transform) -> ImageDataset:
-        return ImageDataset(table, channels=self.channels, transform=transform, image_size=self.image_size, cache=self.cache)
+    def _dataset(self, table: DatasetTable, transform, size: int) -> ImageDataset:
+        return ImageDataset(table, channels=self.channels, transform=transform, image_size=size, cache=self.cache)
 
     def val_workers(self) -> int:
         # Validation images come decoded from the cache (the pre-training check and epoch 1 filled it), at about
@@ -176,16 +197,16 @@ class LocalisationData(SeededData):
         # forked from a process still holding the freed fine-tuning activations peaked at 3.98 GiB (measured).
         return 0 if self.cache is not None else self.workers
 
-    def _resized(self, table: DatasetTable) -> ImageDataset:
-        """uint8 images of the training size: everything else happens to whole batches on the device."""
-        transform = eval_transforms(image_size=self.image_size, mean=self.mean, std=self.std, to_model_input=False)
-        return self._dataset(table, transform)
+    def _resized(self, table: DatasetTable, size: int) -> ImageDataset:
+        """uint8 images of `size`: everything else happens to whole batches on the device."""
+        transform = eval_transforms(image_size=size, mean=self.mean, std=self.std, to_model_input=False)
+        return self._dataset(table, transform, size)
 
     def train_dataset(self) -> Dataset:
-        return SeededAugmentation(self._resized(self.train_table), self.augmentation)
+        return SeededAugmentation(self._resized(self.train_table, self.train_size), self.augmentation)
 
     def val_dataset(self) -> Dataset:
-        return self._resized(self.val_table)
+        return self._resized(self.val_table, self.image_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 batches to normalised float; training batches (which carry their maps) augmented too."""
@@ -195,5 +216,5 @@ class LocalisationData(SeededData):
                                                        for values in (self.mean, self.std))
         normalization = self._normalization[images.device]
         if maps:
-            return augment_batch(images, maps[0], *normalization), targets, rows, problems
+            return augment_batch(images, maps[0], *normalization, out_size=self.image_size), targets, rows, problems
         return batch_to_model_input(images, *normalization), targets, rows, problems

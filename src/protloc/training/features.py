@@ -163,4 +163,6 @@ def frozen_phase_data(model, table: DatasetTable, train_rows, val_rows, images, 
         cache=images.cache, batch_size=images.batch_size, workers=images.workers, device=device,
         autocast_dtype=AUTOCAST_DTYPES.get(precision), show_progress=show_progress,
     )
-    return FeatureData(features, table.targets, train_rows, val_rows, batch_size=images.batch_size, seed=images.seed)
+    data = FeatureData(features, table.targets, train_rows, val_rows, batch_size=images.batch_size, seed=images.seed)
+    data.sample_weights = images.sample_weights  # the same draws as the image data
+    return data

@@ -24,17 +24,18 @@ from protloc.data.cache import ImageCache, open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
 from protloc.files import save_figure, write_csv
+from protloc.inference.outliers import MahalanobisScore, describe_features, outlier_threshold, save_description
 from protloc.inference.predictor import predict_probabilities
-from protloc.inference.thresholds import tune_thresholds
+from protloc.inference.thresholds import class_ratio_thresholds, tune_thresholds
 from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
-from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, RunConfig,
-                          eval_preset, save_run)
+from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, OUTLIER_FILE,
+                          RunConfig, eval_preset, save_run)
 from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.datamodule import LocalisationData
 from protloc.training.engine import Engine, expected_warnings_ignored, make_trainer, rank
-from protloc.training.features import frozen_phase_data
+from protloc.training.features import compute_features, frozen_phase_data
 from protloc.training.losses import auto_pos_weight, make_loss
 from protloc.training.metrics import scores_as_deployed
 from protloc.training.module import LocalisationModule
@@ -42,6 +43,8 @@ from protloc.training.normalization import run_normalization
 from protloc.training.outcome import TrainingOutcome
 from protloc.plots import plot_learning_rate, plot_training_curves
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
+from protloc.training.sampling import rare_class_weights
+from protloc.training.training_data import record_training_data
 
 
 @dataclass
@@ -63,6 +66,27 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
 
 def input_size(config: TrainConfig) -> int:
     return config.image_size or backbone_spec(config.backbone).input_size
+
+
+def augmentation_size(config: TrainConfig, table: DatasetTable, train_rows: np.ndarray, image_size: int,
+                      sample: int = 8) -> int:
+    """The side at which training images are kept and cropped: their own size, bounded by --augment-resolution
+    times the input size, and never under the input size. Their own size is the smallest side among the first
+    `sample` training images (every image is resized to a square, so a smaller one would be upsampled)."""
+    bound = int(round(config.augment_resolution * image_size))
+    if bound <= image_size:
+        return image_size
+    from protloc.data.cache import decode_resized
+    from protloc.data.images import ImageReadError
+
+    sides = []
+    for source in table.frame["source"].iloc[train_rows[:sample]]:
+        try:
+            _image, shape = decode_resized(source, config.channels, 16, bit_depth=table.bit_depth)
+        except ImageReadError:
+            continue  # the pre-training check reports it
+        sides.append(min(shape[:2]))
+    return max(image_size, min([bound, *sides]))
 
 
 def image_cache(config: TrainConfig) -> ImageCache | None:
@@ -111,7 +135,10 @@ def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: P
                                   workers=engine.workers, cache=cache)
     data = LocalisationData(table, train_rows, val_rows, image_size=image_size, mean=mean, std=std,
                             channels=config.channels, batch_size=config.batch_size, workers=engine.workers,
-                            seed=config.seed, cache=cache)
+                            seed=config.seed, cache=cache,
+                            train_size=augmentation_size(config, table, train_rows, image_size))
+    if config.sampler == "rare":
+        data.sample_weights = rare_class_weights(table.targets[train_rows])
     pos_weight = auto_pos_weight(table.targets[train_rows]) if config.pos_weight == "auto" else None
     history = TrainingHistory(run_dir / METRICS_FILE)
     fit = dict(run_dir=run_dir, loss=make_loss(config.loss, pos_weight), label_names=list(table.label_set.names),
@@ -147,7 +174,7 @@ def load_best_weights(model: ProtlocNet, run_dir: Path, phase: str) -> None:
 
 def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: LocalisationData, model: ProtlocNet,
                history: TrainingHistory, run_dir: Path, *, image_size: int, mean: list[float], std: list[float]) -> None:
-    """Best weights, thresholds tuned on validation, and the run folder."""
+    """Best weights, the training features described, thresholds tuned on validation, and the run folder."""
     metrics = history.metrics_frame()
     best = metrics.loc[metrics["val_f1_macro"].idxmax()]  # the first of equals, as ModelCheckpoint keeps it
     load_best_weights(model, run_dir, best["phase"])
@@ -156,16 +183,24 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
         backbone=config.backbone, label_set=table.label_set.name, label_names=label_names, image_size=image_size,
         in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[0.5] * len(label_names),
         dropout=config.dropout, layout=table.layout, bit_depth=table.bit_depth,
+        training_data=record_training_data(config.data, kind=config.data_kind, label_names=label_names,
+                                           targets=table.targets, bit_depth=table.bit_depth),
     )
-    val_images = ImageDataset(data.val_table, channels=config.channels, transform=eval_preset(run_config),
-                              image_size=image_size, cache=data.cache)
-    probabilities, _ok = predict_probabilities(
-        model, val_images, run_config, batch_size=config.batch_size, workers=data.val_workers(),
-        show_progress=False, device=engine.device, precision="fp32",
+    description = describe_features(compute_features(
+        model, eval_images(data.train_table, run_config, config, data), batch_size=config.batch_size,
+        workers=data.val_workers(), device=engine.device, autocast_dtype=None, show_progress=False))
+    result = predict_probabilities(
+        model, eval_images(data.val_table, run_config, config, data), run_config, batch_size=config.batch_size,
+        workers=data.val_workers(), show_progress=False, device=engine.device, precision="fp32",
+        scorer=MahalanobisScore(description),
     )
-    targets = data.val_table.targets
-    thresholds = tune_thresholds(targets, probabilities)
+    probabilities, targets = result.outputs, data.val_table.targets
+    if config.threshold_method == "class-ratio":
+        thresholds = class_ratio_thresholds(probabilities, data.train_table.targets.mean(axis=0))
+    else:
+        thresholds = tune_thresholds(targets, probabilities)
     run_config.thresholds = [float(t) for t in thresholds]
+    run_config.outlier_threshold = outlier_threshold(result.outlier_scores)
     speed = metrics.groupby("phase", sort=False)["images_per_second"].mean()
     run_config.training = TrainingOutcome(
         recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),
@@ -175,7 +210,14 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
         val_at_05=scores_as_deployed(targets, probabilities, 0.5),
         val_tuned=scores_as_deployed(targets, probabilities, thresholds),
     )
+    save_description(run_dir / OUTLIER_FILE, description)  # before config.json: a config never lacks its file
     write_run_folder(run_dir, run_config, model, history)
+
+
+def eval_images(table: DatasetTable, run_config: RunConfig, config: TrainConfig, data: LocalisationData) -> ImageDataset:
+    """A split's images as prediction reads them (the run's eval preset)."""
+    return ImageDataset(table, channels=config.channels, transform=eval_preset(run_config),
+                        image_size=run_config.image_size, cache=data.cache)
 
 
 def write_run_folder(run_dir: Path, run_config: RunConfig, model: ProtlocNet, history: TrainingHistory) -> None:

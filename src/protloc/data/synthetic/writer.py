@@ -80,6 +80,17 @@ def write_demo_dataset(
         "Image,Label\n" + "".join(f"{i},{' '.join(map(str, ls))}\n" for i, ls in train_rows),
     )
     _write_text(out / "submission.csv", "Image,Label\n" + "".join(f"{i},0\n" for i in test_ids))
+    _write_demo_marker(out, n_train=n_train, n_test=n_test, size=size, seed=seed)
+
+
+def _write_demo_marker(out: Path, **settings) -> None:
+    """DEMO_MARKER: says that the dataset is generated, so that a model trained on it records so (its kind "demo")."""
+    import json
+
+    from protloc.training.training_data import DEMO_MARKER
+
+    record = {"generator": "protloc demo-data", **settings}
+    _write_text(out / DEMO_MARKER, json.dumps(record, indent=2) + "\n")
 
 
 def _check_int(name: str, value, minimum: int) -> int:

@@ -209,6 +209,7 @@ function labelCell(item) {
       cell.append(chip);
     }
     for (const note of item.result.notes || []) cell.append(element("span", "note", note));
+    if (item.result.outlier) cell.append(outlierWarning(item.result));
   }
   return cell;
 }
@@ -252,6 +253,16 @@ function renderRow(item) {
   item.row.replaceChildren(thumb, name, labelCell(item), nextCell(item), remove);
   item.row.classList.toggle("selected", item === selected);
   item.row.classList.toggle("failed", Boolean(item.error));
+  item.row.classList.toggle("is-outlier", Boolean(item.result && item.result.outlier));
+}
+
+// An image unlike the training images: the labels are a guess from a model that never saw its like.
+function outlierWarning(result) {
+  const warning = element("span", "outlier", "\u26a0 unlike the training images: labels doubtful");
+  warning.title = `outlier score ${result.outlier_score.toFixed(1)}, above the run's threshold ` +
+    `${run.outlier_threshold.toFixed(1)}; the model was ${run.trained_on}`;
+  warning.setAttribute("role", "note");
+  return warning;
 }
 
 function updateStatus() {
@@ -259,6 +270,8 @@ function updateStatus() {
   const failed = items.filter((item) => item.error).length;
   const pending = items.length - done - failed;
   const parts = [`${done} of ${items.length} images labelled`];
+  const outliers = items.filter((item) => item.result && item.result.outlier).length;
+  if (outliers) parts.push(`${outliers} unlike the training images`);
   if (pending) parts.push(`${pending} waiting`);
   if (failed) parts.push(`${failed} not labelled (see their rows)`);
   byId("status").textContent = items.length ? parts.join(", ") : "";
@@ -356,6 +369,7 @@ async function openDetail(item) {
     return;
   }
   probabilityBars(item);
+  if (item.result.outlier) byId("detail-bars").prepend(outlierWarning(item.result));
   if (!item.explanation) {
     status.textContent = "drawing the class maps\u2026";
     try {
@@ -427,6 +441,14 @@ function describeRun() {
   byId("run-name").textContent = `\u00b7 ${run.run}`;
   byId("run-about").textContent = `${run.backbone}, ${run.labels.length} classes; reads ${andList(run.stains)} ` +
     `stains and sees images at ${run.image_size} px.`;
+  // What the model learned from: a model trained on generated cells says so before any label.
+  const trained = byId("run-trained");
+  trained.textContent = `The model was ${run.trained_on}.`;
+  if (run.training_data && run.training_data.kind === "demo") {
+    trained.textContent += " It has only seen generated cells: do not trust it on real images.";
+    trained.className = "demo";
+  }
+  trained.hidden = false;
 }
 
 async function start() {

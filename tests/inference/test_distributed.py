@@ -1,0 +1,139 @@
+"""predict, embed and evaluate in two CPU processes (Lightning DDP, gloo), run as a user runs them:
+`python -m protloc ... --devices 2`. Lightning's launcher starts the second process by running the command line
+again, so these run the CLI in a subprocess (inside pytest it would run pytest's command line instead).
+
+Each compares with one process on the same input: the same ids in the same order, the same numbers (1e-5).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from protloc.cli import main
+from protloc.errors import ProtlocError
+from protloc.inference.distributed import Ranks, exchange_folder, read_shares
+from protloc.labels import HPA10
+from protloc.runs import fold_dir, load_config, save_config, write_ensemble
+from protloc.training.outcome import TrainingOutcome
+
+THRESHOLDS = [0.3, 0.7, 0.4, 0.6, 0.5, 0.45, 0.55, 0.35, 0.65, 0.5]
+
+
+def run_processes(*args, env=None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "protloc", *map(str, args), "--devices", "2", "--workers", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def kfold(untrained_run, tmp_path_factory):
+    """A 2-fold folder of untrained runs whose heads and normalisation differ."""
+    out = tmp_path_factory.mktemp("kfold") / "cv"
+    for fold in range(2):
+        run_dir = untrained_run(fold_dir(out, fold), spread=10.0 * (fold + 1))
+        config = load_config(run_dir)
+        config.mean = [value + 0.1 * fold for value in config.mean]
+        save_config(run_dir, config)
+    write_ensemble(out, ["fold-0", "fold-1"], HPA10.name, list(HPA10.names), THRESHOLDS,
+                   TrainingOutcome(recipe={"folds": 2}, n_val=96))
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(untrained_run):
+    return untrained_run(thresholds=THRESHOLDS, spread=30)
+
+
+def test_predict_on_two_processes_writes_what_one_process_writes(kfold, demo_data, tmp_path):
+    # 15 images in an order of their own: the processes' shares are uneven (8 and 7), batches of 4 leave a
+    # partial one, and the input order is not the files' sorted order.
+    images = sorted((demo_data / "test").glob("*.png"))[:15]
+    images = images[7:] + images[:7]
+    cache = tmp_path / "cache"
+    two = tmp_path / "two.csv"
+    result = run_processes("predict", kfold, *images, "--out", two, "--probabilities", "--batch-size", "4",
+                           "--cache-dir", cache)
+    assert result.stdout.count("wrote ") == 1  # process 0 alone writes
+    assert len(list(cache.glob("images-v1/*/*.u8"))) == len(images)  # both processes read through the cache
+    assert not exchange_folder(two).exists()
+
+    one = tmp_path / "one.csv"
+    assert main(["predict", str(kfold), *map(str, images), "--out", str(one), "--probabilities", "--no-cache",
+                 "--workers", "0"]) == 0
+    expected, actual = pd.read_csv(one, dtype={"Image": str}), pd.read_csv(two, dtype={"Image": str})
+    assert actual["Image"].tolist() == expected["Image"].tolist() == [image.stem for image in images]
+    assert list(actual.columns) == list(expected.columns)
+    np.testing.assert_allclose(actual[list(HPA10.names)], expected[list(HPA10.names)], rtol=0, atol=1e-5)
+    assert expected[list(HPA10.names)].to_numpy().std(axis=0).max() > 0.01  # far beyond 1e-5 between images
+
+
+def test_embed_on_two_processes_writes_what_one_process_writes(run_dir, demo_data, tmp_path):
+    two = tmp_path / "two.parquet"
+    run_processes("embed", run_dir, demo_data, "--out", two, "--method", "pca", "--batch-size", "3",
+                  "--precision", "fp32")
+    one = tmp_path / "one.parquet"
+    assert main(["embed", str(run_dir), str(demo_data), "--out", str(one), "--method", "pca", "--workers", "0",
+                 "--precision", "fp32"]) == 0
+    expected, actual = pd.read_parquet(one), pd.read_parquet(two)
+    assert actual["id"].tolist() == expected["id"].tolist() and len(actual) == 96
+    features = [column for column in expected.columns if column.startswith("f")]
+    np.testing.assert_allclose(actual[features], expected[features], rtol=0, atol=1e-5)
+    assert [list(labels) for labels in actual["labels"]] == [list(labels) for labels in expected["labels"]]
+    assert (tmp_path / "two_map.png").is_file()
+
+
+def test_evaluate_on_two_processes_writes_what_one_process_writes(run_dir, demo_data, tmp_path):
+    run_processes("evaluate", run_dir, demo_data, "--out", tmp_path / "two", "--batch-size", "16")
+    assert main(["evaluate", str(run_dir), str(demo_data), "--out", str(tmp_path / "one"), "--workers", "0"]) == 0
+    expected = pd.read_csv(tmp_path / "one" / "predictions.csv", dtype={"id": str})
+    actual = pd.read_csv(tmp_path / "two" / "predictions.csv", dtype={"id": str})
+    assert actual["id"].tolist() == expected["id"].tolist() and len(actual) == 96
+    probabilities = [column for column in expected.columns if column.startswith("p_")]
+    np.testing.assert_allclose(actual[probabilities], expected[probabilities], rtol=0, atol=1e-5)
+    assert actual["predicted"].tolist() == expected["predicted"].tolist()
+    scores = [json.loads((tmp_path / name / "metrics.json").read_text())["at_thresholds"] for name in ("one", "two")]
+    assert scores[0]["f1_macro"] == pytest.approx(scores[1]["f1_macro"])
+
+
+def test_several_machines_without_a_launcher_are_refused_at_once(run_dir, demo_data, tmp_path):
+    # In a subprocess with a time limit: were the refusal missing, the command would wait for the other machine.
+    env = {key: value for key, value in os.environ.items() if key not in ("MASTER_ADDR", "NODE_RANK")}
+    out = tmp_path / "out.csv"
+    command = [sys.executable, "-m", "protloc", "predict", str(run_dir), str(demo_data), "--out", str(out),
+               "--num-nodes", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    assert "--num-nodes 2: no launcher found" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_ranks_refuse_one_named_gpu_for_several_processes(tmp_path):
+    with pytest.raises(ProtlocError, match="cuda:N names one GPU"):
+        Ranks(2, 1, device="cuda:0", exchange=tmp_path)
+
+
+def write_share(folder, rank, rows, outputs, total):
+    folder.mkdir(exist_ok=True)
+    np.savez(folder / f"rank-{rank}.npz", rows=np.array(rows, dtype=np.int64), total=np.array(total),
+             problems=np.array([""] * len(rows), dtype=str), output_outputs=np.array(outputs, dtype=np.float32))
+
+
+def test_shares_go_back_to_their_rows_and_a_missing_share_is_named(tmp_path):
+    folder = tmp_path / "shares"
+    write_share(folder, 0, [0, 2, 4], [[0.0], [2.0], [4.0]], total=5)
+    with pytest.raises(ProtlocError, match="rank-1.npz: process 1 left no predictions"):
+        read_shares(folder, 2, 5)
+    write_share(folder, 1, [1], [[1.0]], total=5)
+    with pytest.raises(ProtlocError, match="leave 1 of 5 images out"):
+        read_shares(folder, 2, 5)
+    write_share(folder, 1, [1, 3], [[1.0], [3.0]], total=5)
+    result = read_shares(folder, 2, 5).result()
+    assert result.outputs[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert result.problems == [""] * 5

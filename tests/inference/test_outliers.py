@@ -1,0 +1,173 @@
+"""Outlier scores: the distance, its threshold, the stored description (safetensors; a damaged one is a clear
+error), and the score in every output that has predictions (Python API, predict --probabilities, ONNX, K-fold)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import protloc
+from protloc.cli import main
+from protloc.errors import ProtlocError
+from protloc.inference.outliers import (EnsembleScore, MahalanobisScore, describe_features, load_description,
+                                        outlier_threshold, save_description)
+from protloc.runs import OUTLIER_FILE, fold_dir, load_config, read_weight_shapes, write_ensemble
+from protloc.training.outcome import TrainingOutcome
+
+
+def correlated_cloud(rng, count: int, shift: float = 0.0) -> np.ndarray:
+    """Features (count, 12) with correlated dimensions, as pooled CNN features are."""
+    mixing = np.random.default_rng(7).normal(size=(12, 12))
+    return (rng.normal(size=(count, 12)) + shift) @ mixing
+
+
+def test_the_score_is_the_mahalanobis_distance_and_grows_away_from_the_training_features():
+    from scipy.spatial.distance import mahalanobis
+
+    rng = np.random.default_rng(0)
+    training = correlated_cloud(rng, 400)
+    description = describe_features(training)
+    np.testing.assert_allclose(description.mean, training.mean(axis=0), rtol=1e-5, atol=1e-5)
+    probes = np.concatenate([correlated_cloud(rng, 50), correlated_cloud(rng, 50, shift=1.5)])
+    expected = [mahalanobis(row, description.mean, description.precision) for row in probes]
+    np.testing.assert_allclose(description.scores(probes), expected, rtol=1e-4)
+    in_torch = MahalanobisScore(description)(torch.from_numpy(probes.astype(np.float32))).numpy()
+    np.testing.assert_allclose(in_torch, expected, rtol=1e-3)
+    assert description.scores(description.mean[None])[0] == pytest.approx(0.0, abs=1e-3)
+    assert roc_auc_score([0] * 50 + [1] * 50, description.scores(probes)) > 0.95
+
+
+def test_the_threshold_leaves_the_percentile_of_like_images_under_it():
+    rng = np.random.default_rng(1)
+    description = describe_features(correlated_cloud(rng, 500))
+    validation = description.scores(correlated_cloud(rng, 400))
+    threshold = outlier_threshold(validation)
+    assert threshold == pytest.approx(np.percentile(validation, 99))
+    assert (validation > threshold).mean() <= 0.011
+    assert (description.scores(correlated_cloud(rng, 2000)) > threshold).mean() < 0.05  # new images like them
+    assert (description.scores(correlated_cloud(rng, 200, shift=3.0)) > threshold).mean() > 0.9  # unlike them
+    with pytest.raises(ProtlocError, match="no validation image"):
+        outlier_threshold(np.array([np.nan]))
+
+
+def test_the_description_is_stored_as_safetensors_and_read_back(tmp_path):
+    description = describe_features(correlated_cloud(np.random.default_rng(2), 100))
+    path = tmp_path / OUTLIER_FILE
+    save_description(path, description)
+    assert read_weight_shapes(path) == {"mean": (12,), "precision": (12, 12)}  # a safetensors header, no pickle
+    assert not path.read_bytes().startswith(b"\x80")  # a pickle's first byte
+    loaded = load_description(path, num_features=12)
+    np.testing.assert_array_equal(loaded.mean, description.mean)
+    np.testing.assert_array_equal(loaded.precision, description.precision)
+    assert loaded.images == 100
+
+
+def test_a_damaged_or_foreign_description_is_a_clear_error(tmp_path):
+    description = describe_features(correlated_cloud(np.random.default_rng(3), 100))
+    path = tmp_path / OUTLIER_FILE
+    save_description(path, description)
+    with pytest.raises(ProtlocError, match="describes 12 features, but the backbone gives 64"):
+        load_description(path, num_features=64)
+    path.write_bytes(path.read_bytes()[:200])  # cut short
+    with pytest.raises(ProtlocError, match=f"{OUTLIER_FILE}: not a readable safetensors file"):
+        load_description(path)
+    from safetensors.numpy import save_file
+
+    save_file({"mean": np.zeros(4, np.float32)}, str(path))
+    with pytest.raises(ProtlocError, match="expected tensors mean"):
+        load_description(path)
+    path.unlink()
+    with pytest.raises(ProtlocError, match="not found"):
+        load_description(path)
+
+
+@pytest.fixture(scope="module")
+def described_run(untrained_run, demo_data):
+    """An untrained run whose outlier description is that of the demo training images' features."""
+    return untrained_run(outliers_of=sorted((demo_data / "train").glob("*.png"))[:60])
+
+
+def test_predictions_carry_the_outlier_score_of_the_same_forward_pass(described_run, demo_data, real_data):
+    from protloc.data.readers import read_images
+
+    images = sorted((demo_data / "test").glob("*.png"))[:6] + [Path(real_data) / "z2g-sample" / "10034.png"]
+    predictor = protloc.load(described_run, engine="torch", precision="fp32")
+    prediction = predictor.predict(images)
+    description = load_description(described_run / OUTLIER_FILE)
+    expected = description.scores(predictor.embed_table(read_images(images)))
+    np.testing.assert_allclose(prediction.outlier_scores, expected, rtol=1e-4)
+    threshold = load_config(described_run).outlier_threshold
+    np.testing.assert_array_equal(prediction.outliers, expected > threshold)
+    frame = prediction.to_frame()
+    assert list(frame.columns[-2:]) == ["outlier_score", "outlier"]
+    onnx = protloc.load(described_run, engine="onnx").predict(images)  # the score is the ONNX graph's second output
+    np.testing.assert_allclose(onnx.outlier_scores, prediction.outlier_scores, rtol=1e-3)
+
+
+def test_predict_writes_scores_with_probabilities_and_keeps_the_kaggle_format_exact(described_run, demo_data, tmp_path, capsys):
+    probabilities, submission = tmp_path / "p.csv", tmp_path / "s.csv"
+    assert main(["predict", str(described_run), str(demo_data), "--out", str(probabilities), "--probabilities"]) == 0
+    out = capsys.readouterr().out
+    assert "model trained on data this config does not record" in out  # an untrained run has no record
+    written = pd.read_csv(probabilities)
+    assert list(written.columns[-2:]) == ["outlier_score", "outlier"]
+    assert (written["outlier"] == (written["outlier_score"] > load_config(described_run).outlier_threshold)).all()
+    assert main(["predict", str(described_run), str(demo_data), "--out", str(submission)]) == 0
+    assert list(pd.read_csv(submission).columns) == ["Image", "Label"]
+
+
+def test_a_damaged_description_stops_predict_with_one_line(described_run, demo_data, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(described_run, run)
+    (run / OUTLIER_FILE).write_bytes(b"\x80\x04not safetensors at all")
+    for engine in ("torch", "onnx"):
+        code = main(["predict", str(run), str(demo_data), "--out", str(tmp_path / "p.csv"), "--engine", engine])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(error) == 1 and f"{OUTLIER_FILE}: not a readable safetensors file" in error[0]
+        assert "Traceback" not in error[0]
+
+
+def test_a_kfold_folder_scores_with_the_mean_of_its_folds(untrained_run, demo_data, tmp_path):
+    training_images = sorted((demo_data / "train").glob("*.png"))
+    out = tmp_path / "cv"
+    for fold in range(2):
+        untrained_run(fold_dir(out, fold), spread=5.0 * (fold + 1), outliers_of=training_images[fold::2][:40])
+    thresholds = [load_config(fold_dir(out, fold)).outlier_threshold for fold in range(2)]
+    config = load_config(fold_dir(out, 0))
+    write_ensemble(out, ["fold-0", "fold-1"], config.label_set, config.label_names, [0.5] * 10,
+                   TrainingOutcome(), float(np.mean(thresholds)))
+    images = sorted((demo_data / "test").glob("*.png"))[:5]
+    per_fold = [protloc.load(fold_dir(out, fold), engine="torch", precision="fp32").predict(images).outlier_scores
+                for fold in range(2)]
+    ensemble = protloc.load(out, engine="torch", precision="fp32")
+    assert isinstance(ensemble.engine.scored_model.scorer, EnsembleScore)
+    result = ensemble.predict(images)
+    np.testing.assert_allclose(result.outlier_scores, np.mean(per_fold, axis=0), rtol=1e-4)
+    assert result.outlier_threshold == pytest.approx(np.mean(thresholds))
+    assert json.loads((out / "ensemble.json").read_text())["outlier_threshold"] == pytest.approx(np.mean(thresholds))
+
+
+def test_evaluate_and_the_report_show_the_outliers_and_what_the_model_learned_from(described_run, demo_data, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(described_run, run)
+    assert main(["evaluate", str(run), str(demo_data), "--out", str(tmp_path / "evaluation")]) == 0
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    predictions = pd.read_csv(tmp_path / "evaluation" / "predictions.csv")
+    threshold = load_config(run).outlier_threshold
+    assert metrics["outliers"]["threshold"] == pytest.approx(threshold)
+    assert metrics["outliers"]["images_flagged"] == int((predictions["outlier_score"] > threshold).sum())
+    assert (predictions["outlier"] == (predictions["outlier_score"] > threshold)).all()
+    assert main(["report", str(run), "--data", str(demo_data), "--samples", "1"]) == 0
+    page = (run / "report.html").read_text()
+    body = page[page.index("<body"):]
+    assert body.index("The model was trained on") < body.index("Evaluation on")  # the report opens with it
+    assert "unlike the images the model was trained on" in page
