@@ -141,7 +141,10 @@ def _write_cells(args: argparse.Namespace, predictor, table, image_probabilities
     for _row, prediction, _mask, problem in predict_table_cells(
             predictor, table, image_probabilities, args.masks, tta=args.tta, batch_size=args.batch_size,
             show_progress=True):
-        (problems.append(problem) if problem else predictions.append(prediction))
+        if problem:
+            problems.append(problem)
+        else:
+            predictions.append(prediction)
     if problems and len(table) == 1:
         raise DataError(*problems)  # the one line says it all
     if problems and (args.on_error == "fail" or not predictions):
