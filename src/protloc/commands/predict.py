@@ -62,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
     from protloc.errors import DataError, ProtlocError, listed
     from protloc.files import check_output_path, write_csv
-    from protloc.inference.predictor import find_missing_files, load_predictor
+    from protloc.data.check import find_missing_files
+    from protloc.inference.predictor import load_predictor
     from protloc.inference.submission import PROBABILITY_DECIMALS, output_layout, probability_frame, submission_frame
     from protloc.labels import LabelSet
     from protloc.runs import load_config
 
-    check_output_path(args.out)
+    check_output_path(args.out, inputs=args.inputs)
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     if args.masks is not None and not Path(args.masks).is_dir():

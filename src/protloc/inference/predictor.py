@@ -24,7 +24,7 @@ from protloc.data import BIT_DEPTHS
 from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
-from protloc.data.stains import describe_missing_stain, parse_stain_map, run_stains
+from protloc.data.stains import parse_stain_map, run_stains
 from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
@@ -47,19 +47,6 @@ def as_stain_map(stain_map: str | dict | None) -> dict | None:
         return parse_stain_map(text)
     except ValueError as error:
         raise ProtlocError(f"--stain-map: {error}") from None
-
-
-def find_missing_files(table: DatasetTable) -> list[str]:
-    """'PATH: file not found' for each image file the table names that does not exist (for a stain set, with its Id
-    and stain): cheap to know before running the model, unlike a corrupt file."""
-    lines = []
-    for source in table.frame["source"]:
-        if isinstance(source, str):
-            if not Path(source).is_file():
-                lines.append(f"{source}: file not found")
-            continue
-        lines.extend(describe_missing_stain(path, len(source)) for path in source if not Path(path).is_file())
-    return lines
 
 
 # ---------------------------------------------------------------- batches
@@ -337,6 +324,14 @@ class Predictor:
         """Boolean labels (N, C): the run's per-class thresholds, or one `threshold` for all classes."""
         thresholds = self.config.thresholds if threshold is None else threshold
         return apply_thresholds(probabilities, thresholds, allow_empty=allow_empty)
+
+    def explain(self, images, *, classes="predicted") -> list:
+        """Where the model found each class in one image or a list of them (anything `predict` takes), as `protloc
+        explain` maps it (HiResCAM, a Grad-CAM variant, on the torch model): one Explanation per image, with .maps
+        ({class name: (H, W) map in 0..1}) and .figure(). `classes`: "predicted", "all", or names or numbers."""
+        from protloc.reports.explain import explain_images
+
+        return explain_images(self, images, classes)
 
     def predict(self, images, *, tta: bool = False, threshold: float | None = None,
                 allow_empty: bool = False, batch_size: int = 32) -> Prediction:
