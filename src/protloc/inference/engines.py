@@ -165,11 +165,11 @@ def predict_scored_batch(engine, images: torch.Tensor, tta: bool = False) -> tup
     return probabilities, scores
 
 
-OUTLIER_SCORE = "outlier_score"  # a scored batch's extra beside its probabilities (predictor.TableResult.outlier_scores)
+OUTLIER_SCORE = "outlier_score"  # a scored batch's extra beside its probabilities (rows.TableResult.outlier_scores)
 
 
 def scored_outputs(engine, images: torch.Tensor, tta: bool) -> torch.Tensor | dict[str, torch.Tensor]:
     """A batch's probabilities, with the outlier scores of the same forward pass beside them (named, as
-    predictor.named_outputs takes them) where the run has them."""
+    rows.named_outputs takes them) where the run has them."""
     probabilities, scores = predict_scored_batch(engine, images, tta)
     return probabilities if scores is None else {"outputs": probabilities, OUTLIER_SCORE: scores}
