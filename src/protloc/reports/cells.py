@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 from skimage.segmentation import find_boundaries
 
 from protloc.cells.predict import CellPrediction
+from protloc.plots import subplots
 from protloc.reports import html
 from protloc.reports.explore import rgb_view
 
@@ -40,8 +40,7 @@ def plot_cells(image: np.ndarray, mask: np.ndarray, prediction: CellPrediction, 
     """The figure: the image with its cells outlined and numbered by class, and a legend of the classes shown."""
     labelled = [cell for cell, row in zip(prediction.cells, prediction.predicted) if row.any()]
     side = 7.0
-    figure = Figure(figsize=(side, side + 0.9), layout="constrained")  # free-standing: no pyplot, no backend
-    axes = figure.subplots()
+    figure, axes = subplots(figsize=(side, side + 0.9), layout="constrained")
     axes.imshow(outline_cells(image, mask, labelled))
     axes.set_axis_off()
     font = 7.0
@@ -67,8 +66,8 @@ def cell_blocks(figures: list[tuple[str, str]], prefix: str = "") -> list[str]:
         return []
     blocks = [html.heading("Cells"),
               html.paragraph("Each cell outlined with the classes it was given (numbers, legend below each picture): "
-                             "of its image's labels, those for which the cell's protein signal and the model on the "
-                             "cell alone give full evidence (docs/cells.md).")]
+                             "the cell shown to the model alone, its probabilities combined with its image's "
+                             "(docs/cells.md).")]
     return blocks + [html.image(prefix + name, f"{image_id}: cells") for image_id, name in figures]
 
 
