@@ -10,7 +10,7 @@ from protloc.commands._options import (add_bit_depth_option, add_engine_choice, 
 
 
 def register(subparsers) -> None:
-    from protloc.data.readers import LAYOUTS
+    from protloc.data import LAYOUTS
 
     parser = subparsers.add_parser(
         "explain", help="class-activation maps for each predicted (and each missed true) label of some images",

@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from protloc.data.readers import LAYOUTS
+    from protloc.data import LAYOUTS
 
     parser = subparsers.add_parser(
         "segment", help="find every cell of images: instance masks and a table of cells",

@@ -4,3 +4,5 @@
 # Cameras write 10, 12, 14 or 16 bits into 16-bit files. Here, in a module without imports, so that the command
 # line and the run config can name them without loading numpy or PIL.
 BIT_DEPTHS = (8, 10, 12, 14, 16)
+# The dataset layouts readers.py reads (--format), named here for the same reason.
+LAYOUTS = ("z2g", "hpa2018", "generic", "folder", "images")

@@ -21,12 +21,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from protloc.data import LAYOUTS  # noqa: F401  (named in data/__init__.py, for the command line; read from here too)
 from protloc.data.images import IMAGE_SUFFIXES, image_stem
 from protloc.data.stains import describe_mixed_files, group_stain_files, split_stain_name, stain_set_sources
 from protloc.errors import DataError, ProtlocError, listed
 from protloc.labels import HPA10, HPA28, LabelSet
 
-LAYOUTS = ("z2g", "hpa2018", "generic", "folder", "images")
 LAYOUT_COLUMNS = {"z2g": ("Image", "Label"), "hpa2018": ("Id", "Target"), "generic": ("path", "labels")}
 
 
