@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,16 +25,19 @@ from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
 from protloc.data.stains import parse_stain_map, run_stains
-from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
+from protloc.data.transforms import eval_preset
+from protloc.data.workers import prediction_workers
+from protloc.devices import resolve_device
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
-from protloc.inference.engines import (OUTLIER_SCORE, OnnxEngine, TorchEngine, make_engine,  # noqa: F401
-                                      open_onnx_session, predict_batch, scored_outputs)
+from protloc.inference.engines import OnnxEngine, TorchEngine, make_engine, predict_batch, scored_outputs  # noqa: F401
 from protloc.inference.inputs import InputImages, as_image_list, image_ids, read_input
-from protloc.inference.onnx_export import run_onnx_session
+from protloc.inference.onnx_export import open_onnx_session, run_onnx_session
+from protloc.inference.rows import RowCollector, TableResult, named_outputs  # noqa: F401  (TableResult: for callers)
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import LabelSet
-from protloc.runs import RunConfig, eval_preset, load_config, load_run
+from protloc.models.run_weights import load_run
+from protloc.runs import RunConfig, load_config
 
 
 def as_stain_map(stain_map: str | dict | None) -> dict | None:
@@ -52,68 +55,12 @@ def as_stain_map(stain_map: str | dict | None) -> dict | None:
 # ---------------------------------------------------------------- batches
 
 
-class TableResult(NamedTuple):
-    """Per row of a dataset, in its order: the model's outputs and why an image could not be read."""
-
-    outputs: np.ndarray  # (N, width) float32: probabilities or features; meaningless where a problem is
-    problems: list[str]  # "" for an image that was read, else 'PATH: why'
-    # Other per-image arrays an engine gives beside its outputs (named_outputs), each (N, ...) in row order.
-    extras: dict[str, np.ndarray] = {}
-
-    @property
-    def ok(self) -> np.ndarray:
-        return np.array([not problem for problem in self.problems], dtype=bool)
-
-    @property
-    def outlier_scores(self) -> np.ndarray | None:
-        """(N,) float32 beside probabilities, where the run has an outlier description (inference/outliers.py)."""
-        return self.extras.get(OUTLIER_SCORE)
-
-    @property
-    def unreadable(self) -> list[str]:
-        return [problem for problem in self.problems if problem]
-
-
-def named_outputs(outputs) -> dict[str, torch.Tensor]:
-    """A batch's outputs as named per-image arrays: a tensor is "outputs"; an engine that gives more per image
-    returns a dict, its model outputs under "outputs" and the others (a score, say) beside them. Every name flows
-    through both ways of predicting a table (one process, or several: distributed.py) into TableResult."""
-    return dict(outputs) if isinstance(outputs, dict) else {"outputs": outputs}
-
-
-class RowCollector:
-    """Named per-image arrays of batches, each row put at its place in the table: one process's batches, or every
-    process's shares of a table (distributed.py)."""
-
-    def __init__(self, rows: int, width: int | None = None):
-        self.total = rows
-        # With a known width (the classes), an empty table still gives (0, width) outputs.
-        self.arrays = {} if width is None else {"outputs": np.zeros((rows, width), dtype=np.float32)}
-        self.problems = [""] * rows
-        self.seen = np.zeros(rows, dtype=bool)
-
-    def add(self, rows: np.ndarray, arrays: dict[str, np.ndarray], problems) -> None:
-        for name, values in arrays.items():
-            if name not in self.arrays:
-                self.arrays[name] = np.zeros((self.total, *values.shape[1:]), dtype=values.dtype)
-            self.arrays[name][rows] = values
-        for row, problem in zip(rows.tolist(), problems):
-            self.problems[row] = str(problem)
-        self.seen[rows] = True
-
-    def result(self) -> TableResult:
-        extras = {name: values for name, values in self.arrays.items() if name != "outputs"}
-        outputs = self.arrays.get("outputs", np.zeros((0, 0), dtype=np.float32))
-        return TableResult(outputs, self.problems, extras)
-
-
 def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     if batch_size < 1:
         raise ProtlocError(f"batch size {batch_size}: expected 1 or more")
     if workers < 0:
         raise ProtlocError(f"workers {workers}: expected 0 or more")
-    if len(dataset) <= batch_size:
-        workers = 0  # one batch: nothing to overlap with, so starting worker processes only costs time
+    workers = prediction_workers(workers, len(dataset), batch_size)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
 
 

@@ -41,7 +41,8 @@ function fileName(text) {
 
 function options() {
   const form = byId("options");
-  return {tta: form.tta.checked, threshold: form.threshold.value.trim(), allow_empty: form.allow_empty.checked};
+  return {tta: form.tta.checked, threshold: form.threshold.value.trim(), allow_empty: form.allow_empty.checked,
+          bit_depth: form.bit_depth.value};
 }
 
 function formFor(item, extra = {}) {
@@ -56,6 +57,7 @@ function formFor(item, extra = {}) {
   body.append("tta", chosen.tta);
   body.append("allow_empty", chosen.allow_empty);
   if (chosen.threshold) body.append("threshold", chosen.threshold);
+  if (chosen.bit_depth) body.append("bit_depth", chosen.bit_depth);
   for (const [name, value] of Object.entries(extra)) body.append(name, value);
   return body;
 }
