@@ -8,7 +8,8 @@ run's thresholds.
 The map is HiResCAM on the layer the backbone's spec names (``cam_layer_name``): a stride-8 feature map
 for the registered backbones, 16x16 cells at 128 px, fine enough to tell cells apart. The last
 feature map (4x4 at 128 px) gave blobs over several cells; benchmarks/bench_cam_localisation.py
-measured how much of each map falls inside the true pattern.
+measured how much of each map falls inside the true pattern. An image's maps share one scale (the strongest
+map's peak at 1), not one each: a class with little evidence draws faintly.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class Explanation:
     probabilities: np.ndarray
     predicted: list[int]
     targets: list[int]
-    cams: np.ndarray  # (targets, H, W), each scaled to 0..1
+    cams: np.ndarray  # (targets, H, W) on one 0..1 scale for the image (scale_together)
     true: list[int] | None = None  # the image's true classes, when its dataset has labels
 
     @property
@@ -132,13 +133,39 @@ def cam_grid(model, image_size: int) -> tuple[int, int]:
     return int(shapes[0][-2]), int(shapes[0][-1])
 
 
+def unscaled_cam_method(method: str):
+    """The pytorch-grad-cam class `method` with its maps left at their own magnitude: it stretches each map to
+    0..1 on its own (min-max), so a class with almost no evidence drew as full a map as a certain one."""
+    import pytorch_grad_cam
+
+    base = getattr(pytorch_grad_cam, method)
+
+    class Unscaled(base):
+        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
+            activations = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
+            gradients = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
+            width, height = self.get_target_width_height(input_tensor)
+            maps = []
+            for layer, layer_activations, layer_gradients in zip(self.target_layers, activations, gradients):
+                cam = self.get_cam_image(input_tensor, layer, targets, layer_activations, layer_gradients, eigen_smooth)
+                cam = torch.from_numpy(np.maximum(cam, 0).astype(np.float32))[:, None]
+                # Bilinear, as the library resizes; values keep their magnitude.
+                maps.append(torch.nn.functional.interpolate(cam, size=(height, width), mode="bilinear").numpy())
+            return maps
+
+        def aggregate_multi_layers(self, maps):
+            return np.maximum(np.concatenate(maps, axis=1), 0).mean(axis=1)
+
+    return Unscaled
+
+
 def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
-    """Class-activation maps (len(class_indices), H, W) scaled to 0..1, one backward pass for all classes.
+    """Class-activation maps (len(class_indices), H, W) at their own magnitude (>= 0, not scaled), one backward
+    pass for all classes.
 
     `tensor` is one image (1, C, H, W), mapped for every class, or one image per class. A function of
     the model, the input and the classes only, so that maps of several models (folds) can be averaged.
     """
-    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if not class_indices:
@@ -151,20 +178,26 @@ def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.nd
     device = next(model.parameters()).device
     batch = tensor if len(tensor) == len(class_indices) else tensor.repeat(len(class_indices), 1, 1, 1)
     batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-    with getattr(pytorch_grad_cam, CAM_METHOD)(model=model, target_layers=[layer]) as cam:
+    with unscaled_cam_method(CAM_METHOD)(model=model, target_layers=[layer]) as cam:
         return cam(input_tensor=batch, targets=targets)
 
 
+def scale_together(cams: np.ndarray) -> np.ndarray:
+    """An image's maps on one common 0..1 scale, the strongest map's peak at 1: a class with little evidence beside
+    a well-supported one looks weak, where a scale per map would stretch its faint map to full range."""
+    peak = float(cams.max()) if cams.size else 0.0
+    return (cams / peak if peak > 0 else np.zeros_like(cams)).astype(np.float32)
+
+
 def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
-    """Class-activation maps of a run's model; for a K-fold ensemble, the mean of its folds' maps (each fold seeing the
-    image normalised as it was trained), scaled back to 0..1 per map."""
+    """Class-activation maps of a run's model for one image, on one scale (`scale_together`); for a K-fold
+    ensemble, the mean of its folds' maps (each fold seeing the image normalised as it was trained)."""
     from protloc.inference.ensemble import FoldEnsemble
 
     if not isinstance(model, FoldEnsemble):
-        return compute_cams(model, tensor, class_indices)
+        return scale_together(compute_cams(model, tensor, class_indices))
     cams = np.mean([compute_cams(fold, inputs, class_indices) for fold, inputs in model.fold_inputs(tensor)], axis=0)
-    peak = cams.max(axis=(1, 2), keepdims=True)
-    return np.divide(cams, peak, out=np.zeros_like(cams), where=peak > 0)
+    return scale_together(cams)
 
 
 def choose_targets(targets: str | list[int], predicted: list[int], true: list[int] | None,
@@ -215,14 +248,18 @@ def hottest_area(cam: np.ndarray, share: float) -> np.ndarray:
 def overlay_map(image: np.ndarray, cam: np.ndarray, shares: tuple[float, ...] = MAP_MASS_SHARES) -> np.ndarray:
     """RGB `image` (H, W, 3) in 0..1 with `cam`'s hottest areas outlined, the largest lightly tinted.
 
-    Pixels outside the largest area are the input's own, so the stains stay readable.
+    Pixels outside the largest area are the input's own, so the stains stay readable. `cam` is on its image's
+    common scale (`scale_together`): tint and outlines are as strong as its peak, so a map with little evidence
+    draws faintly, and one with none draws nothing.
     """
     shown = image.copy()
+    strength = float(np.clip(cam.max(), 0, 1)) if cam.size else 0.0
     hot = hottest_area(cam, shares[0])
-    shown[hot] = (1 - HOT_TINT) * shown[hot] + HOT_TINT
+    shown[hot] = (1 - HOT_TINT * strength) * shown[hot] + HOT_TINT * strength
     width = max(1, round(max(cam.shape) / 128))  # lines about as thick on screen whatever the image size
     for share, colour in zip(shares, OUTLINE_COLOURS):
-        shown[outline(hottest_area(cam, share), width)] = colour
+        line = outline(hottest_area(cam, share), width)
+        shown[line] = (1 - strength) * shown[line] + strength * np.asarray(colour)
     return shown
 
 
