@@ -81,6 +81,9 @@ def measure(run: Path, held_out: Path, real: Path) -> dict:
         "held_out_demo_images": int(len(demo)), "held_out_demo_flagged": float((demo > threshold).mean()),
         "outlier_auroc": float(auroc),
         "median_score": {"real": float(np.median(real_outlier_scores)), "held_out_demo": float(np.median(demo))},
+        # How the real share flagged would move with the threshold at other percentiles of like images' scores.
+        "real_flagged_at_held_out_percentile": {str(q): float((real_outlier_scores > np.percentile(demo, q)).mean())
+                                                for q in (90, 95, 97.5, 99)},
         "real_single_class_green_images": int(len(truth)),
         "real_top1_right": float(top1.mean()), "real_labels_include_truth": float(included.mean()),
         "real_nearest_neighbour_same_class": float(neighbour_same.mean()),
