@@ -72,20 +72,26 @@ def main() -> None:
         out = temp / "out.csv"
 
         print(f"{args.images} images, {args.backbone} at {args.image_size} px, {predictor.engine_name} engine, "
-              f"{os.cpu_count()} CPUs")
-        for repeat in range(args.repeats):
-            own = timed(lambda: predictor.predict_table(table, batch_size=32))
-            lightning = timed(lambda: predictor.predict_table(
-                table, batch_size=32, ranks=Ranks(1, 1, device="cpu", exchange=exchange_folder(out))))
-            print(f"in process, repeat {repeat + 1}: own loop {own:.2f} s, Lightning Trainer.predict (1 process) "
-                  f"{lightning:.2f} s")
+              f"{os.cpu_count()} CPUs; best of {args.repeats}, the two ways alternating")
+        # The commands first: a Trainer in this process leaves Lightning's variables (LOCAL_RANK...) in its
+        # environment, which a command started from it would take for a launcher's.
         command = [sys.executable, "-m", "protloc", "predict", str(run), str(data), "--out", str(out),
                    "--probabilities", "--precision", "fp32", "--workers", "0"]
+        ones, twos = [], []
+        for _ in range(args.repeats):
+            ones.append(timed(lambda: subprocess.run(command, check=True, capture_output=True)))
+            twos.append(timed(lambda: subprocess.run([*command, "--devices", "2"], check=True, capture_output=True)))
+        print(f"protloc predict, whole command: one process {min(ones):.2f} s, --devices 2 {min(twos):.2f} s "
+              f"(each run: {', '.join(f'{a:.1f}/{b:.1f}' for a, b in zip(ones, twos))})")
+        owns, lightnings = [], []
         for repeat in range(args.repeats):
-            one = timed(lambda: subprocess.run(command, check=True, capture_output=True))
-            two = timed(lambda: subprocess.run([*command, "--devices", "2"], check=True, capture_output=True))
-            print(f"protloc predict, repeat {repeat + 1}: one process {one:.2f} s, --devices 2 {two:.2f} s")
-
+            own = lambda: owns.append(timed(lambda: predictor.predict_table(table, batch_size=32)))  # noqa: E731
+            lightning = lambda: lightnings.append(timed(lambda: predictor.predict_table(  # noqa: E731
+                table, batch_size=32, ranks=Ranks(1, 1, device="cpu", exchange=exchange_folder(out)))))
+            for way in ((own, lightning) if repeat % 2 == 0 else (lightning, own)):
+                way()
+        print(f"in this process, call to result: own loop {min(owns):.2f} s, Lightning Trainer.predict in one process "
+              f"{min(lightnings):.2f} s (each run: {', '.join(f'{a:.1f}/{b:.1f}' for a, b in zip(owns, lightnings))})")
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import struct
 import traceback
 import zlib
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from protloc.cli import main
-from protloc.data.images import ImageReadError, decode_image
+from protloc.data.images import ImageReadError, ImageTooLarge, decode_image
 from protloc.errors import ProtlocError
 
 
@@ -67,6 +68,31 @@ def jpeg_bomb(side: int = 60_000) -> bytes:
     return bytes(data)
 
 
+def deflate_tiff_bomb(side: int = 64, inflated: int = 64 * 2**20) -> bytes:
+    """A TIFF whose header says side x side grayscale pixels, one deflate strip that inflates to `inflated` bytes."""
+    data = zlib.compress(b"\0" * inflated, 9)
+    entries = [(256, 4, side), (257, 4, side), (258, 3, 8), (259, 3, 8), (262, 3, 1),
+               (273, 4, 0), (277, 3, 1), (278, 4, side), (279, 4, len(data))]
+    data_offset = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = data_offset if tag == 273 else value
+        packed = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0)
+        ifd += struct.pack("<HHI", tag, kind, 1) + packed
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + data
+
+
+def many_page_tiff(pages: int = 5000) -> bytes:
+    """A TIFF of `pages` one-pixel pages, alternating in shape so that tifffile cannot take them as one series."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for index in range(pages):
+            writer.write(np.zeros((1 + index % 2, 1), np.uint8), metadata=None)
+    return buffer.getvalue()
+
+
 def save_png(path: Path, size: int = 32, seed: int = 0, mode: str = "RGB") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (size, size, 3) if mode == "RGB" else (size, size)
@@ -88,6 +114,8 @@ def world(tmp_path_factory, untrained_run, tiny_recipe) -> dict[str, str]:
     root = tmp_path_factory.mktemp("hostile")
     paths = make_hostile_data(root)
     make_tampered_runs(root, untrained_run(root / "run"), paths)
+    make_tampered_ensembles(root, paths)
+    make_round_two_data(root, paths)
     make_damaged_stopped_runs(root, tiny_recipe.config(paths["data"], root, backbone="test_resnet", stop_after=1), paths)
     return {name: str(path) for name, path in paths.items()}
 
@@ -142,6 +170,8 @@ def make_hostile_data(root: Path) -> dict[str, Path]:
         for stain in ("red", "green", "blue", "yellow"):
             save_png(hpa / "train" / f"{identifier}_{stain}.png", seed=index, mode="L")
     (hpa / "train.csv").write_text("Id,Target\na,0\nb,2\n")
+    paths["hpa"] = root / "hpa"
+    shutil.copytree(hpa, paths["hpa"])
     (hpa / "train" / "b_green.png").write_bytes(png_bomb())
     paths["hpa_escape"] = root / "hpa-escape"
     shutil.copytree(hpa, paths["hpa_escape"])
@@ -184,6 +214,68 @@ def make_tampered_runs(root: Path, run: Path, paths: dict[str, Path]) -> None:
     tampered("run_no_weights", "model.safetensors")
     tampered("run_onnx_garbage", "model.onnx", b"not an onnx graph")
     tampered("run_metrics_garbage", "metrics.csv", b"\xff\xfe\x00\x01" * 40)
+
+
+def make_tampered_ensembles(root: Path, paths: dict[str, Path]) -> None:
+    """A K-fold folder of two copies of the good run, and copies with one field of ensemble.json tampered with
+    (issue 31, findings 8 and 9)."""
+    good = paths["kfold"] = root / "kfold"
+    for fold in ("fold-0", "fold-1"):
+        shutil.copytree(paths["run"], good / fold)
+    config = json.loads((paths["run"] / "config.json").read_text())
+    record = {"kind": "ensemble", "folds": ["fold-0", "fold-1"], "label_set": config["label_set"],
+              "label_names": config["label_names"], "thresholds": [0.5] * 10, "training": {}}
+    (good / "ensemble.json").write_text(json.dumps(record))
+
+    def tampered(name: str, **changes) -> None:
+        copy = paths[name] = root / name
+        shutil.copytree(good, copy, symlinks=True)
+        (copy / "ensemble.json").write_text(json.dumps({**record, **changes}))
+
+    tampered("kfold_thresholds_null", thresholds=[None] * 10)
+    tampered("kfold_thresholds_text", thresholds=["abc"] * 10)
+    tampered("kfold_thresholds_5", thresholds=[5.0] * 10)
+    tampered("kfold_thresholds_true", thresholds=[True] * 10)
+    tampered("kfold_training_text", training="oops")
+    tampered("kfold_same_fold", folds=["fold-0", "fold-0", "fold-0"])
+    tampered("kfold_fold_link")
+    shutil.rmtree(paths["kfold_fold_link"] / "fold-1")
+    (paths["kfold_fold_link"] / "fold-1").symlink_to(paths["run_labels9"])
+
+
+def make_round_two_data(root: Path, paths: dict[str, Path]) -> None:
+    """Issue 31: a FIFO, a NUL byte and a duplicate in disguise in datasets; NaN pixels; damaged or diverged
+    weights."""
+    import tifffile
+    from safetensors.torch import load_file, save_file
+
+    generic = paths["tiff_csv"].parent
+    os.mkfifo(generic / "pipe.png")
+    paths["fifo_csv"] = generic / "fifo.csv"
+    paths["fifo_csv"].write_text("path,labels\ncell0.png,1\npipe.png,2\n")
+    first_id = paths["bomb_id"]
+    for name, row in (("nul_data", "abc\0def,1"), ("dup_data", f"./{first_id},1")):
+        paths[name] = root / name
+        shutil.copytree(paths["data"], paths[name])
+        with open(paths[name] / "train.csv", "a") as handle:
+            handle.write(row + "\n")
+    paths["nan_tif"] = root / "nan.tif"
+    pixels = np.full((32, 32, 3), 0.5, np.float32)
+    pixels[3, 4, 1] = np.nan
+    tifffile.imwrite(paths["nan_tif"], pixels)
+
+    run = paths["run"]
+    changed = paths["run_weights_changed"] = root / "run_weights_changed"  # same length, one byte flipped
+    shutil.copytree(run, changed)
+    data = bytearray((changed / "model.safetensors").read_bytes())
+    data[-5] ^= 0x01
+    (changed / "model.safetensors").write_bytes(bytes(data))
+    diverged = paths["run_weights_nan"] = root / "run_weights_nan"  # as a run that diverged was written before
+    shutil.copytree(run, diverged)
+    state = load_file(str(diverged / "model.safetensors"))
+    state["head.1.bias"][0] = float("nan")
+    save_file(state, str(diverged / "model.safetensors"))
+    (diverged / "model.safetensors.sha256").unlink(missing_ok=True)
 
 
 def make_damaged_stopped_runs(root: Path, recipe, paths: dict[str, Path]) -> None:
@@ -238,7 +330,8 @@ class Case:
     argv: str  # the command line after `protloc`, {name} for a path of the world; {out} is the case's own folder
     expect: str  # text the error output must contain: the file or field at fault
     watch: tuple[str, ...] = ()  # paths of the world that must not change (the case's folder is always watched)
-    make: tuple[tuple[str, str], ...] = ()  # ("file" | "dir", path) made before the command runs
+    # ("file" | "dir" | "locked" | "fifo" | "image", path) or ("link", "path->target") made before the command runs
+    make: tuple[tuple[str, str], ...] = ()
     env: dict = field(default_factory=dict)
     skip: str = ""  # "root": needs a user that file modes bind; "gpu": needs a machine without a CUDA GPU
 
@@ -369,6 +462,60 @@ CASES = [
     *out_dir_cases("compare", "compare {run}", ".png"),
     Case("compare-metrics-garbage", "compare {run_metrics_garbage} --out {out}/c.png", "metrics.csv"),
     Case("compare-not-a-run", "compare {data} --out {out}/c.png", "metrics.csv"),
+    # outputs that must not be replaced (issue 31, finding 3): special files, links, inputs, runs, input data
+    Case("compare-out-a-fifo", "compare {run} --out {out}/pipe", "special file", make=(("fifo", "{out}/pipe"),)),
+    Case("predict-out-a-fifo", f"{PREDICT} --out {{out}}/pipe", "special file", make=(("fifo", "{out}/pipe"),)),
+    Case("predict-out-a-link", f"{PREDICT} --out {{out}}/link.csv", "symbolic link",
+         make=(("file", "{out}/target.csv"), ("link", "{out}/link.csv->{out}/target.csv"))),
+    Case("explore-out-a-link", "explore {data} --out {out}/link", "symbolic link",
+         make=(("dir", "{out}/real"), ("link", "{out}/link->{out}/real"))),
+    Case("predict-out-is-its-input", "predict {run} {out}/img.png --out {out}/img.png --workers 0", "input files",
+         make=(("image", "{out}/img.png"),)),
+    Case("predict-out-run-config", "predict {run} {good} --out {run}/config.json --workers 0", "config.json",
+         watch=("run",)),
+    Case("compare-out-run-metrics", "compare {run} --out {run}/metrics.csv", "metrics.csv", watch=("run",)),
+    Case("export-out-run-weights", "export {run} --out {run}/model.safetensors", "model.safetensors", watch=("run",)),
+    Case("evaluate-out-the-run", "evaluate {run} {data} --out {run} --workers 0", "is a run folder", watch=("run",)),
+    Case("convert-out-inside-source", "convert hpa2018-to-hpa10 {hpa} --out {hpa}/train", "input folder",
+         watch=("hpa",)),
+    Case("explore-out-inside-data", "explore {data} --out {data}/explore", "input folder", watch=("data",)),
+    Case("predict-out-inside-input-folder", "predict {run} {images} --out {images}/p.csv --workers 0", "input folder",
+         watch=("images",)),
+    # cache options (issue 31, finding 8)
+    Case("predict-cache-limit-inf", f"{PREDICT} --out {{out}}/p.csv --cache-limit-gb inf", "--cache-limit-gb"),
+    Case("train-cache-limit-inf", f"train {{data}} --out {{out}}/r {TRAIN} --cache-limit-gb inf", "--cache-limit-gb"),
+    Case("predict-cache-limit-env-inf", f"{PREDICT} --out {{out}}/p.csv", "PROTLOC_CACHE_LIMIT_GB",
+         env={"PROTLOC_CACHE_LIMIT_GB": "inf"}),
+    # training options and numbers that cannot train (issue 31, findings 7, 8 and 11)
+    Case("train-lr-inf", f"train {{data}} --out {{out}}/r {TRAIN} --lr inf", "--lr inf"),
+    Case("train-lr-frozen-nan", f"train {{data}} --out {{out}}/r {TRAIN} --lr-frozen nan", "--lr-frozen nan"),
+    Case("train-seed-negative", f"train {{data}} --out {{out}}/r {TRAIN} --seed -1", "--seed -1"),
+    Case("train-seed-huge", f"train {{data}} --out {{out}}/r {TRAIN} --seed 100000000000000000000000", "--seed"),
+    Case("train-image-size-huge", f"train {{data}} --out {{out}}/r {TRAIN} --image-size 20000", "--image-size 20000"),
+    Case("train-num-nodes-without-launcher", f"train {{data}} --out {{out}}/r {TRAIN} --num-nodes 2", "--num-nodes 2"),
+    Case("train-diverges", f"train {{data}} --out {{out}}/r {TRAIN} --lr-frozen 1e38 --lr 1e38", "training stopped"),
+    Case("train-nul-byte-in-id", f"train {{nul_data}} --out {{out}}/r {TRAIN}", "NUL byte"),
+    Case("check-nul-byte-in-id", "check {nul_data}", "NUL byte"),
+    Case("check-same-id-in-disguise", "check {dup_data}", "duplicate"),
+    Case("check-fifo-in-csv", "check {fifo_csv}", "pipe.png"),
+    Case("predict-nan-pixels", "predict {run} {nan_tif} --out {out}/p.csv --workers 0", "NaN"),
+    # K-fold ensembles checked as run configs are (findings 8 and 9)
+    *[Case(f"predict-{name.replace('_', '-')}", f"predict {{{name}}} {{good}} --out {{out}}/p.csv --workers 0", text,
+           watch=(name,)) for name, text in (
+        ("kfold_thresholds_null", "thresholds"), ("kfold_thresholds_text", "thresholds"),
+        ("kfold_thresholds_5", "thresholds"), ("kfold_thresholds_true", "thresholds"),
+        ("kfold_training_text", "training"), ("kfold_same_fold", "more than once"),
+        ("kfold_fold_link", "symbolic link"))],
+    Case("tune-kfold-thresholds-text", "tune {kfold_thresholds_text} {data} --workers 0", "thresholds",
+         watch=("kfold_thresholds_text",)),
+    # weights changed since training, or written non-finite (findings 7 and 10)
+    Case("predict-weights-changed", "predict {run_weights_changed} {good} --engine torch --out {out}/p.csv --workers 0",
+         "model.safetensors", watch=("run_weights_changed",)),
+    Case("predict-weights-nan", "predict {run_weights_nan} {good} --engine torch --out {out}/p.csv --workers 0",
+         "NaN", watch=("run_weights_nan",)),
+    # segment
+    Case("segment-png-bomb", "segment {bomb_png} --out {out}/s", "bomb.png"),
+    Case("segment-out-inside-input", "segment {images} --out {images}/masks", "input folder", watch=("images",)),
     # serve: refused before it listens
     Case("serve-tampered-thresholds", "serve {run_threshold_abc} --port 0", "thresholds"),
     Case("serve-tampered-labels", "serve {run_labels9} --port 0", "label_names"),
@@ -390,7 +537,13 @@ def snapshot(path: Path) -> dict | None:
             state[os.path.relpath(os.path.join(folder, name), path)] = "folder"
         for name in files:
             file = Path(folder) / name
-            state[os.path.relpath(file, path)] = (file.stat().st_mode, hashlib.sha256(file.read_bytes()).hexdigest())
+            mode = file.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                state[os.path.relpath(file, path)] = ("link", os.readlink(file))
+            elif not stat.S_ISREG(mode):  # a FIFO or device: its kind, never its content (reading one may block)
+                state[os.path.relpath(file, path)] = ("special", mode)
+            else:
+                state[os.path.relpath(file, path)] = (mode, hashlib.sha256(file.read_bytes()).hexdigest())
     return state
 
 
@@ -437,10 +590,17 @@ def test_hostile_input_exits_2_with_short_lines_and_writes_nothing(case, world, 
         pytest.skip(reason)
     values = {**world, "out": str(tmp_path / "out")}
     for kind, template in case.make:
-        path = Path(template.format(**values))
+        path, _, target = template.format(**values).partition("->")
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if kind == "file":
             path.write_text("keep me\n")
+        elif kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "link":
+            path.symlink_to(target)
+        elif kind == "image":
+            save_png(path, seed=3)
         else:
             path.mkdir()
             if kind == "locked":
@@ -504,6 +664,35 @@ def test_every_decoder_refuses_a_bomb_from_its_header_as_file_or_bytes(bomb, tmp
     for source in (tmp_path / "bomb", bomb()):
         with pytest.raises(ImageReadError, match="pixels, more than the limit of 100,000,000"):
             decode_image(source)
+
+
+@pytest.mark.parametrize("decoders", ["imagecodecs", "tifffile-fallback"])
+def test_a_deflate_tiff_bomb_is_refused_whichever_decoder_tifffile_has(decoders, monkeypatch):
+    """Issue 31, finding 2: one strip inflating far past the 64 x 64 its header gives. tifffile without imagecodecs
+    (or without its deflate codec) falls back to zlib.decompress, with no bound."""
+    import tifffile
+
+    if decoders == "tifffile-fallback":
+        from tifffile import _imagecodecs as fallback
+
+        monkeypatch.setitem(tifffile.TIFF.DECOMPRESSORS._codecs, 8, fallback.zlib_decode)
+    with pytest.raises(ImageReadError) as raised:
+        decode_image(deflate_tiff_bomb())
+    if decoders == "tifffile-fallback":
+        assert isinstance(raised.value, ImageTooLarge) and "inflates past the 4,096 bytes" in str(raised.value)
+
+
+def test_a_tiff_of_many_pages_is_refused_before_tifffile_reads_them(tmp_path):
+    """Issue 31, finding 5: pages are counted from their offsets first; tifffile's reading grows quadratically."""
+    from protloc.data.decode_limits import MAX_TIFF_PAGES, count_tiff_pages
+
+    data = many_page_tiff()
+    assert count_tiff_pages(io.BytesIO(data)) == MAX_TIFF_PAGES + 1  # counting stops past the limit
+    (tmp_path / "pages.tif").write_bytes(data)
+    for source in (data, tmp_path / "pages.tif"):
+        with pytest.raises(ImageTooLarge, match="more than 512 pages"):
+            decode_image(source)
+    assert decode_image(many_page_tiff(4)).shape[:2] == (2, 1)  # a few pages still read
 
 
 # ---------------------------------------------------------------- random input to the readers

@@ -9,6 +9,11 @@
 
     # One image from one grayscale file (or array) per stain: a dict, or a tuple in the run's channel order.
     predictor.predict([{"red": "a_red.png", "green": "a_green.png", "blue": "a_blue.png"}])
+
+    # Where the model found each predicted class: class-activation maps (HiResCAM, a Grad-CAM variant).
+    explanation = predictor.explain("cell.png")[0]   # classes="all" or ["Nucleoli", 4] for others
+    explanation.maps                  # {class name: (H, W) map in 0..1, at the model's input size}
+    explanation.figure().savefig("cell_maps.png")   # as `protloc explain` draws it
 """
 from __future__ import annotations
 

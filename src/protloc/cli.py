@@ -42,7 +42,8 @@ class _StderrNotes(logging.Handler):
     """The library's notes (the "protloc" logger, INFO and up) as "protloc: ..." lines on the current stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"protloc: {record.getMessage()}", file=sys.stderr)
+        kind = "warning: " if record.levelno >= logging.WARNING else ""  # an unusable image cache, a small split
+        print(f"protloc: {kind}{record.getMessage()}", file=sys.stderr)
 
 
 def show_library_notes() -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -27,11 +28,17 @@ HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _CLEARED: set[str] = set()
 
 
-def check_output_path(path: str | Path, *, folder: bool = False, option: str = "--out") -> Path:
-    """Refuse, before any work, an output that cannot be written: a folder where a file is expected or a file
-    where a folder is, a path under a regular file, or a place this user cannot write. Missing parent folders
-    are fine (they are made); nothing is created here. Returns `path` as a Path."""
+def check_output_path(path: str | Path, *, folder: bool = False, option: str = "--out", inputs=(),
+                      makes_run: bool = False, replaces_run_file: bool = False) -> Path:
+    """Refuse, before any work, an output that cannot be written or must not be replaced: a folder where a file
+    is expected or a file where a folder is, a path under a regular file, or a place this user cannot write; a
+    symbolic link, a device or other special file (see docs/security.md: outputs never write through a link);
+    one of the files `inputs` names, or a path inside an input folder; a run folder, or one of the files and
+    folders that make a run (config.json, model.safetensors, checkpoints/...), unless the command makes that run
+    (`makes_run`: train) or rewrites its config (`replaces_run_file`: tune). Missing parent folders are fine (they
+    are made); nothing is created here. Returns `path` as a Path."""
     path = Path(path)
+    _refuse_links_and_special_files(path, option)
     if folder and path.exists() and not path.is_dir():
         raise ProtlocError(f"{option} {path}: is a file (expected a folder, or a path where one can be made)")
     if not folder and path.is_dir():
@@ -41,10 +48,60 @@ def check_output_path(path: str | Path, *, folder: bool = False, option: str = "
         parent = parent.parent
     if not parent.is_dir():
         raise ProtlocError(f"{option} {path}: {parent} is a file, so nothing can be written under it")
+    _refuse_inputs(path, inputs, option)
+    if not replaces_run_file:
+        _refuse_run_parts(path, option, makes_run=makes_run)
     _check_writable(parent, path, option)
     if folder and path.is_dir():
         _check_writable(path, path, option)
     return path
+
+
+def _refuse_links_and_special_files(path: Path, option: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # missing, or under a file: check_output_path says which
+        return
+    if stat.S_ISLNK(mode):
+        raise ProtlocError(f"{option} {path}: is a symbolic link; outputs never write through links, give the path "
+                           f"it points to ({os.path.realpath(path)}) or a new name")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ProtlocError(f"{option} {path}: is a device or other special file (expected a regular file or folder)")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _refuse_inputs(path: Path, inputs, option: str) -> None:
+    """An output may not be one of the command's input files, nor lie in (or be) an input folder: a dataset is
+    read, never written into."""
+    target = os.path.realpath(path)
+    for source in inputs:
+        if source is None:
+            continue
+        real = os.path.realpath(source)
+        if os.path.isdir(real) and _inside(target, real):
+            raise ProtlocError(f"{option} {path}: lies in the input folder {source}; write outputs outside the "
+                               "data a command reads")
+        if os.path.isfile(real) and target == real:
+            raise ProtlocError(f"{option} {path}: is one of the input files; write the output under another name")
+
+
+def _refuse_run_parts(path: Path, option: str, *, makes_run: bool) -> None:
+    """A run folder is made by train (and its config rewritten by tune) only: no other output may replace it or
+    one of its parts. Other new names inside it (an evaluation folder, a report) are fine."""
+    from protloc.run_checks import is_run_folder, is_run_part  # here: protloc.runs writes through this module
+
+    absolute = Path(os.path.abspath(path))
+    if not makes_run and is_run_folder(absolute):
+        raise ProtlocError(f"{option} {path}: is a run folder; write outputs to a new name (inside it or beside it)")
+    for above in absolute.parents:
+        if is_run_folder(above):
+            part = absolute.relative_to(above).parts[0]
+            if is_run_part(part):
+                raise ProtlocError(f"{option} {path}: would replace {part} of the run {above}; write outputs to "
+                                   "a new name")
 
 
 def _check_writable(folder: Path, path: Path, option: str) -> None:
@@ -131,6 +188,7 @@ def _usual_mode(directory: bool = False) -> int:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
     path = Path(path)
+    _refuse_links_and_special_files(path, "output")
     made = make_folders(path.parent)
     remove_stale_temporaries(path)
     handle, temp_name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
@@ -158,6 +216,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     new output does not have are kept, never deleted.
     """
     path = Path(path)
+    _refuse_links_and_special_files(path, "output")
     made = make_folders(path.parent)
     remove_stale_temporaries(path)
     temp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent))
@@ -195,6 +254,49 @@ def _move_into(source: Path, target: Path) -> None:
                                "and run again")
         else:
             os.replace(entry, destination)
+
+
+# ---------------------------------------------------------------- digests beside files (docs/security.md)
+
+DIGEST_SUFFIX = ".sha256"  # FILE.sha256 beside FILE, in sha256sum's format: `sha256sum -c FILE.sha256` checks it
+
+
+def digest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def write_digest(path: str | Path) -> str:
+    """Record `path`'s SHA-256 beside it (written after the file itself: a crash between leaves a digest that no
+    longer matches, never a file taken for checked); returns the digest."""
+    digest = file_sha256(path)
+    write_text(digest_path(path), f"{digest}  {Path(path).name}\n")
+    return digest
+
+
+def recorded_digest(path: str | Path) -> str | None:
+    """The SHA-256 recorded beside `path`, or None when there is none (files written before digests were)."""
+    try:
+        text = digest_path(path).read_text(encoding="ascii").split()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    except OSError as error:
+        raise ProtlocError(f"{digest_path(path)}: cannot be read ({error.strerror or error})") from None
+    return text[0].lower() if text else ""
+
+
+def check_digest(path: str | Path) -> None:
+    """Raise ProtlocError when `path` no longer has the SHA-256 recorded beside it (changed or damaged since it
+    was written); nothing when none is recorded."""
+    recorded = recorded_digest(path)
+    if recorded is not None and file_sha256(path) != recorded:
+        raise ProtlocError(f"{path}: its content differs from the SHA-256 in {digest_path(path).name}, written "
+                           "with it (changed or damaged since)")
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from protloc.data import BIT_DEPTHS
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path, write_json
+from protloc.files import atomic_path, check_digest, write_digest, write_json
 from protloc.training.outcome import TrainingOutcome
 from protloc.training.training_data import TrainingData, record_problems
 
@@ -172,8 +172,12 @@ def save_run(run_dir: str | Path, config: RunConfig, model) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    if broken := non_finite_tensors(state):
+        raise ProtlocError(f"{run_dir / WEIGHTS_FILE}: not written: {len(broken)} weight tensors hold NaN or infinite "
+                           f"values (e.g. {broken[0]}); training diverged")
     with atomic_path(run_dir / WEIGHTS_FILE) as temp:
         save_file(state, str(temp))
+    write_digest(run_dir / WEIGHTS_FILE)  # checked by load_run
     save_config(run_dir, config)
 
 
@@ -237,12 +241,21 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     shapes = read_weight_shapes(weights_path)
     model = build_model(config.backbone, config.num_classes, pretrained=False, in_chans=config.in_chans, dropout=config.dropout)
     check_weights_fit(config, shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, weights_path)
+    check_digest(weights_path)
     try:
         state = load_file(str(weights_path), device=device)
     except Exception as error:  # safetensors raises its own error, OSError or others for damaged files
         raise ProtlocError(f"{weights_path}: not a readable safetensors file ({type(error).__name__})") from None
+    if broken := non_finite_tensors(state):
+        raise ProtlocError(f"{weights_path}: {len(broken)} weight tensors hold NaN or infinite values (e.g. "
+                           f"{broken[0]}); the run's training diverged, retrain it")
     model.load_state_dict(state, strict=True)
     return config, model.to(device).eval()
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
 
 
 def read_weight_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
@@ -347,8 +360,11 @@ def read_ensemble_record(path: Path) -> dict:
     # Only fold-<k> names, so that the file cannot point the model anywhere outside its own folder.
     if not isinstance(folds, list) or not folds or not all(isinstance(f, str) and fold_number(f) is not None and f == Path(f).name for f in folds):
         raise ProtlocError(f"{path}: \"folds\" must list one or more fold folder names (fold-0, fold-1, ...), got {folds!r}")
-    if not isinstance(data["thresholds"], list) or len(data["thresholds"]) != len(data["label_names"]):
-        raise ProtlocError(f"{path}: expected one threshold per class ({len(data['label_names'])} classes)")
+    from protloc.run_checks import ensemble_record_problems  # here: it reads this module's names
+
+    problems = ensemble_record_problems(path, data)
+    if problems:
+        raise ProtlocError(*(f"{path}: {problem}" for problem in problems))
     return data
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,17 @@ def entries(cache: ImageCache) -> list[Path]:
     return sorted(path for path in (cache.folder / IMAGES_FOLDER).glob("*/*") if path.suffix == ".u8")
 
 
+def rewrite(entry: Path, pixels: bytes | None = None, shape: tuple[int, int, int] | None = None) -> None:
+    """Replace an entry's pixels (and the decoded shape its header records) by a whole entry with a good checksum,
+    as the cache itself would write it."""
+    magic, *stored_shape, _checksum = HEADER.unpack(entry.read_bytes()[: HEADER.size])
+    pixels = pixels if pixels is not None else entry.read_bytes()[HEADER.size:]
+    entry.write_bytes(HEADER.pack(magic, *(shape or stored_shape), zlib.crc32(pixels)) + pixels)
+
+
 def blacken(entry: Path) -> None:
-    """Zero an entry's pixels, keeping its header: a read of the entry then shows, a decode would not."""
-    data = entry.read_bytes()
-    entry.write_bytes(data[: HEADER.size] + bytes(len(data) - HEADER.size))
+    """Zero an entry's pixels, keeping it whole: a read of the entry then shows, a decode would not."""
+    rewrite(entry, bytes(entry.stat().st_size - HEADER.size))
 
 
 def test_cached_images_are_the_resized_pixels_and_are_read_back(images, tmp_path):
@@ -213,8 +221,7 @@ def test_the_pre_training_check_fills_the_cache_then_reads_shapes_from_it(demo_d
     assert all(torch.equal(cache.load(source, 3, 32), reference(source, 3, 32)) for source in sources)
     # Later checks take the decoded shape from the entry's header rather than decoding the file again.
     entry = cache.entry_path(entry_key(sources[1], 3, 32))
-    data = entry.read_bytes()
-    entry.write_bytes(HEADER.pack(b"plc1", 7, 9, 3) + data[HEADER.size:])
+    rewrite(entry, shape=(7, 9, 3))
     (problem,) = find_image_problems(table, show_progress=False, probe=probe)
     assert problem.startswith(f"{sources[1]}: unexpected size 9x7")
 

@@ -33,16 +33,19 @@ def run_processes(*args, env=None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def kfold(untrained_run, tmp_path_factory):
-    """A 2-fold folder of untrained runs whose heads and normalisation differ."""
+def kfold(untrained_run, demo_data, tmp_path_factory):
+    """A 2-fold folder of untrained runs whose heads and normalisation differ, each with an outlier description
+    (so that predictions carry an outlier score beside the probabilities)."""
     out = tmp_path_factory.mktemp("kfold") / "cv"
+    training_images = sorted((demo_data / "train").glob("*.png"))
     for fold in range(2):
-        run_dir = untrained_run(fold_dir(out, fold), spread=10.0 * (fold + 1))
+        run_dir = untrained_run(fold_dir(out, fold), spread=10.0 * (fold + 1), outliers_of=training_images[fold::2][:30])
         config = load_config(run_dir)
         config.mean = [value + 0.1 * fold for value in config.mean]
         save_config(run_dir, config)
+    thresholds = [load_config(fold_dir(out, fold)).outlier_threshold for fold in range(2)]
     write_ensemble(out, ["fold-0", "fold-1"], HPA10.name, list(HPA10.names), THRESHOLDS,
-                   TrainingOutcome(recipe={"folds": 2}, n_val=96))
+                   TrainingOutcome(recipe={"folds": 2}, n_val=96), float(np.mean(thresholds)))
     return out
 
 
@@ -69,9 +72,25 @@ def test_predict_on_two_processes_writes_what_one_process_writes(kfold, demo_dat
                  "--workers", "0"]) == 0
     expected, actual = pd.read_csv(one, dtype={"Image": str}), pd.read_csv(two, dtype={"Image": str})
     assert actual["Image"].tolist() == expected["Image"].tolist() == [image.stem for image in images]
-    assert list(actual.columns) == list(expected.columns)
+    assert list(actual.columns) == list(expected.columns) == ["Image", *HPA10.names, "outlier_score", "outlier"]
     np.testing.assert_allclose(actual[list(HPA10.names)], expected[list(HPA10.names)], rtol=0, atol=1e-5)
     assert expected[list(HPA10.names)].to_numpy().std(axis=0).max() > 0.01  # far beyond 1e-5 between images
+    # The per-image extra beside the probabilities comes back to its row too.
+    np.testing.assert_allclose(actual["outlier_score"], expected["outlier_score"], rtol=1e-5)
+    assert expected["outlier_score"].std() > 0.01 and actual["outlier"].tolist() == expected["outlier"].tolist()
+
+
+def test_predict_cells_on_two_processes_writes_what_one_process_writes(run_dir, cell_data, tmp_path):
+    # Both steps spread: the images' probabilities, then each image's cells alone through the model.
+    options = ["--cells", "--masks", cell_data / "cells", "--probabilities"]
+    two = tmp_path / "two.csv"
+    run_processes("predict", run_dir, cell_data, "--out", two, *options)
+    one = tmp_path / "one.csv"
+    assert main(["predict", str(run_dir), str(cell_data), "--out", str(one), *map(str, options), "--workers", "0"]) == 0
+    expected, actual = pd.read_csv(one, dtype={"Image": str}), pd.read_csv(two, dtype={"Image": str})
+    assert actual[["Image", "Cell"]].equals(expected[["Image", "Cell"]]) and actual["Image"].nunique() == 2
+    assert list(actual.columns) == list(expected.columns)
+    np.testing.assert_allclose(actual.iloc[:, 2:].to_numpy(float), expected.iloc[:, 2:].to_numpy(float), rtol=0, atol=1e-5)
 
 
 def test_embed_on_two_processes_writes_what_one_process_writes(run_dir, demo_data, tmp_path):
@@ -137,3 +156,14 @@ def test_shares_go_back_to_their_rows_and_a_missing_share_is_named(tmp_path):
     result = read_shares(folder, 2, 5).result()
     assert result.outputs[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert result.problems == [""] * 5
+
+
+def test_parts_of_rows_go_back_to_their_rows_in_order(tmp_path):
+    # Cells of images: process 0 has images 0 and 2 (two cells, none), process 1 image 1 (three cells).
+    folder = tmp_path / "shares"
+    folder.mkdir()
+    for rank, rows, cells, cell_rows in ((0, [0, 2], [5, 6], [0, 0]), (1, [1], [7, 8, 9], [1, 1, 1])):
+        np.savez(folder / f"rank-{rank}.npz", rows=np.array(rows), total=np.array(3), problems=np.array([""] * len(rows)),
+                 piece_cell=np.array(cells), piece_row=np.array(cell_rows))
+    parts = read_shares(folder, 2, 3).pieces_by_row()
+    assert [list(part.get("cell", [])) for part in parts] == [[5, 6], [7, 8, 9], []]

@@ -131,6 +131,8 @@ def test_the_cached_export_follows_new_weights(untrained_run, demo_data, tmp_pat
     import protloc
     from safetensors.torch import load_file, save_file
 
+    from protloc.files import write_digest
+
     monkeypatch.setenv("PROTLOC_CACHE_DIR", str(tmp_path / "cache"))
     run_dir = untrained_run(tmp_path / "run", spread=30)
     images = sorted((demo_data / "test").glob("*.png"))[:4]
@@ -138,6 +140,7 @@ def test_the_cached_export_follows_new_weights(untrained_run, demo_data, tmp_pat
     weights = load_file(str(run_dir / "model.safetensors"))
     save_file({name: value * 1.5 if name.startswith("head") else value for name, value in weights.items()},
               str(run_dir / "model.safetensors"))
+    write_digest(run_dir / "model.safetensors")  # as save_run writes it beside new weights
     after = protloc.load(run_dir).predict_proba(images)
     assert np.abs(after - before).max() > 1e-3
     target = tmp_path / "cache" / "onnx-v1"

@@ -225,7 +225,7 @@ def test_tta_probabilities_are_invariant_under_flips_and_turns(run_dir, demo_dat
 def test_missing_inputs_and_runs_are_reported(run_dir, tmp_path, capsys):
     assert predict(run_dir, tmp_path / "nope.png", tmp_path / "other.png", "--out", tmp_path / "o.csv") == 2
     assert "nope.png" in capsys.readouterr().err
-    assert predict(tmp_path / "no-run", tmp_path, "--out", tmp_path / "o.csv") == 2
+    assert predict(tmp_path / "no-run", tmp_path / "images", "--out", tmp_path / "o.csv") == 2
     assert "no such run folder" in capsys.readouterr().err
     assert load_config(run_dir).thresholds == THRESHOLDS
 

@@ -58,6 +58,32 @@ def test_per_class_table_has_one_row_per_class_with_label_counts_as_support(demo
     assert page.count("<tr><td>Nuclear speckles</td>") == 1
 
 
+def test_the_page_shows_the_most_confident_mistakes_and_says_what_each_score_means(evaluated):
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    predictions = pd.read_csv(evaluated / "predictions.csv", dtype={"id": str})
+    wrong = predictions.loc[~predictions["correct"], "id"].tolist()
+    worst = metrics["worst_mistakes"]
+    assert 0 < len(worst) <= 12 and {row["id"] for row in worst} <= set(wrong)
+    page = (evaluated / "index.html").read_text()
+    pictures = re.findall(r'<img src="(mistakes/[^"]+)"', page)
+    assert len(pictures) == len(worst)
+    from PIL import Image
+
+    for picture in pictures:
+        assert max(Image.open(evaluated / picture).size) <= 200
+    # The surest mistake first: its wrong decision is the farthest from its threshold.
+    first = predictions.set_index("id").loc[worst[0]["id"]]
+    named = worst[0]["wrong decisions"].split(";")[0]
+    name = next(n for n in HPA10_NAMES if named.startswith(n + " "))
+    distance = abs(first[f"p_{name}"] - THRESHOLDS[HPA10_NAMES.index(name)])
+    for row in worst[1:]:
+        other = predictions.set_index("id").loc[row["id"]]
+        wrong_classes = [i for i, n in enumerate(HPA10_NAMES) if n in row["wrong decisions"]]
+        assert all(abs(other[f"p_{HPA10_NAMES[i]}"] - THRESHOLDS[i]) <= distance + 1e-6 for i in wrong_classes)
+    for term in ("<dt>macro F1</dt>", "<dt>course F-score</dt>", "<dt>threshold</dt>", "course F-score (fscore_course)"):
+        assert term in page
+
+
 def test_page_links_plots_that_exist(evaluated):
     page = (evaluated / "index.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', page)

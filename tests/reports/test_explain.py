@@ -3,6 +3,7 @@ missed true classes shown, and clear errors."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -37,6 +38,34 @@ def test_one_figure_per_image_and_an_index(run_dir, demo_data, tmp_path):
     assert figures == sorted(f"{path.stem}.png" for path in images)
     page = (out / "index.html").read_text()
     assert sorted(re.findall(r'<img src="([^"]+)"', page)) == figures
+
+
+def test_explain_takes_the_engine_and_batch_options_of_predict(run_dir, demo_data, tmp_path):
+    """--engine onnx gives the probabilities (ONNX Runtime, as predict on the CPU); the maps still come from torch."""
+    images = sorted((demo_data / "test").glob("*.png"))[:2]
+    out = tmp_path / "explain"
+    assert main(["explain", str(run_dir), *map(str, images), "--out", str(out), "--engine", "onnx",
+                 "--batch-size", "1", "--workers", "0"]) == 0
+    assert sorted(path.name for path in out.glob("*.png")) == sorted(f"{path.stem}.png" for path in images)
+
+
+def test_explain_from_python_gives_the_maps_protloc_explain_draws(predictor, demo_data):
+    from protloc.reports.explain import explain_image
+
+    sources = [str(path) for path in sorted((demo_data / "train").glob("*.png"))[:1]]
+    explanations = predictor.explain(sources, classes=["Nucleoplasm", 0])
+    assert [e.id for e in explanations] == [Path(source).stem for source in sources]
+    assert list(explanations[0].maps) == ["Nucleoplasm", "Mitochondria"]
+    expected, figure = explain_image(predictor, "x", sources[0], [4, 0])
+    plt.close(figure)
+    np.testing.assert_array_equal(explanations[0].cams, expected.cams)
+    np.testing.assert_allclose(explanations[0].probabilities, predictor.predict_proba(sources[0])[0], atol=1e-6)
+    figure = explanations[0].figure()
+    assert [axes.get_title().split("\n")[0] for axes in figure.axes[2:4]] == ["Nucleoplasm", "Mitochondria"]
+    predicted = predictor.explain(sources[0])[0]  # the predicted classes by default
+    assert predicted.targets == predicted.predicted
+    with pytest.raises(Exception, match="did you mean 'Mitochondria'"):
+        predictor.explain(sources[0], classes="Mitocondria")
 
 
 def test_grad_cam_maps_vary_over_the_image(predictor, demo_data):

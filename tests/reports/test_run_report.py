@@ -72,6 +72,8 @@ def test_with_data_every_link_resolves_from_a_page_elsewhere(run_dir, demo_data,
     # An embedding map in the run folder, as `protloc embed` writes it, is a figure the page must link.
     assert main(["embed", str(run_dir), str(demo_data), "--out", str(run_dir / "features.parquet"),
                  "--method", "pca", "--workers", "0", "--device", "cpu"]) == 0
+    # An evaluation written into the run folder has a page of its own: linked, its charts not shown twice.
+    assert main(["evaluate", str(run_dir), str(demo_data), "--out", str(run_dir / "evaluation"), "--workers", "0"]) == 0
     page = tmp_path / "pages" / "run.html"
     assert main(["report", str(run_dir), "--data", str(demo_data), "--out", str(page),
                  "--samples", "2", "--workers", "0"]) == 0
@@ -84,15 +86,20 @@ def test_with_data_every_link_resolves_from_a_page_elsewhere(run_dir, demo_data,
     assert {path.name for path in pictures} - {path.name for path in samples} <= {f"{p.stem}_cells.png" for p in samples}
     linked = {(page.parent / link).resolve() for link in found}
     assert {path.resolve() for path in samples} <= linked
-    run_figures = {path.resolve() for path in run_dir.rglob("*.png")}
+    own_page = run_dir / "evaluation"
+    run_figures = {path.resolve() for path in run_dir.rglob("*.png") if own_page not in path.parents}
     assert (run_dir / "features_map.png").resolve() in run_figures
     assert run_figures <= linked  # every figure of the run folder, the report's own included
+    assert (own_page / "index.html").resolve() in linked and not any(own_page.resolve() in path.parents for path in linked
+                                                                     if path.suffix == ".png")
+    images = [Path(link).name for link in found if link.endswith(".png")]
+    assert images.count("f1_per_class.png") == 1 and images.count("precision_recall.png") == 1
     text = page.read_text()
     # Results (evaluation, validation, curves, samples with true and predicted labels) before the configuration.
     assert (position(text, "<h2>Evaluation on") < position(text, "<h3>F1 scores</h3>")
             < position(text, "<h2>Validation during training</h2>") < position(text, "curves.png")
             < position(text, "<h2>Sample explanations</h2>") < position(text, "<th>true</th>")
-            < position(text, "<th>predicted</th>") < position(text, samples[0].name)
+            < position(text, "<th>predicted</th>") < position(text, "samples/" + samples[0].name)
             < position(text, "features_map.png") < position(text, "<h2>Configuration</h2>"))
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     assert metrics["images"] == len(list((demo_data / "train").glob("*.png")))

@@ -178,6 +178,15 @@ def test_a_stain_set_missing_a_stain_the_run_needs_is_422_naming_it(client, imag
     assert "no blue image" in response.json()["detail"]
 
 
+def test_a_stain_field_given_twice_is_422_naming_it(client, image_paths):
+    """Issue 31, finding 12: which of two red images would be used is not the client's to guess."""
+    array = np.asarray(Image.open(image_paths[0]).convert("RGB"))
+    files = stain_files(array)
+    response = client.post("/predict", files=[*files, ("red", ("other_red.png", png_bytes(array[:, :, 2]), "image/png"))])
+    assert response.status_code == 422
+    assert "red (2 times) given more than once" in response.json()["detail"]
+
+
 # ---------------------------------------------------------------- POST /explain
 
 

@@ -215,6 +215,7 @@ def test_the_page_at_phone_and_desktop_width(browser, live_server, awkward_uploa
     files = awkward_uploads
     picker = open_page(driver, live_server.url, width)
     assert not overlaps(driver.find_element(By.ID, "run-name"), driver.find_element(By.CSS_SELECTOR, "nav a"))
+    assert driver.find_element(By.ID, "run-trained").text.startswith("The model was")  # what it learned from
     picker.send_keys(f"{files['png']}\n{files['tiff']}")
     picker.send_keys(f"{files['stains']['red']}\n{files['stains']['green']}")
     waiting = labelled(driver, 3)
@@ -249,6 +250,31 @@ def test_the_page_at_phone_and_desktop_width(browser, live_server, awkward_uploa
     assert all(re.fullmatch(r"[<>]?\d+%", value) for value in values), values
     assert overflow(driver) == {"scroll": 0, "elements": []}
     screenshot(driver, tmp_path / f"detail-{width}.png")
+
+
+def test_the_bit_depth_chosen_on_the_page_goes_with_each_image(browser, live_server, image_paths, tmp_path):
+    import imagecodecs
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver, _downloads = browser
+    path = tmp_path / "deep.png"  # 12-bit camera data in a 16-bit PNG
+    path.write_bytes(imagecodecs.png_encode(np.asarray(Image.open(image_paths[0]).convert("RGB")).astype(np.uint16) * 16))
+
+    def chips_of(result: dict) -> list[tuple[str, str]]:
+        ordered = sorted(result["labels"], key=lambda label: -result["probabilities"][label])
+        return [(label, f"{round(100 * result['probabilities'][label])}%") for label in ordered]
+
+    with httpx2.Client(trust_env=False, timeout=30) as http:
+        answers = {depth: http.post(live_server.url + "/predict", files=[("files", (path.name, path.read_bytes()))],
+                                    data={"bit_depth": depth} if depth else {}).json()["images"][0]
+                   for depth in ("", "16")}
+    assert chips_of(answers[""]) != chips_of(answers["16"])  # the depth changes what the page should show
+    picker = open_page(driver, live_server.url, 1280)
+    Select(driver.find_element(By.NAME, "bit_depth")).select_by_visible_text("16")
+    picker.send_keys(str(path))
+    (row,) = labelled(driver, 1)
+    assert chip_labels(row) == chips_of(answers["16"])
 
 
 def test_the_page_warns_on_the_row_of_an_image_unlike_the_training_images(browser, live_server, real_data):

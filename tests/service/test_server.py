@@ -104,14 +104,15 @@ def test_500_requests_16_at_once_all_succeed(live_server, image_paths):
     assert len(statuses) == 500 and set(statuses) == {200}
 
 
-def test_connections_beyond_the_cap_get_503(live_server):
+def test_connections_beyond_the_cap_get_503_but_health_answers(live_server):
     host, port = live_server.url.removeprefix("http://").split(":")
-    idle = [socket.create_connection((host, int(port))) for _ in range(LIVE_MAX_CONNECTIONS)]
+    idle = [socket.create_connection((host, int(port))) for _ in range(LIVE_MAX_CONNECTIONS + 6)]
     try:
         time.sleep(0.2)  # let the server accept them all
         with client() as http:
-            response = http.get(live_server.url + "/health")
-        assert response.status_code == 503
+            assert http.get(live_server.url + "/").status_code == 503
+            # Issue 31, finding 12: a monitor's /health is answered whatever the load (it does no work).
+            assert [http.get(live_server.url + "/health").status_code for _ in range(5)] == [200] * 5
     finally:
         for sock in idle:
             sock.close()
@@ -125,3 +126,26 @@ def test_connections_beyond_the_cap_get_503(live_server):
 def test_a_foreign_host_header_is_refused(live_server, host):
     with client() as http:
         assert http.get(live_server.url + "/health", headers={"Host": host}).status_code == 400
+
+
+def test_clients_that_hang_up_mid_request_leave_no_traceback_in_the_log(live_server, image_paths):
+    """Issue 31, finding 12: a client gone before its body arrived, or before its answer, is one quiet line."""
+    host, port = live_server.url.removeprefix("http://").split(":")
+    body = image_paths[0].read_bytes()
+    form = (b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"cell.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + body + b"\r\n--x--\r\n")
+    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(form))
+    raw = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
+           % len(body))
+    before = live_server.log.read_text()
+    # Gone mid-body, as a form and as a raw image body; gone before the answer.
+    for sent in (head + form[:len(form) // 2], raw + body[:len(body) // 2], head + form, raw + body):
+        for _ in range(3):
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(sent)
+            sock.close()
+    time.sleep(1.5)
+    assert live_server.get("/health")[0] == 200
+    added = live_server.log.read_text()[len(before):]
+    assert "Traceback" not in added and "Exception in ASGI application" not in added, added[-3000:]

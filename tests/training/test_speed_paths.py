@@ -18,7 +18,7 @@ from protloc.data.transforms import Augmentation, augment_batch, batch_to_model_
 from protloc.models.classifier import build_model
 from protloc.runs import load_config
 from protloc.training.datamodule import LocalisationData, SeededAugmentation
-from protloc.training.features import table_features
+from protloc.training.features import store_features, table_features
 from protloc.training.losses import make_loss
 from protloc.training.module import LocalisationModule
 from protloc.training.config import TrainConfig
@@ -147,9 +147,18 @@ def test_backbone_features_are_those_of_the_eval_images_and_are_kept(demo_data, 
     with torch.inference_mode():
         expected = model.eval().backbone(images).numpy()
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
-    (stored,) = (tmp_path / "cache" / FEATURES_FOLDER).glob("*.npy")
-    stored.write_bytes(stored.read_bytes()[:-8] + np.float32([7.0, 7.0]).tobytes())  # marks the stored copy
+    (stored,) = (tmp_path / "cache" / FEATURES_FOLDER).glob("*.f32")
+    marked = features.copy()
+    marked[-1, -1] = 7.0
+    store_features(cache, stored.name.removesuffix(".f32"), marked)  # a whole, checksummed copy that shows when read
     assert table_features(model, table, cache=cache, **settings)[-1, -1] == 7.0
+    # A damaged copy (its checksum fails) or one of another shape is computed again, never served.
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    np.testing.assert_allclose(table_features(model, table, cache=cache, **settings), expected, rtol=1e-5, atol=1e-6)
+    store_features(cache, stored.name.removesuffix(".f32"), np.zeros((3, 5), np.float32))
+    assert table_features(model, table, cache=cache, **settings).shape == expected.shape
     # Other weights, other features.
     with torch.no_grad():
         next(model.backbone.parameters()).add_(1.0)

@@ -55,11 +55,23 @@ def predict_cells(predictor, image: np.ndarray, mask: np.ndarray, image_id: str 
     """Per-cell probabilities and labels of one image (uint8 (H, W, channels) as the run reads it; see
     Predictor.read) and its mask (H, W) of cell numbers. `image_probabilities`, when the image was already
     predicted, saves predicting it again."""
-    geometry = cell_geometry(mask)
     if image_probabilities is None:
         image_probabilities = predictor.predict_proba([image], tta=tta)[0]
+    geometry, own = cells_alone(predictor, image, mask, tta=tta, batch_size=batch_size)
+    return finish_cells(predictor, image_id, geometry, image_probabilities, own)
+
+
+def cells_alone(predictor, image: np.ndarray, mask: np.ndarray, *, tta: bool = False,
+                batch_size: int = 32) -> tuple[pd.DataFrame, np.ndarray]:
+    """The cells' geometry and each cell's own probabilities (K, C): the model on the cell alone."""
+    geometry = cell_geometry(mask)
     own = predictor.predict_proba(isolate_cells(image, mask, geometry["Cell"]), tta=tta, batch_size=batch_size)
-    own = own.reshape(len(geometry), len(image_probabilities))
+    return geometry, own.reshape(len(geometry), len(predictor.label_names))
+
+
+def finish_cells(predictor, image_id: str, geometry: pd.DataFrame, image_probabilities: np.ndarray,
+                 own: np.ndarray) -> CellPrediction:
+    """The cells' probabilities (combined with the image's) and labels by the run's thresholds."""
     probabilities = combine(image_probabilities, own)
     predicted = predictor.decide(probabilities, allow_empty=True)
     return CellPrediction(image_id, geometry, np.asarray(image_probabilities), own, probabilities, predicted)
@@ -125,3 +137,37 @@ def predict_table_cells(predictor, table, image_probabilities: np.ndarray, masks
         prediction = predict_cells(predictor, image, mask, str(image_id), image_probabilities=probabilities,
                                    tta=tta, batch_size=batch_size)
         yield row, prediction, mask, ""
+
+
+def cells_on_ranks(predictor, table, masks_dir=None, *, ranks, tta: bool = False, batch_size: int = 32,
+                   show_progress: bool = False) -> list[tuple[pd.DataFrame | None, np.ndarray | None, str]] | None:
+    """The per-cell step of predict_table_cells spread over the processes of a distributed prediction
+    (protloc.inference.distributed.Ranks), each its share of the table's images: every process calls it with the
+    same table. On process 0, per row of the table, (geometry, the cells' own probabilities, "") or (None, None,
+    problem); finish_cells then combines them with the images' probabilities. None on the other processes."""
+    columns = ["Cell", *GEOMETRY_COLUMNS]
+
+    def run_item(row: int):
+        image_id, source = table.frame["id"].iloc[row], table.frame["source"].iloc[row]
+        where = source if isinstance(source, str) else source[0]
+        try:
+            image = predictor.read(source)
+            mask = cell_mask(image, str(image_id), where, masks_dir)
+        except ProtlocError as error:
+            return {}, error.lines[0]
+        geometry, own = cells_alone(predictor, image, mask, tta=tta, batch_size=batch_size)
+        return {"own": own.astype(np.float32), **{column: geometry[column].to_numpy() for column in columns}}, ""
+
+    collected = ranks.run_each(run_item, len(table), show_progress=show_progress, desc="cells")
+    if collected is None:
+        return None
+    results = []
+    for parts, problem in zip(collected.pieces_by_row(), collected.problems):
+        if problem:
+            results.append((None, None, problem))
+        elif not parts:  # a mask without cells
+            results.append((pd.DataFrame({column: [] for column in columns}),
+                            np.zeros((0, len(predictor.label_names)), np.float32), ""))
+        else:
+            results.append((pd.DataFrame({column: parts[column] for column in columns}), parts["own"], ""))
+    return results

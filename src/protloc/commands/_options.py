@@ -80,8 +80,13 @@ def add_stain_map_option(parser: argparse.ArgumentParser) -> None:
 def announce_reading(table: DatasetTable, config, args: argparse.Namespace) -> None:
     """One line on stderr each where the input's pixels are read at another depth than the run's (intensity.py),
     and on how a microscope file's channels, Z stack, time series or positions are read (microscopy.py)."""
+    import os
+
     from protloc.data.intensity import NOTE_SAMPLE, describe_depth_reading, sample_files
     from protloc.data.microscopy import describe_microscope_reading
+
+    if any(os.environ.get(variable, "0") != "0" for variable in ("RANK", "LOCAL_RANK")):
+        return  # one process of several (inference/distributed.py): the first says it
 
     notes = [describe_depth_reading(table, config.bit_depth, args.bit_depth),
              describe_microscope_reading(sample_files(table, NOTE_SAMPLE), config.in_chans, args.stain_map)]

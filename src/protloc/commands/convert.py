@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_hpa2018
     from protloc.files import atomic_dir, check_output_path
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=[args.source])
     total = len(read_hpa2018(args.source))
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-converted dataset
         kept = convert_hpa2018_to_hpa10(args.source, out, labels_only=args.labels_only)

@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from protloc.reports.embed import embed_table, map_path, resolve_method
     from protloc.runs import load_config
 
-    check_output_path(args.out)
-    check_output_path(map_path(args.out), option="--out (its map)")
+    check_output_path(args.out, inputs=[args.data])
+    check_output_path(map_path(args.out), option="--out (its map)", inputs=[args.data])
     ranks = ranks_from_args(args, args.out)
     config = load_config(args.run)
     method = resolve_method(args.method)  # before the slow part: a missing umap-learn fails fast

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.reports.evaluate import check_label_names, evaluate_table, write_evaluation
     from protloc.runs import load_config
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=[args.data])
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     ranks = ranks_from_args(args, args.out)
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if evaluation is None:
         return 0  # one of several processes: process 0 writes the evaluation (and scores the cells, with --cells)
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
-        write_evaluation(evaluation, out, f"Evaluation on {args.data}")
+        write_evaluation(evaluation, out, f"Evaluation on {args.data}", sources=list(table.frame["source"]),
+                         read_image=predictor.read)
         cells = _evaluate_cells(args, predictor, table, evaluation, out) if args.cells else None
     scores = evaluation.scores["thresholds"]
     print(f"{len(table)} images: macro F1 {scores['f1_macro']:.4f}, micro F1 {scores['f1_micro']:.4f}, "

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_recursive_option,
+from protloc.commands._options import (add_bit_depth_option, add_engine_choice, add_engine_options, add_gray_as_option,
+                                       add_recursive_option,
                                        add_stain_map_option, add_subset_option, announce_reading)
 
 
@@ -16,7 +17,8 @@ def register(subparsers) -> None:
         description="One PNG per image: the input, its protein stain alone, the map of each target class "
                     "outlined over the input with its probability, and all class probabilities against the "
                     "run's thresholds; plus index.html. On a labelled dataset, true classes the model missed "
-                    "get a map too.",
+                    "get a map too. The maps are HiResCAM class-activation maps (a Grad-CAM variant) of the PyTorch "
+                    "model; the probabilities come from --engine, batch by batch, as protloc predict gives them.",
     )
     parser.add_argument("run", metavar="RUN", help="run folder written by protloc train")
     parser.add_argument("images", metavar="IMAGE", nargs="+",
@@ -31,7 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--masks", default=None, metavar="DIR",
                         help="with --cells: the cells of each image, DIR/<id>.png label images (0 background)")
     add_subset_option(parser)
-    add_engine_options(parser, batches=False)
+    add_engine_options(parser)
+    add_engine_choice(parser)
     add_gray_as_option(parser)
     add_recursive_option(parser)
     add_bit_depth_option(parser)
@@ -48,20 +51,21 @@ def run(args: argparse.Namespace) -> int:
         explain_table,
         parse_target_classes,
         true_classes,
-        write_explanation_page,
     )
     from protloc.errors import DataError, ProtlocError
     from protloc.reports.cells import cell_blocks, write_cell_figures
+    from protloc.reports.explain_page import write_explanation_page
     from protloc.runs import load_config
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=args.images)
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     config = load_config(args.run)
     targets = parse_target_classes(args.target_classes, config.label_names)  # before loading the model: fail fast
     table = read_inputs(args.images, layout=args.format, split=args.subset, channels=config.in_chans,
                         recursive=args.recursive, gray_as=args.gray_as)
-    predictor = load_predictor(args.run, device=args.device, engine="torch", precision=args.precision, gray_as=args.gray_as,
+    predictor = load_predictor(args.run, device=args.device, engine=args.engine, onnx_path=args.onnx,
+                               precision=args.precision, gray_as=args.gray_as,
                                bit_depth=args.bit_depth,
                                stain_map=args.stain_map)
     announce_reading(table, config, args)
@@ -69,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the labels of {' '.join(args.images)} are not in the run's classes; "
               "true and missed classes are not shown", file=sys.stderr)
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
-        explanations = explain_table(predictor, table, out, targets)
+        explanations = explain_table(predictor, table, out, targets, batch_size=args.batch_size,
+                                     workers=args.workers)
         cells = []
         if args.cells:
-            cells, problems = write_cell_figures(predictor, table, out, [e.figure for e in explanations], args.masks)
+            cells, problems = write_cell_figures(predictor, table, out, [e.file_name for e in explanations], args.masks)
             if problems:
                 raise DataError(*problems)
         write_explanation_page(explanations, predictor.config, out, describe_maps(predictor.model, predictor.config),

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_images is not None and args.max_images < 1:
         raise ProtlocError(f"--max-images must be at least 1, got {args.max_images}")
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=[args.data])
     table = read_dataset_from_args(args, split=args.subset)
     table.bit_depth = args.bit_depth
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder

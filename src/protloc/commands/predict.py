@@ -62,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
     from protloc.errors import DataError, ProtlocError, listed
     from protloc.files import check_output_path, write_csv
-    from protloc.inference.predictor import find_missing_files, load_predictor
+    from protloc.data.check import find_missing_files
+    from protloc.inference.predictor import load_predictor
     from protloc.inference.submission import PROBABILITY_DECIMALS, output_layout, probability_frame, submission_frame
     from protloc.labels import LabelSet
     from protloc.runs import load_config
 
-    check_output_path(args.out)
+    check_output_path(args.out, inputs=args.inputs)
     if args.masks is not None and not args.cells:
         raise ProtlocError("--masks gives the cells for --cells; add --cells")
     if args.masks is not None and not Path(args.masks).is_dir():
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     announce_reading(table, config, args)
     result = predictor.predict_table(table, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                      show_progress=True, ranks=ranks)
+    # Several processes share the per-cell step too, every one of them before any may stop over a problem.
+    shared_cells = _cells_on_ranks(args, predictor, table, ranks) if args.cells and ranks else None
     if result is None:
         return 0  # one of several processes: process 0 writes the whole table
     probabilities, ok, problems = result.outputs, result.ok, result.unreadable
@@ -105,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"protloc: warning: skipped {len(problems)} of {len(table)} images that could not be read", file=sys.stderr)
 
     if args.cells:
-        return _write_cells(args, predictor, table.subset(np.flatnonzero(ok)), probabilities[ok])
+        rows = np.flatnonzero(ok)
+        return _write_cells(args, predictor, table.subset(rows), probabilities[ok],
+                            [shared_cells[row] for row in rows] if shared_cells is not None else None)
     ids = table.frame["id"][ok].tolist()
     layout = output_layout(table.layout, config.layout)
     decided = predictor.decide(probabilities[ok], threshold=args.threshold, allow_empty=args.allow_empty)
@@ -131,16 +136,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_cells(args: argparse.Namespace, predictor, table, image_probabilities) -> int:
-    """The per-cell file: each image's cells (its mask, or segmentation) labelled one by one."""
-    from protloc.cells.predict import cell_frame, predict_table_cells
+def _cells_on_ranks(args: argparse.Namespace, predictor, table, ranks):
+    from protloc.cells.predict import cells_on_ranks
+
+    return cells_on_ranks(predictor, table, args.masks, ranks=ranks, tta=args.tta, batch_size=args.batch_size,
+                          show_progress=True)
+
+
+def _write_cells(args: argparse.Namespace, predictor, table, image_probabilities, shared_cells=None) -> int:
+    """The per-cell file: each image's cells (its mask, or segmentation) labelled one by one; `shared_cells`, per
+    row of `table`, what several processes found (cells_on_ranks), else found here."""
+    from protloc.cells.predict import cell_frame, finish_cells, predict_table_cells
     from protloc.errors import DataError, listed
     from protloc.files import write_csv
 
     predictions, problems = [], []
-    for _row, prediction, _mask, problem in predict_table_cells(
+    if shared_cells is None:
+        found = ((prediction, problem) for _row, prediction, _mask, problem in predict_table_cells(
             predictor, table, image_probabilities, args.masks, tta=args.tta, batch_size=args.batch_size,
-            show_progress=True):
+            show_progress=True))
+    else:
+        found = ((finish_cells(predictor, str(image_id), geometry, probabilities, own) if not problem else None, problem)
+                 for image_id, probabilities, (geometry, own, problem)
+                 in zip(table.frame["id"], image_probabilities, shared_cells))
+    for prediction, problem in found:
         (problems.append(problem) if problem else predictions.append(prediction))
     if problems and len(table) == 1:
         raise DataError(*problems)  # the one line says it all

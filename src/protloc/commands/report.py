@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 0:
         raise ProtlocError(f"--samples {args.samples}: expected 0 or more")
-    check_output_path(args.out or Path(args.run) / REPORT_FILE)
+    check_output_path(args.out or Path(args.run) / REPORT_FILE, inputs=[args.data])
     config = load_config(args.run)
     table = read_run_dataset(args, config, args.data) if args.data else None
     options = dict(table=table, data_name=str(args.data or ""), out_file=args.out, samples=args.samples, tta=args.tta,
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if table is None:
         page = build_report(args.run, **options)
     else:
-        files = check_output_path(Path(args.run) / REPORT_DIR, folder=True)
+        files = check_output_path(Path(args.run) / REPORT_DIR, folder=True, inputs=[args.data])
         with atomic_dir(files) as staging:  # the evaluation and samples: all of them or none
             page = build_report(args.run, files_dir=staging, **options)
     print(f"report written: {page}")

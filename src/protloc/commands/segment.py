@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.errors import DataError, listed
     from protloc.files import atomic_dir, check_output_path, write_csv
 
-    check_output_path(args.out, folder=True)
+    check_output_path(args.out, folder=True, inputs=args.inputs)
     ids, sources, problems = segmentation_sources(args.inputs, layout=args.format)
     total = len(ids) + len(problems)
     tables = []

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         raise ProtlocError("protloc train needs DATA and --out RUN (or --resume RUN to continue a stopped run)")
     else:
         config = config_from_args(args)
-    check_output_path(config.out, folder=True)
+    check_output_path(config.out, folder=True, inputs=[config.data], makes_run=True)
     out = train(config)
     if rank() != 0:
         return 0

@@ -32,14 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from protloc.commands._options import read_run_dataset
     from protloc.errors import DataError, ProtlocError, listed
     from protloc.files import check_output_path
-    from protloc.inference.predictor import find_missing_files, load_predictor
+    from protloc.data.check import find_missing_files
+    from protloc.inference.predictor import load_predictor
     from protloc.inference.thresholds import apply_thresholds, tune_thresholds
     from protloc.runs import load_config, save_config
     from protloc.training.metrics import multilabel_scores
 
     config = load_config(args.run)
     if not args.dry_run:
-        check_output_path(Path(args.run) / CONFIG_FILE, option="RUN")
+        check_output_path(Path(args.run) / CONFIG_FILE, option="RUN", replaces_run_file=True)
     table = read_run_dataset(args, config, args.data)
     if not table.labelled:  # tuning on no positives would set every threshold to 0.5
         raise DataError(f"{args.data}: has no labels ({table.layout} layout); tune needs labelled data with the run's "

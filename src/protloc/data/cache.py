@@ -6,23 +6,29 @@ epochs, phases, folds, runs and predictions read it back. The stored pixels are 
 resize) would have produced, so training with or without the cache gives the same weights.
 
 Where: $PROTLOC_CACHE_DIR, else $XDG_CACHE_HOME/protloc, else ~/.cache/protloc. Layout:
-`images-v1/<2 hex>/<key>.u8`, one file per image and variant: a 16-byte header (the decoded file's own height,
-width and channels, which the pre-training check needs) and the raw channels x size x size bytes.
+`images-v1/<2 hex>/<key>.u8`, one file per image and variant: a 20-byte header (the decoded file's own height,
+width and channels, which the pre-training check needs, and a CRC-32 of the pixels) and the raw channels x size x
+size bytes.
 
-Keys: sha256 of the image file's absolute path, byte size and mtime_ns (every file, for stain sets), the
-channel count and grayscale placement (gray_as), the bit depth (the intensity scale), the size, and a
-fingerprint of the decoder (the source of protloc.data.images, .microscopy and .stains and the versions
-of torch, torchvision, Pillow, numpy, tifffile and imagecodecs). A stat costs microseconds where hashing the contents would
-read every file in full each epoch; rewriting, replacing or touching a file changes its mtime, so a changed
-file is decoded again, never served stale. (The one miss: a same-size rewrite within the file system's time
-resolution, nanoseconds on ext4, APFS and NTFS.)
+A careful store (docs/security.md): the folder must belong to this user and be writable by no one else, and no
+folder above it may let others replace it; otherwise the run goes on without the cache after one line that says
+why. Nothing inside it is followed through a symbolic link, an entry is read only when it is a regular file of
+this user whose checksum holds (anything else is decoded again and replaced), and eviction removes only files
+named as this module names its entries. A cache that cannot be used (read-only, a file where a folder should be,
+a full disk) costs speed, never the run: one line, then the images are decoded each time.
+Keys: sha256 of the image file's absolute path, byte size, mtime_ns, ctime_ns and inode, and a hash of its first
+and last 8 KiB (all of it when smaller) (every file, for stain sets), the channel count and grayscale placement
+(gray_as), the bit depth (the intensity scale), the size, the pixel limit (PROTLOC_MAX_PIXELS: an image the
+limit refuses is refused with or without the cache), and a fingerprint of the decoder (the source of
+protloc.data.images, .microscopy and .stains and the versions of torch, torchvision, Pillow, numpy, tifffile
+and imagecodecs). A stat and two small
+reads cost microseconds where hashing the contents would read every file in full each epoch. Rewriting a file
+changes its ctime even when its mtime is set back (only the kernel sets ctime), and a change at either end of
+the file changes the sampled hash, so a changed file is decoded again, never served stale.
 
-Why one file per image rather than one memory-mapped array per dataset (benchmarks/bench_cache_formats.py):
-reading a file back took about 0.1 ms and a slice of one memmap about 0.04 ms, both small beside the ~2 ms of
-augmentation and 7+ ms of model time per image on a CPU. One file per image keys each image on its own (folds,
-subsets and new test folders share entries), fills safely from any number of processes (DataLoader workers,
-DDP ranks, concurrent runs) by writing to a temporary name and renaming, and evicts per image. The OS page
-cache keeps hot entries in memory, shared by all processes.
+One file per image rather than one memory-mapped array per dataset (benchmarks/bench_cache_formats.py: 0.1 ms
+against 0.04 ms a read, both small beside augmentation and the model): each image keyed on its own, filled safely
+from any number of processes by writing a temporary name then renaming, evicted per image.
 
 Size limit: a file `usage`, updated under a file lock, counts the bytes held. A new entry that would pass the
 limit is not stored (its image is decoded each time, as without a cache); entries are never removed during a
@@ -34,17 +40,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
+import math
 import os
-import struct
+import re
 import time
 import uuid
-import warnings
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
-from protloc.data.images import ImageReadError, convert_channels, fit_stored, load_image, read_image, to_chw_tensor
+from protloc.data.cache_files import (CLOEXEC, HEADER, MAGIC, NOFOLLOW, file_signature, folder_problem,
+                                      is_own_regular_file, locked_usage_file, open_own_file, own_entries, own_subfolder,
+                                      read_entry, read_usage, write_usage)
+from protloc.data.images import (ImageReadError, check_pixel_count, convert_channels, fit_stored, load_image,
+                                 pixel_limit, read_image, to_chw_tensor)
 
 CACHE_DIR_ENV = "PROTLOC_CACHE_DIR"
 CACHE_LIMIT_ENV = "PROTLOC_CACHE_LIMIT_GB"
@@ -52,12 +64,13 @@ DEFAULT_LIMIT_GB = 10.0  # the 19,236 Zero-to-GANs images take 2.9 GB at 224 px
 IMAGES_FOLDER = "images-v1"
 FEATURES_FOLDER = "features-v1"  # protloc.training.features: frozen-backbone features, under the same limit
 ENTRY_SUFFIX = ".u8"
-HEADER = struct.Struct("<4sIII")  # magic, then the decoded file's height, width and channels
-MAGIC = b"plc1"
+FEATURES_SUFFIX = ".f32"  # protloc.training.features writes them (header, CRC-32, float32 values)
 USAGE_FILE = "usage"
-# mtime is the least-recently-used clock; refreshing it at most hourly keeps reads free of metadata writes.
-TOUCH_AFTER_SECONDS = 3600
+# Only names this module gives are ever read or removed: entries, features and their temporaries.
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.(u8|f32|npy)(\.\d+-[0-9a-f]{8}\.tmp)?")
 STALE_TEMPORARY_SECONDS = 86400  # a temporary file this old was left by a killed process
+
+log = logging.getLogger("protloc")
 
 
 def default_cache_dir() -> Path:
@@ -67,16 +80,22 @@ def default_cache_dir() -> Path:
     return Path(base) / "protloc"
 
 
+def check_limit_gb(value, where: str) -> float:
+    """A cache limit in gigabytes: a finite number, 0 or more. Raises ProtlocError naming `where`."""
+    from protloc.errors import ProtlocError
+
+    try:
+        limit = float(value)
+    except (TypeError, ValueError):
+        limit = math.nan
+    if not (math.isfinite(limit) and limit >= 0):
+        raise ProtlocError(f"{where} {value}: expected a number of gigabytes, 0 or more (and finite)")
+    return limit
+
+
 def default_limit_gb() -> float:
     text = os.environ.get(CACHE_LIMIT_ENV)
-    if not text:
-        return DEFAULT_LIMIT_GB
-    try:
-        return float(text)
-    except ValueError:
-        from protloc.errors import ProtlocError
-
-        raise ProtlocError(f"${CACHE_LIMIT_ENV}={text!r}: expected a number of gigabytes") from None
+    return check_limit_gb(text, f"${CACHE_LIMIT_ENV}=") if text else DEFAULT_LIMIT_GB
 
 
 @functools.cache
@@ -105,15 +124,14 @@ def source_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
 def entry_key(source, channels: int, size: int, *, bit_depth: int | None = None, gray_as: str | None = None,
               stain_map: dict | None = None) -> str:
     """The key of `source` (a file, or one file per stain) decoded at `bit_depth` to `channels` (a grayscale file
-    placed as `gray_as`) at `size`. Raises OSError when a file cannot be stat-ed (the caller then decodes, which
-    names the problem)."""
-    variant = f"channels={channels}|gray_as={gray_as}|bit_depth={bit_depth}|size={size}"
+    placed as `gray_as`) at `size`. Raises OSError when a file cannot be opened or is not a regular file (the
+    caller then decodes, which names the problem)."""
+    variant = f"channels={channels}|gray_as={gray_as}|bit_depth={bit_depth}|size={size}|max_pixels={pixel_limit()}"
     if stain_map:  # the names of a microscope file's channels -> stains (microscopy.py)
         variant += f"|stain_map={sorted(stain_map.items(), key=str)}"
     digest = hashlib.sha256(f"{decoder_fingerprint()}|{variant}".encode())
     for path in source_paths(source):
-        stat = os.stat(path)
-        digest.update(f"|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(f"|{file_signature(path)}".encode())
     return digest.hexdigest()
 
 
@@ -137,54 +155,15 @@ def decode_resized(source, channels: int, size: int, *, bit_depth: int | None = 
     return resize_transform(size)(to_chw_tensor(array)).contiguous(), (*array.shape[:2], len(source))
 
 
-def read_header(file) -> tuple[int, int, int] | None:
-    header = file.read(HEADER.size)
-    if len(header) != HEADER.size:
-        return None
-    magic, *shape = HEADER.unpack(header)
-    return tuple(shape) if magic == MAGIC else None
-
-
-def stored_shape(path: Path) -> tuple[int, int, int] | None:
-    try:
-        with open(path, "rb") as file:
-            return read_header(file)
-    except OSError:
-        return None
-
-
-def read_entry(path: Path, shape: tuple[int, int, int]) -> torch.Tensor | None:
-    """The stored image, or None when there is none (or only a truncated one, left by a crash)."""
-    nbytes = shape[0] * shape[1] * shape[2]
-    try:
-        with open(path, "rb", buffering=0) as file:
-            stat = os.fstat(file.fileno())
-            if stat.st_size != HEADER.size + nbytes or read_header(file) is None:
-                return None
-            image = torch.empty(shape, dtype=torch.uint8)
-            view, done = memoryview(image.numpy()).cast("B"), 0
-            while done < nbytes:
-                count = file.readinto(view[done:])
-                if not count:
-                    return None
-                done += count
-            if time.time() - stat.st_mtime > TOUCH_AFTER_SECONDS:
-                with contextlib.suppress(OSError):
-                    os.utime(path)
-            return image
-    except FileNotFoundError:
-        return None
-
-
 class ImageCache:
     """A cache folder with a size limit. Picklable (it holds paths and numbers only), so DataLoader workers and
     DDP ranks each use their own copy on the same folder."""
 
     def __init__(self, folder: str | Path, *, limit_bytes: int):
-        self.folder = Path(folder)
+        self.folder = Path(os.path.realpath(Path(folder).expanduser()))
         self.limit_bytes = int(limit_bytes)
         self.refused = 0  # entries this process did not store because the cache was full
-        self._warned = False
+        self.problem: str | None = None  # why this process stopped using the cache, once said
 
     def __repr__(self) -> str:
         return f"ImageCache({str(self.folder)!r}, limit {self.limit_bytes / 1e9:.1f} GB)"
@@ -192,34 +171,86 @@ class ImageCache:
     def entry_path(self, key: str) -> Path:
         return self.folder / IMAGES_FOLDER / key[:2] / f"{key}{ENTRY_SUFFIX}"
 
+    def features_path(self, key: str) -> Path:
+        return self.folder / FEATURES_FOLDER / f"{key}{FEATURES_SUFFIX}"
+
+    # ------------------------------------------------------------ whether the folder can be used
+
+    def give_up(self, why: str) -> None:
+        """Stop using the cache in this process, saying why once."""
+        if self.problem is None:
+            self.problem = why
+            log.warning(f"image cache {self.folder}: {why}; going on without it (images decoded each time)")
+
+    def usable(self) -> bool:
+        """Whether the cache may be used: its folder made if missing (owner-only) and safe (folder_problem), its
+        parts what they should be. Checked once per process; a problem is said once and the cache left alone."""
+        if self.problem is not None:
+            return False
+        if getattr(self, "_checked", False):
+            return True
+        try:
+            if not os.path.lexists(self.folder):
+                self.folder.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self.folder, 0o700)
+            why = folder_problem(self.folder)
+            if why is None:
+                for name in (IMAGES_FOLDER, FEATURES_FOLDER):
+                    if not own_subfolder(self.folder / name, make=True):
+                        why = f"{name} is not a folder of this user that only this user can write in"
+                        break
+            if why is None:
+                usage = self.folder / USAGE_FILE
+                if os.path.lexists(usage) and not is_own_regular_file(os.lstat(usage)):
+                    why = f"{USAGE_FILE} is not a regular file of this user"
+        except OSError as error:
+            why = f"cannot be used ({error.strerror or error})"
+        if why is not None:
+            self.give_up(why)
+            return False
+        self._checked = True
+        return True
+
+    # ------------------------------------------------------------ images
+
     def load(self, source, channels: int, size: int, *, bit_depth: int | None = None,
              gray_as: str | None = None, stain_map: dict | None = None) -> torch.Tensor:
         """uint8 (channels, size, size) for `source`, as images.load_image reads it then resized: stored, or
         decoded now and stored. Raises the reader's ImageReadError for files that cannot be read."""
         variant = dict(bit_depth=bit_depth, gray_as=gray_as, stain_map=stain_map)
+        if not self.usable():
+            return decode_resized(source, channels, size, **variant)[0]
         try:
             path = self.entry_path(entry_key(source, channels, size, **variant))
         except OSError:
             return decode_resized(source, channels, size, **variant)[0]  # a missing file: the reader says so
-        image = read_entry(path, (channels, size, size))
-        if image is None:
-            image, decoded_shape = decode_resized(source, channels, size, **variant)
-            self.store(path, image, decoded_shape)
+        found = read_entry(path, (channels, size, size))
+        if found is not None:
+            return found[0]
+        image, decoded_shape = decode_resized(source, channels, size, **variant)
+        self.store(path, image, decoded_shape)
         return image
 
     def probe(self, path: str, *, channels: int, size: int, bit_depth: int | None = None,
               gray_as: str | None = None) -> tuple[str, tuple[int, ...] | None, str | None]:
         """protloc.data.check's probe, (path, decoded shape, error), filling the cache on the way: a file stored
-        before is unchanged since (the key holds its size and mtime), so it still decodes and its header says its
+        before is unchanged since (the key holds its signature), so it still decodes and its header says its
         shape; any other is decoded in full, as the check needs anyway, and stored for the first epoch unless the
         run cannot read it (channels or bit depth, which the check reports from the shape)."""
-        try:
-            entry = self.entry_path(entry_key(path, channels, size, bit_depth=bit_depth, gray_as=gray_as))
-        except OSError:
-            entry = None  # a missing file, which decoding reports
-        shape = stored_shape(entry) if entry is not None else None
-        if shape is not None:
-            return path, shape, None
+        entry = None
+        if self.usable():
+            try:
+                entry = self.entry_path(entry_key(path, channels, size, bit_depth=bit_depth, gray_as=gray_as))
+            except OSError:
+                entry = None  # a missing file, which decoding reports
+        found = read_entry(entry, (channels, size, size)) if entry is not None else None
+        if found is not None:
+            try:
+                check_pixel_count(found[1])
+            except ImageReadError as error:
+                return path, None, str(error)
+            return path, found[1], None
         try:
             stored = read_image(path)
         except ImageReadError as error:
@@ -242,60 +273,41 @@ class ImageCache:
         return None
 
     def store(self, path: Path, image: torch.Tensor, decoded_shape: tuple[int, int, int]) -> None:
-        """Write an entry under a temporary name, then rename: readers and other writers never see half a file.
-        A cache that cannot be written (full disk, read-only folder) costs speed, never the run."""
-        nbytes = HEADER.size + image.numel()
+        """Write an entry under a temporary name, then rename: readers and other writers never see half a file."""
+        pixels = memoryview(image.numpy()).cast("B")
+        self.write_entry(path, HEADER.pack(MAGIC, *decoded_shape, zlib.crc32(pixels)), pixels)
+
+    def write_entry(self, path: Path, header: bytes, payload) -> None:
+        """Header then payload to `path`, within the size limit, through an owner-only temporary file made
+        without following links; a cache that cannot be written costs speed, never the run."""
+        if not self.usable():
+            return
         try:
-            if not self.reserve(nbytes):
+            if not own_subfolder(path.parent, make=True):
+                return self.give_up(f"{path.parent} is not a folder of this user that only this user can write in")
+            if not self.reserve(len(header) + len(payload)):
                 self.refused += 1
                 return
-            path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o600)
             try:
-                with open(temporary, "wb") as file:
-                    file.write(HEADER.pack(MAGIC, *decoded_shape))
-                    file.write(memoryview(image.numpy()).cast("B"))
+                with open(descriptor, "wb") as file:
+                    file.write(header)
+                    file.write(payload)
                 os.replace(temporary, path)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temporary)
         except OSError as error:
-            if not self._warned:
-                self._warned = True
-                warnings.warn(f"image cache {self.folder}: cannot store images ({error}); decoding them each time",
-                              RuntimeWarning, stacklevel=2)
+            self.give_up(f"cannot store images ({error.strerror or error})")
 
     # ------------------------------------------------------------ the size limit
 
-    @contextlib.contextmanager
     def _usage_file(self):
-        """The usage file, open and exclusively locked (across processes; a no-op lock where fcntl is missing)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / USAGE_FILE, "a+", encoding="ascii") as file:
-            try:
-                import fcntl
-            except ImportError:  # not POSIX: the limit then holds per process only
-                fcntl = None
-            if fcntl is not None:
-                fcntl.flock(file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield file
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+        return locked_usage_file(self.folder / USAGE_FILE)
 
-    @staticmethod
-    def _read_usage(file) -> int | None:
-        file.seek(0)
-        text = file.read().strip()
-        return int(text) if text.isdigit() else None
-
-    @staticmethod
-    def _write_usage(file, used: int) -> None:
-        file.seek(0)
-        file.truncate()
-        file.write(str(used))
-        file.flush()
+    _read_usage = staticmethod(read_usage)
+    _write_usage = staticmethod(write_usage)
 
     def reserve(self, nbytes: int) -> bool:
         """Count `nbytes` more as held, if that stays within the limit; False (and nothing counted) if not."""
@@ -309,66 +321,56 @@ class ImageCache:
             return True
 
     def _entries(self) -> list[tuple[float, int, Path]]:
-        """(mtime, bytes, path) of every entry; temporary files of killed processes are removed on the way."""
-        found = []
-        now = time.time()
-        paths = [*(self.folder / IMAGES_FOLDER).glob("*/*"), *(self.folder / FEATURES_FOLDER).glob("*")]
-        for path in paths:
-            try:
-                stat = path.stat()
-            except FileNotFoundError:  # renamed or removed by another process meanwhile
-                continue
-            if path.suffix == ".tmp":
-                if now - stat.st_mtime > STALE_TEMPORARY_SECONDS:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                continue
-            found.append((stat.st_mtime, stat.st_size, path))
-        return found
+        """(mtime, bytes, path) of every entry (cache_files.own_entries); temporaries of killed processes removed."""
+        return own_entries([self.folder / IMAGES_FOLDER], [self.folder / FEATURES_FOLDER], ENTRY_NAME,
+                           stale_after=STALE_TEMPORARY_SECONDS)
 
     def prepare(self, sources: Iterable, channels: int, size: int | Sequence[int], *, bit_depth: int | None = None,
                 gray_as: str | None = None, stain_map: dict | None = None) -> None:
         """Before a run reads `sources`: mark their entries as just used and, if the images not yet stored would
         pass the limit, remove the least recently used other entries until they fit. Recounts the usage. `size`
         is one for all or one per source (a run keeps its training images larger than its validation images)."""
+        if not self.usable():
+            return
         sources = list(sources)
         sizes = [size] * len(sources) if isinstance(size, int) else list(size)
-        with self._usage_file() as file:
-            own, missing = set(), 0
-            for source, side in zip(sources, sizes):
-                try:
-                    path = self.entry_path(entry_key(source, channels, side, bit_depth=bit_depth, gray_as=gray_as,
-                                                     stain_map=stain_map))
-                    os.utime(path)
-                    own.add(path)
-                except OSError:  # not stored yet (or an unreadable source, which will not be stored)
-                    missing += HEADER.size + channels * side * side
-            entries = sorted(self._entries())
-            used = sum(entry_bytes for _, entry_bytes, _ in entries)
-            for _, entry_bytes, path in entries:
-                if used + min(missing, self.limit_bytes) <= self.limit_bytes:
-                    break
-                if path not in own:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                    used -= entry_bytes
-            self._write_usage(file, used)
+        try:
+            with self._usage_file() as file:
+                own, missing = set(), 0
+                for source, side in zip(sources, sizes):
+                    try:
+                        path = self.entry_path(entry_key(source, channels, side, bit_depth=bit_depth, gray_as=gray_as,
+                                                         stain_map=stain_map))
+                        os.utime(path, follow_symlinks=False)
+                        own.add(path)
+                    except OSError:  # not stored yet (or an unreadable source, which will not be stored)
+                        missing += HEADER.size + channels * side * side
+                entries = sorted(self._entries())
+                used = sum(entry_bytes for _, entry_bytes, _ in entries)
+                for _, entry_bytes, path in entries:
+                    if used + min(missing, self.limit_bytes) <= self.limit_bytes:
+                        break
+                    if path not in own:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                        used -= entry_bytes
+                self._write_usage(file, used)
+        except OSError as error:
+            self.give_up(f"cannot be used ({error.strerror or error})")
 
     def used_bytes(self) -> int:
+        if not self.usable():
+            return 0
         with self._usage_file() as file:
             used = self._read_usage(file)
         return used if used is not None else sum(entry_bytes for _, entry_bytes, _ in self._entries())
 
 
-def open_image_cache(cache_dir: str | Path | None = None, limit_gb: float | None = None) -> ImageCache:
+def open_image_cache(cache_dir: str | Path | None = None, limit_gb: float | None = None) -> ImageCache | None:
     """The cache in `cache_dir` (default: default_cache_dir()) holding at most `limit_gb` (default
-    $PROTLOC_CACHE_LIMIT_GB, else 10 GB)."""
-    from protloc.errors import ProtlocError
-
-    limit = default_limit_gb() if limit_gb is None else float(limit_gb)
-    if not limit >= 0:
-        raise ProtlocError(f"--cache-limit-gb {limit_gb}: expected 0 or more gigabytes")
+    $PROTLOC_CACHE_LIMIT_GB, else 10 GB); None, after one line that says why, when the folder cannot be used
+    (see ImageCache.usable). Raises ProtlocError for a limit that is not a finite number of 0 or more."""
+    limit = default_limit_gb() if limit_gb is None else check_limit_gb(limit_gb, "--cache-limit-gb")
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    if folder.exists() and not folder.is_dir():
-        raise ProtlocError(f"--cache-dir {folder}: exists and is not a folder")
-    return ImageCache(folder, limit_bytes=int(limit * 1e9))
+    cache = ImageCache(folder, limit_bytes=int(limit * 1e9))
+    return cache if cache.usable() else None

@@ -37,6 +37,19 @@ class CheckReport:
         return not self.problems
 
 
+def find_missing_files(table: DatasetTable) -> list[str]:
+    """'PATH: file not found' for each image file the table names that does not exist (for a stain set, with its Id
+    and stain): cheap to know before running the model, unlike a corrupt file."""
+    lines = []
+    for source in table.frame["source"]:
+        if isinstance(source, str):
+            if not Path(source).is_file():
+                lines.append(f"{source}: file not found")
+            continue
+        lines.extend(describe_missing_stain(path, len(source)) for path in source if not Path(path).is_file())
+    return lines
+
+
 def _probe(path: str) -> tuple[str, tuple[int, ...] | None, str | None]:
     """Decode one file fully (a truncated PNG only fails on full decode) -> (path, shape, error)."""
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -103,6 +104,8 @@ def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():  # NaN would become black without a word
+            raise ImageReadError("floating-point pixels that are NaN or infinite (expected intensities in 0..1)")
         return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if bit_depth not in BIT_DEPTHS and bit_depth is not None:
         raise ValueError(f"bit depth {bit_depth}: expected one of {', '.join(map(str, BIT_DEPTHS))} or None")
@@ -149,6 +152,10 @@ def read_image(source: bytes | str | Path, *, max_pixels: int | None = None, for
         raise ImageReadError("empty file")
     file = io.BytesIO(source) if in_memory else Path(source)
     limit = max_pixels  # None: pixel_limit(), read when needed
+    if not in_memory:
+        from protloc.data.decode_limits import check_regular_file
+
+        check_regular_file(file)
     try:
         if not in_memory and file.suffix.lower() in BIOIO_FORMATS:
             stored = read_with_bioio(file, limit)
@@ -208,18 +215,28 @@ def _decode_tiff(file: io.BytesIO | Path, limit: int | None):
     import tifffile
 
     from protloc.data.microscopy import StoredImage, read_ome_tiff
+    from protloc.data.decode_limits import MAX_TIFF_PAGES, check_fallback_segments, count_tiff_pages
+
+    # Pages counted from their offsets before tifffile reads any: many small pages cost it minutes.
+    if count_tiff_pages(file) > MAX_TIFF_PAGES:
+        raise ImageTooLarge(f"a TIFF of more than {MAX_TIFF_PAGES:,} pages (more than any image protloc reads)")
 
     with tifffile.TiffFile(file) as tiff:
-        if not tiff.series:
+        if not len(tiff.pages):
             raise ImageReadError("a TIFF file without image data")
         # The first page alone first: a file of many pages is refused before tifffile reads every page's header.
         check_pixel_count(tiff.pages[0].shape, limit)
+        if not tiff.series:
+            raise ImageReadError("a TIFF file without image data")
         series = tiff.series[0]
         check_pixel_count(series.shape, limit)
         budget = (limit or pixel_limit()) * BYTES_PER_PIXEL
         if series.size * series.dtype.itemsize > budget:
             raise ImageTooLarge(f"TIFF data of {series.shape} {series.dtype}: more than the limit of {budget:,} "
                                 "decoded bytes")
+        for page in series.pages:  # only where tifffile would inflate without a bound (no imagecodecs)
+            if page is not None and (why := check_fallback_segments(tiff, getattr(page, "keyframe", page), page)):
+                raise ImageTooLarge(why)
         if tiff.is_ome:
             return read_ome_tiff(tiff, series)
         array = np.asarray(series.asarray())

@@ -101,6 +101,8 @@ def _read_csv(path: Path, expected: tuple[str, str], layout_name: str) -> pd.Dat
 def outside_dataset(identifier: str, *, absolute_allowed: bool = False) -> str | None:
     """Why an id (or a relative path) names a file outside the dataset's folder, or None when it stays inside.
     Judged on the text alone: a dataset may link to images elsewhere, but an id may not walk out of it."""
+    if "\0" in identifier:  # no file system takes it in a name
+        return "holds a NUL byte (expected a file name)"
     if os.path.isabs(identifier):
         return None if absolute_allowed else (
             "an absolute path (allowed only in the path column of a generic CSV; ids of this layout name files "
@@ -127,12 +129,13 @@ def _parse_rows(
         if outside:
             problems.append(f"{where} ({id_column} {identifier}): {outside}")
             continue
-        if identifier in first_line:
+        same = os.path.normpath(identifier)  # ./0 and 0 name one file
+        if same in first_line:
             problems.append(
-                f"{where}: duplicate {id_column} {identifier!r}, first on line {first_line[identifier]} (each image once)"
+                f"{where}: duplicate {id_column} {identifier!r}, first on line {first_line[same]} (each image once)"
             )
             continue
-        first_line[identifier] = line
+        first_line[same] = line
         if not label_text.strip():
             problems.append(f"{where} ({id_column} {identifier}): no labels (expected at least one class)")
             continue

@@ -35,11 +35,12 @@ from protloc.allocator import freed_memory_kept_for_batches
 from protloc.devices import resolve_device
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
-from protloc.inference.predictor import RowCollector, named_outputs
+from protloc.inference.rows import RowCollector, named_outputs
 from protloc.training.engine import expected_warnings_ignored, lightning_output
 
 SHARE_NAME = "rank-{rank}.npz"
 OUTPUT_PREFIX = "output_"  # a share's arrays of per-image outputs: output_NAME
+PIECE_PREFIX = "piece_"  # and of parts of images (cells), piece_row naming each one's image: piece_NAME
 
 
 def exchange_folder(out: str | Path) -> Path:
@@ -64,6 +65,7 @@ class ShareWriter(BasePredictionWriter):
         self.collected: RowCollector | None = None
         self.rows: list[np.ndarray] = []
         self.arrays: dict[str, list[np.ndarray]] = {}
+        self.pieces: dict[str, list[np.ndarray]] = {}
         self.problems: list[str] = []
         self.bar = None
 
@@ -76,10 +78,13 @@ class ShareWriter(BasePredictionWriter):
                                     leave=False)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        batch_rows, outputs, problems = prediction
-        self.rows.append(batch_rows.numpy().astype(np.int64))
+        """`prediction`: (rows, per-row arrays, problems[, parts' arrays with their "row"])."""
+        batch_rows, outputs, problems, *parts = prediction
+        self.rows.append(np.asarray(batch_rows, dtype=np.int64))
         for name, values in outputs.items():
-            self.arrays.setdefault(name, []).append(values.numpy())
+            self.arrays.setdefault(name, []).append(np.asarray(values))
+        for name, values in (parts[0] if parts else {}).items():
+            self.pieces.setdefault(name, []).append(np.asarray(values))
         self.problems.extend(problems)
         if self.bar is not None:
             self.bar.update(len(batch_rows))
@@ -91,6 +96,7 @@ class ShareWriter(BasePredictionWriter):
         share = {"rows": np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64),
                  "problems": np.array(self.problems, dtype=str), "total": np.array(self.total)}
         share.update({f"{OUTPUT_PREFIX}{name}": np.concatenate(parts) for name, parts in self.arrays.items()})
+        share.update({f"{PIECE_PREFIX}{name}": np.concatenate(parts) for name, parts in self.pieces.items()})
         with atomic_path(self.folder / SHARE_NAME.format(rank=trainer.global_rank)) as temp, open(temp, "wb") as file:
             np.savez(file, **share)
         trainer.strategy.barrier("protloc-shares-written")
@@ -111,6 +117,9 @@ def read_shares(folder: Path, world_size: int, rows: int, width: int | None = No
                                        f"prediction writing the same output?)")
                 arrays = {name[len(OUTPUT_PREFIX):]: share[name] for name in share.files if name.startswith(OUTPUT_PREFIX)}
                 collected.add(share["rows"], arrays, share["problems"].tolist())
+                pieces = {name[len(PIECE_PREFIX):]: share[name] for name in share.files if name.startswith(PIECE_PREFIX)}
+                if pieces:
+                    collected.add_pieces(pieces)
         except FileNotFoundError:
             raise ProtlocError(f"{path}: process {rank} left no predictions; every process needs to see the folder of "
                                f"--out (on several machines: a shared file system)") from None
@@ -136,6 +145,27 @@ class BatchModule(L.LightningModule):
         return batch
 
 
+class ItemModule(L.LightningModule):
+    """predict_step: `run_item` on one row of a table, for work done image by image (the cells of an image);
+    `run_item(row)` -> (arrays of the row's parts, one entry each, or {}; a problem, or "")."""
+
+    def __init__(self, run_item: Callable):
+        super().__init__()
+        self.run_item = run_item
+
+    def predict_step(self, row, batch_idx):
+        parts, problem = self.run_item(row)
+        count = len(next(iter(parts.values()))) if parts else 0
+        return np.array([row]), {}, [problem], {**parts, "row": np.full(count, row, dtype=np.int64)} if parts else {}
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch
+
+
+def _the_item(items: list):
+    return items[0]
+
+
 class Ranks:
     """`devices` processes on each of `num_nodes` machines, predicting one table together through Lightning.
 
@@ -143,7 +173,12 @@ class Ranks:
     own device ("cpu", or "cuda:N" for its local rank) for load_predictor. `exchange` is the folder for the
     shares (exchange_folder of the output). Raises ProtlocError for what cannot run, before any work: several
     machines without a launcher (which would wait for them forever), cuda:N with several devices, more devices
-    than there are."""
+    than there are.
+
+    A distributed launch is the whole process's: Lightning sets its environment (MASTER_ADDR, MASTER_PORT,
+    LOCAL_RANK, WORLD_SIZE...) and torch's thread count, and starts the other processes of a machine by running
+    its command line again. So it is for the CLI, or a script run as one process per device, not for a library
+    caller inside a larger program."""
 
     def __init__(self, devices: int = 1, num_nodes: int = 1, *, device: str = "auto", exchange: str | Path):
         if devices < 1 or num_nodes < 1:
@@ -200,18 +235,30 @@ class Ranks:
         """`run_batch` over this process's share of `dataset`; on process 0 every process's rows, in `dataset`
         order; None on the others."""
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
-        writer = ShareWriter(self.exchange, len(dataset), width=width, show_progress=show_progress, desc=desc)
+        return self._predict(BatchModule(run_batch), loader, len(dataset), width=width, batch_size=batch_size,
+                             show_progress=show_progress, desc=desc)
+
+    def _predict(self, module: L.LightningModule, loader: DataLoader, rows: int, *, width: int | None, batch_size: int,
+                 show_progress: bool, desc: str) -> RowCollector | None:
+        writer = ShareWriter(self.exchange, rows, width=width, show_progress=show_progress, desc=desc)
         self.trainer.callbacks.append(writer)
-        share = -(-len(dataset) // self.world_size)
+        share = -(-rows // self.world_size)
         try:
             with lightning_output(verbose=False), expected_warnings_ignored(), \
                     freed_memory_kept_for_batches(share, batch_size):
                 # --workers is the user's choice, as in one process.
                 warnings.filterwarnings("ignore", message=r".*does not have many workers")
-                self.trainer.predict(BatchModule(run_batch), loader, return_predictions=False)
+                self.trainer.predict(module, loader, return_predictions=False)
         finally:
             self.trainer.callbacks.remove(writer)
         return writer.collected if self.trainer.is_global_zero else None
+
+    def run_each(self, run_item: Callable, rows: int, *, show_progress: bool, desc: str) -> RowCollector | None:
+        """`run_item` (see ItemModule) on this process's share of rows 0..rows-1; on process 0 every row's problem
+        and parts (RowCollector.pieces_by_row), None on the others."""
+        loader = DataLoader(list(range(rows)), batch_size=1, shuffle=False, collate_fn=_the_item)
+        return self._predict(ItemModule(run_item), loader, rows, width=None, batch_size=1, show_progress=show_progress,
+                             desc=desc)
 
 
 def check_launch(cluster_environment, devices: int, num_nodes: int) -> None:

@@ -92,15 +92,23 @@ def make_engine(model_or_session, *, device: str = "cpu", precision: str = "auto
     return OnnxEngine(model_or_session)
 
 
-def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path = "RUN", *, threads: int | None = None):
-    """An ONNX Runtime session on `path`, checked against the run's config; `threads` compute threads (default:
-    ONNX Runtime's, one per core), fewer where several processes share the cores."""
+def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path = "RUN", *, weights: str | None = None,
+                      threads: int | None = None):
+    """An ONNX Runtime session on `path`, checked against the run's config, against its own SHA-256 recorded
+    beside it at export (PATH.sha256, when there is one), and against the weights it was exported from: those
+    whose digest is `weights` (for the run's own model.onnx), else the run's model.safetensors when the run has
+    one. `threads` compute threads (default: ONNX Runtime's, one per core), fewer where several processes share
+    the cores. Raises ProtlocError."""
     import onnxruntime
+
+    from protloc.files import check_digest
+    from protloc.inference.onnx_export import WEIGHTS_DIGEST_KEY, weights_digest
 
     path = Path(path)
     export = f"protloc export {run_dir} --out {path}"
     if not path.is_file():
         raise ProtlocError(f"{path}: ONNX model not found; run `{export}` first")
+    check_digest(path)
     try:
         options = onnxruntime.SessionOptions()
         if threads is not None:
@@ -116,6 +124,14 @@ def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path =
             f"{path}: takes images {shape[1:]} and gives {outputs[-1]} outputs, but the run expects "
             f"{expected} and {config.num_classes} classes (exported from another run? run `{export}`)"
         )
+    claimed = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
+    if weights is None and claimed is not None:
+        try:
+            weights = weights_digest(run_dir)
+        except ProtlocError:  # a run without its weights (an ONNX-only deployment): nothing to compare
+            weights = None
+    if weights is not None and claimed != weights:
+        raise ProtlocError(f"{path}: exported from other weights than {run_dir}'s model.safetensors; run `{export}`")
     return session
 
 
@@ -149,11 +165,11 @@ def predict_scored_batch(engine, images: torch.Tensor, tta: bool = False) -> tup
     return probabilities, scores
 
 
-OUTLIER_SCORE = "outlier_score"  # a scored batch's extra beside its probabilities (predictor.TableResult.outlier_scores)
+OUTLIER_SCORE = "outlier_score"  # a scored batch's extra beside its probabilities (rows.TableResult.outlier_scores)
 
 
 def scored_outputs(engine, images: torch.Tensor, tta: bool) -> torch.Tensor | dict[str, torch.Tensor]:
     """A batch's probabilities, with the outlier scores of the same forward pass beside them (named, as
-    predictor.named_outputs takes them) where the run has them."""
+    rows.named_outputs takes them) where the run has them."""
     probabilities, scores = predict_scored_batch(engine, images, tta)
     return probabilities if scores is None else {"outputs": probabilities, OUTLIER_SCORE: scores}

@@ -16,12 +16,18 @@ metadata) and fits the run's config; otherwise `run_onnx_session` exports one in
 (data/cache.py: $PROTLOC_CACHE_DIR, else ~/.cache/protloc), on first use and again whenever the weights change.
 Loading a run writes nothing into its folder, and says what it exports through the "protloc" logger, which the
 command line shows.
+Each export carries its own SHA-256 beside it (FILE.sha256, as `sha256sum` writes it), checked before a session
+opens it: a graph edited since its export is never taken for the run's (docs/security.md). An export in the
+cache folder is used only when that folder is the user's own (data/cache.py); otherwise the export goes to a
+private temporary folder for this process.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,7 +36,7 @@ import torch
 from torch import nn
 
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path
+from protloc.files import atomic_path, file_sha256, recorded_digest, write_digest
 from protloc.inference.engines import open_onnx_session
 from protloc.runs import ONNX_FILE, OUTLIER_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
 
@@ -102,6 +108,7 @@ def export_onnx(model: nn.Module, config: RunConfig, path: str | Path, *, opset:
                 f"{path}: ONNX Runtime and torch disagree by {difference:.2e} on a random batch "
                 f"(tolerance {PARITY_TOLERANCE:.0e}); nothing written. Try another --opset."
             )
+    write_digest(path)  # PATH.sha256: the graph's own digest, checked before a session opens it (engines.py)
     return difference
 
 
@@ -136,8 +143,7 @@ def weights_digest(run_dir: str | Path) -> str:
         return hashlib.sha256(digests.encode()).hexdigest()
     path = Path(run_dir) / WEIGHTS_FILE
     try:
-        with open(path, "rb") as stream:
-            digest = hashlib.file_digest(stream, "sha256").hexdigest()
+        digest = file_sha256(path)
     except FileNotFoundError:
         raise ProtlocError(f"{path}: not found (a run folder holds config.json and model.safetensors)") from None
     description = Path(run_dir) / OUTLIER_FILE
@@ -155,28 +161,48 @@ def cached_onnx_path(cache_dir: str | Path, digest: str, config: RunConfig) -> P
 
 
 def _fresh_session(path: Path, config: RunConfig, run_dir: str | Path, digest: str, threads: int | None = None):
-    """A session on `path` when it exists, fits the config and was exported from weights `digest`; else None."""
-    if not path.is_file():
+    """A session on `path` when it is a regular file whose SHA-256 recorded beside it at export still holds, fits
+    the config and was exported from weights `digest`; else None."""
+    if not (path.is_file() and not path.is_symlink() and recorded_digest(path)):
         return None
+    try:  # checks the graph's own digest, the config and the weights it claims
+        return open_onnx_session(path, config, run_dir, weights=digest, threads=threads)
+    except ProtlocError:  # unreadable, changed since its export, from other weights, or for another run's shape
+        return None
+
+
+def export_folder(cache_dir: str | Path | None) -> Path:
+    """Where the default engine keeps its exports: the cache folder's CACHE_FOLDER when that folder is the user's
+    own (data/cache_files.folder_problem), else a private temporary folder for this process."""
+    from protloc.data.cache import default_cache_dir
+    from protloc.data.cache_files import folder_problem, own_subfolder
+
+    folder = Path(os.path.realpath(Path(cache_dir or default_cache_dir()).expanduser()))
     try:
-        session = open_onnx_session(path, config, run_dir, threads=threads)
-    except ProtlocError:  # unreadable, or made for another image size or class count
-        return None
-    return session if session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY) == digest else None
+        if not os.path.lexists(folder):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(folder, 0o700)
+        problem = folder_problem(folder) or (None if own_subfolder(folder / CACHE_FOLDER, make=True)
+                                             else f"{CACHE_FOLDER} is not a folder of this user alone")
+    except OSError as error:
+        problem = f"cannot be used ({error.strerror or error})"
+    if problem is None:
+        return folder / CACHE_FOLDER
+    log.warning("cache folder %s: %s; the ONNX export goes to a temporary folder", folder, problem)
+    return Path(tempfile.mkdtemp(prefix="protloc-onnx-"))
 
 
 def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Path | None = None, *,
                      threads: int | None = None):
-    """An ONNX Runtime session for the run: on RUN/model.onnx when it was exported from the run's weights and fits
-    its config, else on an export in `cache_dir` (default: the image cache's folder), made first when missing;
-    `threads` as open_onnx_session."""
-    from protloc.data.cache import default_cache_dir
-
+    """An ONNX Runtime session for the run: on RUN/model.onnx when it was exported from the run's weights, fits
+    its config and is unchanged since its export, else on an export in `cache_dir` (default: the image cache's
+    folder, when it is the user's own), made first when missing; `threads` as open_onnx_session."""
     digest = weights_digest(run_dir)
     session = _fresh_session(Path(run_dir) / ONNX_FILE, config, run_dir, digest, threads)
     if session is not None:
         return session
-    path = cached_onnx_path(cache_dir or default_cache_dir(), digest, config)
+    folder = export_folder(cache_dir)
+    path = folder / cached_onnx_path(folder, digest, config).name
     session = _fresh_session(path, config, run_dir, digest, threads)
     if session is not None:
         return session
@@ -186,10 +212,9 @@ def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Pa
     scorer = load_scorer(run_dir, config, model)  # a damaged description stops here, before any export
     log.info("exporting %s to %s for ONNX Runtime (once; again whenever the weights change)", run_dir, path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, config, path, weights_digest=digest, scorer=scorer)
     except OSError as error:
         raise ProtlocError(f"{path}: cannot write the ONNX model ({error.strerror or error}); export it elsewhere with "
                            f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, set $PROTLOC_CACHE_DIR, or use "
                            f"--engine torch") from None
-    return open_onnx_session(path, config, run_dir, threads=threads)
+    return open_onnx_session(path, config, run_dir, weights=digest, threads=threads)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -24,14 +24,15 @@ from protloc.data import BIT_DEPTHS
 from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
-from protloc.data.stains import describe_missing_stain, parse_stain_map, run_stains
+from protloc.data.stains import parse_stain_map, run_stains
 from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
-from protloc.inference.engines import (OUTLIER_SCORE, OnnxEngine, TorchEngine, make_engine,  # noqa: F401
+from protloc.inference.engines import (OnnxEngine, TorchEngine, make_engine,  # noqa: F401
                                       open_onnx_session, predict_batch, scored_outputs)
 from protloc.inference.inputs import InputImages, as_image_list, image_ids, read_input
 from protloc.inference.onnx_export import run_onnx_session
+from protloc.inference.rows import RowCollector, TableResult, named_outputs  # noqa: F401  (TableResult: for callers)
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import LabelSet
 from protloc.runs import RunConfig, eval_preset, load_config, load_run
@@ -49,75 +50,7 @@ def as_stain_map(stain_map: str | dict | None) -> dict | None:
         raise ProtlocError(f"--stain-map: {error}") from None
 
 
-def find_missing_files(table: DatasetTable) -> list[str]:
-    """'PATH: file not found' for each image file the table names that does not exist (for a stain set, with its Id
-    and stain): cheap to know before running the model, unlike a corrupt file."""
-    lines = []
-    for source in table.frame["source"]:
-        if isinstance(source, str):
-            if not Path(source).is_file():
-                lines.append(f"{source}: file not found")
-            continue
-        lines.extend(describe_missing_stain(path, len(source)) for path in source if not Path(path).is_file())
-    return lines
-
-
 # ---------------------------------------------------------------- batches
-
-
-class TableResult(NamedTuple):
-    """Per row of a dataset, in its order: the model's outputs and why an image could not be read."""
-
-    outputs: np.ndarray  # (N, width) float32: probabilities or features; meaningless where a problem is
-    problems: list[str]  # "" for an image that was read, else 'PATH: why'
-    # Other per-image arrays an engine gives beside its outputs (named_outputs), each (N, ...) in row order.
-    extras: dict[str, np.ndarray] = {}
-
-    @property
-    def ok(self) -> np.ndarray:
-        return np.array([not problem for problem in self.problems], dtype=bool)
-
-    @property
-    def outlier_scores(self) -> np.ndarray | None:
-        """(N,) float32 beside probabilities, where the run has an outlier description (inference/outliers.py)."""
-        return self.extras.get(OUTLIER_SCORE)
-
-    @property
-    def unreadable(self) -> list[str]:
-        return [problem for problem in self.problems if problem]
-
-
-def named_outputs(outputs) -> dict[str, torch.Tensor]:
-    """A batch's outputs as named per-image arrays: a tensor is "outputs"; an engine that gives more per image
-    returns a dict, its model outputs under "outputs" and the others (a score, say) beside them. Every name flows
-    through both ways of predicting a table (one process, or several: distributed.py) into TableResult."""
-    return dict(outputs) if isinstance(outputs, dict) else {"outputs": outputs}
-
-
-class RowCollector:
-    """Named per-image arrays of batches, each row put at its place in the table: one process's batches, or every
-    process's shares of a table (distributed.py)."""
-
-    def __init__(self, rows: int, width: int | None = None):
-        self.total = rows
-        # With a known width (the classes), an empty table still gives (0, width) outputs.
-        self.arrays = {} if width is None else {"outputs": np.zeros((rows, width), dtype=np.float32)}
-        self.problems = [""] * rows
-        self.seen = np.zeros(rows, dtype=bool)
-
-    def add(self, rows: np.ndarray, arrays: dict[str, np.ndarray], problems) -> None:
-        for name, values in arrays.items():
-            if name not in self.arrays:
-                self.arrays[name] = np.zeros((self.total, *values.shape[1:]), dtype=values.dtype)
-            self.arrays[name][rows] = values
-        for row, problem in zip(rows.tolist(), problems):
-            self.problems[row] = str(problem)
-        self.seen[rows] = True
-
-    def result(self) -> TableResult:
-        extras = {name: values for name, values in self.arrays.items() if name != "outputs"}
-        outputs = self.arrays.get("outputs", np.zeros((0, 0), dtype=np.float32))
-        return TableResult(outputs, self.problems, extras)
 
 
 def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
@@ -337,6 +270,14 @@ class Predictor:
         """Boolean labels (N, C): the run's per-class thresholds, or one `threshold` for all classes."""
         thresholds = self.config.thresholds if threshold is None else threshold
         return apply_thresholds(probabilities, thresholds, allow_empty=allow_empty)
+
+    def explain(self, images, *, classes="predicted") -> list:
+        """Where the model found each class in one image or a list of them (anything `predict` takes), as `protloc
+        explain` maps it (HiResCAM, a Grad-CAM variant, on the torch model): one Explanation per image, with .maps
+        ({class name: (H, W) map in 0..1}) and .figure(). `classes`: "predicted", "all", or names or numbers."""
+        from protloc.reports.explain import explain_images
+
+        return explain_images(self, images, classes)
 
     def predict(self, images, *, tta: bool = False, threshold: float | None = None,
                 allow_empty: bool = False, batch_size: int = 32) -> Prediction:

@@ -19,7 +19,8 @@ from protloc.files import save_figure, write_csv, write_json
 from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds
 from protloc.plots import subplots
 from protloc.reports import html
-from protloc.training.metrics import multilabel_scores
+from protloc.reports.mistakes import name_labels, worst_blocks, worst_mistakes, write_mistake_pictures
+from protloc.training.metrics import SCORE_MEANINGS, multilabel_scores
 
 AT_DEFAULT = f"{DEFAULT_THRESHOLD:g}"  # names the scores at the default threshold: "0.5"
 TOP_MISTAKES = 15
@@ -41,6 +42,7 @@ class Evaluation:
     probabilities: np.ndarray
     exact_match: float
     tta: bool = False
+    worst: pd.DataFrame | None = None  # the most confident wrong decisions: row, id, true, predicted, wrong, picture
     # How unlike the training images each image is (inference/outliers.py), and the run's threshold; None for
     # a run without outlier scores.
     outlier_scores: np.ndarray | None = None
@@ -75,6 +77,8 @@ class Evaluation:
             # JSON has no NaN: a class without positives has no average precision.
             "per_class": self.per_class.astype(object).where(self.per_class.notna(), None).to_dict(orient="records"),
             "most_frequent_mistakes": self.mistakes.to_dict(orient="records"),
+            "worst_mistakes": [] if self.worst is None else
+            self.worst.drop(columns=["row", "picture"], errors="ignore").to_dict(orient="records"),
             "outliers": self.outlier_summary(),
         }
 
@@ -103,10 +107,6 @@ def outlier_blocks(evaluation: Evaluation) -> list[str]:
 def format_labels(row: np.ndarray) -> str:
     """Multi-hot row -> space-separated class numbers, the datasets' own label format."""
     return " ".join(str(i) for i in np.flatnonzero(row))
-
-
-def name_labels(row: np.ndarray, names: list[str]) -> str:
-    return ", ".join(names[i] for i in np.flatnonzero(row)) or "(none)"
 
 
 def count_mistakes(targets: np.ndarray, predicted: np.ndarray, names: list[str], top: int = TOP_MISTAKES) -> pd.DataFrame:
@@ -155,6 +155,7 @@ def score_predictions(ids: list[str], targets: np.ndarray, probabilities: np.nda
         per_class=per_class, scores=scores, mistakes=count_mistakes(targets, predicted, list(label_names)),
         predictions=pd.concat([predictions, probability_columns], axis=1), targets=targets,
         probabilities=probabilities, exact_match=float((targets == predicted).all(axis=1).mean()), tta=tta,
+        worst=worst_mistakes(list(ids), targets, predicted, probabilities, thresholds, list(label_names)),
     )
 
 
@@ -227,10 +228,20 @@ def plot_precision_recall(evaluation: Evaluation, columns: int = 5):
 
 def scores_table(evaluation: Evaluation) -> pd.DataFrame:
     return pd.DataFrame({
-        "score": list(F1_VARIANTS),
+        "score": [f"{SCORE_MEANINGS[key].split(':')[0]} ({key})" for key in F1_VARIANTS],
         f"at {evaluation.threshold_source}": [evaluation.scores["thresholds"][k] for k in F1_VARIANTS],
         f"at {AT_DEFAULT}": [evaluation.scores[AT_DEFAULT][k] for k in F1_VARIANTS],
     })
+
+
+def score_terms() -> list[tuple[str, str]]:
+    """The scores' names and meanings, for a definition list under a table of them."""
+    terms = [tuple(SCORE_MEANINGS[key].split(": ", 1)) for key in F1_VARIANTS]
+    return terms + [("F1", "2 x precision x recall / (precision + recall), from 0 (all wrong) to 1 (all right); "
+                           "precision: the share of the labels given that are true; recall: the share of the true "
+                           "labels given"),
+                    ("threshold", "a class is given to an image when its probability reaches the class's threshold; "
+                                  "an image no class reaches gets its most likely class, as protloc predict labels")]
 
 
 def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
@@ -249,6 +260,7 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
         *outlier_blocks(evaluation),
         html.heading("F1 scores", 3),
         html.table(scores_table(evaluation), float_digits=4),
+        html.definitions(score_terms()),
         html.heading("Per class", 3),
         html.table(per_class),
         html.image(prefix + PLOTS["f1"], f"F1 per class at {evaluation.threshold_source} and at {AT_DEFAULT}; "
@@ -256,13 +268,19 @@ def evaluation_blocks(evaluation: Evaluation, prefix: str = "") -> list[str]:
         html.image(prefix + PLOTS["pr"], "Precision-recall curves; AP = average precision."),
         html.heading("Most frequent wrong label sets", 3),
         mistakes,
+        *worst_blocks(evaluation, prefix),
         html.paragraph_with_link("Per-image probabilities and labels:", prefix + PREDICTIONS_FILE, PREDICTIONS_FILE),
     ]
 
 
-def write_evaluation(evaluation: Evaluation, out_dir: str | Path, title: str = "Evaluation") -> None:
+def write_evaluation(evaluation: Evaluation, out_dir: str | Path, title: str = "Evaluation", *,
+                     sources: list | None = None, read_image=None) -> None:
+    """metrics.json, predictions.csv, the plots and index.html in `out_dir`; with the images' `sources` and a
+    `read_image`, thumbnails of the worst mistakes too."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if sources is not None and read_image is not None and evaluation.worst is not None and len(evaluation.worst):
+        write_mistake_pictures(evaluation, out_dir, sources, read_image)
     write_json(out_dir / "metrics.json", evaluation.to_json())
     write_csv(out_dir / PREDICTIONS_FILE, evaluation.predictions)
     save_figure(out_dir / PLOTS["f1"], plot_f1_per_class(evaluation))
@@ -286,7 +304,7 @@ def evaluate_table(predictor, table, *, threshold: float | None = None, tta: boo
     """Predict `table` with the run's Predictor and score it. With `ranks` (protloc.inference.distributed.Ranks)
     every process predicts its share and process 0 scores the whole table; the others return None."""
     from protloc.errors import DataError
-    from protloc.inference.predictor import find_missing_files
+    from protloc.data.check import find_missing_files
 
     config = predictor.config
     data_name = data_name or str(table.root)
@@ -314,5 +332,6 @@ def evaluate_run(predictor, table, out_dir: str | Path, *, data_name: str = "", 
     evaluate_table's, in one process)."""
     data_name = data_name or str(table.root)
     evaluation = evaluate_table(predictor, table, data_name=data_name, **options)
-    write_evaluation(evaluation, out_dir, f"Evaluation on {data_name}")
+    write_evaluation(evaluation, out_dir, f"Evaluation on {data_name}", sources=list(table.frame["source"]),
+                     read_image=predictor.read)
     return evaluation

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -30,8 +29,9 @@ from protloc.errors import ProtlocError
 from protloc.files import save_figure
 from protloc.inference.predictor import Predictor
 from protloc.labels import did_you_mean, list_classes
-from protloc.reports import html
 from protloc.reports.explore import rgb_view
+# Computed there, drawn here; importable from here as before.
+from protloc.reports.cams import compute_cams, compute_model_cams, scale_together  # noqa: F401
 
 PANEL_COLUMNS = 4
 TARGET_MODES = ("predicted", "all")
@@ -51,13 +51,29 @@ HEATMAP = "inferno"  # the map alone: dark where it is 0, pale yellow at its max
 
 @dataclass
 class Explanation:
+    """Where the model found each target class in one image: `cams[i]` is the map of class number `targets[i]`,
+    at the model's input size, on one 0..1 scale for the image (its strongest map's peak at 1); `maps` holds them
+    by class name and `figure()` draws them as `protloc explain` does."""
+
     id: str
-    figure: str  # file name of the PNG, in the output folder
+    file_name: str  # of the figure's PNG, in the output folder of `protloc explain`
     probabilities: np.ndarray
     predicted: list[int]
     targets: list[int]
     cams: np.ndarray  # (targets, H, W) on one 0..1 scale for the image (scale_together)
     true: list[int] | None = None  # the image's true classes, when its dataset has labels
+    image: np.ndarray | None = field(default=None, repr=False)  # the model's input in 0..1, (H, W, channels)
+    config: object = field(default=None, repr=False)  # the run's RunConfig: class names and thresholds
+    um_per_pixel: float | None = None  # of the model's input, where the file states its pixel size: a scale bar
+
+    @property
+    def maps(self) -> dict[str, np.ndarray]:
+        """{class name: its map (H, W) in 0..1}, in target order."""
+        return {self.config.label_names[index]: cam for index, cam in zip(self.targets, self.cams)}
+
+    def figure(self) -> Figure:
+        """The figure `protloc explain` saves: the input, its protein stain, a panel per map, the probabilities."""
+        return plot_explanation(self, self.image, self.config, self.um_per_pixel)
 
     @property
     def missed(self) -> list[int]:
@@ -133,73 +149,6 @@ def cam_grid(model, image_size: int) -> tuple[int, int]:
     return int(shapes[0][-2]), int(shapes[0][-1])
 
 
-def unscaled_cam_method(method: str):
-    """The pytorch-grad-cam class `method` with its maps left at their own magnitude: it stretches each map to
-    0..1 on its own (min-max), so a class with almost no evidence drew as full a map as a certain one."""
-    import pytorch_grad_cam
-
-    base = getattr(pytorch_grad_cam, method)
-
-    class Unscaled(base):
-        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
-            activations = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
-            gradients = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
-            width, height = self.get_target_width_height(input_tensor)
-            maps = []
-            for layer, layer_activations, layer_gradients in zip(self.target_layers, activations, gradients):
-                cam = self.get_cam_image(input_tensor, layer, targets, layer_activations, layer_gradients, eigen_smooth)
-                cam = torch.from_numpy(np.maximum(cam, 0).astype(np.float32))[:, None]
-                # Bilinear, as the library resizes; values keep their magnitude.
-                maps.append(torch.nn.functional.interpolate(cam, size=(height, width), mode="bilinear").numpy())
-            return maps
-
-        def aggregate_multi_layers(self, maps):
-            return np.maximum(np.concatenate(maps, axis=1), 0).mean(axis=1)
-
-    return Unscaled
-
-
-def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
-    """Class-activation maps (len(class_indices), H, W) at their own magnitude (>= 0, not scaled), one backward
-    pass for all classes.
-
-    `tensor` is one image (1, C, H, W), mapped for every class, or one image per class. A function of
-    the model, the input and the classes only, so that maps of several models (folds) can be averaged.
-    """
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    if not class_indices:
-        return np.zeros((0, *tensor.shape[-2:]), dtype=np.float32)
-    layer = cam_layer(model)
-    targets = [ClassifierOutputTarget(index) for index in class_indices]
-    # Channels-last model and input: on CPU the backward pass through depthwise convolutions is
-    # an order of magnitude faster than in the default layout (measured: 4 s -> 0.2 s per 64 px image).
-    model = model.to(memory_format=torch.channels_last)
-    device = next(model.parameters()).device
-    batch = tensor if len(tensor) == len(class_indices) else tensor.repeat(len(class_indices), 1, 1, 1)
-    batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-    with unscaled_cam_method(CAM_METHOD)(model=model, target_layers=[layer]) as cam:
-        return cam(input_tensor=batch, targets=targets)
-
-
-def scale_together(cams: np.ndarray) -> np.ndarray:
-    """An image's maps on one common 0..1 scale, the strongest map's peak at 1: a class with little evidence beside
-    a well-supported one looks weak, where a scale per map would stretch its faint map to full range."""
-    peak = float(cams.max()) if cams.size else 0.0
-    return (cams / peak if peak > 0 else np.zeros_like(cams)).astype(np.float32)
-
-
-def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
-    """Class-activation maps of a run's model for one image, on one scale (`scale_together`); for a K-fold
-    ensemble, the mean of its folds' maps (each fold seeing the image normalised as it was trained)."""
-    from protloc.inference.ensemble import FoldEnsemble
-
-    if not isinstance(model, FoldEnsemble):
-        return scale_together(compute_cams(model, tensor, class_indices))
-    cams = np.mean([compute_cams(fold, inputs, class_indices) for fold, inputs in model.fold_inputs(tensor)], axis=0)
-    return scale_together(cams)
-
-
 def choose_targets(targets: str | list[int], predicted: list[int], true: list[int] | None,
                    num_classes: int) -> list[int]:
     """The classes to map: 'predicted' adds the true classes that were missed, so a miss is shown too."""
@@ -211,21 +160,42 @@ def choose_targets(targets: str | list[int], predicted: list[int], true: list[in
 
 
 def explain_image(predictor: Predictor, identifier: str, source, targets: str | list[int],
-                  true: list[int] | None = None) -> tuple[Explanation, object]:
+                  true: list[int] | None = None, probabilities: np.ndarray | None = None) -> tuple[Explanation, Figure]:
     """The explanation of one image and its figure (not yet saved); `true`: its true classes, when known. The
-    input, probabilities and labels come from the predictor, as `protloc predict` gets them; the maps from its
-    torch model (averaged over the folds of a K-fold ensemble)."""
+    input, probabilities and labels come from the predictor, as `protloc predict` gets them (or `probabilities`,
+    already computed so); the maps from its torch model (averaged over the folds of a K-fold ensemble)."""
+    explanation = explain_input(predictor, identifier, source, targets, true, probabilities)
+    return explanation, explanation.figure()
+
+
+def explain_input(predictor: Predictor, identifier: str, source, targets: str | list[int],
+                  true: list[int] | None = None, probabilities: np.ndarray | None = None) -> Explanation:
+    """explain_image without the figure."""
     config = predictor.config
     tensor = predictor.prepare(source)[None]
-    probabilities = predictor.probabilities(tensor)[0]
+    if probabilities is None:
+        probabilities = predictor.probabilities(tensor)[0]
     predicted = np.flatnonzero(predictor.decide(probabilities[None])[0]).tolist()
     chosen = choose_targets(targets, predicted, true, config.num_classes)
     cams = compute_model_cams(predictor.model, tensor, chosen)
-    explanation = Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams,
-                              None if true is None else list(true))
     stated = stated_pixel_size(source)  # a microscope file's µm per pixel, for a scale bar
-    um_per_pixel = stated[0] * stated[1] / tensor.shape[-1] if stated else None
-    return explanation, plot_explanation(explanation, model_view(tensor, config), config, um_per_pixel)
+    return Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams,
+                       None if true is None else list(true), image=model_view(tensor, config), config=config,
+                       um_per_pixel=stated[0] * stated[1] / tensor.shape[-1] if stated else None)
+
+
+def explain_images(predictor: Predictor, images, classes="predicted") -> list[Explanation]:
+    """Predictor.explain: the maps of one image or a list of them (anything `predict` takes). `classes`:
+    "predicted", "all", or class names or numbers (a list, or one string separated by commas)."""
+    from protloc.inference.inputs import as_image_list, image_ids
+
+    names = predictor.label_names
+    if isinstance(classes, str):
+        targets = parse_target_classes(classes, names)
+    else:
+        targets = parse_target_classes(",".join(str(item) for item in classes), names)
+    images = as_image_list(images)
+    return [explain_input(predictor, identifier, image, targets) for identifier, image in zip(image_ids(images), images)]
 
 
 def outline(region: np.ndarray, width: int) -> np.ndarray:
@@ -342,22 +312,30 @@ def true_classes(table: DatasetTable, config) -> list[list[int]] | None:
 
 
 def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path,
-                  targets: str | list[int] = "predicted", show_progress: bool = True) -> list[Explanation]:
-    """One PNG per image of `table` in `out_dir`; returns what each shows. Labelled tables show missed classes."""
+                  targets: str | list[int] = "predicted", show_progress: bool = True, *, batch_size: int = 32,
+                  workers: int = 0) -> list[Explanation]:
+    """One PNG per image of `table` in `out_dir`; returns what each shows. Labelled tables show missed classes.
+    The probabilities come first, `batch_size` images at a time from the predictor's engine (ONNX Runtime too),
+    as `protloc predict` computes them; then each image's maps from the torch model. Unreadable images raise a
+    DataError naming each, before any map is drawn."""
+    from protloc.errors import DataError
     from protloc.progress import progress_bar
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    result = predictor.predict_table(table, batch_size=batch_size, workers=workers, show_progress=show_progress)
+    if result.unreadable:
+        raise DataError(*result.unreadable)
     explanations, used = [], set()
     truth = true_classes(table, predictor.config) or [None] * len(table)
-    rows = zip(table.frame["id"], table.frame["source"], truth)
-    for identifier, source, true in progress_bar(rows, total=len(table), desc="class maps", unit="image",
-                                         disable=not show_progress):
-        explanation, figure = explain_image(predictor, str(identifier), source, targets, true)
-        while explanation.figure in used:  # two ids that sanitise to one name
-            explanation.figure = explanation.figure.replace(".png", "_.png")
-        used.add(explanation.figure)
-        save_figure(out_dir / explanation.figure, figure)
+    rows = zip(table.frame["id"], table.frame["source"], truth, result.outputs)
+    for identifier, source, true, probabilities in progress_bar(rows, total=len(table), desc="class maps",
+                                                                unit="image", disable=not show_progress):
+        explanation, figure = explain_image(predictor, str(identifier), source, targets, true, probabilities)
+        while explanation.file_name in used:  # two ids that sanitise to one name
+            explanation.file_name = explanation.file_name.replace(".png", "_.png")
+        used.add(explanation.file_name)
+        save_figure(out_dir / explanation.file_name, figure)
         explanations.append(explanation)
     return explanations
 
@@ -373,44 +351,10 @@ def describe_maps(model, config, *, panels: bool = True) -> str:
     rows, columns = cam_grid(model, config.image_size)
     text = (f"Class-activation maps{folds}: where in the image the model found each class, made with {CAM_ABOUT} "
             f"on layer {model.backbone.cam_layer_name} of {config.backbone}: {rows}x{columns} cells at "
-            f"{config.image_size} px, smoothed up to the image. Each map is scaled to its own maximum, so two classes' "
-            f"maps show where, not how strongly. Outlines: grey around the hottest pixels holding "
+            f"{config.image_size} px, smoothed up to the image. An image's maps share one scale, the strongest map's "
+            f"peak at 1: a class with little evidence draws faintly, one with none not at all. Outlines: grey around the hottest pixels holding "
             f"{MAP_MASS_SHARES[0]:.0%} of the map (lightly tinted inside), white around those holding "
             f"{MAP_MASS_SHARES[1]:.0%}; every other pixel is the input's own, so the stains stay visible.")
     if panels:
         text += " Panels are drawn for the predicted classes and for true classes the model missed (red title)."
     return text
-
-
-def class_list(indices: list[int] | None, names: list[str]) -> str:
-    return ", ".join(names[i] for i in indices or []) or "(none)"
-
-
-def explanation_blocks(explanations: list[Explanation], config, prefix: str = "") -> list[str]:
-    """A table of what was predicted (and what is true and missed, when known), then the figures."""
-    names = config.label_names
-    labelled = any(e.true is not None for e in explanations)
-    summary = pd.DataFrame({"image": [e.id for e in explanations]})
-    if labelled:
-        summary["true"] = [class_list(e.true, names) for e in explanations]
-    summary["predicted"] = [class_list(e.predicted, names) for e in explanations]
-    if labelled:
-        summary["missed"] = [class_list(e.missed, names) if e.missed else "" for e in explanations]
-    summary["top probability"] = [f"{names[int(np.argmax(e.probabilities))]} {e.probabilities.max():.2f}"
-                                  for e in explanations]
-    blocks = [html.table(summary)]
-    for e in explanations:
-        caption = f"{e.id}: " + (f"true {class_list(e.true, names)}; " if e.true is not None else "")
-        caption += f"predicted {class_list(e.predicted, names)}"
-        caption += f"; missed {class_list(e.missed, names)}" if e.missed else ""
-        blocks.append(html.image(prefix + e.figure, caption))
-    return blocks
-
-
-def write_explanation_page(explanations: list[Explanation], config, out_dir: str | Path, maps: str = "",
-                           more: list[str] | None = None) -> None:
-    """index.html over the figures; `maps` is `describe_maps`'s text, `more` blocks go last (the cells)."""
-    blocks = [html.paragraph("Images are shown as the model saw them (resized), beside their protein stain alone."),
-              *([html.paragraph(maps)] if maps else [])]
-    html.write_page(Path(out_dir) / "index.html", "Explanations",
-                    blocks + explanation_blocks(explanations, config) + list(more or []))

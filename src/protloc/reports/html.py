@@ -22,6 +22,12 @@ img { max-width: 100%; margin: .5em 0; border: 1px solid #eee; }
 p.note { color: #666; font-style: italic; }
 figure { margin: 1em 0; }
 figcaption { color: #555; font-size: .9em; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; }
+.gallery figure { width: 200px; margin: 0; }
+.gallery img { width: 100%; margin: 0; }
+dl { margin: .5em 0; }
+dt { font-weight: 600; margin-top: .4em; }
+dd { margin-left: 1.5em; color: #333; }
 """
 
 
@@ -49,6 +55,16 @@ def image(src: str, caption: str = "") -> str:
     if caption:
         figure += f"<figcaption>{html.escape(caption)}</figcaption>"
     return f"<figure>{figure}</figure>"
+
+
+def gallery(pictures: list[tuple[str, str]]) -> str:
+    """Small pictures side by side, each (relative path, caption)."""
+    return '<div class="gallery">' + "".join(image(src, caption) for src, caption in pictures) + "</div>"
+
+
+def definitions(terms: list[tuple[str, str]]) -> str:
+    """Terms and what they mean, as a definition list."""
+    return "<dl>" + "".join(f"<dt>{html.escape(term)}</dt><dd>{html.escape(meaning)}</dd>" for term, meaning in terms) + "</dl>"
 
 
 def _cell(value, float_digits: int) -> str:

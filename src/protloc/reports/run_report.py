@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from protloc.reports import html
+from protloc.reports.evaluate import score_terms
+from protloc.training.metrics import SCORE_MEANINGS
 from protloc.runs import CHECKPOINT_DIR, CONFIG_FILE, CURVES_FILE, LR_PLOT_FILE, METRICS_FILE, REPORT_FILE
 
 REPORT_DIR = "report"
@@ -46,8 +48,9 @@ def format_setting(value) -> str:
 # ---------------------------------------------------------------- results
 
 
-def validation_blocks(config) -> list[str]:
-    """What training measured on its validation split: scores and per-class F1, with the tuned thresholds."""
+def validation_blocks(config, explain_terms: bool = True) -> list[str]:
+    """What training measured on its validation split: scores and per-class F1, with the tuned thresholds; the
+    scores' meanings too, unless the page said them already (`explain_terms`)."""
     training = config.training.to_dict()
     tuned, at_half = training.get("val_tuned"), training.get("val_at_0.5")
     if not isinstance(tuned, dict) or not isinstance(at_half, dict):
@@ -56,14 +59,16 @@ def validation_blocks(config) -> list[str]:
     kept = f"epoch {training['best_epoch']} of {epochs}" if "best_epoch" in training else "the best epoch"
     images = f"{training['n_val']} validation images" if "n_val" in training else "the validation split"
     scores = pd.DataFrame({
-        "score": [f"F1 {variant}" for variant in VALIDATION_SCORES],
-        "at tuned thresholds": [tuned.get(f"f1_{variant}") for variant in VALIDATION_SCORES],
-        "at 0.5": [at_half.get(f"f1_{variant}") for variant in VALIDATION_SCORES],
+        "score": [f"{SCORE_MEANINGS[f'f1_{variant}'].split(':')[0]} (f1_{variant})" for variant in VALIDATION_SCORES],
+        "at the tuned thresholds, as predict labels": [tuned.get(f"f1_{variant}") for variant in VALIDATION_SCORES],
+        "every threshold at 0.5": [at_half.get(f"f1_{variant}") for variant in VALIDATION_SCORES],
     })
-    blocks = [html.paragraph(f"Model kept from {kept} (best validation macro F1, images labelled as predict labels "
-                             f"them); scores on {images}. In-sample: the same images picked the epoch and tuned the "
-                             "thresholds, so they flatter the model; held-out or out-of-fold scores are the honest ones."),
-              html.table(scores)]
+    blocks = [html.paragraph(f"The model is the weights of {kept}, the epoch with the best macro F1 on {images}. Each "
+                             "class then got its own threshold, the one with the best F1 on those images; predict, "
+                             "evaluate and the service label with these thresholds. The scores below are on the same "
+                             "images that chose the epoch and the thresholds, so they flatter the model: an evaluation "
+                             "on other labelled images (protloc report RUN --data DATA) is the honest measure."),
+              html.table(scores), *([html.definitions(score_terms())] if explain_terms else [])]
     per_class = {"class": config.label_names, "threshold": config.thresholds}
     for column, scores_at in (("F1 at tuned threshold", tuned), ("F1 at 0.5", at_half)):
         if len(scores_at.get("f1_per_class") or []) == config.num_classes:
@@ -88,21 +93,40 @@ def training_blocks(run_dir: Path, page: Path, label_names: list[str]) -> list[s
             shown = frame[overall].tail(METRICS_ROWS_SHOWN).astype(object)
             shown = shown.apply(lambda column: column.map(format_setting))
             blocks += [html.paragraph(f"Last {len(shown)} of {len(frame)} rows of {METRICS_FILE} (per-class "
-                                      "columns left out):"), html.table(shown)]
+                                      "columns left out). train_loss and val_loss: the loss on the training and on the "
+                                      "validation images; val_f1_macro and the other val_ scores: the scores above, "
+                                      "on the validation images after that epoch; images_per_second: training speed."),
+                       html.table(shown)]
     if not blocks:
         blocks.append(html.note(f"{run_dir} holds no {CURVES_FILE}, {LR_PLOT_FILE} or {METRICS_FILE} "
                                 "(protloc train writes them)."))
     return blocks
 
 
+def other_pages(run_dir: Path, page: Path) -> list[Path]:
+    """Folders in the run folder that hold a page of their own (an evaluation or explanation written there)."""
+    skipped = {(run_dir / REPORT_DIR).resolve(), (run_dir / CHECKPOINT_DIR).resolve()}
+    pages = []
+    for index in sorted(run_dir.rglob("index.html")):
+        folder = index.parent.resolve()
+        hidden = any(part.startswith(".") for part in index.relative_to(run_dir).parts)
+        if folder != run_dir.resolve() and not hidden and not any(skip == folder or skip in folder.parents for skip in skipped):
+            pages.append(index)
+    return pages
+
+
 def other_figures(run_dir: Path, page: Path, linked: list[str]) -> list[str]:
-    """Every PNG in the run folder the page does not show yet (embedding maps, a fold's curves...).
+    """Every PNG in the run folder the page does not show yet (embedding maps, a fold's curves...), then links to
+    the pages of folders that hold one (their figures stay on their page: one copy of each chart).
 
     RUN/report/ is left out: the page rewrites what it needs there, and older files in it may be stale.
     """
     shown = {(page.parent / link).resolve() for link in linked}
-    skipped = {(run_dir / REPORT_DIR).resolve(), (run_dir / CHECKPOINT_DIR).resolve()}
-    blocks = []
+    pages = other_pages(run_dir, page)
+    skipped = {(run_dir / REPORT_DIR).resolve(), (run_dir / CHECKPOINT_DIR).resolve(),
+               *(index.parent.resolve() for index in pages)}
+    blocks = [html.paragraph_with_link("A page of its own, with its figures:", relative_link(index, page),
+                                       index.relative_to(run_dir).as_posix()) for index in pages]
     for path in sorted(run_dir.rglob("*.png")):
         resolved = path.resolve()
         hidden = any(part.startswith(".") for part in path.relative_to(run_dir).parts)  # e.g. files.atomic_dir's staging
@@ -211,7 +235,8 @@ def evaluation_section(predictor, table, report_dir: Path, page: Path, data_name
 def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: str, samples: int,
                     show_progress: bool, links_to: Path | None = None) -> list[str]:
     from protloc.reports.cells import cell_blocks, write_cell_figures
-    from protloc.reports.explain import describe_maps, explain_table, explanation_blocks
+    from protloc.reports.explain import describe_maps, explain_table
+    from protloc.reports.explain_page import explanation_blocks
 
     shown = table.subset(range(min(samples, len(table))))
     if not len(shown):
@@ -219,7 +244,7 @@ def samples_section(predictor, table, samples_dir: Path, page: Path, data_name: 
     explanations = explain_table(predictor, shown, samples_dir, "predicted", show_progress=show_progress)
     prefix = relative_link(links_to or samples_dir, page) + "/"
     # Their cells, as protloc segment finds them: an image where none are found is said, not drawn.
-    cells, problems = write_cell_figures(predictor, shown, samples_dir, [e.figure for e in explanations])
+    cells, problems = write_cell_figures(predictor, shown, samples_dir, [e.file_name for e in explanations])
     return [html.paragraph(f"The first {len(shown)} images of {data_name}, with the map of each predicted class"
                            + (" and of each true class the model missed." if table.labelled else ".")),
             html.paragraph(describe_maps(predictor.model, predictor.config)),
@@ -272,12 +297,12 @@ def build_report(run_dir: str | Path, *, table=None, data_name: str = "", out_fi
                                       **prediction)]
         samples_blocks = samples_section(predictor, table, files_dir / SAMPLES_DIR, page, data_name, samples,
                                          show_progress, links_to=report_dir / SAMPLES_DIR)
-    blocks += [html.heading("Validation during training"), *validation_blocks(config),
+    blocks += [html.heading("Validation during training"), *validation_blocks(config, explain_terms=table is None or not table.labelled),
                html.heading("Training curves"), *run_training_blocks(run_dir, page, config, report_dir),
                html.heading("Sample explanations"), *samples_blocks]
     others = other_figures(run_dir, page, linked_files(blocks))
     if others:
-        blocks += [html.heading("Other figures in the run folder"), *others]
+        blocks += [html.heading("Other figures and pages in the run folder"), *others]
     blocks += [html.heading("Configuration"), *config_blocks(config)]
     html.write_page(page, f"Run {run_dir.resolve().name}", blocks)
     return page

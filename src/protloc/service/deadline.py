@@ -1,10 +1,15 @@
-"""A request deadline: the one limit that neither uvicorn nor FastAPI has a setting for."""
+"""A request deadline: the one limit that neither uvicorn nor FastAPI has a setting for; and a client that
+hangs up mid-request logged as one line, not as a traceback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("uvicorn.error")  # where uvicorn logs its own connection events
 
 
 class RequestDeadline:
@@ -39,6 +44,9 @@ class RequestDeadline:
         try:
             async with deadline:
                 await self.app(scope, watched_receive, watched_send)
+        except ClientDisconnect:  # the client hung up before its body arrived: no one to answer, nothing wrong here
+            logger.info("%s %s: the client closed the connection before sending its whole request",
+                        scope.get("method"), scope.get("path"))
         except TimeoutError:
             if response_started or not deadline.expired():
                 raise  # too late for a status (the server closes the connection), or not our deadline

@@ -153,6 +153,11 @@ async def gather_uploads(request: Request, runtime: Runtime, files: list[UploadF
     if kind not in FORM_TYPES:
         raise HTTPException(415, f"Content-Type {kind or '(none)'}: send multipart/form-data with images in a "
                                  f"field named files, or one image as the body (image/png, image/jpeg, image/tiff)")
+    form = await request.form()  # parsed already, for the parameters: the fields as sent, repeats included
+    repeated = [f"{stain} ({len(form.getlist(stain))} times)" for stain in STAIN_FIELDS if len(form.getlist(stain)) > 1]
+    if repeated:
+        raise HTTPException(422, f"stain set: {', '.join(repeated)} given more than once; send one image per stain "
+                                 "field (several images go in the field named files)")
     uploads = [Upload(f.filename or f"files[{i}]", [(f.filename or f"files[{i}]", await f.read())])
                for i, f in enumerate(files or [])]
     given = {stain: upload for stain, upload in stains.items() if upload is not None}

@@ -20,6 +20,7 @@ from protloc.service.limits import ServiceLimits
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+HEALTH_PATH = "/health"
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; h11's default, stated because it is a limit we rely on
 
 
@@ -30,6 +31,20 @@ class HeaderDeadlineProtocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.header_timeout_s = header_timeout_s
         self.head_deadline = None
+
+    # uvicorn answers 503 to every request past its connection limit, /health too, so a monitor would take a
+    # busy server for a dead one. It reads `limit_concurrency` right after it has parsed the request line into
+    # `self.scope`: for GET /health (no work, no upload) there is then no limit.
+    @property
+    def limit_concurrency(self) -> int | None:
+        scope = getattr(self, "scope", None) or {}
+        if scope.get("method") == "GET" and scope.get("path") == HEALTH_PATH:
+            return None
+        return self._limit_concurrency
+
+    @limit_concurrency.setter
+    def limit_concurrency(self, value: int | None) -> None:
+        self._limit_concurrency = value
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)

@@ -6,6 +6,8 @@ must stay fast. The losses and split methods are named here, once; losses.py and
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,14 @@ class TrainConfig:
     head_only_features: bool = False  # frozen phase on precomputed backbone features, without augmentation
 
 
+FLOAT_OPTIONS = ("lr", "lr_frozen", "weight_decay", "grad_clip", "dropout", "val_fraction", "cache_limit_gb")
+# The largest --image-size: a batch of 32 RGB images of 4096 px is 6.4 GB of float32 before the network; larger
+# sizes fail on allocation instead of on a line that says why.
+MAX_IMAGE_SIZE = 4096
+# What a multi-node launcher sets in each process it starts (torchrun; SLURM's srun); Lightning reads them too.
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "NODE_RANK", "SLURM_NODEID")
+
+
 def check_config(config: TrainConfig) -> None:
     """Every problem with the options at once, before any work. (--device and --precision are checked where
     they are resolved, in protloc.devices.)"""
@@ -92,9 +102,16 @@ def check_config(config: TrainConfig) -> None:
         expect(value in allowed, f"{option(name)} {value}: expected one of {', '.join(allowed)}")
     expect(config.epochs_frozen >= 0 and config.epochs >= 0, "--epochs and --epochs-frozen: expected 0 or more")
     expect(config.epochs_frozen + config.epochs > 0, "--epochs-frozen and --epochs are both 0: nothing to train")
+    infinite = [f"{option(name)} {value}: expected a finite number" for name in FLOAT_OPTIONS
+                if (value := getattr(config, name)) is not None
+                and not (isinstance(value, (int, float)) and math.isfinite(value))]
+    if infinite:  # the checks below would take inf for a large number and NaN for anything
+        raise ProtlocError(*infinite)
     expect(config.lr > 0 and config.lr_frozen > 0, "--lr and --lr-frozen: expected positive learning rates")
     expect(config.weight_decay >= 0, f"--weight-decay {config.weight_decay}: expected 0 or more")
     expect(config.grad_clip >= 0, f"--grad-clip {config.grad_clip}: expected 0 (off) or a positive value")
+    expect(isinstance(config.seed, int) and 0 <= config.seed < 2**32, f"--seed {config.seed}: expected a whole number "
+           f"from 0 to {2**32 - 1}")
     expect(config.batch_size >= 1, f"--batch-size {config.batch_size}: expected 1 or more")
     expect(config.workers is None or config.workers >= 0, f"--workers {config.workers}: expected 0 or more")
     expect(0.0 <= config.dropout < 1.0, f"--dropout {config.dropout}: expected a probability in [0, 1)")
@@ -102,8 +119,12 @@ def check_config(config: TrainConfig) -> None:
     expect(config.folds >= 1, f"--folds {config.folds}: expected 2 or more folds (1 = a single split)")
     expect(config.augment_resolution >= 1.0, f"--augment-resolution {config.augment_resolution}: expected 1 (crop from "
                                               "the input-size copy) or more")
-    expect(config.image_size is None or config.image_size >= 16, f"--image-size {config.image_size}: expected 16 or more pixels")
+    expect(config.image_size is None or 16 <= config.image_size <= MAX_IMAGE_SIZE,
+           f"--image-size {config.image_size}: expected 16 to {MAX_IMAGE_SIZE} pixels")
     expect(config.devices >= 1 and config.num_nodes >= 1, "--devices and --num-nodes: expected 1 or more")
+    expect(config.num_nodes == 1 or any(name in os.environ for name in LAUNCHER_VARIABLES),
+           f"--num-nodes {config.num_nodes}: no launcher started this process (torchrun or SLURM's srun set "
+           f"{', '.join(LAUNCHER_VARIABLES[:2])}...); start one process per node with one of them")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
     expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
     expect(config.data_kind in ("auto", "demo", "real"), f"--data-kind {config.data_kind}: expected auto, demo or real")

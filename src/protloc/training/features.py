@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import uuid
-from pathlib import Path
+import struct
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from protloc.allocator import freed_memory_kept_for_batches
-from protloc.data.cache import FEATURES_FOLDER, ImageCache, entry_key
+from protloc.data.cache import ImageCache, entry_key
+from protloc.data.cache_files import open_own_file, read_exactly
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
 from protloc.data.transforms import eval_transforms
@@ -119,34 +120,54 @@ def table_features(model, table: DatasetTable, *, image_size: int, mean, std, ch
     the image cache) and stored there."""
     key = features_key(model, table, image_size=image_size, mean=mean, std=std, channels=channels,
                        autocast_dtype=autocast_dtype) if cache is not None else None
-    path = cache.folder / FEATURES_FOLDER / f"{key}.npy" if key else None
-    if path is not None and path.is_file():
-        with contextlib.suppress(ValueError, OSError):  # a truncated file: compute again
-            return np.load(path, allow_pickle=False)
+    if key is not None:
+        stored = read_stored_features(cache, key, len(table))  # None when missing, damaged or of another shape
+        if stored is not None:
+            return stored
     transform = eval_transforms(image_size=image_size, mean=mean, std=std)
     dataset = ImageDataset(table, channels=channels, transform=transform, image_size=image_size, cache=cache)
     features = compute_features(model, dataset, batch_size=batch_size, workers=workers, device=device,
                                 autocast_dtype=autocast_dtype, show_progress=show_progress)
-    if path is not None:
-        store_features(cache, path, features)
+    if key is not None:
+        store_features(cache, key, features)
     return features
 
 
-def store_features(cache: ImageCache, path: Path, features: np.ndarray) -> None:
-    """Written under a temporary name, then renamed, within the cache's size limit (skipped when it would pass)."""
-    if not cache.reserve(features.nbytes):
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+FEATURES_HEADER = struct.Struct("<4sQQI")  # magic, rows, columns, CRC-32 of the float32 values
+FEATURES_MAGIC = b"plf2"
+
+
+def read_stored_features(cache: ImageCache, key: str, rows: int) -> np.ndarray | None:
+    """The (rows, F) float32 features stored under `key`, or None when there are none whole and of that many rows
+    (a file of another shape, damaged or not this user's is computed again)."""
+    descriptor = open_own_file(cache.features_path(key)) if cache.usable() else None
+    if descriptor is None:
+        return None
     try:
-        with open(temporary, "wb") as file:
-            np.save(file, features, allow_pickle=False)
-        os.replace(temporary, path)
+        header = os.read(descriptor, FEATURES_HEADER.size)
+        if len(header) != FEATURES_HEADER.size:
+            return None
+        magic, count, columns, checksum = FEATURES_HEADER.unpack(header)
+        if (magic != FEATURES_MAGIC or count != rows or not 0 < columns < 1 << 20
+                or os.fstat(descriptor).st_size != FEATURES_HEADER.size + count * columns * 4):
+            return None
+        features = np.empty((count, columns), dtype=np.float32)
+        view = memoryview(features).cast("B")
+        if not read_exactly(descriptor, view) or zlib.crc32(view) != checksum or not np.isfinite(features).all():
+            return None
+        return features
     except OSError:
-        pass  # a cache that cannot be written costs time later, never this run
+        return None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        os.close(descriptor)
+
+
+def store_features(cache: ImageCache, key: str, features: np.ndarray) -> None:
+    """Within the cache's size limit, checksummed; a cache that cannot take it costs time later, never this run."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    payload = memoryview(features).cast("B")
+    header = FEATURES_HEADER.pack(FEATURES_MAGIC, features.shape[0], features.shape[1], zlib.crc32(payload))
+    cache.write_entry(cache.features_path(key), header, payload)
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

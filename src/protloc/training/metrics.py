@@ -24,6 +24,16 @@ from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds
 _COURSE_EPSILON = 1e-12
 
 
+# What each score means, in the words every report prints beside it (F1 = 2 x precision x recall / (precision
+# + recall), 0 to 1).
+SCORE_MEANINGS = {
+    "f1_macro": "macro F1: each class's F1, averaged over the classes; a rare class counts as much as a common one",
+    "f1_micro": "micro F1: one F1 over every (image, class) decision pooled; common classes weigh most",
+    "f1_samples": "samples F1: each image's F1 over its classes, averaged over the images",
+    "fscore_course": "course F-score: precision and recall each averaged over the images, then combined; the "
+                     "Zero-to-GANs course's score, which published notebooks on this data report",
+}
+
 def as_class_matrix(values, name: str) -> np.ndarray:
     """An (images, classes) numpy array from an array-like or tensor; a ProtlocError naming `name` otherwise."""
     if isinstance(values, torch.Tensor):

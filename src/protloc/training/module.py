@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from protloc.errors import ProtlocError
 from protloc.models.classifier import ProtlocNet, freeze_backbone, unfreeze_backbone
 from protloc.training.metrics import fscore_course_notebook_rule, scores_as_deployed
 
@@ -25,6 +26,14 @@ VAL_THRESHOLD = 0.5
 # Logged every epoch (val_f1_macro picks the best one); the last is the course F-score under the notebooks' rule.
 LOGGED_SCORES = ("val_loss", "val_f1_macro", "val_f1_micro", "val_f1_samples", "val_fscore_course",
                  "val_fscore_course_notebook")
+
+
+class NonFiniteTraining(ProtlocError):
+    """Training diverged (NaN or infinite loss or weights): the run stops and no weights are written."""
+
+    def __init__(self, what: str):
+        super().__init__(f"training stopped: {what}; no weights written (a learning rate too high? try a lower --lr "
+                         "or --lr-frozen)")
 
 
 def validation_scores(targets: np.ndarray, probabilities: np.ndarray) -> dict:
@@ -103,6 +112,9 @@ class LocalisationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets, _rows, _ok = batch
         loss = self.loss(self._logits(images), targets)
+        if not torch.isfinite(loss):  # every step after would train on NaN: stop, before a checkpoint keeps it
+            raise NonFiniteTraining(f"the training loss became {float(loss)} at epoch {self.global_epoch + 1}, step "
+                                    f"{batch_idx + 1} of the {self.phase} phase")
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(images))
         return loss
 
@@ -118,6 +130,11 @@ class LocalisationModule(L.LightningModule):
         self._val_batches = []
         logits, targets = self._gather_validation(logits, targets, rows)
         loss = float(self.loss(logits, targets))
+        broken = [name for name, value in self.model.state_dict().items()
+                  if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if broken or not np.isfinite(loss):  # checked before the epoch's checkpoints are written
+            what = f"{len(broken)} weight tensors (e.g. {broken[0]})" if broken else f"the validation loss ({loss})"
+            raise NonFiniteTraining(f"{what} became non-finite at epoch {self.global_epoch + 1} of the {self.phase} phase")
         probabilities = torch.sigmoid(logits).cpu().numpy()
         self.val_scores = {"val_loss": loss, **validation_scores(targets.cpu().numpy(), probabilities)}
         # Every rank scored the same gathered set: the mean over ranks (sync_dist) changes nothing.

@@ -2,16 +2,21 @@
 folds >= 2 to one per fold (crossval.py). Everything the user can fix is checked before training starts."""
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from pathlib import Path
 
 from protloc.data.check import find_image_problems
 from protloc.data.intensity import detect_bit_depth
 from protloc.data.readers import DatasetTable, read_dataset
 from protloc.errors import DataError
+from protloc.files import remove_empty_folders
 from protloc.labels import get_label_set
 from protloc.training.config import TrainConfig, check_config
 from protloc.training.crossval import train_folds
 from protloc.training.engine import lightning_output, rank, resolve_engine
+from protloc.training.module import NonFiniteTraining
 from protloc.training.resume import check_out_folder
 from protloc.training.run import build_initial_model, image_cache, input_size, train_run
 from protloc.training.splits import make_split
@@ -29,17 +34,45 @@ def train(config: TrainConfig) -> Path:
     if rank() == 0:
         check_out_folder(config)
     table = read_training_table(config)
+    made = missing_folders(out) if not config.resume else []  # the run folder and the parents this run makes
     with lightning_output(config.verbose):
         # Before the image scan: missing pretrained weights fail in seconds, not after minutes of reading.
         model = build_initial_model(config, len(table.label_set))
         if rank() == 0:
             check_images(table, config.show_progress, image_cache(config), input_size(config), config.channels)
-        if config.folds >= 2:
-            train_folds(config, engine, table, model)
-        else:
-            train_rows, val_rows = make_split(config.validation_split, table.targets, config.val_fraction, config.seed)
-            train_run(config, engine, table, model, train_rows, val_rows, out)
+        try:
+            if config.folds >= 2:
+                train_folds(config, engine, table, model)
+            else:
+                train_rows, val_rows = make_split(config.validation_split, table.targets, config.val_fraction, config.seed)
+                warn_about_small_validation(len(val_rows), config)
+                train_run(config, engine, table, model, train_rows, val_rows, out)
+        except NonFiniteTraining:
+            if made and rank() == 0:  # nothing of a diverged run is kept: resuming it would diverge again
+                shutil.rmtree(out, ignore_errors=True)
+                remove_empty_folders(made[1:])
+            raise
     return out
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing, current = [], Path(os.path.abspath(folder))
+    while not os.path.lexists(current):
+        missing.append(current)
+        current = current.parent
+    return missing
+
+
+# Below this many validation images the best epoch and the tuned thresholds rest on a handful of examples.
+FEW_VALIDATION_IMAGES = 20
+
+
+def warn_about_small_validation(count: int, config: TrainConfig) -> None:
+    if count < FEW_VALIDATION_IMAGES and rank() == 0:
+        logging.getLogger("protloc").warning(
+            f"validation holds {count} image{'s' if count != 1 else ''} (--val-fraction {config.val_fraction}): the "
+            "best epoch and the tuned thresholds rest on them alone; a larger --val-fraction or more data steadies them")
 
 
 def read_training_table(config: TrainConfig) -> DatasetTable:

@@ -41,7 +41,8 @@ function fileName(text) {
 
 function options() {
   const form = byId("options");
-  return {tta: form.tta.checked, threshold: form.threshold.value.trim(), allow_empty: form.allow_empty.checked};
+  return {tta: form.tta.checked, threshold: form.threshold.value.trim(), allow_empty: form.allow_empty.checked,
+          bit_depth: form.bit_depth.value};
 }
 
 function formFor(item, extra = {}) {
@@ -56,6 +57,7 @@ function formFor(item, extra = {}) {
   body.append("tta", chosen.tta);
   body.append("allow_empty", chosen.allow_empty);
   if (chosen.threshold) body.append("threshold", chosen.threshold);
+  if (chosen.bit_depth) body.append("bit_depth", chosen.bit_depth);
   for (const [name, value] of Object.entries(extra)) body.append(name, value);
   return body;
 }
@@ -336,9 +338,8 @@ function showExplanation(item) {
   }
   byId("detail-images").replaceChildren(...panels);
   const any = data.explanations.length > 0;
-  byId("detail-status").textContent = any ? "Where the model found each predicted class:"
-    : "No class is predicted for this image, so there is no map to show.";
-  byId("map-style").hidden = byId("maps-legend").hidden = !any;
+  byId("detail-status").textContent = any ? "" : "No class is predicted for this image, so there is no map to show.";
+  byId("maps-heading").hidden = byId("map-style").hidden = byId("maps-legend").hidden = !any;
   data.outline_shares.forEach((share, index) => {
     document.querySelectorAll(`.share-${index}`).forEach((node) => { node.textContent = `${Math.round(100 * share)}%`; });
   });
@@ -360,7 +361,8 @@ async function openDetail(item) {
   byId("detail-name").replaceChildren(fileName(item.name));
   byId("detail-images").replaceChildren();
   byId("detail-bars").replaceChildren();
-  byId("detail-bars-legend").hidden = byId("map-style").hidden = byId("maps-legend").hidden = true;
+  byId("detail-bars-legend").hidden = byId("maps-heading").hidden = byId("map-style").hidden = true;
+  byId("maps-legend").hidden = true;
   const status = byId("detail-status");
   status.className = "";
   if (item.error || !item.result) {
