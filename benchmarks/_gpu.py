@@ -18,7 +18,7 @@ import _runs as runs
 def run_gpu_section(args, large, work) -> None:
     from protloc.data.cache import open_image_cache
     from protloc.data.readers import read_dataset
-    from protloc.runs import load_run
+    from protloc.models.run_weights import load_run
 
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     print(f"\nGPU: {torch.cuda.get_device_name(0)}, {str(dtype).removeprefix('torch.')} autocast, channels_last", flush=True)

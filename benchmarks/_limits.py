@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from protloc.allocator import freed_memory_kept
+from protloc.allocator import allow_malloc_settings, freed_memory_kept
 from protloc.data.cache import decode_resized
 from protloc.models.classifier import build_model, freeze_backbone
 
@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--epoch-steps", type=int, help="fine-tune as an epoch of this many steps, the first included")
     args = parser.parse_args()
+    allow_malloc_settings()  # a process of its own, with the memory settings `protloc train` uses
     print(json.dumps(measure(args.backbone, args.batch_size, args.image_size, args.steps, epoch_steps=args.epoch_steps)))
 
 

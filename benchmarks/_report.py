@@ -43,11 +43,26 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
-def row(name: str, protloc: float, limit: float | None = None, limit_name: str = "", seed: float | None = None) -> str:
+def row(name: str, protloc, limit: float | None = None, limit_name: str = "", seed: float | None = None) -> str:
+    """A table row; `protloc` is one figure or (median, spread) of repeated ones."""
+    protloc, spread = protloc if isinstance(protloc, tuple) else (protloc, None)
+    protloc_cell = f"{protloc:.1f}" + (f" ± {spread:.1f}" if spread is not None else "")
     limit_cell = f"{limit:.1f} ({limit_name})" if limit else "-"
     seed_cell = f"{seed:.1f}" if seed else "-"
-    return (f"| {name} | {protloc:.1f} | {limit_cell} | {ratio(protloc, limit) if limit else '-'} | {seed_cell} | "
+    return (f"| {name} | {protloc_cell} | {limit_cell} | {ratio(protloc, limit) if limit else '-'} | {seed_cell} | "
             f"{ratio(protloc, seed) if seed else '-'} |")
+
+
+def training_speeds(training) -> dict:
+    """Epoch speeds (images/s): the warm runs' median and spread for fine-tuning (epoch 3) and the frozen epochs
+    (1 and 2), and the cold run's own epochs, whose first filled nothing (the pre-training check filled the cache)."""
+    from _runs import median_and_spread
+
+    warm = [metrics.set_index("epoch")["images_per_second"] for metrics in training["warm_metrics"]]
+    cold = training["large_metrics"].set_index("epoch")["images_per_second"]
+    return {"finetune": median_and_spread([epochs[3] for epochs in warm]),
+            "frozen": median_and_spread([epochs[epoch] for epochs in warm for epoch in (1, 2)]),
+            "cold": cold}
 
 
 def combined(*rates: float) -> float:
@@ -67,7 +82,7 @@ def final_f1(run_dir) -> tuple[float, float]:
 
 def print_cpu_table(args, cpu, seed, training, features, predict, load_before, load_after) -> None:
     """`cpu`: limits for the training rows ("train"), for the prediction rows ("predict"), and each measurement."""
-    large = training["large_metrics"].set_index("epoch")["images_per_second"]
+    speeds = training_speeds(training)
     head_only = training["head_only_metrics"]
     head_rate = float(head_only.loc[head_only["phase"] == "frozen", "images_per_second"].mean())
     train, infer = cpu["train"], cpu["predict"]
@@ -78,20 +93,26 @@ def print_cpu_table(args, cpu, seed, training, features, predict, load_before, l
         "",
         "| step | protloc | limit (what) | protloc / limit | seed-style loop | protloc / seed-style |",
         "|---|---|---|---|---|---|",
-        row("fine-tune epoch (cache warm)", large[3], train["finetune"], "compute-only epoch", seed["finetune"]),
-        row("frozen-backbone epoch, augmented (cache warm)", large[2], train["forward"], "forward only", seed["frozen"]),
-        row("first frozen epoch (the pre-training check filled the cache)", large[1], train["forward"], "forward only",
-            seed["frozen"]),
+        row(f"fine-tune epoch (cache warm; median of {args.rounds} runs)", speeds["finetune"], train["finetune"],
+            "compute-only epoch", seed["finetune"]),
+        row(f"frozen-backbone epoch, augmented (cache warm; median of {2 * args.rounds} epochs)", speeds["frozen"],
+            train["forward"], "forward only", seed["frozen"]),
+        row("cold run: first frozen epoch (the pre-training check filled the cache)", speeds["cold"][1],
+            train["forward"], "forward only", seed["frozen"]),
+        row("cold run: its fine-tune epoch", speeds["cold"][3], train["finetune"], "compute-only epoch",
+            seed["finetune"]),
         row("frozen epoch, --head-only-features (head on features)", head_rate, None, "", seed["frozen"]),
         row("  its one-off feature pass (images from the cache)", features, train["forward"], "forward only"),
         row("predict steady state, torch, cold cache", predict["torch_cold"], decode_forward, "decode + forward"),
-        row("predict steady state, torch, warm cache", predict["torch_warm"], infer["forward"], "forward only"),
+        row(f"predict steady state, torch, warm cache (median of {args.rounds})", predict["torch_warm"],
+            infer["forward"], "forward only"),
     ]
     if "onnx_cold" in predict:
         decode_onnx = combined(predict["decode"], predict["onnx_forward"])
         lines += [
             row("predict steady state, ONNX Runtime, cold cache", predict["onnx_cold"], decode_onnx, "decode + ORT forward"),
-            row("predict steady state, ONNX Runtime, warm cache", predict["onnx_warm"], predict["onnx_forward"], "ORT forward"),
+            row(f"predict steady state, ONNX Runtime, warm cache (median of {args.rounds})", predict["onnx_warm"],
+                predict["onnx_forward"], "ORT forward"),
         ]
     print("\n".join(lines))
     print_summary(args, cpu, seed, training, features, predict, head_rate)
@@ -100,7 +121,8 @@ def print_cpu_table(args, cpu, seed, training, features, predict, load_before, l
 
 
 def print_summary(args, cpu, seed, training, features, predict, head_rate) -> None:
-    large = training["large_metrics"].set_index("epoch")["images_per_second"]
+    speeds = training_speeds(training)
+    finetune, frozen = speeds["finetune"][0], speeds["frozen"][0]
     small, big, watched = training["small"], training["large"], training["head_only"]
     n_large = args.n * args.scale
     startups = {name: predict[f"cli_{name}"].seconds - predict["n"] / predict[f"{name}_cold"]
@@ -113,8 +135,12 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
                       ("frozen_step", "frozen step (no_grad backbone)"), ("forward", "forward only")):
         print(f"  {name}: " + ", ".join(f"{m[key]:.1f}" for m in cpu["each"]))
     train = cpu["train"]
+    fine_tune = [f"{metrics.set_index('epoch')['images_per_second'][3]:.1f}"
+                 for metrics in [training["large_metrics"], *training["warm_metrics"]]]
+    print(f"  fine-tune epoch of each training run, cold then warm: {', '.join(fine_tune)} images/s; direct memory "
+          f"compactions the kernel stalled for during each: {', '.join(map(str, training['stalls']))}")
     print(f"  fine-tune epoch against the steady-state limit (steps after the first): "
-          f"{large[3] / train['finetune_steady']:.2f}x")
+          f"{finetune / train['finetune_steady']:.2f}x")
     print(f"  PNG decode + resize on all cores: {predict['decode']:.1f}")
     for name, startup in startups.items():
         print(f"predict start-up, --engine {name} (CLI wall {predict[f'cli_{name}'].seconds:.1f} s for {predict['n']} new "
@@ -125,7 +151,7 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
           f"{watched.peak_gib * 2 ** 30 / 1e9:.2f} GB in powers of ten")
     print(f"cost of `protloc train --epochs-frozen 2 --epochs 1` (wall, start-up included): {small.seconds:.1f} s at "
           f"N={args.n}, {big.seconds:.1f} s at {n_large}: {big.seconds / small.seconds:.2f}x for {args.scale}x the images")
-    frozen_seconds = 2 * n_large * 0.9 / large[2]
+    frozen_seconds = 2 * n_large * 0.9 / frozen
     shortcut_seconds = n_large / features + 2 * n_large * 0.9 / head_rate
     print(f"frozen phase of the {n_large}-image run: augmented ~{frozen_seconds:.1f} s (2 warm epochs), head-only "
           f"~{shortcut_seconds:.1f} s (feature pass + 2 epochs)")
@@ -133,19 +159,19 @@ def print_summary(args, cpu, seed, training, features, predict, head_rate) -> No
         last, tuned = final_f1(training["work"] / name)
         print(f"validation macro F1 after the whole run, {label}: {last:.3f} at 0.5 (last epoch), {tuned:.3f} tuned (kept epoch)")
     print(f"projected Zero-to-GANs epoch ({ZERO_TO_GANS_TRAIN:,} images) on this machine: fine-tune "
-          f"{ZERO_TO_GANS_TRAIN / large[3] / 60:.1f} min, frozen {ZERO_TO_GANS_TRAIN / large[2] / 60:.1f} min "
+          f"{ZERO_TO_GANS_TRAIN / finetune / 60:.1f} min, frozen {ZERO_TO_GANS_TRAIN / frozen / 60:.1f} min "
           f"(plus, once, decoding every image: {ZERO_TO_GANS_TRAIN / predict['decode'] / 60:.1f} min on all cores), "
           f"head-only frozen epoch "
           f"{ZERO_TO_GANS_TRAIN / head_rate:.0f} s after a {ZERO_TO_GANS_TRAIN / features / 60:.1f} min feature pass")
-    print_criteria(cpu, seed, large, head_rate, predict, small, big, watched, args)
+    print_criteria(cpu, seed, finetune, frozen, head_rate, predict, small, big, watched, args)
 
 
-def print_criteria(cpu, seed, large, head_rate, predict, small, big, watched, args) -> None:
+def print_criteria(cpu, seed, finetune, frozen, head_rate, predict, small, big, watched, args) -> None:
     train, infer = cpu["train"], cpu["predict"]
     checks = [
-        ("fine-tune >= 0.95x compute-only", large[3] / train["finetune"] >= 0.95),
-        ("fine-tune >= 2x seed-style", large[3] / seed["finetune"] >= 2),
-        ("augmented frozen >= 0.75x forward-only", large[2] / train["forward"] >= 0.75),
+        ("fine-tune >= 0.95x compute-only", finetune / train["finetune"] >= 0.95),
+        ("fine-tune >= 2x seed-style", finetune / seed["finetune"] >= 2),
+        ("augmented frozen >= 0.75x forward-only", frozen / train["forward"] >= 0.75),
         ("head-only frozen >= 10x seed-style frozen", head_rate / seed["frozen"] >= 10),
         ("predict (cold, torch) >= 0.85x decode + forward",
          predict["torch_cold"] / combined(predict["decode"], infer["forward"]) >= 0.85),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -66,12 +67,25 @@ def tree_memory_kb(pid: int) -> tuple[int, int, int]:
 KIB_PER_GIB = 1024 ** 2  # /proc reports kB, which are KiB
 
 
+def compaction_stalls() -> int:
+    """The kernel's count of direct memory compactions a page fault waited for (/proc/vmstat compact_stall), 0 where
+    unknown. With transparent huge pages on request and defrag "madvise", the huge pages `protloc train` asks for
+    are compacted for at fault time when free memory is fragmented: a suspect for runs of one code whose
+    fine-tuning speeds differ by up to a factor of two (benchmarks/RESULTS.md)."""
+    try:
+        with open("/proc/vmstat") as file:
+            return next((int(line.split()[1]) for line in file if line.startswith("compact_stall ")), 0)
+    except OSError:
+        return 0
+
+
 @dataclass
 class Measured:
     seconds: float
     peak_gib: float  # see tree_memory_kb
     peak_pss_gib: float
     peak_rss_gib: float
+    compaction_stalls: int = 0  # machine-wide, while the command ran
 
 
 def run_measured(command: list[str], log: Path, *, sample_memory: bool = True) -> Measured:
@@ -80,6 +94,7 @@ def run_measured(command: list[str], log: Path, *, sample_memory: bool = True) -
     Sampling is not free: reading a process's page maps takes its memory lock, and at 5 samples a second it
     slowed fine-tuning by a third (measured). Runs whose speed is reported run without it (`sample_memory`)."""
     peak = [0, 0, 0]
+    stalls = compaction_stalls()
     start = time.perf_counter()
     with open(log, "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
@@ -97,7 +112,7 @@ def run_measured(command: list[str], log: Path, *, sample_memory: bool = True) -
     seconds = time.perf_counter() - start
     if code != 0:
         sys.exit(f"benchmark: {' '.join(command)} failed (exit {code}); see {log}")
-    return Measured(seconds, *(kib / KIB_PER_GIB for kib in peak))
+    return Measured(seconds, *(kib / KIB_PER_GIB for kib in peak), compaction_stalls=compaction_stalls() - stalls)
 
 
 def protloc_command(*arguments) -> list[str]:
@@ -145,3 +160,9 @@ def predict_rate(engine, table, config, cache, *, batch_size: int, workers: int)
     engine.stamps = []
     Predictor(config, engine, cache=cache).predict_table(table, batch_size=batch_size, workers=workers)
     return steady_rate(engine.stamps, skip=max(1, 2 * workers))  # DataLoader's prefetch_factor is 2
+
+
+def median_and_spread(values) -> tuple[float, float]:
+    """(median, half the range) of repeated measurements of one figure."""
+    values = list(values)
+    return statistics.median(values), (max(values) - min(values)) / 2

@@ -31,7 +31,8 @@ from protloc.inference.distributed import Ranks, exchange_folder
 from protloc.inference.predictor import load_predictor
 from protloc.labels import HPA10
 from protloc.models.classifier import build_model
-from protloc.runs import RunConfig, save_run
+from protloc.models.run_weights import save_run
+from protloc.runs import RunConfig
 
 
 def make_run(folder: Path, backbone: str, image_size: int) -> Path:

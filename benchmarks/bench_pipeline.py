@@ -11,9 +11,11 @@ One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next
   - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32, in a
     process of its own as protloc's runs are, with PyTorch's and glibc's memory defaults as the notebook ran
     (benchmarks/_seed_style.py);
-  - protloc: `protloc train` runs at N and scale*N images (--epochs-frozen 2 --epochs 1; the second frozen
-    epoch and the fine-tune epoch read the cache the first epoch filled), the same with
-    --head-only-features (its memory sampled), and prediction, cold (decoding) and warm (cache), torch and ONNX.
+  - protloc: `protloc train` at scale*N images (--epochs-frozen 2 --epochs 1) once on a fresh image cache (the
+    cold run: its pre-training check fills the cache), then --rounds times on the warm cache; each training row
+    is the median of the warm runs with its spread (half the range), and the cold run's epochs are printed on
+    their own lines. Then the same at N images, with --head-only-features (its memory sampled), and prediction,
+    cold (decoding) and warm (cache; the median of --rounds passes), torch and ONNX.
 Prints a markdown table. A GPU section follows when CUDA is present.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _limits as limits  # noqa: E402
 import _report as report  # noqa: E402
 import _runs as runs  # noqa: E402
-from protloc.allocator import use_huge_pages_for_tensors  # noqa: E402
+from protloc.allocator import allow_malloc_settings, use_huge_pages_for_tensors  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,6 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--data-dir", default="data/benchmark", help="generated images, reused while they match")
     parser.add_argument("--steps", type=int, default=4, help="fine-tune steps per limit measurement")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="warm-cache training runs and warm prediction passes, whose median each row reports; "
+                             "default %(default)s")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime rows")
     return parser.parse_args()
 
@@ -103,7 +108,7 @@ def training_steps_per_epoch(args, data: Path) -> int:
 def mean_of(*measurements: dict) -> dict:
     """Each limit averaged over the measurements taken just before and just after the work it is compared with:
     this machine's speed drifts over minutes, and in the benchmark's process the limits rise as its heap grows
-    (the forward pass about twice as fast once glibc keeps freed memory; README, "Speed at real scale"), so a
+    (the forward pass about twice as fast once glibc keeps freed memory; benchmarks/RESULTS.md, "Speed at real scale"), so a
     limit measured at another time, or the best of several, would compare unlike moments."""
     return {key: sum(m[key] for m in measurements) / len(measurements) for key in measurements[0]}
 
@@ -122,10 +127,19 @@ def training_settings(args) -> dict:
 
 
 def measure_large_run(args, large: Path, work: Path) -> dict:
-    """`protloc train` on scale*N images, unwatched: the run the table's training rows come from."""
-    print("protloc train, scale*N images ...", flush=True)
+    """`protloc train` on scale*N images, unwatched: once on a fresh image cache (the cold run), then --rounds times
+    on the cache it filled. One run's epoch speeds moved by up to a factor of two between runs of the same code
+    (benchmarks/RESULTS.md), so the table reports the warm runs' median and spread, and the cold run apart."""
+    print("protloc train, scale*N images, cold image cache ...", flush=True)
     measured, metrics = runs.train_run(large, work / "run-large", work / "cache-large", **training_settings(args))
-    return {"work": work, "large": measured, "large_metrics": metrics}
+    warm, stalls = [], [measured.compaction_stalls]
+    for index in range(args.rounds):
+        print(f"protloc train, scale*N images, warm image cache ({index + 1} of {args.rounds}) ...", flush=True)
+        warm_run, warm_metrics = runs.train_run(large, work / f"run-large-warm-{index}", work / "cache-large",
+                                                **training_settings(args))
+        warm.append(warm_metrics)
+        stalls.append(warm_run.compaction_stalls)
+    return {"work": work, "large": measured, "large_metrics": metrics, "warm_metrics": warm, "stalls": stalls}
 
 
 def measure_other_runs(args, small: Path, large: Path, work: Path) -> dict:
@@ -154,7 +168,7 @@ def measure_features(args, large: Path, work: Path) -> float:
     dataset = ImageDataset(table, channels=3, transform=transform, image_size=args.image_size, cache=cache)
     model = limits.fresh_model(args.backbone, 10, "cpu")
     start = time.perf_counter()
-    # No loader workers: protloc's default on the CPU with the image cache (training.engine.worker_count).
+    # No loader workers: protloc's default on the CPU with the image cache (training.trainer.worker_count).
     compute_features(model, dataset, batch_size=args.batch_size, workers=0, device="cpu",
                      autocast_dtype=None, show_progress=False)
     return len(table) / (time.perf_counter() - start)
@@ -165,7 +179,7 @@ def measure_predict(args, large: Path, work: Path) -> dict:
     from protloc.data.cache import open_image_cache
     from protloc.data.readers import read_dataset
     from protloc.inference.onnx_export import run_onnx_session
-    from protloc.runs import load_run
+    from protloc.models.run_weights import load_run
 
     run_dir = work / "run-large"
     config, model = load_run(run_dir)
@@ -174,14 +188,16 @@ def measure_predict(args, large: Path, work: Path) -> dict:
     results = {}
     engines = {"torch": runs.TimedTorchEngine(model, precision="fp32")}
     if args.onnx:
-        session = run_onnx_session(run_dir, config)  # exports RUN/model.onnx, as `protloc predict` does on first use
+        session = run_onnx_session(run_dir, config, work / "onnx")  # exported once, as `protloc predict` does
         engines["onnx"] = runs.TimedOnnxEngine(session)
         batches = limits.memory_batches(2, args.batch_size, args.image_size, config.num_classes, "cpu")
         results["onnx_forward"] = limits.onnx_forward_limit(session, batches, steps=4 * args.steps)
     for name, engine in engines.items():
         cache = open_image_cache(work / f"cache-predict-{name}")
         results[f"{name}_cold"] = runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
-        results[f"{name}_warm"] = runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
+        results[f"{name}_warm"] = runs.median_and_spread(
+            [runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
+             for _ in range(args.rounds)])
     results["decode"] = limits.decode_rate(list(table.frame["source"]), args.image_size, os.cpu_count() or 1)
     for name in engines:  # the CLI on images it has not seen: start-up, then the cold steady state
         command = runs.protloc_command("predict", run_dir, large / "train", "--out", work / f"predicted-{name}.csv",
@@ -193,6 +209,7 @@ def measure_predict(args, large: Path, work: Path) -> dict:
 
 def main() -> None:
     args = parse_args()
+    allow_malloc_settings()  # prediction is timed in this process, with the memory settings `protloc predict` uses
     small, large = prepare_data(Path(args.data_dir), args.n, args.scale)
     report.print_machine()
     load_before = os.getloadavg()

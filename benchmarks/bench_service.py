@@ -29,7 +29,8 @@ from protloc.data.synthetic import write_demo_dataset
 from protloc.inference.predictor import load_predictor
 from protloc.labels import HPA10
 from protloc.models.classifier import build_model
-from protloc.runs import RunConfig, save_run
+from protloc.models.run_weights import save_run
+from protloc.runs import RunConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

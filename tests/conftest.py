@@ -27,61 +27,6 @@ if XDIST_WORKER:
 REAL_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
-# ---------------------------------------------------------------- how the workers share the tests
-# `pytest` runs two worker processes (pytest-xdist, addopts in pyproject.toml). With --dist loadfile a worker
-# takes a whole test module at a time, so that its module fixtures are made once; the modules in TOGETHER,
-# which share an expensive session fixture, go as one unit, so that it too is made once. The slowest units go
-# first: a long one starting last would keep one worker busy while the other has nothing left to do.
-TOGETHER = (
-    ("tests/service/test_page.py", "tests/service/test_serve.py", "tests/service/test_server.py"),  # live_server
-    ("tests/reports/test_run_report.py", "tests/training/test_crossval.py"),  # trained_kfold
-)
-# Measured on 2 cores, slowest first (each over 2 s); the rest follow in the usual order.
-SLOWEST_FIRST = (
-    "tests/training/test_ddp.py", "tests/inference/test_distributed.py", "tests/reports/test_embed.py", "tests/service/test_page.py",
-    "tests/reports/test_run_report.py", "tests/training/test_speed_paths.py", "tests/training/test_resume.py",
-    "tests/inference/test_ensemble.py", "tests/training/test_crash.py", "tests/test_hostile_input.py",
-    "tests/reports/test_explore.py", "tests/inference/test_onnx.py", "tests/reports/test_explain.py",
-    "tests/training/test_train.py", "tests/service/test_fuzz.py", "tests/models/test_backbones.py",
-    "tests/training/test_engine.py", "tests/service/test_app.py", "tests/reports/test_evaluate.py",
-    "tests/data/test_convert.py", "tests/inference/test_predict.py",
-)
-UNIT_OF = {module: modules[0] for modules in TOGETHER for module in modules}
-
-
-def work_unit(nodeid: str) -> str:
-    """The unit of work a test belongs to, named by its module or the first of the modules it goes with."""
-    module = nodeid.split("::", 1)[0]
-    return UNIT_OF.get(module, module)
-
-
-@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, called in the controlling process
-def pytest_xdist_make_scheduler(config, log):
-    if config.getvalue("dist") != "loadfile":
-        return None  # another --dist: xdist's own
-    from xdist.scheduler import LoadFileScheduling
-
-    class UnitScheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return work_unit(nodeid)
-
-    return UnitScheduling(config, log)
-
-
-def pytest_collection_modifyitems(items):
-    """In a worker, the units slowest first and each unit's tests together; the controller hands them out in
-    this order (--no-loadscope-reorder)."""
-    if not XDIST_WORKER:
-        return  # one process: the usual order, file by file
-    units = [work_unit(item.nodeid) for item in items]
-    start = {}
-    for index, unit in enumerate(units):
-        start.setdefault(unit, index)
-    rank = {unit: SLOWEST_FIRST.index(unit) if unit in SLOWEST_FIRST else len(SLOWEST_FIRST) for unit in start}
-    position = {id(item): (rank[unit], start[unit], index) for index, (unit, item) in enumerate(zip(units, items))}
-    items.sort(key=lambda item: position[id(item)])
-
-
 # ---------------------------------------------------------------- the garbage collector
 # Importing torch, timm, Lightning, sympy and the rest leaves some 600,000 objects that live until the end,
 # and each full collection walks them all: 0.3-1.2 s each, 6-12 s per worker (measured with gc.callbacks).
@@ -157,10 +102,11 @@ def untrained_run(tmp_path_factory):
         """
         import torch
 
-        from protloc.inference.thresholds import DEFAULT_THRESHOLD
+        from protloc.runs import DEFAULT_THRESHOLD
         from protloc.labels import HPA10
         from protloc.models.classifier import build_model
-        from protloc.runs import RunConfig, save_config, save_run
+        from protloc.models.run_weights import save_run
+        from protloc.runs import RunConfig, save_config
 
         run_dir = Path(run_dir) if run_dir else tmp_path_factory.mktemp("untrained") / "run"
         label_set = label_set or HPA10

@@ -103,7 +103,7 @@ def test_prediction_keeps_freed_memory_over_several_batches_and_not_for_one(libc
     from protloc.data.readers import read_dataset
     from protloc.inference.engines import TorchEngine
     from protloc.inference.predictor import Predictor
-    from protloc.runs import load_run
+    from protloc.models.run_weights import load_run
 
     heap_served = []  # per batch, as its forward pass starts: did a 64 MB block come from the heap?
     beyond_mmapped = []  # ... and was a block beyond the heap's free memory mmapped?
@@ -129,7 +129,7 @@ def test_backbone_features_keep_freed_memory_over_several_batches(libc, settings
     from protloc.data.dataset import ImageDataset
     from protloc.data.readers import read_dataset
     from protloc.data.transforms import eval_transforms
-    from protloc.runs import load_run
+    from protloc.models.run_weights import load_run
     from protloc.training.features import compute_features
 
     config, model = load_run(untrained_run())

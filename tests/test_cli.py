@@ -1,4 +1,4 @@
-"""The command line speaks one vocabulary: the same engine options wherever a model runs, help for every option."""
+"""The command line speaks one vocabulary: the same device options wherever a model runs, help for every option."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ import pytest
 
 from protloc.cli import build_parser
 
-# Every command that runs a model. train takes the shared engine options too once it uses add_engine_options.
+# Every command that runs a model. train takes the shared device options too once it uses add_device_options.
 MODEL_COMMANDS = ("predict", "tune", "evaluate", "explain", "embed", "serve", "report", "train")
 NO_DEFAULT_TO_SHOW = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
                       argparse._VersionAction)
@@ -26,7 +26,7 @@ def option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | None
     return next((action for action in parser._actions if flag in action.option_strings), None)
 
 
-def engine_vocabulary(parser: argparse.ArgumentParser) -> dict:
+def device_vocabulary(parser: argparse.ArgumentParser) -> dict:
     """What --device and --precision accept and default to."""
     device, precision = option(parser, "--device"), option(parser, "--precision")
     return {flag: None if action is None else (action.type, action.choices, action.default)
@@ -39,17 +39,17 @@ def shows_default(action: argparse.Action) -> bool:
 
 
 def reference_vocabulary() -> dict:
-    from protloc.commands._options import add_engine_options
+    from protloc.commands._options import add_device_options
 
     parser = argparse.ArgumentParser()
-    add_engine_options(parser)
-    return engine_vocabulary(parser)
+    add_device_options(parser)
+    return device_vocabulary(parser)
 
 
 @pytest.mark.parametrize("name", MODEL_COMMANDS)
 def test_every_command_that_runs_a_model_takes_the_same_device_and_precision(name):
     parser = commands()[name]
-    assert engine_vocabulary(parser) == reference_vocabulary()
+    assert device_vocabulary(parser) == reference_vocabulary()
     for value in ("auto", "cpu", "cuda", "cuda:1"):
         assert option(parser, "--device").type(value) == value
     with pytest.raises(argparse.ArgumentTypeError):

@@ -38,8 +38,13 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_loading_a_run_and_predicting_40_images_writes_nothing_into_the_run_and_prints_nothing(
-        untrained_run, demo_data, tmp_path, capfd):
+        untrained_run, demo_data, tmp_path, capfd, monkeypatch):
+    import logging
+
     import protloc
+
+    # As in a process the command line never ran in: its handler shows the library's notes on stderr.
+    monkeypatch.setattr(logging.getLogger("protloc"), "handlers", [])
 
     run_dir = untrained_run(tmp_path / "run")
     before = snapshot(run_dir)
@@ -56,7 +61,7 @@ def test_a_callers_model_keeps_its_memory_format_device_and_mode(untrained_run, 
     import torch
 
     from protloc.inference.predictor import Predictor
-    from protloc.runs import load_run
+    from protloc.models.run_weights import load_run
 
     config, model = load_run(untrained_run())
     model.train()

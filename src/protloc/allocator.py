@@ -5,7 +5,7 @@ tensors of `protloc train`.
 By default glibc hands large freed blocks back to the kernel (blocks over its mmap threshold, and a heap top
 over its trim threshold), so every batch faults its activations' pages in again. On the 2-core virtual machine
 the speed figures come from, that halved efficientnet_lite0's forward pass at batch 32 (22-28 images/s against
-43-57 with freed memory kept, README "Speed at real scale"). A forward pass's memory is small, so that work
+43-57 with freed memory kept, benchmarks/RESULTS.md, "Speed at real scale"). A forward pass's memory is small, so that work
 keeps what it frees; fine-tuning, whose activations set the run's memory peak, gets memory back to the kernel
 again as glibc would by then.
 
@@ -98,7 +98,7 @@ def use_huge_pages_for_tensors(environ: MutableMapping[str, str] = os.environ) -
     Fine-tuning's activations are allocated and freed at every step, and glibc hands blocks of their size back
     to the kernel, so each step faults them in again, 4 KiB at a time. With huge pages that is 2 MiB at a time:
     `protloc train` on 512 images at 224 px, batch 32, 2 cores, alternating runs, fine-tuned at 14.4 and 14.1
-    images/s against 13.0 and 12.1, and peaked at 3.31 GiB against 3.13 (README, "Speed at real scale").
+    images/s against 13.0 and 12.1, and peaked at 3.31 GiB against 3.13 (benchmarks/RESULTS.md, "Speed at real scale").
     PyTorch reads the switch once, at its first allocation, so it must be set before torch is imported; from
     Python, set it in the environment before `import torch`. The kernel must allow huge pages on request
     (/sys/kernel/mm/transparent_hugepage/enabled: always or madvise); elsewhere it changes nothing."""

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 from protloc.errors import ProtlocError
+from protloc.run_names import (CHECKPOINT_DIR, CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE, FOLDS_FILE, LR_FILE, LR_PLOT_FILE,
+                               METRICS_FILE, OUT_OF_FOLD_FILE, RECIPE_FILE, WEIGHTS_FILE, fold_number)
 
 TEMP_SUFFIX = ".part"
 # Which machine wrote a temporary: a process id means something only on the machine that gave it out.
@@ -91,8 +93,6 @@ def _refuse_inputs(path: Path, inputs, option: str) -> None:
 def _refuse_run_parts(path: Path, option: str, *, makes_run: bool) -> None:
     """A run folder is made by train (and its config rewritten by tune) only: no other output may replace it or
     one of its parts. Other new names inside it (an evaluation folder, a report) are fine."""
-    from protloc.run_checks import is_run_folder, is_run_part  # here: protloc.runs writes through this module
-
     absolute = Path(os.path.abspath(path))
     if not makes_run and is_run_folder(absolute):
         raise ProtlocError(f"{option} {path}: is a run folder; write outputs to a new name (inside it or beside it)")
@@ -322,3 +322,17 @@ def save_figure(path: str | Path, figure) -> None:
     FigureCanvasAgg(figure)
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png", dpi=110, bbox_inches="tight")
+
+
+def is_run_part(name: str) -> bool:
+    """Whether `name` inside a run folder (or a K-fold folder) is one of the files and folders that make it: only
+    train writes them, and tune rewrites the config."""
+    parts = {CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, LR_FILE, CURVES_FILE, LR_PLOT_FILE, CHECKPOINT_DIR, FOLDS_FILE,
+             ENSEMBLE_FILE, OUT_OF_FOLD_FILE, WEIGHTS_FILE + DIGEST_SUFFIX}
+    return name in parts or fold_number(name) is not None
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """A folder that train wrote, or is writing: its config.json, ensemble.json or checkpoints' recipe is there."""
+    folder = Path(folder)
+    return any(os.path.isfile(folder / name) for name in (CONFIG_FILE, ENSEMBLE_FILE, f"{CHECKPOINT_DIR}/{RECIPE_FILE}"))

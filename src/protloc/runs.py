@@ -1,11 +1,13 @@
-"""The run folder: config.json (the single source of truth) and model.safetensors.
+"""The run-folder format: the names of its files, config.json (the single source of truth) as `RunConfig`, the
+training record it holds (`TrainingOutcome`), and a K-fold folder's ensemble.json (`EnsembleConfig`).
 
-Training writes it; prediction, evaluation, export, explanation and serving read it back and derive
+Training writes a run folder; prediction, evaluation, export, explanation and serving read it back and derive
 nothing else about the model: label names, image size, channels, normalisation and thresholds are here.
 
 A K-fold folder (`protloc train --folds K`) is a model too: its ensemble.json lists the fold run folders it
-averages and holds the ensemble's own thresholds. `load_config` and `load_run` open either kind of folder, so
-every command and `protloc.load` take both without a special case.
+averages and holds the ensemble's own thresholds. `load_config` here and `models.run_weights.load_run` open either
+kind of folder, so every command and `protloc.load` take both without a special case. This module reads and
+checks the files (the weights file's header included) and imports nothing that builds or runs a network.
 """
 from __future__ import annotations
 
@@ -17,43 +19,21 @@ import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protloc.data import BIT_DEPTHS
+from protloc.data import BIT_DEPTHS, Z2G
+from protloc.data.stains import CHANNEL_COUNTS, CHANNEL_COUNTS_TEXT
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path, check_digest, write_digest, write_json
-from protloc.training.outcome import TrainingOutcome
-from protloc.training.training_data import TrainingData, record_problems
+from protloc.files import write_json
+from protloc.training_data import TrainingData, record_problems
+# A run folder's names are typed once, in run_names.py (which files.py reads too); they are part of this format
+# and importable from here.
+from protloc.run_names import (BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE,  # noqa: F401
+                               FOLD_PREFIX, FOLDS_FILE, FOLDS_SUMMARY_ROWS, LAST_CHECKPOINT, LR_FILE, LR_PLOT_FILE,
+                               METRICS_FILE, ONNX_FILE, OUT_OF_FOLD_FILE, OUTLIER_FILE, RECIPE_FILE, REPORT_FILE,
+                               WEIGHTS_FILE, fold_dir, fold_number)
+from protloc.training_outcome import TrainingOutcome
 
-# Every file a run folder holds is named here, once; all other modules import these names.
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-ONNX_FILE = "model.onnx"  # written by `protloc export`, read by `--engine onnx`
-OUTLIER_FILE = "outliers.safetensors"  # the training images' features, described (inference/outliers.py)
-METRICS_FILE = "metrics.csv"  # one row per epoch
-LR_FILE = "lr.csv"  # the learning rate at every step
-CURVES_FILE = "curves.png"
-LR_PLOT_FILE = "lr.png"
-REPORT_FILE = "report.html"
-CHECKPOINT_DIR = "checkpoints"  # Lightning checkpoints, one folder per phase, for --resume
-RECIPE_FILE = "recipe.json"  # in CHECKPOINT_DIR: the config and normalisation a resumed run must share
-LAST_CHECKPOINT = "last.ckpt"
-BEST_CHECKPOINT = "best.ckpt"
-FOLDS_FILE = "folds.csv"  # in a K-fold folder: one row per fold, then the rows FOLDS_SUMMARY_ROWS
-FOLDS_SUMMARY_ROWS = ("mean", "std", "out-of-fold")  # over the folds; the pooled out-of-fold predictions
-FOLD_PREFIX = "fold-"  # a K-fold folder holds fold-0 ... fold-(K-1), each a run folder
-ENSEMBLE_FILE = "ensemble.json"  # in a K-fold folder: the folds it averages and the ensemble's thresholds
-OUT_OF_FOLD_FILE = "out_of_fold.csv"  # in a K-fold folder: each training image's probabilities from the fold that held it out
-
-
-def fold_dir(out: str | Path, fold: int) -> Path:
-    return Path(out) / f"{FOLD_PREFIX}{fold}"
-
-
-def fold_number(folder: str | Path) -> int | None:
-    """k for a folder named fold-k, else None."""
-    name = Path(folder).name
-    suffix = name.removeprefix(FOLD_PREFIX)
-    return int(suffix) if name.startswith(FOLD_PREFIX) and suffix.isdigit() else None
-
+# A class's threshold until one is tuned for it, and the one validation scores are reported at.
+DEFAULT_THRESHOLD = 0.5
 
 @dataclass
 class RunConfig:
@@ -67,7 +47,7 @@ class RunConfig:
     thresholds: list[float]
     dropout: float = 0.0
     # Layout of the training data: predict writes that layout's Kaggle submission format by default.
-    layout: str = "z2g"
+    layout: str = Z2G
     # Full scale of the training images' pixels, 2**bit_depth - 1 (data.BIT_DEPTHS; data/intensity.py), applied to
     # every image the run reads. None in configs from before it was stored: each image's guessed from its maximum.
     bit_depth: int | None = None
@@ -77,7 +57,7 @@ class RunConfig:
     # Mahalanobis distance above which an image is unlike the training images (inference/outliers.py; the
     # description is OUTLIER_FILE). None in configs from before outlier scores: predictions then have none.
     outlier_threshold: float | None = None
-    # What the model learned from (training/training_data.py); None in configs from before it was recorded.
+    # What the model learned from (training_data.py); None in configs from before it was recorded.
     training_data: TrainingData | None = None
 
     def __post_init__(self) -> None:
@@ -147,8 +127,9 @@ def config_problems(config: RunConfig) -> list[str]:
     size = config.image_size
     expect(isinstance(size, int) and not isinstance(size, bool) and size >= 16, "image_size",
            "a whole number of pixels, 16 or more")
-    channels_ok = isinstance(config.in_chans, int) and not isinstance(config.in_chans, bool) and config.in_chans in (1, 3, 4)
-    expect(channels_ok, "in_chans", "1, 3 or 4 channels")
+    channels_ok = (isinstance(config.in_chans, int) and not isinstance(config.in_chans, bool)
+                   and config.in_chans in CHANNEL_COUNTS)
+    expect(channels_ok, "in_chans", f"{CHANNEL_COUNTS_TEXT} channels")
     if channels_ok:
         expect(_numbers(config.mean, config.in_chans), "mean", f"{config.in_chans} numbers, one per channel")
         expect(_numbers(config.std, config.in_chans) and all(value > 0 for value in config.std), "std",
@@ -163,22 +144,6 @@ def config_problems(config: RunConfig) -> list[str]:
     if isinstance(config.training_data, TrainingData):
         problems += record_problems(config.training_data)
     return problems
-
-
-def save_run(run_dir: str | Path, config: RunConfig, model) -> None:
-    """Write the weights, then the config: a folder with a config always has matching weights."""
-    from safetensors.torch import save_file
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    if broken := non_finite_tensors(state):
-        raise ProtlocError(f"{run_dir / WEIGHTS_FILE}: not written: {len(broken)} weight tensors hold NaN or infinite "
-                           f"values (e.g. {broken[0]}); training diverged")
-    with atomic_path(run_dir / WEIGHTS_FILE) as temp:
-        save_file(state, str(temp))
-    write_digest(run_dir / WEIGHTS_FILE)  # checked by load_run
-    save_config(run_dir, config)
 
 
 def save_config(run_dir: str | Path, config: RunConfig) -> None:
@@ -222,42 +187,6 @@ def load_config(run_dir: str | Path) -> RunConfig:
     return config
 
 
-def load_run(run_dir: str | Path, device: str = "cpu"):
-    """(RunConfig, model in eval mode) from a run folder; from a K-fold folder, (EnsembleConfig, FoldEnsemble).
-    Weights are safetensors: nothing is unpickled."""
-    from safetensors.torch import load_file
-
-    from protloc.models.classifier import build_model
-
-    config = load_config(run_dir)
-    if isinstance(config, EnsembleConfig):
-        from protloc.inference.ensemble import FoldEnsemble
-
-        models = [load_run(Path(run_dir) / fold, device)[1] for fold in config.folds]
-        return config, FoldEnsemble(models, config.fold_configs).to(device).eval()
-    weights_path = Path(run_dir) / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ProtlocError(f"{weights_path}: not found (a run folder holds config.json and model.safetensors)")
-    shapes = read_weight_shapes(weights_path)
-    model = build_model(config.backbone, config.num_classes, pretrained=False, in_chans=config.in_chans, dropout=config.dropout)
-    check_weights_fit(config, shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, weights_path)
-    check_digest(weights_path)
-    try:
-        state = load_file(str(weights_path), device=device)
-    except Exception as error:  # safetensors raises its own error, OSError or others for damaged files
-        raise ProtlocError(f"{weights_path}: not a readable safetensors file ({type(error).__name__})") from None
-    if broken := non_finite_tensors(state):
-        raise ProtlocError(f"{weights_path}: {len(broken)} weight tensors hold NaN or infinite values (e.g. "
-                           f"{broken[0]}); the run's training diverged, retrain it")
-    model.load_state_dict(state, strict=True)
-    return config, model.to(device).eval()
-
-
-def non_finite_tensors(state: dict) -> list[str]:
-    """The names of the floating-point tensors of a state dict that hold NaN or infinite values."""
-    return [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
-
-
 def read_weight_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
     """Each tensor's shape from a safetensors file's header (8 bytes of length, then JSON), without reading the
     tensors or importing torch."""
@@ -282,31 +211,6 @@ def check_head_fits(config: RunConfig, saved: dict[str, tuple], weights_path: Pa
     if HEAD_WEIGHT in saved and len(saved[HEAD_WEIGHT]) == 2 and saved[HEAD_WEIGHT][0] != config.num_classes:
         raise ProtlocError(f"{weights_path}: a head of {saved[HEAD_WEIGHT][0]} classes, but {CONFIG_FILE} has "
                            f"{config.num_classes} label_names (are the two files from different runs?)")
-
-
-def check_weights_fit(config: RunConfig, saved: dict[str, tuple], expected: dict[str, tuple], weights_path: Path) -> None:
-    """Refuse weights that the config's network cannot take, naming the config field that disagrees with them."""
-    check_head_fits(config, saved, weights_path)
-    stem = next((key for key, shape in expected.items() if len(shape) == 4), None)
-    if stem in saved and len(saved[stem]) == 4 and saved[stem][1] != expected[stem][1]:
-        raise ProtlocError(f"{weights_path}: takes {saved[stem][1]}-channel images, but {CONFIG_FILE} has in_chans "
-                           f"{config.in_chans}")
-    missing = [key for key in expected if key not in saved]
-    unexpected = [key for key in saved if key not in expected]
-    wrong = [key for key in expected if key in saved and saved[key] != expected[key]]
-    if missing or unexpected or wrong:
-        examples = ", ".join((missing + unexpected + wrong)[:3])
-        raise ProtlocError(f"{weights_path}: does not fit the backbone {config.backbone!r} of {CONFIG_FILE} "
-                           f"({len(missing)} tensors missing, {len(unexpected)} unexpected, {len(wrong)} of another "
-                           f"shape, e.g. {examples}); are the two files from different runs?")
-
-
-def eval_preset(config: RunConfig):
-    """The run's eval transforms (resize, normalise with its mean/std): what prediction, evaluation,
-    explanation, embedding and serving apply to every image."""
-    from protloc.data.transforms import eval_transforms  # here: reading a config should not import torchvision
-
-    return eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)
 
 
 # ---------------------------------------------------------------- K-fold folders
@@ -360,12 +264,34 @@ def read_ensemble_record(path: Path) -> dict:
     # Only fold-<k> names, so that the file cannot point the model anywhere outside its own folder.
     if not isinstance(folds, list) or not folds or not all(isinstance(f, str) and fold_number(f) is not None and f == Path(f).name for f in folds):
         raise ProtlocError(f"{path}: \"folds\" must list one or more fold folder names (fold-0, fold-1, ...), got {folds!r}")
-    from protloc.run_checks import ensemble_record_problems  # here: it reads this module's names
-
     problems = ensemble_record_problems(path, data)
     if problems:
         raise ProtlocError(*(f"{path}: {problem}" for problem in problems))
     return data
+
+
+def ensemble_record_problems(path: Path, data: dict) -> list[str]:
+    """What is wrong with an ensemble.json's fields (its folds already known to be fold-k names), one line each."""
+    problems = []
+    folds = data["folds"]
+    if len(set(folds)) != len(folds):
+        problems.append(f"folds {reprlib.repr(folds)}: a fold is listed more than once")
+    for fold in dict.fromkeys(folds):
+        if (path.parent / fold).is_symlink():
+            problems.append(f"folds: {fold} is a symbolic link (a fold is a folder of its own K-fold folder)")
+    names = data["label_names"]
+    if not (isinstance(names, list) and names and all(isinstance(name, str) and name.strip() for name in names)
+            and len(set(names)) == len(names)):
+        problems.append(f"label_names {reprlib.repr(names)}: expected a list of distinct class names")
+    elif not (_numbers(data["thresholds"], len(names)) and all(0 < value <= 1 for value in data["thresholds"])):
+        problems.append(f"thresholds {reprlib.repr(data['thresholds'])}: expected one threshold per class, "
+                        f"{len(names)} numbers in (0, 1] in the order of label_names")
+    if not isinstance(data["label_set"], str):
+        problems.append(f"label_set {reprlib.repr(data['label_set'])}: expected the label set's name")
+    if not isinstance(data.get("training") or {}, dict):
+        problems.append(f"training {reprlib.repr(data['training'])}: expected a JSON object")
+    return problems
+
 
 
 def load_ensemble_config(out: str | Path) -> EnsembleConfig:

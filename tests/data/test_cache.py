@@ -168,7 +168,7 @@ def test_processes_filling_one_cache_at_once_store_each_image_whole(images, tmp_
         assert result == [reference(path, 3, 32).numpy().tobytes() for path in order]
     cache = ImageCache(folder, limit_bytes=10**9)
     assert len(entries(cache)) == len(images)
-    assert not list(folder.rglob("*.tmp"))
+    assert not list(folder.rglob("*.tmp")) and not list(folder.rglob("*.part"))  # no temporaries left
     # Two processes missing the same image both count it; the next run's prepare recounts exactly.
     assert cache.used_bytes() >= len(images) * ENTRY_BYTES
     cache.prepare(images, 3, 32)

@@ -8,7 +8,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from protloc.data import images
+from protloc.data import images, limits
 from protloc.data.dataset import ImageDataset
 from protloc.data.images import ImageReadError, convert_channels, decode_image, load_image, read_pixels, to_chw_tensor
 from protloc.data.readers import read_inputs
@@ -166,11 +166,11 @@ def test_pixel_limit_is_settable_in_code_and_by_environment(tmp_path, monkeypatc
     tiff = io.BytesIO()
     tifffile.imwrite(tiff, np.zeros((10, 20, 3), dtype=np.uint8))
     (tmp_path / "x.tif").write_bytes(tiff.getvalue()[: len(tiff.getvalue()) // 2])  # pixels cut off: header only
-    monkeypatch.setattr(images, "MAX_PIXELS", 599)
+    monkeypatch.setattr(limits, "MAX_PIXELS", 599)
     for path in (tmp_path / "x.png", tmp_path / "x.tif"):
         with pytest.raises(ImageReadError, match="600 pixels, more than the limit of 599"):
             decode_image(path)
-    monkeypatch.setattr(images, "MAX_PIXELS", 600)
+    monkeypatch.setattr(limits, "MAX_PIXELS", 600)
     assert decode_image(tmp_path / "x.png").shape == (10, 20, 3)
     # One limit: a file within protloc's is read whatever PIL's own (here far lower) says.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)

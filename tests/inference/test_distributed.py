@@ -19,8 +19,7 @@ from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.inference.distributed import Ranks, exchange_folder, read_shares
 from protloc.labels import HPA10
-from protloc.runs import fold_dir, load_config, save_config, write_ensemble
-from protloc.training.outcome import TrainingOutcome
+from protloc.runs import TrainingOutcome, fold_dir, load_config, save_config, write_ensemble
 
 THRESHOLDS = [0.3, 0.7, 0.4, 0.6, 0.5, 0.45, 0.55, 0.35, 0.65, 0.5]
 

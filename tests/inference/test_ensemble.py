@@ -19,9 +19,9 @@ import protloc
 from protloc.cli import main
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import HPA10
-from protloc.runs import (ENSEMBLE_FILE, EnsembleConfig, fold_dir, load_config, load_run, save_config,
+from protloc.models.run_weights import load_run
+from protloc.runs import (ENSEMBLE_FILE, EnsembleConfig, TrainingOutcome, fold_dir, load_config, save_config,
                           write_ensemble)
-from protloc.training.outcome import TrainingOutcome
 
 NAMES = list(HPA10.names)
 THRESHOLDS = [0.3, 0.7, 0.4, 0.6, 0.5, 0.45, 0.55, 0.35, 0.65, 0.5]

@@ -16,8 +16,7 @@ from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.inference.outliers import (EnsembleScore, MahalanobisScore, describe_features, load_description,
                                         outlier_threshold, save_description)
-from protloc.runs import OUTLIER_FILE, fold_dir, load_config, read_weight_shapes, write_ensemble
-from protloc.training.outcome import TrainingOutcome
+from protloc.runs import OUTLIER_FILE, TrainingOutcome, fold_dir, load_config, read_weight_shapes, write_ensemble
 
 
 def correlated_cloud(rng, count: int, shift: float = 0.0) -> np.ndarray:

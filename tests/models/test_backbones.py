@@ -127,19 +127,18 @@ def test_unreadable_weights_files(tmp_path):
 
 
 def test_resnet18_offline_without_cache_fails_fast_and_clearly(tmp_path, monkeypatch):
-    import time
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    attempts = []
 
     def offline(*args, **kwargs):
+        attempts.append(args)
         raise OSError("network unreachable")
 
     # Offline even where the test machine has a network: urllib connects through this function.
     monkeypatch.setattr(socket, "create_connection", offline)
-    start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as err:
         load_backbone("resnet18")
-    assert time.monotonic() - start < 5
+    assert len(attempts) <= 1  # fast: one try, no retries or waits
     message = str(err.value)
     assert "--weights" in message and "--no-pretrained" in message and "efficientnet_lite0" in message
 

@@ -12,7 +12,7 @@ import pytest
 from protloc.cli import main
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import HPA10_NAMES, LabelSet
-from protloc.training.metrics import multilabel_scores
+from protloc.metrics import multilabel_scores
 
 # Per-class thresholds that differ from 0.5, so "at thresholds" and "at 0.5" are two real evaluations.
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.45, 0.55, 0.35, 0.65, 0.5, 0.52]

@@ -60,7 +60,7 @@ def test_without_data_the_page_says_how_to_add_an_evaluation(run_dir, capsys):
             < position(text, "<h3>Per class (validation)</h3>") < position(text, 'src="curves.png"')
             < position(text, "<h2>Configuration</h2>") < position(text, "efficientnet_lite0"))
     config = text[text.index("<h2>Configuration</h2>"):]
-    for group in ("Model", "Data", "Recipe", "Engine"):
+    for group in ("Model", "Data", "Recipe", "Hardware"):
         assert f"<h3>{group}</h3>" in config
     assert "frozen: 7.287; fine-tuning: 2.154" in config
     for internal in ("show_progress", "resume", "stop_after", "runs/demo", "{", "val_tuned"):

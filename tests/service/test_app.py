@@ -361,7 +361,7 @@ def test_explain_on_a_kfold_folder_answers_as_protloc_explain_does(untrained_run
     from protloc.reports.explain import explain_image as explain_file
     from protloc.reports.explain import model_view, overlay_map
     from protloc.runs import fold_dir, write_ensemble
-    from protloc.training.outcome import TrainingOutcome
+    from protloc.runs import TrainingOutcome
 
     out = tmp_path / "cv"
     for fold in range(2):

@@ -4,7 +4,6 @@ maps to its HTTP status."""
 from __future__ import annotations
 
 import io
-import time
 import tracemalloc
 
 import numpy as np
@@ -12,8 +11,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from protloc.data.images import ImageReadError, ImageTooLarge, UnsupportedImage, decode_image, load_image
-from protloc.service.uploads import compose_upload_stains, decode_upload, http_status
+from protloc.data.images import ImageReadError, ImageTooLarge, UnsupportedImage, compose_stains, decode_image, load_image
+from protloc.service.uploads import decode_upload, http_status
 
 LIMIT = 64_000_000  # the service's default
 
@@ -54,13 +53,11 @@ def test_a_huge_image_is_refused_from_its_header_without_decoding(bombs, kind):
     data = bombs[kind].read_bytes()
     assert len(data) < 300_000  # a small file...
     tracemalloc.start()
-    started = time.perf_counter()
     with pytest.raises(ImageTooLarge, match="more than the limit of 64,000,000") as refused:
         decode_upload(data, max_pixels=LIMIT)
-    elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 20 * 1024 * 1024 and elapsed < 1.0  # ...of a 196 or 243 MB image, never inflated
+    assert peak < 20 * 1024 * 1024  # ...of a 196 or 243 MB image, never inflated
     assert http_status(refused.value) == 413
 
 
@@ -131,6 +128,6 @@ def test_stains_stack_as_load_image_stacks_stain_files(tmp_path):
         paths.append(tmp_path / f"stain{index}.png")
         Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(paths[-1])
     uploads = [decode_upload(path.read_bytes(), max_pixels=LIMIT) for path in paths]
-    np.testing.assert_array_equal(compose_upload_stains(uploads), load_image(paths, channels=3))
+    np.testing.assert_array_equal(compose_stains(uploads), load_image(paths, channels=3))
     with pytest.raises(ImageReadError, match="stain images differ in size"):
-        compose_upload_stains([images[0], np.zeros((5, 7, 1), dtype=np.uint8)])
+        compose_stains([images[0], np.zeros((5, 7, 1), dtype=np.uint8)])

@@ -50,8 +50,8 @@ def train_and_die(mode: str, at: int, argv: list[str], log: Path) -> None:
                     os.kill(os.getpid(), signal.SIGKILL)
 
         make_trainer = run_module.make_trainer
-        run_module.make_trainer = lambda config, engine, *, callbacks, **options: make_trainer(
-            config, engine, callbacks=[*callbacks, KillAtStep()], **options)
+        run_module.make_trainer = lambda config, hardware, *, callbacks, **options: make_trainer(
+            config, hardware, callbacks=[*callbacks, KillAtStep()], **options)
     else:
         save = torch.save
 

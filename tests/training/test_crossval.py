@@ -13,8 +13,8 @@ import protloc
 from protloc.cli import main
 from protloc.data.readers import read_dataset
 from protloc.inference.thresholds import apply_thresholds, cross_fitted_labels, tune_thresholds
+from protloc.metrics import multilabel_scores, scores_as_deployed
 from protloc.runs import ENSEMBLE_FILE, FOLDS_FILE, OUT_OF_FOLD_FILE, EnsembleConfig, load_config
-from protloc.training.metrics import multilabel_scores, scores_as_deployed
 from protloc.training.splits import kfold_splits
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pandas as pd
 
-from protloc.runs import load_run
+from protloc.models.run_weights import load_run
 
 BATCH = 8
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from protloc.inference.thresholds import apply_thresholds
-from protloc.training.metrics import multilabel_scores, scores_at_threshold
+from protloc.metrics import multilabel_scores, scores_at_threshold
 from protloc.training.module import validation_scores
 
 

@@ -13,7 +13,8 @@ from protloc.cli import main
 from protloc.commands.compare import read_histories
 from protloc.devices import bf16_is_native
 from protloc.models.backbones import backbone_spec
-from protloc.runs import load_config, load_run
+from protloc.models.run_weights import load_run
+from protloc.runs import load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

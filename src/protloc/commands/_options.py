@@ -1,12 +1,15 @@
-"""Options shared by commands: reading datasets, and the one engine vocabulary of every command that runs a model."""
+"""Options shared by commands: reading datasets, and the one device vocabulary of every command that runs a model
+(its words live in protloc.devices; --engine, what runs the model, in protloc.inference)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from protloc.data import BIT_DEPTHS
-from protloc.data.readers import LAYOUTS, DatasetTable, read_dataset
-from protloc.data.stains import STAINS
+from protloc.data import BIT_DEPTHS, LAYOUTS
+from protloc.data.readers import DatasetTable, read_dataset
+from protloc.data.stains import CHANNEL_COUNTS, STAINS
+from protloc.data.workers import PREDICTION_WORKERS
+from protloc.devices import PRECISIONS, check_device_name
 from protloc.inference import ENGINES
 from protloc.labels import get_label_set
 from protloc.runs import ONNX_FILE
@@ -16,7 +19,7 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="dataset layout (default: detected from DATA)")
     parser.add_argument("--labels", default=None, metavar="SET",
                         help="label set: hpa10, hpa28 or a file with one class name per line (default: from the layout)")
-    parser.add_argument("--channels", type=int, choices=(1, 3, 4), default=3,
+    parser.add_argument("--channels", type=int, choices=CHANNEL_COUNTS, default=3,
                         help="image channels: 3 = RGB composite, 4 = with the HPA yellow (ER) stain, 1 = the protein (green) "
                              "alone (default %(default)s)")
 
@@ -83,7 +86,7 @@ def announce_reading(table: DatasetTable, config, args: argparse.Namespace) -> N
     import os
 
     from protloc.data.intensity import NOTE_SAMPLE, describe_depth_reading, sample_files
-    from protloc.data.microscopy import describe_microscope_reading
+    from protloc.data.images import describe_microscope_reading
 
     if any(os.environ.get(variable, "0") != "0" for variable in ("RANK", "LOCAL_RANK")):
         return  # one process of several (inference/distributed.py): the first says it
@@ -114,24 +117,18 @@ def threshold_value(text: str) -> float:
     return value
 
 
-# One engine vocabulary for every command that runs a model (train included: it maps these onto Lightning's
-# accelerator and precision names inside).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICE_KINDS = ("auto", "cpu", "cuda")
-
-
 def device_name(text: str) -> str:
-    """auto, cpu, cuda or cuda:N."""
-    kind, _, index = text.partition(":")
-    if kind not in DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
-        raise argparse.ArgumentTypeError(f"{text}: expected auto, cpu, cuda or cuda:N")
-    return text
+    """--device's type: auto, cpu, cuda or cuda:N (protloc.devices)."""
+    try:
+        return check_device_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32, workers: int | None = 2,
+def add_device_options(parser: argparse.ArgumentParser, *, batch_size: int = 32, workers: int | None = PREDICTION_WORKERS,
                        batches: bool = True, help_texts: dict[str, str] | None = None) -> argparse._ArgumentGroup:
     """How a model runs: device, precision and, with `batches`, batch size and loader workers (commands that take
-    one image at a time, serve and explain, have no batches). Returns the "engine" group, where train adds its
+    one image at a time, serve and explain, have no batches). Returns the "device and precision" group, where train adds its
     --devices count. `help_texts` replaces the text of options that mean more for a command (by dest name)."""
     texts = {
         "device": "auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N (default %(default)s)",
@@ -141,13 +138,13 @@ def add_engine_options(parser: argparse.ArgumentParser, *, batch_size: int = 32,
         "workers": "processes decoding images beside the model; 0 = decode in the main process (default %(default)s)",
         **(help_texts or {}),
     }
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--device", type=device_name, default="auto", help=texts["device"])
-    engine.add_argument("--precision", choices=PRECISIONS, default="auto", help=texts["precision"])
+    group = parser.add_argument_group("device and precision")
+    group.add_argument("--device", type=device_name, default="auto", help=texts["device"])
+    group.add_argument("--precision", choices=PRECISIONS, default="auto", help=texts["precision"])
     if batches:
-        engine.add_argument("--batch-size", type=int, default=batch_size, help=texts["batch_size"])
-        engine.add_argument("--workers", type=int, default=workers, help=texts["workers"])
-    return engine
+        group.add_argument("--batch-size", type=int, default=batch_size, help=texts["batch_size"])
+        group.add_argument("--workers", type=int, default=workers, help=texts["workers"])
+    return group
 
 
 def add_engine_choice(parser: argparse.ArgumentParser) -> None:
@@ -181,14 +178,14 @@ def image_cache_from_args(args: argparse.Namespace):
 
 
 def add_inference_options(parser: argparse.ArgumentParser, *, engine_choice: bool = True) -> argparse._ArgumentGroup:
-    """Options shared by the commands that predict labels (predict, tune, evaluate, report). Returns the "engine"
-    group."""
-    engine = add_engine_options(parser)
+    """Options shared by the commands that predict labels (predict, tune, evaluate, report). Returns the
+    "device and precision" group."""
+    group = add_device_options(parser)
     if engine_choice:
         add_engine_choice(parser)
     parser.add_argument("--tta", action="store_true",
                         help="average over the 8 flips and quarter turns of each image (8x slower)")
-    return engine
+    return group
 
 
 def positive_int(text: str) -> int:
@@ -198,14 +195,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_process_options(engine: argparse._ArgumentGroup) -> None:
+def add_process_options(group: argparse._ArgumentGroup) -> None:
     """--devices N --num-nodes M: the commands that predict whole tables (predict, embed, evaluate) in several
     processes, through Lightning DDP as training does."""
-    engine.add_argument("--devices", type=positive_int, default=1, metavar="N",
+    group.add_argument("--devices", type=positive_int, default=1, metavar="N",
                         help="processes per machine, one per device (GPU, or CPU share); 2 or more predict together "
                              "through Lightning DDP (gloo on the CPU), each its share of the images, merged in input "
                              "order (default %(default)s: one process, without Lightning)")
-    engine.add_argument("--num-nodes", type=positive_int, default=1, metavar="M",
+    group.add_argument("--num-nodes", type=positive_int, default=1, metavar="M",
                         help="machines, each running this command under a launcher that sets MASTER_ADDR, MASTER_PORT "
                              "and NODE_RANK (torchrun, srun; docs/cluster.md); --out must be on a file system they all "
                              "see (default %(default)s)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import (add_bit_depth_option, add_engine_options, add_gray_as_option, add_process_options,
+from protloc.commands._options import (add_bit_depth_option, add_device_options, add_gray_as_option, add_process_options,
                                        add_recursive_option, add_run_data_options, add_stain_map_option, add_subset_option,
                                        announce_reading, ranks_from_args)
 
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                              "compiling) or pca (linear, instant) (default %(default)s)")
     add_subset_option(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the map's projection (default %(default)s)")
-    add_process_options(add_engine_options(parser))
+    add_process_options(add_device_options(parser))
     add_run_data_options(parser)
     add_gray_as_option(parser)
     add_recursive_option(parser)

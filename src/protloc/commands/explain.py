@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protloc.commands._options import (add_bit_depth_option, add_engine_choice, add_engine_options, add_gray_as_option,
+from protloc.commands._options import (add_bit_depth_option, add_engine_choice, add_device_options, add_gray_as_option,
                                        add_recursive_option,
                                        add_stain_map_option, add_subset_option, announce_reading)
 
 
 def register(subparsers) -> None:
-    from protloc.data.readers import LAYOUTS
+    from protloc.data import LAYOUTS
 
     parser = subparsers.add_parser(
         "explain", help="class-activation maps for each predicted (and each missed true) label of some images",
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--masks", default=None, metavar="DIR",
                         help="with --cells: the cells of each image, DIR/<id>.png label images (0 background)")
     add_subset_option(parser)
-    add_engine_options(parser)
+    add_device_options(parser)
     add_engine_choice(parser)
     add_gray_as_option(parser)
     add_recursive_option(parser)

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.files import check_output_path, digest_path
     from protloc.inference.onnx_export import DEFAULT_OPSET, export_onnx, weights_digest
     from protloc.inference.outliers import load_scorer
-    from protloc.runs import load_run
+    from protloc.models.run_weights import load_run
 
     path = check_output_path(args.out or Path(args.run) / ONNX_FILE)
     check_output_path(digest_path(path), option="--out (its digest)")  # FILE.sha256 beside it

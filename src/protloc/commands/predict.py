@@ -10,7 +10,7 @@ from protloc.commands._options import (add_bit_depth_option, add_cache_options, 
 
 
 def register(subparsers) -> None:
-    from protloc.data.readers import LAYOUTS
+    from protloc.data import LAYOUTS
 
     parser = subparsers.add_parser(
         "predict", help="predict localisations for images with a trained run",

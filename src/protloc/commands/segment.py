@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from protloc.data.readers import LAYOUTS
+    from protloc.data import LAYOUTS
 
     parser = subparsers.add_parser(
         "segment", help="find every cell of images: instance masks and a table of cells",
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from protloc.cells.masks import CELLS_CSV, cell_geometry, write_mask
     from protloc.cells.sources import segment_source, segmentation_sources
-    from protloc.data.microscopy import stated_pixel_size
+    from protloc.data.images import stated_pixel_size
     from protloc.errors import DataError, listed
     from protloc.files import atomic_dir, check_output_path, write_csv
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from protloc.commands._options import add_engine_choice, add_engine_options
+from protloc.commands._options import add_engine_choice, add_device_options
 from protloc.service.limits import ServiceLimits  # dataclass only: no web framework imported for --help
 
 # The literals, not service.limits' defaults: importing the service loads torch, too slow for --help.
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                         help="address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 every interface (default %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default %(default)s)")
     add_engine_choice(parser)
-    add_engine_options(parser)  # --workers: threads decoding uploads; --batch-size: images per forward pass
+    add_device_options(parser)  # --workers: threads decoding uploads; --batch-size: images per forward pass
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-bytes", type=positive_int, default=50 * MIB, metavar="BYTES",
                         help="largest request body; larger ones get 413 (default %(default)s = 50 MiB)")

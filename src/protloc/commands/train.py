@@ -14,7 +14,7 @@ import pandas as pd
 
 from protloc.allocator import use_huge_pages_for_tensors
 from protloc.data import BIT_DEPTHS
-from protloc.commands._options import add_cache_options, add_dataset_options, add_engine_options, positive_int
+from protloc.commands._options import add_cache_options, add_dataset_options, add_device_options, positive_int
 from protloc.errors import ProtlocError
 from protloc.files import check_output_path
 from protloc.runs import (CONFIG_FILE, CURVES_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, LR_PLOT_FILE, METRICS_FILE,
@@ -25,7 +25,7 @@ from protloc.training.config import (
     TrainConfig, option,
 )
 from protloc.training.resume import RESUMABLE_CHANGES, resumed_config
-from protloc.training.training_data import DATA_KINDS
+from protloc.training_data import DATA_KINDS
 
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     add_dataset_options(parser)
     add_data_options(parser.add_argument_group("data"))
     add_recipe_options(parser.add_argument_group("recipe"))
-    add_training_engine_options(parser)
+    add_training_device_options(parser)
     add_cache_options(parser)
     parser.set_defaults(handler=run)
 
@@ -122,26 +122,26 @@ def add_recipe_options(recipe) -> None:
                                       "seconds", action="store_true")
 
 
-def add_training_engine_options(parser) -> None:
-    engine = add_engine_options(parser, batch_size=DEFAULTS["batch_size"], workers=DEFAULTS["workers"], help_texts={
+def add_training_device_options(parser) -> None:
+    group = add_device_options(parser, batch_size=DEFAULTS["batch_size"], workers=DEFAULTS["workers"], help_texts={
         "precision": "auto: bf16 on GPUs that have it (else fp16) and on CPUs that compute bf16 natively; fp32 on "
                      "other CPUs, where bf16 is emulated and slow (default %(default)s)",
         "batch_size": "images per batch and process (default %(default)s)",
         "workers": "DataLoader processes per training process (default: none on the CPU with the image cache, where "
                    f"loading runs between steps; else min(4, CPUs) = {min(4, os.cpu_count() or 1)})",
     })
-    add(engine, "devices", "processes per node, one per device; 2 or more train with DDP (gloo on the CPU)", type=positive_int)
-    add(engine, "num_nodes", "machines for DDP, each running this command under a launcher that sets MASTER_ADDR, "
+    add(group, "devices", "processes per node, one per device; 2 or more train with DDP (gloo on the CPU)", type=positive_int)
+    add(group, "num_nodes", "machines for DDP, each running this command under a launcher that sets MASTER_ADDR, "
                              "MASTER_PORT and NODE_RANK (torchrun, SLURM)", type=positive_int)
-    engine.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
+    group.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
                         help="continue a stopped run from its last checkpoint: `protloc train --resume RUN` (its data and "
                              "options are read back from RUN), or the same command again plus --resume; only --stop-after, "
                              "--device, --precision, --workers, --devices, --num-nodes and the cache options may change "
                              "(default: a new run)")
-    engine.add_argument("--stop-after", dest="stop_after", type=positive_int, default=DEFAULTS["stop_after"], metavar="EPOCHS",
+    group.add_argument("--stop-after", dest="stop_after", type=positive_int, default=DEFAULTS["stop_after"], metavar="EPOCHS",
                         help="stop after this many epochs of the run (frozen + fine-tuning); --resume continues it "
                              "exactly (default: train to the end)")
-    engine.add_argument("--verbose", action="store_true", default=DEFAULTS["verbose"],
+    group.add_argument("--verbose", action="store_true", default=DEFAULTS["verbose"],
                         help="also show Lightning's own messages: device banners, model summaries (default: one line "
                              "per run naming the device, precision, processes and workers)")
 
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     # Before torch loads, which reads the switch once (allocator.use_huge_pages_for_tensors). Torch and Lightning
     # load only when training starts.
     use_huge_pages_for_tensors()
-    from protloc.training.engine import rank
+    from protloc.training.trainer import rank
     from protloc.training.train import train
 
     if isinstance(args.resume, str):

@@ -9,18 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
+from protloc.data import GENERIC, HPA2018, Z2G
 from protloc.data.images import ImageReadError, convert_channels, read_pixels
 from protloc.data.readers import DatasetTable, read_dataset
 from protloc.data.stains import describe_missing_stain
+from protloc.data.workers import DECODE_THREADS
 from protloc.errors import DataError
 from protloc.labels import LabelSet
 from protloc.progress import progress_bar
 
 # Channels each file of a layout must have; other files need as many as the table is read for, at least
 # (or any number, for a 1-channel table: the green one is read).
-EXPECTED_FILE_CHANNELS = {"z2g": (3,), "hpa2018": (1,)}
+EXPECTED_FILE_CHANNELS = {Z2G: (3,), HPA2018: (1,)}
 # Layouts whose images all share one size, so an odd one out is a problem.
-UNIFORM_SIZE_LAYOUTS = ("z2g", "hpa2018")
+UNIFORM_SIZE_LAYOUTS = (Z2G, HPA2018)
 
 
 @dataclass
@@ -114,7 +116,7 @@ def find_image_problems(table: DatasetTable, *, show_progress: bool = True, desc
     than the table was read for. `probe` (path -> (path, shape, error)) may be an image cache's, which skips files
     it holds and stores the others (protloc.data.cache)."""
     owners = _file_owners(table)
-    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:  # PIL decodes outside the GIL
         results = list(progress_bar(pool.map(probe, owners), total=len(owners), desc=description, disable=not show_progress, unit="file"))
     problems = []
     shapes = {}
@@ -140,7 +142,7 @@ def find_image_problems(table: DatasetTable, *, show_progress: bool = True, desc
 
 def outside_notes(table: DatasetTable) -> list[str]:
     """A generic CSV may name images by absolute paths, outside its folder (other layouts may not): say so."""
-    if table.layout != "generic":
+    if table.layout != GENERIC:
         return []
     root = os.path.abspath(table.root)
     outside = [source for source in table.frame["source"] if os.path.relpath(os.path.abspath(source), root).startswith(os.pardir)]
@@ -171,9 +173,9 @@ def check_dataset(
     report = CheckReport(table.layout, labelled=table.labelled, n_images=len(table), notes=outside_notes(table))
     problems.extend(find_image_problems(table, show_progress=show_progress, description="checking train images",
                                         stain_map=stain_map))
-    if table.layout == "z2g" and (table.root / "test").is_dir():
+    if table.layout == Z2G and (table.root / "test").is_dir():
         try:
-            test_table = read_dataset(table.root, layout="z2g", split="test", label_set=table.label_set, channels=channels)
+            test_table = read_dataset(table.root, layout=Z2G, split="test", label_set=table.label_set, channels=channels)
         except DataError as error:
             problems.extend(error.lines)
         else:

@@ -12,6 +12,7 @@ from PIL import Image
 from protloc.data.images import load_image
 from protloc.data.intensity import detect_bit_depth
 from protloc.data.readers import DatasetTable, read_hpa2018
+from protloc.data.workers import DECODE_THREADS
 from protloc.errors import DataError
 from protloc.files import atomic_path, write_csv
 from protloc.labels import HPA10, HPA28, HPA28_TO_HPA10
@@ -52,7 +53,7 @@ def convert_hpa2018_to_hpa10(source: Path, out: Path, *, labels_only: bool = Fal
         (out / "train").mkdir(parents=True, exist_ok=True)
         bit_depth = detect_bit_depth(table.subset(table.frame.index[table.frame["id"].isin(converted["Image"])]))
         jobs = [(sources[identifier], out / "train" / f"{identifier}.png", bit_depth) for identifier in converted["Image"]]
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             list(progress_bar(pool.map(_compose, jobs), total=len(jobs), desc="composing RGB", unit="image", disable=not show_progress))
     write_csv(out / "train.csv", converted)
     return len(converted)

@@ -19,7 +19,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from protloc.data.images import ImageReadError
+from protloc.data.limits import ImageReadError
 
 
 def check_regular_file(path: Path) -> None:

@@ -22,16 +22,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from protloc.data import BIT_DEPTHS
-from protloc.data.stains import run_stains
+from protloc.data.limits import (ImageReadError, ImageTooLarge, UnsupportedImage,  # noqa: F401  (importable from here too)
+                                 check_pixel_count, pixel_limit)
+from protloc.data.stains import CHANNEL_COUNTS, channel_stains, describe_channel_stains, run_stains
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".czi", ".nd2", ".lif")  # the last three: microscopy.py
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
-
-# The most pixels one image may have, counted as height x width x channels and read from the file's header
-# before anything is decoded: a small compressed file can otherwise expand to gigabytes. Well above a
-# 4096 x 4096 four-stain image (67 million). The environment variable, when set, takes precedence.
-MAX_PIXELS = 100_000_000
-MAX_PIXELS_VARIABLE = "PROTLOC_MAX_PIXELS"
 
 # Decoded bytes allowed per pixel of the limit: 16-bit and float32 data at the limit fit, float64 stacks do not.
 BYTES_PER_PIXEL = 4
@@ -42,49 +38,10 @@ BYTES_PER_PIXEL = 4
 _PIL_OPEN_LOCK = threading.Lock()
 
 
-class ImageReadError(Exception):
-    """An image that cannot be decoded; the message says why. `path` names the failing file where the caller
-    could not know it (one stain of a stain set); otherwise the caller adds where."""
-
-    def __init__(self, message: str, path: str | Path | None = None):
-        super().__init__(message)
-        self.path = path
-
-
-class ImageTooLarge(ImageReadError):
-    """More pixels (or decoded bytes) than the limit, known from the header before decoding."""
-
-
-class UnsupportedImage(ImageReadError):
-    """Not an image format the reader takes."""
-
-
 def describe_read_error(source: str | Path | Sequence[str | Path], error: ImageReadError) -> str:
     """'PATH: why' for an image source (a file, or one file per stain) that could not be read."""
     where = error.path or (source if isinstance(source, (str, Path)) else source[0])
     return f"{where}: {error}"
-
-
-def pixel_limit() -> int:
-    """PROTLOC_MAX_PIXELS when set, else MAX_PIXELS."""
-    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
-    if not text:
-        return MAX_PIXELS
-    if not text.isdigit() or int(text) < 1:
-        raise ImageReadError(f"{MAX_PIXELS_VARIABLE}={text!r}: expected a whole number of pixels, 1 or more")
-    return int(text)
-
-
-def check_pixel_count(shape: Sequence[int], limit: int | None = None) -> None:
-    """Refuse an image whose header announces more pixels (height x width x channels) than `limit`, or than
-    pixel_limit() when None. Raises ImageTooLarge."""
-    count = math.prod(shape)
-    # Only the default limit is the user's to raise here; a caller's own (the service's --max-pixels) is not.
-    how_to_raise = f" (raise it with {MAX_PIXELS_VARIABLE} or protloc.data.images.MAX_PIXELS)" if limit is None else ""
-    limit = limit or pixel_limit()
-    if count > limit:
-        raise ImageTooLarge(
-            f"{' x '.join(map(str, shape))} image: {count:,} pixels, more than the limit of {limit:,}{how_to_raise}")
 
 
 def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
@@ -241,7 +198,7 @@ def _decode_tiff(file: io.BytesIO | Path, limit: int | None):
             return read_ome_tiff(tiff, series)
         array = np.asarray(series.asarray())
     # Channel-first TIFF stacks (C, H, W) are common in microscopy.
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+    if array.ndim == 3 and array.shape[0] in CHANNEL_COUNTS and array.shape[-1] not in CHANNEL_COUNTS:
         array = np.moveaxis(array, 0, -1)
     return StoredImage(array)
 
@@ -361,9 +318,11 @@ def stain_plane(array: np.ndarray) -> np.ndarray:
     return array[:, :, 0] if array.shape[-1] == 1 else array[:, :, :3].max(axis=-1)
 
 
-def compose_stains(planes: Sequence[np.ndarray]) -> np.ndarray:
-    """(H, W) planes, one per stain in the run's channel order -> (H, W, stains). Raises ImageReadError when
-    their sizes differ."""
+def compose_stains(stain_images: Sequence[np.ndarray]) -> np.ndarray:
+    """Decoded stain files, one per stain in the run's channel order -> (H, W, stains): each file's plane
+    (stain_plane), stacked. The one composition of stain sets: files (load_image), Python inputs and uploads.
+    Raises ImageReadError when their sizes differ."""
+    planes = [stain_plane(image) for image in stain_images]
     shapes = {plane.shape for plane in planes}
     if len(shapes) != 1:
         raise ImageReadError(f"stain images differ in size: {' and '.join(f'{w}x{h}' for h, w in sorted(shapes))}")
@@ -385,7 +344,47 @@ def load_image(source: str | Path | Sequence[str | Path], channels: int = 3, *, 
     planes = []
     for path in source:
         try:
-            planes.append(stain_plane(decode_image(path, bit_depth=bit_depth)))
+            planes.append(decode_image(path, bit_depth=bit_depth))
         except ImageReadError as error:
             raise ImageReadError(str(error), path=path) from None
     return compose_stains(planes)
+
+
+def describe_microscope_reading(paths, channels: int, stain_map: dict | None = None) -> str | None:
+    """One line on how the first microscope file among `paths` (one with named channels, or more dimensions than
+    an image) is read: its channels' stains, what was reduced, its pixel size. None when there is none."""
+    from protloc.data.microscopy import BIOIO_FORMATS
+
+    for path in paths:
+        if Path(path).suffix.lower() not in (".tif", ".tiff", *BIOIO_FORMATS):
+            continue
+        try:
+            stored = read_image(path)
+        except ImageReadError:
+            continue  # the prediction names it
+        if not stored.channel_names and not stored.reductions:
+            continue
+        parts = []
+        if stored.channel_names:
+            stains, problems = channel_stains(stored.channel_names, stain_map)
+            if not problems:
+                parts.append(f"channels {describe_channel_stains(stored.channel_names, stains, stain_map)}")
+        parts += list(stored.reductions)
+        if stored.pixel_size_um:
+            parts.append(f"{stored.pixel_size_um:.4g} µm per pixel")
+        return f"{path}: " + "; ".join(parts) if parts else None
+    return None
+
+
+def stated_pixel_size(source) -> tuple[float, int] | None:
+    """(µm per pixel, the stored image's width in pixels) of a microscope file that states its pixel size, else
+    None (other files, stain sets, arrays, unreadable files)."""
+    from protloc.data.microscopy import BIOIO_FORMATS
+
+    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() not in (".tif", ".tiff", *BIOIO_FORMATS):
+        return None
+    try:
+        stored = read_image(source)
+    except ImageReadError:
+        return None
+    return (stored.pixel_size_um, stored.pixels.shape[1]) if stored.pixel_size_um else None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.data.images import ImageReadError, UnsupportedImage, check_pixel_count
+from protloc.data.limits import ImageReadError, UnsupportedImage, check_pixel_count
 from protloc.data.stains import channel_stains, describe_channel_stains, run_stains
 
 # suffix -> (format name, the bioio reader plugin that reads it)
@@ -124,43 +124,3 @@ def fit_named_channels(array: np.ndarray, names: tuple[str, ...], channels: int,
     planes = [array[:, :, stains.index(stain)] if stain in stains else np.zeros(array.shape[:2], array.dtype)
               for stain in wanted]
     return np.stack(planes, axis=-1)
-
-
-def describe_microscope_reading(paths, channels: int, stain_map: dict | None = None) -> str | None:
-    """One line on how the first microscope file among `paths` (one with named channels, or more dimensions than
-    an image) is read: its channels' stains, what was reduced, its pixel size. None when there is none."""
-    from protloc.data.images import read_image
-
-    for path in paths:
-        if Path(path).suffix.lower() not in (".tif", ".tiff", *BIOIO_FORMATS):
-            continue
-        try:
-            stored = read_image(path)
-        except ImageReadError:
-            continue  # the prediction names it
-        if not stored.channel_names and not stored.reductions:
-            continue
-        parts = []
-        if stored.channel_names:
-            stains, problems = channel_stains(stored.channel_names, stain_map)
-            if not problems:
-                parts.append(f"channels {describe_channel_stains(stored.channel_names, stains, stain_map)}")
-        parts += list(stored.reductions)
-        if stored.pixel_size_um:
-            parts.append(f"{stored.pixel_size_um:.4g} µm per pixel")
-        return f"{path}: " + "; ".join(parts) if parts else None
-    return None
-
-
-def stated_pixel_size(source) -> tuple[float, int] | None:
-    """(µm per pixel, the stored image's width in pixels) of a microscope file that states its pixel size, else
-    None (other files, stain sets, arrays, unreadable files)."""
-    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() not in (".tif", ".tiff", *BIOIO_FORMATS):
-        return None
-    from protloc.data.images import read_image
-
-    try:
-        stored = read_image(source)
-    except ImageReadError:
-        return None
-    return (stored.pixel_size_um, stored.pixels.shape[1]) if stored.pixel_size_um else None

@@ -21,13 +21,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from protloc.data import FOLDER, GENERIC, HPA2018, IMAGES, LAYOUTS, Z2G
 from protloc.data.images import IMAGE_SUFFIXES, image_stem
 from protloc.data.stains import describe_mixed_files, group_stain_files, split_stain_name, stain_set_sources
 from protloc.errors import DataError, ProtlocError, listed
 from protloc.labels import HPA10, HPA28, LabelSet
 
-LAYOUTS = ("z2g", "hpa2018", "generic", "folder", "images")
-LAYOUT_COLUMNS = {"z2g": ("Image", "Label"), "hpa2018": ("Id", "Target"), "generic": ("path", "labels")}
+LAYOUT_COLUMNS = {Z2G: ("Image", "Label"), HPA2018: ("Id", "Target"), GENERIC: ("path", "labels")}
 
 
 @dataclass
@@ -73,7 +73,7 @@ class DatasetTable:
 
     @property
     def id_column(self) -> str:
-        return {"z2g": "Image", "hpa2018": "Id"}.get(self.layout, "id")
+        return {Z2G: "Image", HPA2018: "Id"}.get(self.layout, "id")
 
 
 def _read_csv(path: Path, expected: tuple[str, str], layout_name: str) -> pd.DataFrame:
@@ -179,25 +179,25 @@ def read_z2g(root: Path, split: str = "train", label_set: LabelSet = HPA10, coll
     if split == "test":
         return _read_z2g_test(root, label_set, channels)
     csv_path = root / "train.csv"
-    frame = _read_csv(csv_path, LAYOUT_COLUMNS["z2g"], "Zero-to-GANs layout")
+    frame = _read_csv(csv_path, LAYOUT_COLUMNS[Z2G], "Zero-to-GANs layout")
     ids, labels, lines, problems = _parse_rows(frame, csv_path, "Image", "Label", label_set)
     _raise_or_collect(problems, collect)
     folder = os.path.join(root, "train")
     sources = [os.path.join(folder, f"{identifier}.png") for identifier in ids]
-    return _table(ids, sources, labels, lines, label_set, "z2g", root, csv_path, True, channels)
+    return _table(ids, sources, labels, lines, label_set, Z2G, root, csv_path, True, channels)
 
 
 def _read_z2g_test(root: Path, label_set: LabelSet, channels: int) -> DatasetTable:
     submission = root / "submission.csv"
     if submission.is_file():
-        frame = _read_csv(submission, LAYOUT_COLUMNS["z2g"], "Zero-to-GANs submission")
+        frame = _read_csv(submission, LAYOUT_COLUMNS[Z2G], "Zero-to-GANs submission")
         ids = _ids_inside(frame["Image"], submission, "Image")
         folder = os.path.join(root, "test")
         sources = [os.path.join(folder, f"{identifier}.png") for identifier in ids]
         lines = list(range(2, len(ids) + 2))
-        return _table(ids, sources, [()] * len(ids), lines, label_set, "z2g", root, submission, False, channels)
+        return _table(ids, sources, [()] * len(ids), lines, label_set, Z2G, root, submission, False, channels)
     table = read_folder(root / "test", label_set, channels)
-    table.layout, table.root = "z2g", root
+    table.layout, table.root = Z2G, root
     return table
 
 
@@ -211,26 +211,26 @@ def read_hpa2018(
         ids = _ids_inside(frame["Id"], csv_path, "Id")
         sources = stain_set_sources(root / "test", ids, channels)
         lines = list(range(2, len(ids) + 2))
-        return _table(ids, sources, [()] * len(ids), lines, label_set, "hpa2018", root, csv_path, False, channels)
+        return _table(ids, sources, [()] * len(ids), lines, label_set, HPA2018, root, csv_path, False, channels)
     csv_path = root / "train.csv"
-    frame = _read_csv(csv_path, LAYOUT_COLUMNS["hpa2018"], "HPA 2018 layout")
+    frame = _read_csv(csv_path, LAYOUT_COLUMNS[HPA2018], "HPA 2018 layout")
     ids, labels, lines, problems = _parse_rows(frame, csv_path, "Id", "Target", label_set)
     _raise_or_collect(problems, collect)
     sources = stain_set_sources(root / "train", ids, channels)
-    return _table(ids, sources, labels, lines, label_set, "hpa2018", root, csv_path, True, channels)
+    return _table(ids, sources, labels, lines, label_set, HPA2018, root, csv_path, True, channels)
 
 
 def read_generic(csv_path: Path, label_set: LabelSet = HPA10, collect: list[str] | None = None,
                  channels: int = 3) -> DatasetTable:
     csv_path = Path(csv_path)
-    frame = _read_csv(csv_path, LAYOUT_COLUMNS["generic"], "generic layout: path relative to the CSV, labels")
+    frame = _read_csv(csv_path, LAYOUT_COLUMNS[GENERIC], "generic layout: path relative to the CSV, labels")
     ids, labels, lines, problems = _parse_rows(frame, csv_path, "path", "labels", label_set, absolute_allowed=True)
     _raise_or_collect(problems, collect)
     sources = [str(csv_path.parent / path) for path in ids]
     names = [Path(path).stem for path in ids]
     if len(set(names)) == len(names):
         ids = names  # the file name is the id users expect in outputs; keep the path when names collide
-    return _table(ids, sources, labels, lines, label_set, "generic", csv_path.parent, csv_path, True, channels)
+    return _table(ids, sources, labels, lines, label_set, GENERIC, csv_path.parent, csv_path, True, channels)
 
 
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
@@ -248,11 +248,11 @@ def read_folder(folder: Path, label_set: LabelSet = HPA10, channels: int = 3, co
     if not paths:
         deeper = " (its subfolders hold some: add --recursive)" if not recursive and list_images(folder, True) else ""
         raise DataError(f"{folder}: no images found (expected .png, .jpg, .tif, .czi, .nd2 or .lif files){deeper}")
-    return read_images(paths, label_set, layout="folder", root=folder, channels=channels, collect=collect,
+    return read_images(paths, label_set, layout=FOLDER, root=folder, channels=channels, collect=collect,
                        gray_as=gray_as, relative_ids=recursive)
 
 
-def read_images(paths: Sequence[Path], label_set: LabelSet = HPA10, layout: str = "images", root: Path | None = None,
+def read_images(paths: Sequence[Path], label_set: LabelSet = HPA10, layout: str = IMAGES, root: Path | None = None,
                 channels: int = 3, collect: list[str] | None = None, *, gray_as: str | None = None,
                 relative_ids: bool = False) -> DatasetTable:
     """Image files, one image each; stain files (<Id>_<stain>.<ext>) are grouped into one image per Id and folder
@@ -295,28 +295,28 @@ def detect_layout(path: Path) -> str:
     if path.is_file():
         if path.suffix.lower() == ".csv":
             header = _csv_header(path)
-            for layout in ("z2g", "hpa2018"):
+            for layout in (Z2G, HPA2018):
                 if all(column in header for column in LAYOUT_COLUMNS[layout]):
                     return layout
-            return "generic"
+            return GENERIC
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return "images"
+            return IMAGES
         raise ProtlocError(f"{path}: not a dataset (expected a folder, a .csv file or an image file)")
     train_csv = path / "train.csv"
     if train_csv.is_file():
         header = _csv_header(train_csv)
-        if all(column in header for column in LAYOUT_COLUMNS["hpa2018"]):
-            return "hpa2018"
-        return "z2g"
+        if all(column in header for column in LAYOUT_COLUMNS[HPA2018]):
+            return HPA2018
+        return Z2G
     if (path / "sample_submission.csv").is_file():
-        return "hpa2018"
+        return HPA2018
     if (path / "test").is_dir() and not list_images(path):
-        return "z2g"
-    return "folder"
+        return Z2G
+    return FOLDER
 
 
 def default_label_set(layout: str) -> LabelSet:
-    return HPA28 if layout == "hpa2018" else HPA10
+    return HPA28 if layout == HPA2018 else HPA10
 
 
 def read_dataset(
@@ -340,13 +340,13 @@ def read_dataset(
     if layout not in LAYOUTS:
         raise ProtlocError(f"unknown format {layout!r} (expected one of {', '.join(LAYOUTS)})")
     label_set = label_set or default_label_set(layout)
-    if layout == "z2g":
+    if layout == Z2G:
         return read_z2g(path.parent if path.is_file() else path, split, label_set, collect, channels)
-    if layout == "hpa2018":
+    if layout == HPA2018:
         return read_hpa2018(path.parent if path.is_file() else path, split, label_set, channels, collect)
-    if layout == "generic":
+    if layout == GENERIC:
         return read_generic(path, label_set, collect, channels)
-    if layout == "folder":
+    if layout == FOLDER:
         return read_folder(path, label_set, channels, collect, recursive=recursive, gray_as=gray_as)
     return read_images([path], label_set, channels=channels, collect=collect, gray_as=gray_as)
 

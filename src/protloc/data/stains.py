@@ -14,12 +14,15 @@ from typing import Sequence
 STAINS = ("red", "green", "blue", "yellow")
 STAIN_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")  # in order of preference when an Id has several
 RUN_STAINS = {1: ("green",), 3: ("red", "green", "blue"), 4: STAINS}
+# The channel counts a run may read (--channels, a run's in_chans), and how messages name them.
+CHANNEL_COUNTS = tuple(RUN_STAINS)
+CHANNEL_COUNTS_TEXT = f"{', '.join(map(str, CHANNEL_COUNTS[:-1]))} or {CHANNEL_COUNTS[-1]}"
 
 
 def run_stains(channels: int) -> tuple[str, ...]:
     """The stains a run of `channels` channels reads, in its channel order."""
     if channels not in RUN_STAINS:
-        raise ValueError(f"{channels} channels: expected 1, 3 or 4")
+        raise ValueError(f"{channels} channels: expected {CHANNEL_COUNTS_TEXT}")
     return RUN_STAINS[channels]
 
 

@@ -10,7 +10,7 @@ Training augmentation is `Augmentation`: the seed's random crop, random resized 
 vertical flips and right-angle turns) composed into one affine map per image. The map is drawn per image, from
 that image's seed, wherever the image is loaded; `augment_batch` then resamples a whole batch in one pass on the
 device: on a GPU, where the loader's CPU cores would otherwise do it, and on the CPU, where one batched pass on
-all cores replaced five per-image passes (benchmarks/bench_augmentation.py). Mean and std always come from the
+all cores replaced five per-image passes (benchmarks/bench_augmentation.py, in the git history). Mean and std always come from the
 run's config, never typed here.
 """
 from __future__ import annotations
@@ -123,3 +123,9 @@ def batch_to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Te
 def eval_transforms(*, image_size: int, mean: Sequence[float], std: Sequence[float], to_model_input: bool = True) -> v2.Compose:
     """Resize only: the whole field is seen, as at prediction time."""
     return v2.Compose([resize_transform(image_size), *(_to_model_input(mean, std) if to_model_input else [])])
+
+
+def eval_preset(config) -> v2.Compose:
+    """A run's eval transforms (resize, normalise with its config's mean/std): what prediction, evaluation,
+    explanation, embedding and serving apply to every image."""
+    return eval_transforms(image_size=config.image_size, mean=config.mean, std=config.std)

@@ -36,7 +36,7 @@ from protloc.devices import resolve_device
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
 from protloc.inference.rows import RowCollector, named_outputs
-from protloc.training.engine import expected_warnings_ignored, lightning_output
+from protloc.lightning_quiet import expected_warnings_ignored, lightning_output
 
 SHARE_NAME = "rank-{rank}.npz"
 OUTPUT_PREFIX = "output_"  # a share's arrays of per-image outputs: output_NAME

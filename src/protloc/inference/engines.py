@@ -4,24 +4,18 @@ each image's outlier score (inference/outliers.py) from the same forward pass, o
 A torch model (TorchEngine) or an ONNX Runtime session on a `protloc export` file (OnnxEngine). Device and
 precision come from protloc.devices: "auto" precision is fp32 on the CPU, so CPU probabilities are the same
 on every machine, and bf16 (fp16 where bf16 is missing) on a GPU. bf16 moved probabilities by up to 0.065
-(efficientnet_lite0 trained on demo data; README, "Inference engines and precision"), enough to flip a label
+(efficientnet_lite0 trained on demo data; docs/inference.md), enough to flip a label
 that sits near its threshold; use fp32 where outputs must match exactly (ONNX parity, tests).
 """
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from protloc.devices import resolve_device, resolve_precision
-from protloc.errors import ProtlocError
-from protloc.runs import RunConfig
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
+from protloc.devices import autocast_dtype, resolve_device, resolve_precision
 
 class TorchEngine:
     """A ProtlocNet (or FoldEnsemble) in eval mode, on the device, in channels_last (faster convolutions on the
@@ -45,7 +39,7 @@ class TorchEngine:
         """`method(images)` on the engine's device, in its precision; each output tensor back as float32 on the CPU."""
         images = images.to(self.device, memory_format=torch.channels_last)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        dtype = AUTOCAST_DTYPES.get(self.precision)
+        dtype = autocast_dtype(self.precision)
         with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
             outputs = method(images)
         if isinstance(outputs, tuple):
@@ -90,49 +84,6 @@ def make_engine(model_or_session, *, device: str = "cpu", precision: str = "auto
     if isinstance(model_or_session, nn.Module):
         return TorchEngine(model_or_session, device=device, precision=precision, scorer=scorer)
     return OnnxEngine(model_or_session)
-
-
-def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path = "RUN", *, weights: str | None = None,
-                      threads: int | None = None):
-    """An ONNX Runtime session on `path`, checked against the run's config, against its own SHA-256 recorded
-    beside it at export (PATH.sha256, when there is one), and against the weights it was exported from: those
-    whose digest is `weights` (for the run's own model.onnx), else the run's model.safetensors when the run has
-    one. `threads` compute threads (default: ONNX Runtime's, one per core), fewer where several processes share
-    the cores. Raises ProtlocError."""
-    import onnxruntime
-
-    from protloc.files import check_digest
-    from protloc.inference.onnx_export import WEIGHTS_DIGEST_KEY, weights_digest
-
-    path = Path(path)
-    export = f"protloc export {run_dir} --out {path}"
-    if not path.is_file():
-        raise ProtlocError(f"{path}: ONNX model not found; run `{export}` first")
-    check_digest(path)
-    try:
-        options = onnxruntime.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT raises its own exception types for unreadable or invalid files
-        raise ProtlocError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
-    shape = session.get_inputs()[0].shape  # [batch, channels, height, width]; batch is a name
-    expected = [config.in_chans, config.image_size, config.image_size]
-    outputs = session.get_outputs()[0].shape
-    if list(shape[1:]) != expected or outputs[-1] != config.num_classes:
-        raise ProtlocError(
-            f"{path}: takes images {shape[1:]} and gives {outputs[-1]} outputs, but the run expects "
-            f"{expected} and {config.num_classes} classes (exported from another run? run `{export}`)"
-        )
-    claimed = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
-    if weights is None and claimed is not None:
-        try:
-            weights = weights_digest(run_dir)
-        except ProtlocError:  # a run without its weights (an ONNX-only deployment): nothing to compare
-            weights = None
-    if weights is not None and claimed != weights:
-        raise ProtlocError(f"{path}: exported from other weights than {run_dir}'s model.safetensors; run `{export}`")
-    return session
 
 
 # ---------------------------------------------------------------- test-time augmentation

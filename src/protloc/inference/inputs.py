@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from protloc.data.images import (ImageReadError, compose_stains, image_stem, convert_channels, decode_image, fit_stored,
-                                 pil_to_array, read_image, stain_plane, to_chw_tensor, to_image_array)
+from protloc.data.images import (ImageReadError, compose_stains, convert_channels, decode_image, fit_stored,
+                                 image_stem, pil_to_array, read_image, to_chw_tensor, to_image_array)
 from protloc.data.stains import STAINS, run_stains, split_stain_name
 from protloc.errors import ProtlocError
 
@@ -63,8 +63,7 @@ def read_input(image, channels: int, *, bit_depth: int | None = None, gray_as: s
     An image is a path, a file's bytes, a numpy array (H, W[, C]; uint8, uint16 or 0..1 float), a PIL image, or a
     stain set: a dict {stain: one of those} or a tuple of them in the run's channel order (stains.py)."""
     if isinstance(image, (dict, tuple)):
-        planes = [stain_plane(_read_one(part, bit_depth)) for part in _stain_set(image, channels)]
-        composed = compose_stains(planes)
+        composed = compose_stains([_read_one(part, bit_depth) for part in _stain_set(image, channels)])
     elif isinstance(image, (str, Path, bytes, bytearray, memoryview)):
         where = image if isinstance(image, (str, Path)) else f"image of {len(image)} bytes"
         try:

@@ -37,8 +37,8 @@ from torch import nn
 
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path, file_sha256, recorded_digest, write_digest
-from protloc.inference.engines import open_onnx_session
-from protloc.runs import ONNX_FILE, OUTLIER_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config, load_run
+from protloc.models.run_weights import load_run
+from protloc.runs import ONNX_FILE, OUTLIER_FILE, WEIGHTS_FILE, EnsembleConfig, RunConfig, load_config
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -218,3 +218,45 @@ def run_onnx_session(run_dir: str | Path, config: RunConfig, cache_dir: str | Pa
                            f"`protloc export {run_dir} --out FILE` and pass --onnx FILE, set $PROTLOC_CACHE_DIR, or use "
                            f"--engine torch") from None
     return open_onnx_session(path, config, run_dir, weights=digest, threads=threads)
+
+
+def open_onnx_session(path: str | Path, config: RunConfig, run_dir: str | Path = "RUN", *, weights: str | None = None,
+                      threads: int | None = None):
+    """An ONNX Runtime session on `path`, checked against the run's config, against its own SHA-256 recorded
+    beside it at export (PATH.sha256, when there is one), and against the weights it was exported from: those
+    whose digest is `weights` (for the run's own model.onnx), else the run's model.safetensors when the run has
+    one. `threads` compute threads (default: ONNX Runtime's, one per core), fewer where several processes share
+    the cores. Raises ProtlocError."""
+    import onnxruntime
+
+    from protloc.files import check_digest
+
+    path = Path(path)
+    export = f"protloc export {run_dir} --out {path}"
+    if not path.is_file():
+        raise ProtlocError(f"{path}: ONNX model not found; run `{export}` first")
+    check_digest(path)
+    try:
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own exception types for unreadable or invalid files
+        raise ProtlocError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+    shape = session.get_inputs()[0].shape  # [batch, channels, height, width]; batch is a name
+    expected = [config.in_chans, config.image_size, config.image_size]
+    outputs = session.get_outputs()[0].shape
+    if list(shape[1:]) != expected or outputs[-1] != config.num_classes:
+        raise ProtlocError(
+            f"{path}: takes images {shape[1:]} and gives {outputs[-1]} outputs, but the run expects "
+            f"{expected} and {config.num_classes} classes (exported from another run? run `{export}`)"
+        )
+    claimed = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
+    if weights is None and claimed is not None:
+        try:
+            weights = weights_digest(run_dir)
+        except ProtlocError:  # a run without its weights (an ONNX-only deployment): nothing to compare
+            weights = None
+    if weights is not None and claimed != weights:
+        raise ProtlocError(f"{path}: exported from other weights than {run_dir}'s model.safetensors; run `{export}`")
+    return session

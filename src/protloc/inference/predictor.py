@@ -25,17 +25,19 @@ from protloc.data.dataset import ImageDataset
 from protloc.data.images import to_chw_tensor
 from protloc.data.readers import DatasetTable
 from protloc.data.stains import parse_stain_map, run_stains
-from protloc.devices import bf16_is_native, resolve_device  # noqa: F401  (bf16_is_native: for training code)
+from protloc.data.transforms import eval_preset
+from protloc.data.workers import prediction_workers
+from protloc.devices import resolve_device
 from protloc.errors import DataError, ProtlocError
 from protloc.inference import ENGINES
-from protloc.inference.engines import (OnnxEngine, TorchEngine, make_engine,  # noqa: F401
-                                      open_onnx_session, predict_batch, scored_outputs)
+from protloc.inference.engines import OnnxEngine, TorchEngine, make_engine, predict_batch, scored_outputs  # noqa: F401
 from protloc.inference.inputs import InputImages, as_image_list, image_ids, read_input
-from protloc.inference.onnx_export import run_onnx_session
+from protloc.inference.onnx_export import open_onnx_session, run_onnx_session
 from protloc.inference.rows import RowCollector, TableResult, named_outputs  # noqa: F401  (TableResult: for callers)
 from protloc.inference.thresholds import apply_thresholds
 from protloc.labels import LabelSet
-from protloc.runs import RunConfig, eval_preset, load_config, load_run
+from protloc.models.run_weights import load_run
+from protloc.runs import RunConfig, load_config
 
 
 def as_stain_map(stain_map: str | dict | None) -> dict | None:
@@ -58,8 +60,7 @@ def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
         raise ProtlocError(f"batch size {batch_size}: expected 1 or more")
     if workers < 0:
         raise ProtlocError(f"workers {workers}: expected 0 or more")
-    if len(dataset) <= batch_size:
-        workers = 0  # one batch: nothing to overlap with, so starting worker processes only costs time
+    workers = prediction_workers(workers, len(dataset), batch_size)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
 
 

@@ -12,7 +12,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-SUBMISSION_COLUMNS = {"z2g": ("Image", "Label"), "hpa2018": ("Id", "Predicted")}
+from protloc.data import HPA2018, Z2G
+
+SUBMISSION_COLUMNS = {Z2G: ("Image", "Label"), HPA2018: ("Id", "Predicted")}
 KAGGLE_LAYOUTS = tuple(SUBMISSION_COLUMNS)
 # Six decimals are far below any threshold step and keep files a third of the size of full floats.
 PROBABILITY_DECIMALS = 6
@@ -24,7 +26,7 @@ def output_layout(input_layout: str, run_layout: str) -> str:
     """Which Kaggle format to write for an input of `input_layout` predicted by a run trained on `run_layout`."""
     if input_layout in KAGGLE_LAYOUTS:
         return input_layout
-    return run_layout if run_layout in KAGGLE_LAYOUTS else "z2g"
+    return run_layout if run_layout in KAGGLE_LAYOUTS else Z2G
 
 
 def class_names(predicted: np.ndarray, label_names: Sequence[str]) -> list[str]:

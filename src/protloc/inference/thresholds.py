@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from protloc.errors import ProtlocError
-
-DEFAULT_THRESHOLD = 0.5
+from protloc.runs import DEFAULT_THRESHOLD
 
 
 def _to_numpy(values, name: str) -> np.ndarray:

@@ -7,6 +7,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from protloc.errors import ProtlocError
+
+CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by bench_cam_localisation.py (git history)
+
+
+def cam_layer(model) -> torch.nn.Module:
+    layer = getattr(model.backbone, "cam_layer", None)
+    if layer is None:
+        raise ProtlocError(f"backbone {model.backbone.spec.name}: no layer with a spatial map was found for "
+                           f"class-activation maps")
+    return layer
+
 
 def unscaled_cam_method(method: str):
     """The pytorch-grad-cam class `method` with its maps left at their own magnitude: it stretches each map to
@@ -45,8 +57,6 @@ def compute_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.nd
 
     if not class_indices:
         return np.zeros((0, *tensor.shape[-2:]), dtype=np.float32)
-    from protloc.reports.explain import CAM_METHOD, cam_layer
-
     layer = cam_layer(model)
     targets = [ClassifierOutputTarget(index) for index in class_indices]
     # Channels-last model and input: on CPU the backward pass through depthwise convolutions is
@@ -69,7 +79,7 @@ def scale_together(cams: np.ndarray) -> np.ndarray:
 def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
     """Class-activation maps of a run's model for one image, on one scale (`scale_together`); for a K-fold
     ensemble, the mean of its folds' maps (each fold seeing the image normalised as it was trained)."""
-    from protloc.inference.ensemble import FoldEnsemble
+    from protloc.models.ensemble import FoldEnsemble
 
     if not isinstance(model, FoldEnsemble):
         return scale_together(compute_cams(model, tensor, class_indices))

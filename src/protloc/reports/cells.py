@@ -7,16 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from skimage.segmentation import find_boundaries
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from skimage.segmentation import find_boundaries  # noqa: E402
-
-from protloc.cells.predict import CellPrediction  # noqa: E402
-from protloc.reports import html  # noqa: E402
-from protloc.reports.explore import rgb_view  # noqa: E402
+from protloc.cells.predict import CellPrediction
+from protloc.plots import subplots
+from protloc.reports import html
+from protloc.reports.explore import rgb_view
 
 LABELLED_OUTLINE = (255, 255, 255)
 NEGATIVE_OUTLINE = (140, 140, 140)
@@ -43,7 +40,7 @@ def plot_cells(image: np.ndarray, mask: np.ndarray, prediction: CellPrediction, 
     """The figure: the image with its cells outlined and numbered by class, and a legend of the classes shown."""
     labelled = [cell for cell, row in zip(prediction.cells, prediction.predicted) if row.any()]
     side = 7.0
-    figure, axes = plt.subplots(figsize=(side, side + 0.9), layout="constrained")
+    figure, axes = subplots(figsize=(side, side + 0.9), layout="constrained")
     axes.imshow(outline_cells(image, mask, labelled))
     axes.set_axis_off()
     font = 7.0

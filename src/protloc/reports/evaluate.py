@@ -16,11 +16,12 @@ import pandas as pd
 
 from protloc.errors import ProtlocError
 from protloc.files import save_figure, write_csv, write_json
-from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds
+from protloc.inference.thresholds import apply_thresholds
+from protloc.metrics import SCORE_MEANINGS, multilabel_scores
 from protloc.plots import subplots
 from protloc.reports import html
 from protloc.reports.mistakes import name_labels, worst_blocks, worst_mistakes, write_mistake_pictures
-from protloc.training.metrics import SCORE_MEANINGS, multilabel_scores
+from protloc.runs import DEFAULT_THRESHOLD
 
 AT_DEFAULT = f"{DEFAULT_THRESHOLD:g}"  # names the scores at the default threshold: "0.5"
 TOP_MISTAKES = 15

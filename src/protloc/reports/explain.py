@@ -7,7 +7,7 @@ run's thresholds.
 
 The map is HiResCAM on the layer the backbone's spec names (``cam_layer_name``): a stride-8 feature map
 for the registered backbones, 16x16 cells at 128 px, fine enough to tell cells apart. The last
-feature map (4x4 at 128 px) gave blobs over several cells; benchmarks/bench_cam_localisation.py
+feature map (4x4 at 128 px) gave blobs over several cells; benchmarks/bench_cam_localisation.py (git history)
 measured how much of each map falls inside the true pattern. An image's maps share one scale (the strongest
 map's peak at 1), not one each: a class with little evidence draws faintly.
 """
@@ -23,7 +23,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from protloc.data.microscopy import stated_pixel_size
+from protloc.data.images import stated_pixel_size
 from protloc.data.readers import DatasetTable
 from protloc.errors import ProtlocError
 from protloc.files import save_figure
@@ -31,11 +31,11 @@ from protloc.inference.predictor import Predictor
 from protloc.labels import did_you_mean, list_classes
 from protloc.reports.explore import rgb_view
 # Computed there, drawn here; importable from here as before.
-from protloc.reports.cams import compute_cams, compute_model_cams, scale_together  # noqa: F401
+from protloc.reports.cams import (CAM_METHOD, cam_layer, compute_cams, compute_model_cams,  # noqa: F401
+                                  scale_together)
 
 PANEL_COLUMNS = 4
 TARGET_MODES = ("predicted", "all")
-CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by benchmarks/bench_cam_localisation.py
 # What people read wherever the maps are named (CLI, reports, page, API docs): the method as it is.
 CAM_ABOUT = ("HiResCAM (a variant of Grad-CAM that multiplies each feature's gradient with its activation where "
              "it sits, rather than averaging the gradient over the image)")
@@ -125,14 +125,6 @@ def model_view(tensor: torch.Tensor, config) -> np.ndarray:
 def protein_channel(image: np.ndarray) -> np.ndarray:
     """(H, W, C) -> the protein stain alone: green in an RGB(Y) composite, the only channel of a grey image."""
     return image[:, :, 1] if image.shape[-1] >= 3 else image[:, :, 0]
-
-
-def cam_layer(model) -> torch.nn.Module:
-    layer = getattr(model.backbone, "cam_layer", None)
-    if layer is None:
-        raise ProtlocError(f"backbone {model.backbone.spec.name}: no layer with a spatial map was found for "
-                           f"class-activation maps")
-    return layer
 
 
 def cam_grid(model, image_size: int) -> tuple[int, int]:
@@ -343,7 +335,7 @@ def explain_table(predictor: Predictor, table: DatasetTable, out_dir: str | Path
 def describe_maps(model, config, *, panels: bool = True) -> str:
     """How the maps were made and how to read them, for the page above the figures; `panels`: say which classes
     get one (the figures of `protloc explain`)."""
-    from protloc.inference.ensemble import FoldEnsemble
+    from protloc.models.ensemble import FoldEnsemble
 
     folds = ""
     if isinstance(model, FoldEnsemble):  # the folds share a backbone: the first one says how each was mapped

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from protloc.metrics import SCORE_MEANINGS
 from protloc.reports import html
 from protloc.reports.evaluate import score_terms
-from protloc.training.metrics import SCORE_MEANINGS
 from protloc.runs import CHECKPOINT_DIR, CONFIG_FILE, CURVES_FILE, LR_PLOT_FILE, METRICS_FILE, REPORT_FILE
 
 REPORT_DIR = "report"
@@ -148,7 +148,7 @@ SETTING_GROUPS = {
     "Data": ("data", "labels", "normalize", "validation_split", "val_fraction", "folds", "n_train", "n_val"),
     "Recipe": ("seed", "epochs_frozen", "epochs", "lr_frozen", "lr", "optimizer", "weight_decay", "grad_clip",
                "grad_clip_mode", "loss", "pos_weight", "batch_size"),
-    "Engine": ("device", "devices", "num_nodes", "world_size", "precision", "precision_used",
+    "Hardware": ("device", "devices", "num_nodes", "world_size", "precision", "precision_used",
                "images_per_second"),
 }
 # How the command was run rather than what the model is, results shown above, or what the model's own

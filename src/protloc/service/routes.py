@@ -14,12 +14,12 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from python_multipart.multipart import parse_options_header
 
 from protloc.data import BIT_DEPTHS
-from protloc.data.images import ImageReadError
+from protloc.data.images import ImageReadError, compose_stains
 from protloc.data.stains import STAINS, parse_stain_map
 from protloc.service.explanations import thumbnail_png
 from protloc.service.runtime import Runtime
 from protloc.service.schemas import ClassExplanation, ExplainResponse, Health, ImageResult, PredictResponse, Problem
-from protloc.service.uploads import compose_upload_stains, http_status
+from protloc.service.uploads import http_status
 
 router = APIRouter()
 
@@ -208,7 +208,7 @@ async def decode(runtime: Runtime, upload: Upload, options: Options = Options())
         check_channels(upload.name, arrays[0], runtime.stains)
         return arrays[0]
     try:
-        return compose_upload_stains(arrays)
+        return compose_stains(arrays)
     except ImageReadError as error:
         raise HTTPException(http_status(error), f"{upload.name}: {error}") from None
 

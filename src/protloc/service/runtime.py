@@ -11,6 +11,7 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
+from protloc.data import IMAGES
 from protloc.data.stains import run_stains
 from protloc.inference.predictor import Predictor
 from protloc.inference.submission import SUBMISSION_COLUMNS, output_layout
@@ -117,7 +118,7 @@ class Runtime:
 
     def health(self) -> Health:
         config = self.predictor.config
-        layout = output_layout("images", config.layout)
+        layout = output_layout(IMAGES, config.layout)
         return Health(status="ok", run=self.run_name, backbone=config.backbone, engine=self.engine,
                       labels=self.predictor.label_names,
                       thresholds=dict(zip(config.label_names, map(float, config.thresholds))),

@@ -7,12 +7,10 @@ maps the decoder's errors onto HTTP.
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 
-from protloc.data.images import (ImageReadError, ImageTooLarge, UnsupportedImage, compose_stains, fit_stored, read_image,
-                                 stain_plane, to_uint8)
+from protloc.data.images import ImageReadError, ImageTooLarge, UnsupportedImage, fit_stored, read_image, to_uint8
 
 UPLOAD_FORMATS = ("PNG", "JPEG")
 
@@ -32,9 +30,3 @@ def decode_upload(data: bytes, *, max_pixels: int, bit_depth: int | None = None,
 def http_status(error: ImageReadError) -> int:
     """413 for an image over the limit, 415 for a format the service does not take, 422 for the rest."""
     return 413 if isinstance(error, ImageTooLarge) else 415 if isinstance(error, UnsupportedImage) else 422
-
-
-def compose_upload_stains(images: Sequence[np.ndarray]) -> np.ndarray:
-    """Decoded stain files, in the run's channel order -> one (H, W, stains) image, as data/images.py's
-    load_image composes stain files. Raises ImageReadError when their sizes differ."""
-    return compose_stains([stain_plane(image) for image in images])

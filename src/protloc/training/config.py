@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protloc.data import BIT_DEPTHS
+from protloc.data.stains import CHANNEL_COUNTS, CHANNEL_COUNTS_TEXT
 from protloc.errors import ProtlocError
+from protloc.training_outcome import rename_recipe_keys
 
 VALIDATION_SPLITS = ("mask", "random", "stratified")
 FOLD_SPLITS = ("stratified", "random")  # "mask" cannot make K disjoint folds
@@ -23,10 +25,6 @@ POS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("uniform", "rare")  # protloc.training.sampling
 THRESHOLD_METHODS = ("f1", "class-ratio")  # protloc.inference.thresholds
 GRAD_CLIP_MODES = ("value", "norm")
-
-# Recipe keys written by earlier versions, and their names now: their stopped runs still resume.
-RENAMED_KEYS = {"split": "validation_split", "layout": "format"}
-
 
 @dataclass
 class TrainConfig:
@@ -63,7 +61,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     precision: str = "auto"  # auto, fp32, bf16 or fp16
     batch_size: int = 32
-    workers: int | None = None  # None: engine.worker_count decides
+    workers: int | None = None  # None: trainer.worker_count decides
     devices: int = 1  # processes per node; 2 or more train with DDP
     num_nodes: int = 1
     resume: bool = False
@@ -126,7 +124,7 @@ def check_config(config: TrainConfig) -> None:
            f"--num-nodes {config.num_nodes}: no launcher started this process (torchrun or SLURM's srun set "
            f"{', '.join(LAUNCHER_VARIABLES[:2])}...); start one process per node with one of them")
     expect(config.stop_after is None or config.stop_after >= 1, f"--stop-after {config.stop_after}: expected 1 or more epochs")
-    expect(config.channels in (1, 3, 4), f"--channels {config.channels}: expected 1, 3 or 4")
+    expect(config.channels in CHANNEL_COUNTS, f"--channels {config.channels}: expected {CHANNEL_COUNTS_TEXT}")
     expect(config.data_kind in ("auto", "demo", "real"), f"--data-kind {config.data_kind}: expected auto, demo or real")
     expect(config.bit_depth in (None, *BIT_DEPTHS),
            f"--bit-depth {config.bit_depth}: expected {', '.join(map(str, BIT_DEPTHS))}")
@@ -151,12 +149,13 @@ def recipe_of(config: TrainConfig) -> dict:
 
 
 def upgrade_recipe(values: dict) -> dict:
-    """A recorded recipe with today's key names (earlier versions said "split" and "layout").
+    """A recorded recipe as today's TrainConfig reads it: today's key names (runs.rename_recipe_keys), and what
+    earlier versions did without saying so.
 
     Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
     a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began; and
     they cropped augmentations from the input-size copy (augment_resolution 1)."""
-    upgraded = {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+    upgraded = rename_recipe_keys(values)
     # Earlier versions cropped from the copy at the input size.
     upgraded.setdefault("augment_resolution", 1.0)
     if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:

@@ -31,21 +31,21 @@ from protloc.data.readers import DatasetTable
 from protloc.errors import DataError
 from protloc.files import write_csv
 from protloc.inference.thresholds import apply_thresholds, class_ratio_thresholds, cross_fitted_labels, tune_thresholds
+from protloc.metrics import multilabel_scores, scores_as_deployed
 from protloc.models.classifier import ProtlocNet
-from protloc.runs import (CONFIG_FILE, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS, METRICS_FILE, OUT_OF_FOLD_FILE,
-                          WEIGHTS_FILE, fold_dir, load_config, write_ensemble)
+from protloc.runs import (CONFIG_FILE, DEFAULT_THRESHOLD, ENSEMBLE_FILE, FOLDS_FILE, FOLDS_SUMMARY_ROWS,
+                          METRICS_FILE, OUT_OF_FOLD_FILE, WEIGHTS_FILE, TrainingOutcome, fold_dir, load_config,
+                          write_ensemble)
 from protloc.training.config import TrainConfig, recipe_of
-from protloc.training.engine import Engine, rank
-from protloc.training.metrics import multilabel_scores, scores_as_deployed
-from protloc.training.outcome import TrainingOutcome
 from protloc.training.resume import holds_run
 from protloc.training.run import train_run
 from protloc.training.splits import Split, kfold_splits
+from protloc.training.trainer import Hardware, rank
 
 MEAN_ROW, STD_ROW, OUT_OF_FOLD_ROW = FOLDS_SUMMARY_ROWS
 
 
-def train_folds(config: TrainConfig, engine: Engine, table: DatasetTable, model: ProtlocNet) -> bool:
+def train_folds(config: TrainConfig, hardware: Hardware, table: DatasetTable, model: ProtlocNet) -> bool:
     """Train every fold into `config.out`; True when all finished (rank 0 has then written the ensemble)."""
     out = Path(config.out)
     initial_state = {key: value.clone() for key, value in model.state_dict().items()}
@@ -57,34 +57,34 @@ def train_folds(config: TrainConfig, engine: Engine, table: DatasetTable, model:
             continue
         model.load_state_dict(initial_state)
         fold_config = dataclasses.replace(config, resume=config.resume and holds_run(run_dir))
-        if not train_run(fold_config, engine, table, model, train_rows, val_rows, run_dir):
+        if not train_run(fold_config, hardware, table, model, train_rows, val_rows, run_dir):
             return False  # stopped early: --resume continues with this fold
         trained = True
     if rank() == 0 and (trained or not (out / ENSEMBLE_FILE).is_file()):
-        finish_ensemble(config, engine, table, folds)
+        finish_ensemble(config, hardware, table, folds)
     return True
 
 
-def predict_out_of_fold(out: Path, table: DatasetTable, folds: list[Split], engine: Engine, batch_size: int) -> np.ndarray:
+def predict_out_of_fold(out: Path, table: DatasetTable, folds: list[Split], hardware: Hardware, batch_size: int) -> np.ndarray:
     """(N, C) probabilities of every image from the fold that held it out, each fold with its own preprocessing;
     fp32, as a single run's thresholds are tuned."""
     from protloc.inference.predictor import load_predictor
 
     probabilities = np.zeros((len(table), len(table.label_set)), dtype=np.float32)
     for fold, (_train_rows, val_rows) in enumerate(folds):
-        predictor = load_predictor(fold_dir(out, fold), device=engine.device, precision="fp32")
-        result = predictor.predict_table(table.subset(val_rows), batch_size=batch_size, workers=engine.workers)
+        predictor = load_predictor(fold_dir(out, fold), device=hardware.device, precision="fp32")
+        result = predictor.predict_table(table.subset(val_rows), batch_size=batch_size, workers=hardware.workers)
         if result.unreadable:
             raise DataError(*result.unreadable)
         probabilities[val_rows] = result.outputs
     return probabilities
 
 
-def finish_ensemble(config: TrainConfig, engine: Engine, table: DatasetTable, folds: list[Split]) -> None:
+def finish_ensemble(config: TrainConfig, hardware: Hardware, table: DatasetTable, folds: list[Split]) -> None:
     """Out-of-fold predictions, the ensemble's thresholds tuned on them, folds.csv, then ensemble.json (last: a
     folder with ensemble.json is a finished model)."""
     out = Path(config.out)
-    probabilities = predict_out_of_fold(out, table, folds, engine, config.batch_size)
+    probabilities = predict_out_of_fold(out, table, folds, hardware, config.batch_size)
     targets = table.targets
     if config.threshold_method == "class-ratio":
         thresholds = class_ratio_thresholds(probabilities, targets.mean(axis=0))
@@ -98,7 +98,7 @@ def finish_ensemble(config: TrainConfig, engine: Engine, table: DatasetTable, fo
     write_fold_summary(out, summarize_folds(out, folds, targets, probabilities, thresholds, cross_fitted))
     training = TrainingOutcome(
         recipe=recipe_of(config), n_val=len(table),
-        val_at_05=scores_as_deployed(targets, probabilities, 0.5),
+        val_at_05=scores_as_deployed(targets, probabilities, DEFAULT_THRESHOLD),
         val_tuned=scores_as_deployed(targets, probabilities, thresholds),  # in-sample: tuned on these
         val_tuned_cross_fitted=multilabel_scores(targets, cross_fitted),
     )
@@ -148,7 +148,7 @@ def summarize_folds(out: Path, folds: list[Split], targets: np.ndarray, probabil
                      "val_f1_macro_oof_thresholds": multilabel_scores(targets[val_rows], at_ensemble)["f1_macro"],
                      "val_f1_macro_cross_fitted": multilabel_scores(targets[val_rows], cross_fitted[val_rows])["f1_macro"]})
         own_labels[val_rows] = apply_thresholds(probabilities[val_rows], load_config(fold_dir(out, fold)).thresholds)
-    at_half = scores_as_deployed(targets, probabilities, 0.5)["f1_macro"]
+    at_half = scores_as_deployed(targets, probabilities, DEFAULT_THRESHOLD)["f1_macro"]
     pooled = {
         "fold": OUT_OF_FOLD_ROW, "run": str(out), "images": len(targets),
         "best_val_f1_macro": at_half,

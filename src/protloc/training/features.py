@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from protloc import devices
 from protloc.allocator import freed_memory_kept_for_batches
 from protloc.data.cache import ImageCache, entry_key
 from protloc.data.cache_files import open_own_file, read_exactly
@@ -170,19 +171,18 @@ def store_features(cache: ImageCache, key: str, features: np.ndarray) -> None:
     cache.write_entry(cache.features_path(key), header, payload)
 
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def frozen_phase_data(model, table: DatasetTable, train_rows, val_rows, images, *, device: str, precision: str,
                       show_progress: bool) -> FeatureData:
     """FeatureData standing in for `images` (the run's LocalisationData) in the frozen phase, computed on the
-    training engine's device (under DDP, this process's GPU) and in its precision (fp32, bf16 or fp16)."""
+    training hardware's device (under DDP, this process's GPU) and in its precision (fp32, bf16 or fp16)."""
     if device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     features = table_features(
         model, table, image_size=images.image_size, mean=images.mean, std=images.std, channels=images.channels,
         cache=images.cache, batch_size=images.batch_size, workers=images.workers, device=device,
-        autocast_dtype=AUTOCAST_DTYPES.get(precision), show_progress=show_progress,
+        autocast_dtype=devices.autocast_dtype(precision), show_progress=show_progress,
     )
     data = FeatureData(features, table.targets, train_rows, val_rows, batch_size=images.batch_size, seed=images.seed)
     data.sample_weights = images.sample_weights  # the same draws as the image data

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from protloc.errors import ProtlocError
+from protloc.metrics import fscore_course_notebook_rule, scores_as_deployed
 from protloc.models.classifier import ProtlocNet, freeze_backbone, unfreeze_backbone
-from protloc.training.metrics import fscore_course_notebook_rule, scores_as_deployed
+from protloc.runs import DEFAULT_THRESHOLD
 
 PHASES = ("frozen", "finetune")
 # The thresholds are tuned after training, so each epoch is scored at the default cut, under the deployed rule.
-VAL_THRESHOLD = 0.5
 # Logged every epoch (val_f1_macro picks the best one); the last is the course F-score under the notebooks' rule.
 LOGGED_SCORES = ("val_loss", "val_f1_macro", "val_f1_micro", "val_f1_samples", "val_fscore_course",
                  "val_fscore_course_notebook")
@@ -40,7 +40,7 @@ def validation_scores(targets: np.ndarray, probabilities: np.ndarray) -> dict:
     """An epoch's validation scores, images labelled as `predict` labels them at 0.5 (each at least one label):
     val_f1_macro, val_f1_micro, val_f1_samples, val_fscore_course, val_f1_per_class; and
     val_fscore_course_notebook, the course F-score as the published notebooks compute it (plain p >= 0.5)."""
-    scores = scores_as_deployed(targets, probabilities, VAL_THRESHOLD)
+    scores = scores_as_deployed(targets, probabilities, DEFAULT_THRESHOLD)
     return {**{f"val_{name}": value for name, value in scores.items()},
             "val_fscore_course_notebook": fscore_course_notebook_rule(targets, probabilities)}
 

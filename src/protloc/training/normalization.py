@@ -16,7 +16,7 @@ from protloc.data.transforms import eval_transforms
 from protloc.models.backbones import backbone_spec
 from protloc.progress import progress_bar
 from protloc.training.config import TrainConfig
-from protloc.training.engine import rank
+from protloc.training.trainer import rank
 from protloc.training.resume import check_same_recipe, read_recipe, recipe_path, write_recipe
 
 

@@ -23,28 +23,30 @@ from protloc.allocator import freed_memory_kept
 from protloc.data.cache import ImageCache, open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
+from protloc.data.transforms import eval_preset
 from protloc.files import save_figure, write_csv
 from protloc.inference.outliers import MahalanobisScore, describe_features, outlier_threshold, save_description
 from protloc.inference.predictor import predict_probabilities
 from protloc.inference.thresholds import class_ratio_thresholds, tune_thresholds
+from protloc.lightning_quiet import expected_warnings_ignored
+from protloc.metrics import scores_as_deployed
 from protloc.models.backbones import backbone_spec
 from protloc.models.classifier import ProtlocNet, build_model
-from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, LR_FILE, LR_PLOT_FILE, METRICS_FILE, OUTLIER_FILE,
-                          RunConfig, eval_preset, save_run)
+from protloc.models.run_weights import save_run
+from protloc.plots import plot_learning_rate, plot_training_curves
+from protloc.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, CURVES_FILE, DEFAULT_THRESHOLD, LR_FILE, LR_PLOT_FILE,
+                          METRICS_FILE, OUTLIER_FILE, RunConfig, TrainingOutcome)
 from protloc.training.callbacks import SeedEachEpoch, TrainingHistory
 from protloc.training.config import TrainConfig, recipe_of
 from protloc.training.datamodule import LocalisationData
-from protloc.training.engine import Engine, expected_warnings_ignored, make_trainer, rank
 from protloc.training.features import compute_features, frozen_phase_data
 from protloc.training.losses import auto_pos_weight, make_loss
-from protloc.training.metrics import scores_as_deployed
 from protloc.training.module import LocalisationModule
 from protloc.training.normalization import run_normalization
-from protloc.training.outcome import TrainingOutcome
-from protloc.plots import plot_learning_rate, plot_training_curves
 from protloc.training.resume import phase_checkpoint, read_checkpoint, resume_point
 from protloc.training.sampling import rare_class_weights
-from protloc.training.training_data import record_training_data
+from protloc.training.trainer import Hardware, make_trainer, rank
+from protloc.training_data import record_training_data
 
 
 @dataclass
@@ -101,7 +103,7 @@ def build_initial_model(config: TrainConfig, num_classes: int) -> ProtlocNet:
                        in_chans=config.channels, dropout=config.dropout)
 
 
-def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, engine: Engine, phase: Phase, *,
+def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, hardware: Hardware, phase: Phase, *,
               run_dir: Path, loss, label_names: list[str], history: TrainingHistory, max_epochs: int | None = None,
               ckpt_path: Path | None = None) -> None:
     """Train `model` in place for one phase (or its first `max_epochs` epochs), from `ckpt_path` if given."""
@@ -116,25 +118,25 @@ def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, en
     data.first_epoch = phase.first_epoch
     keep_freed_memory = freed_memory_kept() if phase.name == "frozen" else contextlib.nullcontext()
     with expected_warnings_ignored(), keep_freed_memory:
-        trainer = make_trainer(config, engine, max_epochs=max_epochs or phase.epochs,
+        trainer = make_trainer(config, hardware, max_epochs=max_epochs or phase.epochs,
                                checkpoint_dir=Path(run_dir) / CHECKPOINT_DIR / phase.name,
                                callbacks=[SeedEachEpoch(config.seed), history])
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     model.to(memory_format=torch.contiguous_format)
 
 
-def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: ProtlocNet, train_rows: np.ndarray,
+def train_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, model: ProtlocNet, train_rows: np.ndarray,
               val_rows: np.ndarray, run_dir: Path) -> bool:
     """Train `model` on one split into `run_dir`: True when the run finished (rank 0 has written the run
     folder), False when it stopped early (`stop_after`; resume continues it)."""
     if config.show_progress and rank() == 0:
-        print(f"{run_dir}: training on {engine.describe()}", flush=True)
+        print(f"{run_dir}: training on {hardware.describe()}", flush=True)
     image_size = input_size(config)
     cache = image_cache(config)
     mean, std = run_normalization(config, table.subset(train_rows), run_dir, image_size=image_size,
-                                  workers=engine.workers, cache=cache)
+                                  workers=hardware.workers, cache=cache)
     data = LocalisationData(table, train_rows, val_rows, image_size=image_size, mean=mean, std=std,
-                            channels=config.channels, batch_size=config.batch_size, workers=engine.workers,
+                            channels=config.channels, batch_size=config.batch_size, workers=hardware.workers,
                             seed=config.seed, cache=cache,
                             train_size=augmentation_size(config, table, train_rows, image_size))
     if config.sampler == "rare":
@@ -155,13 +157,13 @@ def train_run(config: TrainConfig, engine: Engine, table: DatasetTable, model: P
             break
         phase_data = data
         if config.head_only_features and phase.name == "frozen":
-            phase_data = frozen_phase_data(model, table, train_rows, val_rows, data, device=engine.device,
-                                           precision=engine.precision, show_progress=config.show_progress and rank() == 0)
-        fit_phase(model, phase_data, config, engine, phase, max_epochs=max_epochs, ckpt_path=points[phase.name], **fit)
+            phase_data = frozen_phase_data(model, table, train_rows, val_rows, data, device=hardware.device,
+                                           precision=hardware.precision, show_progress=config.show_progress and rank() == 0)
+        fit_phase(model, phase_data, config, hardware, phase, max_epochs=max_epochs, ckpt_path=points[phase.name], **fit)
     if len(history.rows) < config.epochs_frozen + config.epochs:
         return False
     if rank() == 0:
-        finish_run(config, engine, table, data, model, history, run_dir, image_size=image_size, mean=mean, std=std)
+        finish_run(config, hardware, table, data, model, history, run_dir, image_size=image_size, mean=mean, std=std)
     return True
 
 
@@ -172,7 +174,7 @@ def load_best_weights(model: ProtlocNet, run_dir: Path, phase: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: LocalisationData, model: ProtlocNet,
+def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, data: LocalisationData, model: ProtlocNet,
                history: TrainingHistory, run_dir: Path, *, image_size: int, mean: list[float], std: list[float]) -> None:
     """Best weights, the training features described, thresholds tuned on validation, and the run folder."""
     metrics = history.metrics_frame()
@@ -181,17 +183,17 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
     label_names = list(table.label_set.names)
     run_config = RunConfig(
         backbone=config.backbone, label_set=table.label_set.name, label_names=label_names, image_size=image_size,
-        in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[0.5] * len(label_names),
+        in_chans=config.channels, mean=list(mean), std=list(std), thresholds=[DEFAULT_THRESHOLD] * len(label_names),
         dropout=config.dropout, layout=table.layout, bit_depth=table.bit_depth,
         training_data=record_training_data(config.data, kind=config.data_kind, label_names=label_names,
                                            targets=table.targets, bit_depth=table.bit_depth),
     )
     description = describe_features(compute_features(
         model, eval_images(data.train_table, run_config, config, data), batch_size=config.batch_size,
-        workers=data.val_workers(), device=engine.device, autocast_dtype=None, show_progress=False))
+        workers=data.val_workers(), device=hardware.device, autocast_dtype=None, show_progress=False))
     result = predict_probabilities(
         model, eval_images(data.val_table, run_config, config, data), run_config, batch_size=config.batch_size,
-        workers=data.val_workers(), show_progress=False, device=engine.device, precision="fp32",
+        workers=data.val_workers(), show_progress=False, device=hardware.device, precision="fp32",
         scorer=MahalanobisScore(description),
     )
     probabilities, targets = result.outputs, data.val_table.targets
@@ -204,10 +206,10 @@ def finish_run(config: TrainConfig, engine: Engine, table: DatasetTable, data: L
     speed = metrics.groupby("phase", sort=False)["images_per_second"].mean()
     run_config.training = TrainingOutcome(
         recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),
-        best_epoch=int(best["epoch"]), best_phase=str(best["phase"]), precision_used=engine.precision,
-        world_size=engine.world_size, images_per_second={phase: float(value) for phase, value in speed.items()},
+        best_epoch=int(best["epoch"]), best_phase=str(best["phase"]), precision_used=hardware.precision,
+        world_size=hardware.world_size, images_per_second={phase: float(value) for phase, value in speed.items()},
         # Both in-sample: these images picked the epoch, and the thresholds too.
-        val_at_05=scores_as_deployed(targets, probabilities, 0.5),
+        val_at_05=scores_as_deployed(targets, probabilities, DEFAULT_THRESHOLD),
         val_tuned=scores_as_deployed(targets, probabilities, thresholds),
     )
     save_description(run_dir / OUTLIER_FILE, description)  # before config.json: a config never lacks its file

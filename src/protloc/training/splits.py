@@ -11,8 +11,8 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStrati
 from sklearn.model_selection import KFold, train_test_split
 
 from protloc.errors import ProtlocError
+from protloc.metrics import as_class_matrix
 from protloc.training.config import FOLD_SPLITS, VALIDATION_SPLITS
-from protloc.training.metrics import as_class_matrix
 
 Split = tuple[np.ndarray, np.ndarray]
 

@@ -13,13 +13,14 @@ from protloc.data.readers import DatasetTable, read_dataset
 from protloc.errors import DataError
 from protloc.files import remove_empty_folders
 from protloc.labels import get_label_set
+from protloc.lightning_quiet import lightning_output
 from protloc.training.config import TrainConfig, check_config
 from protloc.training.crossval import train_folds
-from protloc.training.engine import lightning_output, rank, resolve_engine
 from protloc.training.module import NonFiniteTraining
 from protloc.training.resume import check_out_folder
 from protloc.training.run import build_initial_model, image_cache, input_size, train_run
 from protloc.training.splits import make_split
+from protloc.training.trainer import rank, resolve_hardware
 
 
 def train(config: TrainConfig) -> Path:
@@ -29,7 +30,7 @@ def train(config: TrainConfig) -> Path:
     A run stopped by `stop_after` returns without config.json; train again with resume=True to continue.
     """
     check_config(config)
-    engine = resolve_engine(config)
+    hardware = resolve_hardware(config)
     out = Path(config.out)
     if rank() == 0:
         check_out_folder(config)
@@ -42,11 +43,11 @@ def train(config: TrainConfig) -> Path:
             check_images(table, config.show_progress, image_cache(config), input_size(config), config.channels)
         try:
             if config.folds >= 2:
-                train_folds(config, engine, table, model)
+                train_folds(config, hardware, table, model)
             else:
                 train_rows, val_rows = make_split(config.validation_split, table.targets, config.val_fraction, config.seed)
                 warn_about_small_validation(len(val_rows), config)
-                train_run(config, engine, table, model, train_rows, val_rows, out)
+                train_run(config, hardware, table, model, train_rows, val_rows, out)
         except NonFiniteTraining:
             if made and rank() == 0:  # nothing of a diverged run is kept: resuming it would diverge again
                 shutil.rmtree(out, ignore_errors=True)

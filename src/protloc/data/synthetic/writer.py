@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ from PIL import Image
 
 from protloc.data.synthetic.label_sets import sample_label_sets
 from protloc.data.synthetic.render import render_image, render_image_with_cells
+from protloc.data.workers import all_cores
 from protloc.errors import ProtlocError
 from protloc.files import TEMP_SUFFIX, atomic_path
 
@@ -47,7 +47,7 @@ def write_demo_dataset(
     size = _check_int("size", size, 32)
     seed = _check_int("seed", seed, 0)
     if workers is None:
-        workers = os.cpu_count() or 1
+        workers = all_cores()
     workers = _check_int("workers", workers, 1)
     if size > 4096:
         raise ProtlocError(f"size must be at most 4096, got {size}")
@@ -87,7 +87,7 @@ def _write_demo_marker(out: Path, **settings) -> None:
     """DEMO_MARKER: says that the dataset is generated, so that a model trained on it records so (its kind "demo")."""
     import json
 
-    from protloc.training.training_data import DEMO_MARKER
+    from protloc.data import DEMO_MARKER
 
     record = {"generator": "protloc demo-data", **settings}
     _write_text(out / DEMO_MARKER, json.dumps(record, indent=2) + "\n")

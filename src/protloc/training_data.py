@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from protloc.data import DEMO_MARKER
+
 DATA_KINDS = ("demo", "real")
-# `protloc demo-data` writes this file into the dataset it generates; its presence makes a dataset "demo".
-DEMO_MARKER = "demo-data.json"
 
 
 @dataclass

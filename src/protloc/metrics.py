@@ -19,7 +19,8 @@ import torch
 from sklearn.metrics import f1_score
 
 from protloc.errors import ProtlocError
-from protloc.inference.thresholds import DEFAULT_THRESHOLD, apply_thresholds
+from protloc.inference.thresholds import apply_thresholds
+from protloc.runs import DEFAULT_THRESHOLD
 
 _COURSE_EPSILON = 1e-12
 
@@ -106,7 +107,7 @@ def fscore_course_notebook_rule(targets, probabilities) -> float:
     return scores_at_threshold(targets, probabilities, DEFAULT_THRESHOLD)["fscore_course"]
 
 
-def scores_at_threshold(targets, probabilities, thresholds=0.5) -> dict:
+def scores_at_threshold(targets, probabilities, thresholds=DEFAULT_THRESHOLD) -> dict:
     """`multilabel_scores` after labelling p >= threshold (a scalar or one threshold per class).
 
     Plain thresholding: an image may end up with no label here, unlike `apply_thresholds(allow_empty=False)`.

@@ -1,18 +1,13 @@
 """The machinery under training: where it runs, in what precision, in how many processes, as a Lightning Trainer.
 
-The user speaks the one engine vocabulary of every command (--device auto|cpu|cuda|cuda:N, --precision
+The user speaks the one device vocabulary of every command (--device auto|cpu|cuda|cuda:N, --precision
 auto|fp32|bf16|fp16; protloc.devices resolves it); this module turns it into Lightning's names. Lightning's
 own messages (device banners, tips, model summaries) are left out unless --verbose.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -20,16 +15,13 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.strategies import DDPStrategy
 
-from protloc.devices import bf16_is_native, resolve_device, resolve_precision
+from protloc.data.workers import training_workers
+from protloc.devices import LIGHTNING_PRECISIONS, resolve_device, resolve_training_precision
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
 from protloc.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
 from protloc.training.callbacks import RelocatableCheckpoint, RunProgressBar
 from protloc.training.config import TrainConfig
-
-LIGHTNING_PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
-# Where Lightning logs its banners ("GPU available: ...", the litlogger tip, "`Trainer.fit` stopped").
-LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
 def rank() -> int:
@@ -39,29 +31,8 @@ def rank() -> int:
 
 
 def worker_count(config: TrainConfig, device: str) -> int:
-    """DataLoader processes per training process: --workers, else none on the CPU with the image cache, else
-    min(4, CPUs).
-
-    With the cache, reading an image costs about 0.1 ms and its augmentation about 2 ms, beside 20 ms (frozen
-    backbone) to 100 ms (fine-tuning) of model time. On the CPU, loader processes can only take that work from
-    the cores the model's threads run on, and a thread held up by them stalls the others at every layer:
-    efficientnet_lite0 at 224 px on 2 cores, whole runs alternating, fine-tuned at 11.7-12.0 images/s with no
-    workers against 10.0 with two, and ran the frozen phase at 46-59 against 43-45 (README, "Speed at real
-    scale"). Decoding PNGs every epoch (--no-cache), or feeding a GPU, is work worth other processes."""
-    if config.workers is not None:
-        return config.workers
-    return 0 if device == "cpu" and config.cache else min(4, os.cpu_count() or 1)
-
-
-def training_precision(precision: str, device: str) -> str:
-    """fp32, bf16 or fp16 for training on `device`. auto: mixed precision where the hardware computes in it
-    natively, i.e. bf16 on GPUs that have it (else fp16) and on CPUs with native bf16 (AVX512-BF16 or AMX);
-    elsewhere bf16 is emulated, several times slower than fp32, so auto means fp32 there."""
-    if precision == "auto":
-        if device.startswith("cuda"):
-            return "bf16" if bf16_is_native(device) else "fp16"
-        return "bf16" if bf16_is_native("cpu") else "fp32"
-    return resolve_precision(precision, device)
+    """DataLoader processes per training process (data.workers.training_workers)."""
+    return training_workers(config.workers, device, config.cache)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -79,7 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 @dataclass(frozen=True)
-class Engine:
+class Hardware:
     device: str  # cpu, cuda or cuda:N
     precision: str  # fp32, bf16 or fp16
     processes: int  # per node
@@ -106,19 +77,19 @@ class Engine:
                 f"{processes}, {self.workers} loader worker{'s' if self.workers != 1 else ''} each")
 
 
-def resolve_engine(config: TrainConfig) -> Engine:
-    """The engine `config` asks for on this machine, "auto" resolved; a ProtlocError if it cannot be had."""
+def resolve_hardware(config: TrainConfig) -> Hardware:
+    """The hardware `config` asks for on this machine, "auto" resolved; a ProtlocError if it cannot be had."""
     if config.device.partition(":")[2] and config.devices > 1:
         raise ProtlocError(f"--device {config.device} --devices {config.devices}: cuda:N names one GPU; "
                            f"for {config.devices} processes use --device cuda (GPUs 0 to {config.devices - 1})")
     device = resolve_device(config.device)
-    return Engine(device=device, precision=training_precision(config.precision, device), processes=config.devices,
+    return Hardware(device=device, precision=resolve_training_precision(config.precision, device), processes=config.devices,
                   num_nodes=config.num_nodes, workers=worker_count(config, device))
 
 
-def make_trainer(config: TrainConfig, engine: Engine, *, max_epochs: int, checkpoint_dir: Path, callbacks: list) -> L.Trainer:
-    distributed = engine.world_size > 1
-    strategy = DDPStrategy(process_group_backend="gloo" if engine.accelerator == "cpu" else "nccl") if distributed else "auto"
+def make_trainer(config: TrainConfig, hardware: Hardware, *, max_epochs: int, checkpoint_dir: Path, callbacks: list) -> L.Trainer:
+    distributed = hardware.world_size > 1
+    strategy = DDPStrategy(process_group_backend="gloo" if hardware.accelerator == "cpu" else "nccl") if distributed else "auto"
     # Best first: the "last" checkpoint written after it then holds its updated state, so a resumed run knows
     # the best score so far. Both save after validation *and* the history callback (train epoch end), so
     # last.ckpt holds the epoch's history row.
@@ -136,8 +107,8 @@ def make_trainer(config: TrainConfig, engine: Engine, *, max_epochs: int, checkp
     progress = [RunProgressBar(run_epochs)] if config.show_progress else []
     try:
         return L.Trainer(
-            accelerator=engine.accelerator, devices=engine.lightning_devices, num_nodes=engine.num_nodes,
-            strategy=strategy, precision=LIGHTNING_PRECISIONS[engine.precision], max_epochs=max_epochs,
+            accelerator=hardware.accelerator, devices=hardware.lightning_devices, num_nodes=hardware.num_nodes,
+            strategy=strategy, precision=LIGHTNING_PRECISIONS[hardware.precision], max_epochs=max_epochs,
             gradient_clip_val=config.grad_clip or None, gradient_clip_algorithm=config.grad_clip_mode,
             callbacks=[*callbacks, best, last, *progress], logger=False, default_root_dir=checkpoint_dir,
             # Our samplers shard and reshuffle by (seed, epoch) themselves.
@@ -148,33 +119,3 @@ def make_trainer(config: TrainConfig, engine: Engine, *, max_epochs: int, checkp
     except MisconfigurationException as error:  # e.g. more --devices than the machine has
         raise ProtlocError(f"--device {config.device} --devices {config.devices} --precision {config.precision}: {error}") from None
 
-
-@contextlib.contextmanager
-def lightning_output(verbose: bool) -> Iterator[None]:
-    """Lightning's banners and tips (INFO logs) only when `verbose`."""
-    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    if not verbose:
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def expected_warnings_ignored() -> Iterator[None]:
-    """Lightning's warnings about what training does on purpose, left out even when verbose."""
-    with warnings.catch_warnings():
-        # The frozen backbone's BatchNorm layers are in eval mode on purpose.
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
-        # Resuming writes into the phase's own checkpoint folder, on purpose.
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        # --device cpu on a machine with a GPU is the user's choice.
-        warnings.filterwarnings("ignore", message=r"GPU available but not used")
-        # Lightning 2.6's own uses of torch APIs that torch 2.14 deprecates; nothing to act on here.
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
-        yield

@@ -1,16 +1,23 @@
-"""`TrainingOutcome`: the record of how a run was trained and how it scored, typed.
+"""`TrainingOutcome`: the record of how a run was trained and how it scored, as config.json keeps it under
+"training" (runs.RunConfig.training).
 
-config.json keeps it under "training" as one flat JSON object: the recipe's options, then the outcome
-("image_size", "n_train", "best_epoch", "val_tuned"...). The keys are those earlier versions wrote, so
-older run folders load. Nothing reads it back to rebuild the model; it is there for people, reports and
-`protloc compare`.
+One flat JSON object: the recipe's options, then the outcome ("image_size", "n_train", "best_epoch",
+"val_tuned"...). The keys are those earlier versions wrote, so older run folders load. Nothing reads it back to
+rebuild the model; it is there for people, reports and `protloc compare`.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from protloc.training.config import upgrade_recipe
+# Recipe keys written by earlier versions, and their names now: older records read with today's names.
+RENAMED_KEYS = {"split": "validation_split", "layout": "format"}
+
+
+def rename_recipe_keys(values: dict) -> dict:
+    """A recorded recipe with today's key names (earlier versions said "split" and "layout"); nothing else
+    changes, so a record is written back as it was read. Resuming fills in more (training.config.upgrade_recipe)."""
+    return {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
 
 
 @dataclass
@@ -53,7 +60,7 @@ class TrainingOutcome:
         """From config.json's "training" (any version): outcome keys to their fields, the rest is the recipe."""
         fields = {JSON_KEYS.get(item.name, item.name): item.name for item in dataclasses.fields(cls) if item.name != "recipe"}
         outcome = {fields[key]: value for key, value in values.items() if key in fields}
-        recipe = upgrade_recipe({key: value for key, value in values.items() if key not in fields})
+        recipe = rename_recipe_keys({key: value for key, value in values.items() if key not in fields})
         return cls(recipe=recipe, **outcome)
 
 

@@ -7,7 +7,7 @@ import torch
 from torchmetrics.classification import MultilabelF1Score
 
 from protloc.errors import ProtlocError
-from protloc.training.metrics import fscore_course, multilabel_scores, scores_at_threshold
+from protloc.metrics import fscore_course, multilabel_scores, scores_at_threshold
 
 
 def course_f_score(output, label, threshold=0.5, beta=1):

@@ -1,4 +1,4 @@
-"""The engine under training: the shared --device/--precision vocabulary in Lightning's terms, and a quiet log."""
+"""The hardware under training: the shared --device/--precision vocabulary in Lightning's terms, and a quiet log."""
 from __future__ import annotations
 
 import logging
@@ -7,27 +7,16 @@ import os
 import pytest
 import torch
 
-from protloc.devices import bf16_is_native
+from protloc.devices import LIGHTNING_PRECISIONS, resolve_training_precision
 from protloc.errors import ProtlocError
-from protloc.training.engine import LIGHTNING_PRECISIONS, Engine, resolve_engine, training_precision, worker_count
+from protloc.training.trainer import Hardware, resolve_hardware, worker_count
 from protloc.training.train import train
 
 
-def test_precision_names_map_to_lightnings():
-    assert LIGHTNING_PRECISIONS == {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
-    assert training_precision("fp32", "cpu") == "fp32" and training_precision("bf16", "cpu") == "bf16"
-    # Training's own auto: bf16 wherever the hardware computes it natively, the CPU included.
-    assert training_precision("auto", "cpu") == ("bf16" if bf16_is_native("cpu") else "fp32")
-    with pytest.raises(ProtlocError, match="--precision fp16: needs a CUDA device"):
-        training_precision("fp16", "cpu")
-    with pytest.raises(ProtlocError, match="--precision 32-true: expected auto, fp32, bf16 or fp16"):
-        training_precision("32-true", "cpu")
-
-
 def test_devices_map_to_lightnings_accelerator_and_devices():
-    one_gpu = Engine(device="cuda:1", precision="bf16", processes=1, num_nodes=1, workers=4)
+    one_gpu = Hardware(device="cuda:1", precision="bf16", processes=1, num_nodes=1, workers=4)
     assert (one_gpu.accelerator, one_gpu.lightning_devices, one_gpu.world_size) == ("gpu", [1], 1)
-    ddp = Engine(device="cpu", precision="fp32", processes=2, num_nodes=3, workers=0)
+    ddp = Hardware(device="cpu", precision="fp32", processes=2, num_nodes=3, workers=0)
     assert (ddp.accelerator, ddp.lightning_devices, ddp.world_size) == ("cpu", 2, 6)
     assert ddp.describe() == "device cpu, precision fp32 (32-true), 2 processes x 3 nodes, 0 loader workers each"
 
@@ -41,17 +30,17 @@ def test_loader_workers_default_to_none_on_the_cpu_with_the_image_cache(tiny_rec
     assert worker_count(without_cache, "cpu") == several  # decoding every epoch is work for other processes
     assert worker_count(with_cache, "cuda") == several  # and so is feeding a GPU
     assert worker_count(tiny_recipe.config("d", "o", workers=3, cache=True), "cpu") == 3  # --workers wins
-    assert resolve_engine(with_cache).workers == 0  # the tiny recipe trains on the CPU
+    assert resolve_hardware(with_cache).workers == 0  # the tiny recipe trains on the CPU
 
 
 def test_engine_requests_that_cannot_be_had_are_refused(tiny_recipe):
     with pytest.raises(ProtlocError, match="cuda:N names one GPU"):
-        resolve_engine(tiny_recipe.config("d", "o", device="cuda:0", devices=2))
+        resolve_hardware(tiny_recipe.config("d", "o", device="cuda:0", devices=2))
     if not torch.cuda.is_available():
         with pytest.raises(ProtlocError, match="--device cuda: no CUDA GPU is visible"):
-            resolve_engine(tiny_recipe.config("d", "o", device="cuda"))
+            resolve_hardware(tiny_recipe.config("d", "o", device="cuda"))
     with pytest.raises(ProtlocError, match="--device gpu: expected auto, cpu, cuda or cuda:N"):
-        resolve_engine(tiny_recipe.config("d", "o", device="gpu"))
+        resolve_hardware(tiny_recipe.config("d", "o", device="gpu"))
 
 
 class Messages(logging.Handler):
@@ -79,8 +68,8 @@ def test_training_log_is_one_engine_line_and_a_line_per_epoch(demo_data, tiny_re
     out, err = capsys.readouterr()
     log = (out + err).replace("\r", "\n")
     assert [line for line in log.splitlines() if ": training on " in line] == [
-        f"{tmp_path / 'run'}: training on device cpu, precision {training_precision('auto', 'cpu')} "
-        f"({LIGHTNING_PRECISIONS[training_precision('auto', 'cpu')]}), 1 process, 0 loader workers each"]
+        f"{tmp_path / 'run'}: training on device cpu, precision {resolve_training_precision('auto', 'cpu')} "
+        f"({LIGHTNING_PRECISIONS[resolve_training_precision('auto', 'cpu')]}), 1 process, 0 loader workers each"]
     # Progress on stderr alone; off a terminal (as here) each epoch is one line, written once, with no redraws.
     assert "\r" not in err and "epoch 1/2" not in out
     epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
