@@ -514,7 +514,6 @@ CASES = [
     Case("predict-weights-nan", "predict {run_weights_nan} {good} --engine torch --out {out}/p.csv --workers 0",
          "NaN", watch=("run_weights_nan",)),
     # segment
-    Case("segment-png-bomb", "segment {bomb_png} --out {out}/s", "bomb.png"),
     Case("segment-out-inside-input", "segment {images} --out {images}/masks", "input folder", watch=("images",)),
     # serve: refused before it listens
     Case("serve-tampered-thresholds", "serve {run_threshold_abc} --port 0", "thresholds"),
