@@ -15,7 +15,10 @@ One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next
     cold run: its pre-training check fills the cache), then --rounds times on the warm cache; each training row
     is the median of the warm runs with its spread (half the range), and the cold run's epochs are printed on
     their own lines. Then the same at N images, with --head-only-features (its memory sampled), and prediction,
-    cold (decoding) and warm (cache; the median of --rounds passes), torch and ONNX.
+    cold (decoding) and warm (cache; the median of --rounds passes), torch and ONNX;
+  - per cell: seconds per 512 px image to segment it (protloc segment), to label its cells (predict --cells
+    with masks given) and, beside them, to label the image (predict), with the run the table trained (or
+    --cells-run RUN alone, skipping the rest).
 Prints a markdown table. A GPU section follows when CUDA is present.
 """
 from __future__ import annotations
@@ -52,6 +55,9 @@ def parse_args() -> argparse.Namespace:
                         help="warm-cache training runs and warm prediction passes, whose median each row reports; "
                              "default %(default)s")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime rows")
+    parser.add_argument("--cells-images", type=int, default=16, help="images of the per-cell rows; default %(default)s")
+    parser.add_argument("--cells-run", default=None, metavar="RUN",
+                        help="only the per-cell rows, with this run (no training)")
     return parser.parse_args()
 
 
@@ -207,10 +213,50 @@ def measure_predict(args, large: Path, work: Path) -> dict:
     return results
 
 
+def measure_cells(args, large: Path, run_dir: Path) -> dict:
+    """Seconds per 512 px image: segmentation, labelling its cells (masks given), labelling the image; one image at
+    a time, ONNX Runtime on the CPU (predict's default there)."""
+    from protloc.cells.predict import predict_cells
+    from protloc.cells.sources import segment_source
+    from protloc.data.readers import read_dataset
+    from protloc.inference.predictor import load_predictor
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = load_predictor(run_dir, device=device, engine="onnx" if device == "cpu" else "torch")
+    sources = list(read_dataset(large, split="train").frame["source"])[:args.cells_images]
+    images = [predictor.read(source) for source in sources]
+    predictor.predict_proba(images[:1])  # warm-up
+    start = time.perf_counter()
+    masks = [segment_source(source).astype("int32") for source in sources]
+    segment_s = time.perf_counter() - start
+    start = time.perf_counter()
+    probabilities = [predictor.predict_proba([image])[0] for image in images]
+    image_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for image, mask, p in zip(images, masks, probabilities):
+        predict_cells(predictor, image, mask, image_probabilities=p)
+    cells_s = time.perf_counter() - start
+    n = len(images)
+    return {"n": n, "cells_per_image": sum(int(m.max()) for m in masks) / n, "segment": segment_s / n,
+            "cells": cells_s / n, "image": image_s / n, "engine": predictor.engine_name, "device": device}
+
+
+def print_cells_table(cells: dict) -> None:
+    print(f"\nPer cell: seconds per 512 px image ({cells['n']} images, {cells['cells_per_image']:.0f} cells each on "
+          f"average; {cells['engine']} on the {cells['device']}, one image at a time)\n")
+    print("| step | s / image |\n|---|---:|")
+    print(f"| segmentation (protloc segment) | {cells['segment']:.3f} |")
+    print(f"| per-cell labels, masks given (predict --cells --masks) | {cells['cells']:.3f} |")
+    print(f"| image-level labels (predict) | {cells['image']:.3f} |")
+
+
 def main() -> None:
     args = parse_args()
     allow_malloc_settings()  # prediction is timed in this process, with the memory settings `protloc predict` uses
     small, large = prepare_data(Path(args.data_dir), args.n, args.scale)
+    if args.cells_run:
+        print_cells_table(measure_cells(args, large, Path(args.cells_run)))
+        return
     report.print_machine()
     load_before = os.getloadavg()
     work = Path(args.data_dir) / "work"  # runs, caches and logs of this benchmark, replaced by the next
@@ -237,6 +283,7 @@ def main() -> None:
     cpu = {"train": mean_of(before_training, after_training), "predict": mean_of(before_predict, after_predict),
            "each": (before_training, after_training, before_predict, after_predict)}
     report.print_cpu_table(args, cpu, seed, training, features, predict, load_before, os.getloadavg())
+    print_cells_table(measure_cells(args, large, work / "run-large"))
     if torch.cuda.is_available():
         import _gpu as gpu
 

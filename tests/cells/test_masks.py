@@ -29,16 +29,19 @@ def test_a_mask_is_read_back_as_written_and_found_by_id(tmp_path):
     ("fraction", "not whole numbers"),
     ("colour", "a mask of 3 channels"),
     ("negative", "negative cell numbers"),
+    ("huge", "cell number 70000; expected numbers up to 65,535"),
     ("missing", "no mask for image m"),
 ])
 def test_bad_masks_are_one_line_naming_the_file(tmp_path, case, expected):
-    path = tmp_path / ("m.tif" if case in ("fraction", "negative") else "m.png")
+    path = tmp_path / ("m.tif" if case in ("fraction", "negative", "huge") else "m.png")
     if case == "size":
         write_mask(path, np.ones((6, 5)))
     elif case == "empty":
         write_mask(path, np.zeros((8, 8)))
     elif case == "fraction":
         tifffile.imwrite(path, np.full((8, 8), 1.5, dtype=np.float32))
+    elif case == "huge":
+        tifffile.imwrite(path, np.full((8, 8), 70_000, dtype=np.int32))
     elif case == "negative":
         tifffile.imwrite(path, np.full((8, 8), -1, dtype=np.int16))
     elif case == "colour":

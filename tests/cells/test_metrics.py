@@ -14,13 +14,16 @@ def test_cells_match_one_to_one_at_the_iou():
     predicted = np.zeros((4, 8), dtype=np.uint16)
     predicted[:, :3] = 5  # 12 of cell 1's 16 pixels: IoU 0.75
     predicted[:, 3:6] = 7  # 8 of cell 2's pixels, and 4 of cell 1's: IoU 8/20
-    iou = overlap_iou(truth, predicted)
-    assert iou[1, 5] == pytest.approx(0.75) and iou[2, 7] == pytest.approx(8 / 20)
+    iou, true_numbers, predicted_numbers = overlap_iou(truth, predicted)
+    assert true_numbers.tolist() == [1, 2] and predicted_numbers.tolist() == [5, 7]
+    assert iou[0, 0] == pytest.approx(0.75) and iou[1, 1] == pytest.approx(8 / 20)
     assert match_cells(truth, predicted, 0.5) == {1: 5}
     assert segmentation_f1(truth, predicted, 0.5) == (1, 2, 2)
     assert f1_from_counts(1, 2, 2) == 0.5
     with pytest.raises(ValueError):
         match_cells(truth, predicted, 0.3)
+    # Large cell numbers cost nothing more.
+    assert match_cells(truth.astype(np.int64) * 1_000_000_000, predicted, 0.5) == {1_000_000_000: 5}
 
 
 def test_cell_macro_f1_counts_only_classes_that_occur():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from protloc.cells.masks import write_mask
-from protloc.cells.predict import combine, isolate_cells, predict_cells
+from protloc.cells.predict import cell_evidence, isolate_cells, predict_cells, protein_signal, to_model_size
 from protloc.cli import main
 from protloc.inference.predictor import load_predictor
 from protloc.labels import HPA10_NAMES
@@ -40,7 +40,7 @@ def test_one_row_per_cell_of_the_masks(run_dir, cell_data, tmp_path):
     assert all(0 <= int(c) < 10 for r in rows for c in r["Label"].split())
 
 
-def test_probabilities_are_the_mean_of_the_cell_alone_and_its_image(run_dir, cell_data, tmp_path):
+def test_scores_are_the_image_probability_times_the_cell_evidence(run_dir, cell_data, tmp_path):
     out = tmp_path / "cells.csv"
     assert _predict(run_dir, cell_data / "test", "--cells", "--masks", cell_data / "cells", "--probabilities",
                     "--out", out) == 0
@@ -51,13 +51,31 @@ def test_probabilities_are_the_mean_of_the_cell_alone_and_its_image(run_dir, cel
     image = predictor.read(str(path))
     mask = np.asarray(Image.open(cell_data / "cells" / path.name)).astype(np.int32)
     prediction = predict_cells(predictor, image, mask, path.stem)
-    alone = predictor.predict_proba(isolate_cells(image, mask, [1]))[0]
-    assert np.allclose(prediction.own_probabilities[0], alone, atol=1e-5)
+    cells = prediction.cells
+    alone = predictor.predict_proba(isolate_cells(*to_model_size(image, mask, 32), cells))
+    assert np.allclose(prediction.own_probabilities, alone, atol=1e-5)
+    # Isolated at the model's size, each cell looks to the model as it does isolated at full size, then resized.
+    assert np.allclose(alone, predictor.predict_proba(isolate_cells(image, mask, cells)), atol=0.02)
     whole = predictor.predict_proba([image])[0]
-    assert np.allclose(prediction.probabilities[0], np.sqrt(alone * whole), atol=1e-5)
+    evidence = cell_evidence(protein_signal(image, mask, cells), alone)
+    assert np.allclose(prediction.probabilities, whole * evidence, atol=1e-5)
+    image_labels = predictor.decide(whole[None])[0]
+    assert np.array_equal(prediction.predicted, image_labels & (evidence >= 1))
     mine = [r for r in rows if r["Image"] == path.stem]
-    assert np.allclose([float(mine[0][name]) for name in HPA10_NAMES], prediction.probabilities[0], atol=2e-6)
-    assert np.array_equal(combine(np.array([0.25, 1.0]), np.array([[1.0, 0.0]])), [[0.5, 0.0]])
+    assert np.allclose([[float(r[name]) for name in HPA10_NAMES] for r in mine], prediction.probabilities, atol=2e-6)
+
+
+def test_evidence_is_relative_to_the_image_best_cell_and_full_from_its_level():
+    image = np.zeros((4, 6, 3), dtype=np.uint8)
+    image[:, :, 1] = 10  # background green
+    mask = np.zeros((4, 6), dtype=np.int32)
+    mask[:2, :2], mask[:2, 2:4], mask[:2, 4:] = 1, 2, 3
+    image[:2, :2, 1], image[:2, 2:4, 1], image[:2, 4:, 1] = 110, 40, 12
+    assert np.allclose(protein_signal(image, mask, [1, 2, 3]), [1.0, 0.3, 0.02])
+    own = np.array([[0.8, 0.1], [0.2, 0.4], [0.8, 0.05]])
+    # class 0: own relative 1, 0.25, 1 -> 1, 0.83, 1; class 1: 0.25, 1, 0.125 -> 0.83, 1, 0.42
+    expected = np.array([[1.0, 0.25 / 0.3], [0.25 / 0.3, 1.0], [0.02 / 0.3, 0.02 / 0.3 * 0.125 / 0.3]])
+    assert np.allclose(cell_evidence(np.array([1.0, 0.3, 0.02]), own), expected)
 
 
 def test_isolating_a_cell_darkens_every_other_pixel():

@@ -19,6 +19,7 @@ from protloc.files import atomic_path
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 CELLS_CSV = "cells.csv"
 GEOMETRY_COLUMNS = ["centroid_y", "centroid_x", "area", "touches_border"]
+MAX_CELL_NUMBER = np.iinfo(np.uint16).max
 
 
 def find_mask(masks_dir: str | Path, image_id: str) -> Path:
@@ -51,6 +52,9 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
         raise DataError(f"{path}: a mask of {mask.dtype}; expected whole cell numbers")
     if np.issubdtype(mask.dtype, np.signedinteger) and mask.min(initial=0) < 0:
         raise DataError(f"{path}: negative cell numbers; expected 0 for background and k for cell k")
+    if mask.max(initial=0) > MAX_CELL_NUMBER:
+        raise DataError(f"{path}: cell number {int(mask.max())}; expected numbers up to {MAX_CELL_NUMBER:,} (a uint16 "
+                        "mask; number the cells 1..K)")
     if shape is not None and mask.shape != tuple(shape):
         raise DataError(f"{path}: a {mask.shape[1]}x{mask.shape[0]} mask for a {shape[1]}x{shape[0]} image; a "
                         "mask must be the size of its image")

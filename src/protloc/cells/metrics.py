@@ -13,17 +13,20 @@ from sklearn.metrics import average_precision_score, f1_score
 COMPETITION_IOU = 0.6
 
 
-def overlap_iou(true_mask: np.ndarray, predicted_mask: np.ndarray) -> np.ndarray:
-    """(true cells + 1, predicted cells + 1) IoU of every pair of cells, row and column 0 being background. Cell
-    numbers index the rows and columns directly (cell k is row k)."""
-    t = true_mask.astype(np.int64).ravel()
-    p = predicted_mask.astype(np.int64).ravel()
-    rows, cols = int(t.max(initial=0)) + 1, int(p.max(initial=0)) + 1
-    intersection = np.bincount(t * cols + p, minlength=rows * cols).reshape(rows, cols).astype(np.float64)
+def overlap_iou(true_mask: np.ndarray, predicted_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(iou, true cells, predicted cells): the IoU of every pair of cells, rows in the order of the true cell
+    numbers, columns in that of the predicted ones (background left out). Counted on the cells present, so masks
+    with large cell numbers cost no more than others."""
+    true_numbers, t = np.unique(true_mask, return_inverse=True)
+    predicted_numbers, p = np.unique(predicted_mask, return_inverse=True)
+    rows, cols = len(true_numbers), len(predicted_numbers)
+    intersection = np.bincount(t.ravel() * cols + p.ravel(), minlength=rows * cols).reshape(rows, cols)
+    intersection = intersection.astype(np.float64)
     union = intersection.sum(axis=1, keepdims=True) + intersection.sum(axis=0, keepdims=True) - intersection
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, intersection / union, 0.0)
-    return iou
+    keep_rows, keep_cols = true_numbers != 0, predicted_numbers != 0
+    return iou[np.ix_(keep_rows, keep_cols)], true_numbers[keep_rows], predicted_numbers[keep_cols]
 
 
 def match_cells(true_mask: np.ndarray, predicted_mask: np.ndarray, iou: float = 0.5) -> dict[int, int]:
@@ -31,9 +34,9 @@ def match_cells(true_mask: np.ndarray, predicted_mask: np.ndarray, iou: float = 
     another that much only once, so the pairs are one to one without a search."""
     if iou < 0.5:
         raise ValueError(f"IoU {iou}: matching is one to one only from 0.5 up")
-    table = overlap_iou(true_mask, predicted_mask)[1:, 1:]
-    true_cells, predicted_cells = np.nonzero(table >= iou)
-    return {int(t) + 1: int(p) + 1 for t, p in zip(true_cells, predicted_cells)}
+    table, true_numbers, predicted_numbers = overlap_iou(true_mask, predicted_mask)
+    rows, cols = np.nonzero(table >= iou)
+    return {int(true_numbers[r]): int(predicted_numbers[c]) for r, c in zip(rows, cols)}
 
 
 def segmentation_f1(true_mask: np.ndarray, predicted_mask: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:

@@ -160,7 +160,10 @@ def _write_cells(args: argparse.Namespace, predictor, table, image_probabilities
                  for image_id, probabilities, (geometry, own, problem)
                  in zip(table.frame["id"], image_probabilities, shared_cells))
     for prediction, problem in found:
-        (problems.append(problem) if problem else predictions.append(prediction))
+        if problem:
+            problems.append(problem)
+        else:
+            predictions.append(prediction)
     if problems and len(table) == 1:
         raise DataError(*problems)  # the one line says it all
     if problems and (args.on_error == "fail" or not predictions):

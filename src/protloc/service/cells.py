@@ -25,9 +25,8 @@ def cell_results(predictor, image: np.ndarray, probabilities: np.ndarray, name: 
                  threshold: float | None = None) -> list[CellResult]:
     """The cells of one decoded image (uint8 (H, W, channels)). Raises DataError ('NAME: no nuclei ...')."""
     mask = cell_mask(image, name, name)
-    prediction = predict_cells(predictor, image, mask, name, image_probabilities=probabilities)
-    decided = prediction.predicted if threshold is None else predictor.decide(prediction.probabilities,
-                                                                               threshold=threshold, allow_empty=True)
+    prediction = predict_cells(predictor, image, mask, name, image_probabilities=probabilities, threshold=threshold)
+    decided = prediction.predicted
     names = predictor.label_names
     results = []
     for row, geometry in enumerate(prediction.geometry.itertuples(index=False)):

@@ -30,8 +30,8 @@ class CellResult(BaseModel):
     cell: int = Field(description="the cell's number in the image's mask, 1..K")
     labels: list[str] = Field(description="the cell's predicted class names (may be none)")
     classes: list[int]
-    probabilities: dict[str, float] = Field(description="the cell's probability per class: the geometric mean of the "
-                                                        "cell's alone and its image's")
+    probabilities: dict[str, float] = Field(description="the cell's score per class: its image's probability times "
+                                                        "the cell's own evidence (0..1; docs/cells.md)")
     centroid: list[float] = Field(description="[x, y] in the image's pixels")
     area: int = Field(description="pixels")
     touches_border: bool
