@@ -77,10 +77,10 @@ def untrained_run(run_dir: Path, spread: float | None = None) -> Path:
     """A run folder around an untrained test network, as the tests' untrained_run fixture makes it."""
     import torch
 
-    from protloc.inference.thresholds import DEFAULT_THRESHOLD
     from protloc.labels import HPA10
     from protloc.models.classifier import build_model
-    from protloc.runs import RunConfig, save_run
+    from protloc.models.run_weights import save_run
+    from protloc.runs import DEFAULT_THRESHOLD, RunConfig
 
     torch.manual_seed(0)
     model = build_model("test_resnet", len(HPA10), pretrained=False, in_chans=3)

@@ -12,7 +12,6 @@ import sys
 import protloc.commands
 from protloc import __version__
 from protloc.allocator import allow_malloc_settings
-from protloc.data.images import ImageReadError, pixel_limit
 from protloc.errors import ProtlocError
 
 
@@ -56,6 +55,9 @@ def show_library_notes() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Only now, with a command to run: numpy and PIL come with it, and `protloc COMMAND --help` needs neither.
+    from protloc.data.images import ImageReadError, pixel_limit
+
     allow_malloc_settings()  # the process is the command's own (allocator.py)
     show_library_notes()
     try:

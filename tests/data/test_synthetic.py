@@ -234,7 +234,7 @@ def test_the_pixels_have_not_changed():
     digest = hashlib.sha256()
     for labels in [(c,) for c in range(10)] + [tuple(range(10))]:
         digest.update(render_image(labels, 48, np.random.default_rng(11)).tobytes())
-    assert digest.hexdigest() == "2e79207933c503a81be6548f20a66ea0dcae72c7988151fd83b654e2ea4fc1ec"
+    assert digest.hexdigest() == "412ebe196845c2c7681047061ebecd21faac96ed258f78343386b388efd9f9c7"
 
 
 def test_every_hpa10_class_has_exactly_one_pattern():
@@ -285,7 +285,8 @@ def test_each_pattern_lies_in_its_compartment_and_its_mask_is_where_the_green_is
         inside = (mask & compartments[name]).sum() / mask.sum()
         assert inside >= _MIN_IN_COMPARTMENT.get(name, 0.9), (name, inside)
         green = img[..., 1].astype(np.float64)
-        assert green[mask].mean() > 2.5 * green[cells & ~mask].mean(), name
+        # 2.2: the imaging puts a grainy haze and an uneven background over every cell, as in real HPA images.
+        assert green[mask].mean() > 2.2 * green[cells & ~mask].mean(), name
 
 
 def test_field_masks_leave_the_image_as_it_was():
@@ -318,8 +319,9 @@ def test_image_green_follows_each_label():
     # Mitochondria: in the cytoplasm, not the nucleus.
     assert frac(0, ndimage.binary_dilation(masks["cytoplasm"], iterations=1)) > 0.75
     assert frac(0, masks["nucleus"]) < 0.2
-    # Golgi apparatus: next to the nucleus, more than the cytosol there.
-    assert frac(3, perinuclear) > 0.45 and frac(3, perinuclear) > 1.5 * frac(3, masks["nucleus"])
+    # Golgi apparatus: next to the nucleus, more than the cytosol there (a share under half of the signal: the
+    # imaging adds a grainy haze and an uneven background over every cell, as real HPA images have).
+    assert frac(3, perinuclear) > 0.3 and frac(3, perinuclear) > 1.5 * frac(3, masks["nucleus"])
     assert frac(3, perinuclear) > frac(6, perinuclear)
     # Nuclear speckles and bodies: in the nucleus, far more than cytosol.
     assert frac(9, masks["nucleus"]) > 0.45

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 import sys
 
 from protloc.data import BIT_DEPTHS, LAYOUTS
-from protloc.data.readers import DatasetTable, read_dataset
 from protloc.data.stains import CHANNEL_COUNTS, STAINS
 from protloc.data.workers import PREDICTION_WORKERS
 from protloc.devices import PRECISIONS, check_device_name
 from protloc.inference import ENGINES
 from protloc.labels import get_label_set
 from protloc.runs import ONNX_FILE
+
+if TYPE_CHECKING:  # the readers load pandas: imported where a command runs, not for --help
+    from protloc.data.readers import DatasetTable
 
 
 def add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,8 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 
 def read_dataset_from_args(args: argparse.Namespace, path=None, split: str = "train") -> DatasetTable:
+    from protloc.data.readers import read_dataset
+
     label_set = get_label_set(args.labels) if args.labels else None
     return read_dataset(path or args.data, layout=args.format, split=split, label_set=label_set, channels=args.channels,
                         recursive=getattr(args, "recursive", False))
@@ -100,6 +105,8 @@ def announce_reading(table: DatasetTable, config, args: argparse.Namespace) -> N
 def read_run_dataset(args: argparse.Namespace, config, path):
     """DATA read with the run's channel count."""
     label_set = get_label_set(args.labels) if args.labels else None
+    from protloc.data.readers import read_dataset
+
     return read_dataset(path, layout=args.format, label_set=label_set, channels=config.in_chans)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from protloc.errors import ProtlocError
 from protloc.files import check_output_path, save_figure
 from protloc.runs import CONFIG_FILE, FOLD_PREFIX, METRICS_FILE, fold_number, load_config
@@ -37,6 +35,8 @@ def run_folders(run: Path) -> list[Path]:
 
 def read_histories(runs: list[str], metric: str) -> list:
     """(legend label, metrics frame) per run: the folder's name and its split method."""
+    import pandas as pd  # here, not for --help
+
     histories, problems = [], []
     for run in runs:
         try:

@@ -10,8 +10,6 @@ import dataclasses
 import os
 from pathlib import Path
 
-import pandas as pd
-
 from protloc.allocator import use_huge_pages_for_tensors
 from protloc.data import BIT_DEPTHS
 from protloc.commands._options import add_cache_options, add_dataset_options, add_device_options, positive_int
@@ -200,6 +198,8 @@ def print_run(run_dir: Path, config: TrainConfig) -> None:
 
 
 def print_folds(out: Path) -> None:
+    import pandas as pd  # here, not for --help
+
     path = out / FOLDS_FILE
     if not (out / ENSEMBLE_FILE).is_file():
         print(f"stopped; continue with: protloc train --resume {out}")

@@ -24,6 +24,7 @@ class Stage:
         self.field = field
         self.shape, self.s = field.shape, field.s
         self.set_gain(gain)
+        self.spill = np.zeros(field.shape, dtype=np.float32)
 
     def set_gain(self, gain: np.ndarray) -> None:
         """Each cell's green brightness (0: the cell does not show the pattern)."""
@@ -41,6 +42,17 @@ class Stage:
 
     def spots(self, ys, xs, weights, sigma: float, peak: float) -> np.ndarray:
         return spots(self.shape, ys, xs, weights, sigma, peak)
+
+    def granular(self, where: np.ndarray, rng: np.random.Generator, grain: float = 0.6) -> np.ndarray:
+        """A grainy fill of `where` at each cell's brightness: real stains are never smooth."""
+        tex = np.clip(0.65 + 0.45 * fine_noise(rng, self.shape, grain * self.s), 0.05, None)
+        return blur((where * tex * self.gmap).astype(np.float32), 0.8 * self.s)
+
+    def spill_into(self, where: np.ndarray, rng: np.random.Generator, amount: float) -> None:
+        """A faint grainy signal of the protein beyond its compartment, as the HPA reference images show in
+        nearly every class (a diffuse cytosol under centrosome dots, nucleoplasm under speckles). It goes into
+        the green channel but not into the class's pattern, whose brightest pixels are its ground truth."""
+        self.spill += amount * self.granular(where, rng)
 
 
 Pattern = Callable[[Stage, np.random.Generator], np.ndarray]
@@ -79,8 +91,9 @@ def green_channel(
         name = HPA10_NAMES[c]
         if shown is not None:
             stage.set_gain(gain * shown[c])
+        stage.spill[:] = 0.0
         pat = PATTERNS[name](stage, rng)
-        green += strength * pat
+        green += strength * (pat + stage.spill)
         drawn[name] = pat
     return green, drawn
 
@@ -133,11 +146,11 @@ def nucleoli_fibrillar_center(st: Stage, rng: np.random.Generator) -> np.ndarray
 
 @pattern("Nuclear speckles")
 def nuclear_speckles(st: Stage, rng: np.random.Generator) -> np.ndarray:
-    """Many small irregular nuclear spots."""
+    """20 to 50 small irregular nuclear spots over a diffuse nucleoplasm that spares the nucleoli."""
     s = st.s
     ys, xs, ws = [], [], []
     for i in range(len(st.field.cells)):
-        k = int(rng.integers(10, 31))
+        k = int(rng.integers(20, 51))
         y, x = st.nucleoplasm_index.sample(i, k, rng)
         if not len(y):
             continue
@@ -148,7 +161,7 @@ def nuclear_speckles(st: Stage, rng: np.random.Generator) -> np.ndarray:
         ws.append(np.repeat(st.gain[i] * rng.uniform(0.5, 1.0, len(y)), sub) / 2.0)
     pat = st.spots(np.concatenate(ys or [[]]), np.concatenate(xs or [[]]), np.concatenate(ws or [[]]),
                    max(0.6, 0.9 * s), 1.0)
-    pat += 0.12 * blur((st.field.nucleus * st.gmap).astype(np.float32), s)
+    st.spill_into(st.field.nucleus & ~st.field.nucleoli, rng, 0.3)
     return pat
 
 
@@ -162,6 +175,7 @@ def nuclear_bodies(st: Stage, rng: np.random.Generator) -> np.ndarray:
         xs.append(x)
         ws.append(st.gain[i] * rng.uniform(0.6, 1.0, len(y)))
     sig = max(0.7, rng.uniform(1.2, 1.8) * st.s)
+    st.spill_into(st.field.nucleus & ~st.field.nucleoli, rng, 0.12)
     return st.spots(np.concatenate(ys), np.concatenate(xs), np.concatenate(ws), sig, 1.3)
 
 
@@ -170,34 +184,35 @@ def nuclear_bodies(st: Stage, rng: np.random.Generator) -> np.ndarray:
 
 @pattern("Mitochondria")
 def mitochondria(st: Stage, rng: np.random.Generator) -> np.ndarray:
-    """A network of short wiggly tubules in the cytoplasm."""
+    """Fine branched tubules throughout the cytoplasm, out to the cell edge, over a faint grainy cytoplasm."""
     f, s, shape = st.field, st.s, st.shape
     cyto_idx = st.cytoplasm_index
     ys, xs, ws = [], [], []
-    steps = max(4, int(round(9 * s)))
+    steps = max(4, int(round(7 * s)))
     for i in range(len(f.cells)):
         lo, hi = cyto_idx.bounds(i)
-        k = int((hi - lo) * 0.022 / s)
+        k = int((hi - lo) * 0.05 / s)
         if k <= 0:
             continue
-        # Denser near the nucleus: keep candidates with probability falling towards the rim.
+        # Throughout the cytoplasm, a little denser near the nucleus, out to the edge.
         y, x = cyto_idx.sample(i, 2 * k, rng)
         yi = np.clip(y.round().astype(int), 0, shape[0] - 1)
         xi = np.clip(x.round().astype(int), 0, shape[1] - 1)
         dd = f.dist[yi, xi]
-        keep = rng.uniform(0, 1, len(y)) < np.clip(1.25 - dd, 0.05, 1.0)
+        keep = rng.uniform(0, 1, len(y)) < np.clip(1.15 - 0.35 * dd, 0.5, 1.0)
         y, x = y[keep][:k], x[keep][:k]
-        wy, wx = random_walks(rng, y, x, rng.uniform(0, 2 * np.pi, len(y)), steps, 0.8, 0.45)
+        wy, wx = random_walks(rng, y, x, rng.uniform(0, 2 * np.pi, len(y)), steps, 0.8, 0.35)
         ys.append(wy)
         xs.append(wx)
         ws.append(np.repeat(st.gain[i] * rng.uniform(0.5, 1.0, len(y)), steps))
     if ys:
         wy = np.concatenate([a.ravel() for a in ys])
         wx = np.concatenate([a.ravel() for a in xs])
-        pat = blur(splat(shape, wy, wx, np.concatenate(ws) * 0.9), max(0.55, 0.7 * s))
+        pat = blur(splat(shape, wy, wx, np.concatenate(ws) * 0.6), max(0.5, 0.55 * s))
     else:
         pat = np.zeros(shape, dtype=np.float32)
     pat *= ndimage.binary_dilation(f.cytoplasm, iterations=1)
+    st.spill_into(f.cytoplasm, rng, 0.1)
     return pat
 
 
@@ -208,18 +223,19 @@ def golgi_apparatus(st: Stage, rng: np.random.Generator) -> np.ndarray:
     ys, xs, ws = [], [], []
     for i, cell in enumerate(st.field.cells):
         phi0 = rng.uniform(0, 2 * np.pi)
-        half = rng.uniform(0.45, 1.0)
-        n_frag = int(rng.integers(4, 9))
+        half = rng.uniform(0.3, 0.8)
+        n_frag = int(rng.integers(5, 10))
         centres = phi0 + rng.uniform(-half, half, n_frag)
         per = max(8, int(30 * s))
         phi = np.repeat(centres, per) + rng.normal(0, 0.12, n_frag * per)
-        extra = np.repeat(rng.uniform(1.0, 6.0, n_frag) * s, per) + rng.normal(0, 1.0 * s, n_frag * per)
+        extra = np.repeat(rng.uniform(0.5, 4.0, n_frag) * s, per) + rng.normal(0, 1.0 * s, n_frag * per)
         y, x = cell.nucleus_boundary(phi, np.abs(extra) + 0.5 * s)
         ys.append(y)
         xs.append(x)
         ws.append(np.repeat(st.gain[i] * rng.uniform(0.5, 1.0, n_frag), per) / per * 5)
     pat = st.spots(np.concatenate(ys), np.concatenate(xs), np.concatenate(ws), max(0.7, 1.1 * s), 1.0)
     pat *= st.field.cell_mask
+    st.spill_into(st.field.cytoplasm, rng, 0.04)
     return pat
 
 
@@ -239,12 +255,13 @@ def plasma_membrane(st: Stage, rng: np.random.Generator) -> np.ndarray:
     f, s = st.field, st.s
     src = (f.rim * st.gmap).astype(np.float32)
     sig = max(0.6, 0.9 * s)
-    return blur(src, sig) * (2.0 * sig) + 0.06 * blur((f.cytoplasm * st.gmap).astype(np.float32), 2 * s)
+    st.spill_into(f.cytoplasm, rng, 0.03)
+    return blur(src, sig) * (2.0 * sig)
 
 
 @pattern("Centrosome")
 def centrosome(st: Stage, rng: np.random.Generator) -> np.ndarray:
-    """1 or 2 bright dots next to the nucleus."""
+    """1 or 2 bright dots beside the nucleus, over a faint cytosol."""
     s = st.s
     ys, xs, ws = [], [], []
     for i, cell in enumerate(st.field.cells):
@@ -257,4 +274,5 @@ def centrosome(st: Stage, rng: np.random.Generator) -> np.ndarray:
         ws.append(np.full(n, st.gain[i]))
     pat = st.spots(np.concatenate(ys), np.concatenate(xs), np.concatenate(ws), max(0.7, 1.1 * s), 1.5)
     pat *= st.field.cell_mask
+    st.spill_into(st.field.cytoplasm, rng, 0.08)
     return pat

@@ -5,7 +5,7 @@ import numpy as np
 from scipy import ndimage
 
 from protloc.data.synthetic.cells import CellTruth, choose_cell_labels
-from protloc.data.synthetic.drawing import blur, smooth_noise
+from protloc.data.synthetic.drawing import blur, fine_noise, smooth_noise
 from protloc.data.synthetic.field import Field
 from protloc.data.synthetic.label_sets import N_CLASSES
 from protloc.data.synthetic.patterns import green_channel, pattern_mask
@@ -84,22 +84,31 @@ def _render(
     field = Field(size, rng)
     truth = None if cell_rng is None else choose_cell_labels(labels, field, cell_rng)
     n = len(field.cells)
-    red = red_channel(field, rng)
+    red = red_channel(field, rng) * microtubule_strength(rng)
     blue = blue_channel(field, rng, rng.uniform(0.45, 0.8, n))
-    ggain = np.clip(rng.lognormal(0.0, 0.35, n), 0.3, 1.6).astype(np.float32)
+    # Cells differ in expression up to tenfold: some are dim, a few saturate.
+    ggain = np.clip(rng.lognormal(0.0, 0.5, n), 0.2, 2.5).astype(np.float32)
     green, patterns = green_channel(labels, field, rng, ggain, None if truth is None else truth.shown)
-    # Weak nonspecific green: a haze over the cells and the whole field.
-    haze = blur(field.cell_mask.astype(np.float32), 3.0 * field.s)
-    green = green + rng.uniform(0.01, 0.05) * haze + rng.uniform(0.0, 0.015)
+    # Nonspecific green: a grainy haze over the cells and a background over the whole field.
+    grain = np.clip(0.7 + 0.4 * fine_noise(rng, field.shape, 0.8 * field.s), 0.05, None)
+    haze = blur((field.cell_mask * grain).astype(np.float32), 1.0 * field.s)
+    green = green + rng.uniform(0.02, 0.08) * haze + rng.uniform(0.0, 0.03)
     img = np.stack([red, green, blue], axis=-1).astype(np.float32, copy=False)
     return _photograph(img, field, rng), field, patterns, truth
 
 
+def microtubule_strength(rng: np.random.Generator) -> float:
+    """The red stain's strength: real HPA images sometimes have a weak or a missing microtubule stain."""
+    draw = rng.uniform()
+    return 0.05 if draw < 0.08 else rng.uniform(0.2, 0.5) if draw < 0.25 else 1.0
+
+
 def _photograph(img: np.ndarray, field: Field, rng: np.random.Generator) -> np.ndarray:
-    """Uneven illumination, defocus, per-channel brightness, shot and read noise; then 8 bits."""
+    """Uneven illumination, a background level, defocus, per-channel brightness, shot and read noise; 8 bits."""
     s = field.s
-    illum = 1.0 + rng.uniform(0.0, 0.15) * smooth_noise(rng, field.shape, 3)
+    illum = 1.0 + rng.uniform(0.0, 0.35) * smooth_noise(rng, field.shape, 3)
     img *= illum[..., None]
+    img += rng.uniform(0.0, 0.04, 3).astype(np.float32)  # camera offset and autofluorescence, per channel
     defocus = rng.uniform(0.0, 0.6) * s
     if defocus >= 0.3:
         img = ndimage.gaussian_filter(img, (defocus, defocus, 0), mode="constant", truncate=3.0)
