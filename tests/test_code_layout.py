@@ -140,3 +140,9 @@ def test_imports_have_no_cycle():
 def test_runs_py_imports_neither_inference_nor_training():
     assert not {target for target in import_graph()["protloc.runs"]
                 if target.startswith(("protloc.inference.", "protloc.training."))}
+
+
+def test_benchmarks_hold_at_most_ten_python_files():
+    # What `make benchmark` runs and what the README quotes; one-off checks live in tools/.
+    benchmarks = SOURCE.parents[1] / "benchmarks"
+    assert len(sorted(benchmarks.glob("*.py"))) <= 10

@@ -1,7 +1,7 @@
 """How close the demo generator's protein stain is to real HPA images, class by class: a side-by-side page and
 a distance anyone can rerun.
 
-    python benchmarks/demo_realism.py [--real ../shared/data/hpa2018-sample] [--out docs/realism] [--per-class 16]
+    python tools/demo_realism.py [--real ../shared/data/hpa2018-sample] [--out docs/realism] [--per-class 16]
 
 Real: the green (protein) files of the HPA 2018 sample, each class's images those carrying it (the 2018 classes
 mapped to the 10, as data/README.md says). Generated: `--per-class` single-class images of each class from
@@ -110,7 +110,7 @@ def write_page(out: Path, real: dict, generated: dict, scores: dict[str, float])
             f"<style>body{{font-family:sans-serif;max-width:1200px;margin:auto}}td{{vertical-align:top;padding:4px}}"
             f"img{{image-rendering:pixelated}}</style><h1>Protein stain: real HPA (left) and generated (right)</h1>"
             f"<p>Green channel only, {SIZE} px, each image scaled by its 99.5th percentile. Mean distance over "
-            f"classes: <b>{mean:.2f}</b> (benchmarks/demo_realism.py; lower is closer).</p>"
+            f"classes: <b>{mean:.2f}</b> (tools/demo_realism.py; lower is closer).</p>"
             f"<table><tr><th>class</th><th>real</th><th>generated</th></tr>{''.join(rows)}</table>"
             f"<p>Real images: The Human Protein Atlas (proteinatlas.org), CC BY-SA 3.0.</p>")
     (out / "index.html").write_text(page, encoding="utf-8")

@@ -1,6 +1,6 @@
 """What a demo-trained model makes of real HPA images: its outlier flags, and its labels of real single-class images.
 
-    python benchmarks/demo_against_real.py RUN HELD_OUT_DEMO [--real ../shared/data] [--out FILE.json]
+    python tools/demo_against_real.py RUN HELD_OUT_DEMO [--real ../shared/data] [--out FILE.json]
 
 RUN: a run trained on generated data (`make demo` writes runs/demo); HELD_OUT_DEMO: generated images it never saw
 (`make demo`'s data/demo-eval). Real: every stain file of the HPA 2018 sample, each read as its own stain with the
