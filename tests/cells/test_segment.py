@@ -47,6 +47,26 @@ def test_segment_writes_a_mask_per_image_and_the_cell_table(cell_data, tmp_path,
             assert row["touches_border"] == str(edge)
 
 
+def test_recursive_segments_a_plates_folders_with_relative_ids(cell_data, tmp_path):
+    import shutil
+
+    images = sorted((cell_data / "test").glob("*.png"))[:2]
+    plate = tmp_path / "plate"
+    for image, (well, field) in zip(images, (("A01", "1"), ("B02", "1"))):
+        (plate / well / field).mkdir(parents=True)
+        shutil.copy(image, plate / well / field / "image.png")
+    out = tmp_path / "masks"
+    assert main(["segment", str(plate), "--recursive", "--out", str(out)]) == 0
+    with open(out / "cells.csv", newline="") as handle:
+        ids = sorted({row["Image"] for row in csv.DictReader(handle)})
+    assert ids == ["A01/1/image", "B02/1/image"]
+    flat = tmp_path / "flat"
+    assert main(["segment", *map(str, images), "--out", str(flat)]) == 0
+    for image, identifier in zip(images, ids):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{identifier}.png")),
+                                      np.asarray(Image.open(flat / image.name)))
+
+
 def test_segment_reads_a_real_composite_and_stain_files(real_data, tmp_path):
     composite = os.path.join(real_data, "z2g-sample", "10034.png")
     assert main(["segment", composite, "--out", str(tmp_path / "a")]) == 0

@@ -23,14 +23,15 @@ from protloc.errors import DataError
 Source = str | dict[str, str]  # a composite's path, or {stain: path}
 
 
-def segmentation_sources(inputs: Sequence[str | Path],
-                         layout: str | None = None) -> tuple[list[str], list[Source], list[str]]:
-    """(ids, sources, problems) of every image the inputs name; a problem is a stain set without its blue file."""
+def segmentation_sources(inputs: Sequence[str | Path], layout: str | None = None,
+                         recursive: bool = False) -> tuple[list[str], list[Source], list[str]]:
+    """(ids, sources, problems) of every image the inputs name; a problem is a stain set without its blue file.
+    `recursive`: a folder of images with its subfolders, each id the image's path relative to the folder."""
     paths = [Path(item) for item in inputs]
-    files = _image_files(paths)
+    files = None if recursive else _image_files(paths)
     if files is not None and any(split_stain_name(path) for path in files):
         return _stain_sets(files)
-    table = read_inputs(inputs, layout=layout, split="test", channels=3)
+    table = read_inputs(inputs, layout=layout, split="test", channels=3, recursive=recursive)
     ids, sources = [], []
     for identifier, source in zip(table.frame["id"], table.frame["source"]):
         ids.append(str(identifier))

@@ -7,6 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
+    from protloc.commands._options import add_recursive_option
     from protloc.data import LAYOUTS
 
     parser = subparsers.add_parser(
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="dataset folder, CSV, image folder or image files")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the masks and cells.csv")
     parser.add_argument("--format", choices=LAYOUTS, default=None, help="input layout (default: detected)")
+    add_recursive_option(parser)
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="an unreadable image or one with no nuclei: fail (exit 2, nothing written) or skip "
                              "(left out, each named) (default %(default)s)")
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from protloc.files import atomic_dir, check_output_path, write_csv
 
     check_output_path(args.out, folder=True, inputs=args.inputs)
-    ids, sources, problems = segmentation_sources(args.inputs, layout=args.format)
+    ids, sources, problems = segmentation_sources(args.inputs, layout=args.format, recursive=args.recursive)
     total = len(ids) + len(problems)
     tables = []
     with atomic_dir(args.out) as out:  # a failure half way leaves no half-filled folder
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             except DataError as error:
                 problems.extend(error.lines)
                 continue
+            (out / identifier).parent.mkdir(parents=True, exist_ok=True)  # --recursive: a plate's well/field folders
             write_mask(out / f"{identifier}.png", mask)
             geometry = cell_geometry(mask).assign(Image=identifier)
             stated = stated_pixel_size(source)  # a microscope file's µm per pixel: areas in µm² too
