@@ -287,3 +287,39 @@ def test_the_page_warns_on_the_row_of_an_image_unlike_the_training_images(browse
     picker.send_keys(str(real))
     warning = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#results tbody tr .outlier"), what="the warning")
     assert warning[0].is_displayed() and "unlike the training images" in warning[0].text
+
+
+def test_the_page_outlines_each_cell_with_its_labels(browser, live_server, real_data, tmp_path):
+    from urllib.parse import unquote
+
+    from selenium.webdriver.common.by import By
+
+    driver, _downloads = browser
+    real = Path(real_data) / "z2g-sample" / "10034.png"
+    with httpx2.Client(trust_env=False, timeout=120) as http:
+        answer = http.post(live_server.url + "/predict", files=[("files", (real.name, real.read_bytes()))],
+                           data={"cells": "true"}).json()["images"][0]
+    cells = answer["cells"]
+    labelled_cells = [cell for cell in cells if cell["labels"]]
+    assert cells
+    picker = open_page(driver, live_server.url, 1280)
+    driver.find_element(By.NAME, "cells").click()
+    picker.send_keys(str(real))
+    (row,) = labelled(driver, 1)
+    summary = wait_for(lambda: row.find_elements(By.CSS_SELECTOR, ".cells-count"), what="the cell count")[0].text
+    assert summary.startswith(f"{len(cells)} cells found, {len(labelled_cells)} with labels")
+    row.click()
+    picture = wait_for(lambda: [figure for figure in driver.find_elements(By.CSS_SELECTOR, "#detail-images figure")
+                                if figure.text.startswith("cells")], timeout=120, what="the cells picture")[0]
+    svg = unquote(picture.find_element(By.TAG_NAME, "img").get_attribute("src").split(",", 1)[1])
+    assert svg.count("<polygon") == len(cells)
+    assert svg.count('stroke="white"') == len(labelled_cells) and svg.count('stroke="grey"') == len(cells) - len(labelled_cells)
+    def js(number: float) -> str:  # a number as JavaScript writes it: 157 for 157.0
+        return str(int(number)) if float(number).is_integer() else str(number)
+
+    x, y = cells[0]["outline"][0]
+    assert f"{js(x)},{js(y)}" in svg  # drawn in the image's own pixels
+    width, height = answer["size"]
+    assert f'viewBox="0 0 {width} {height}"' in svg
+    assert driver.execute_script("return arguments[0].querySelector('img').naturalWidth", picture) == width
+    screenshot(driver, tmp_path / "cells-1280.png")

@@ -42,7 +42,7 @@ function fileName(text) {
 function options() {
   const form = byId("options");
   return {tta: form.tta.checked, threshold: form.threshold.value.trim(), allow_empty: form.allow_empty.checked,
-          bit_depth: form.bit_depth.value};
+          bit_depth: form.bit_depth.value, cells: form.cells.checked};
 }
 
 function formFor(item, extra = {}) {
@@ -166,7 +166,9 @@ async function predictItem(item) {
   renderRow(item);
   const needsThumbnail = !(item.file && BROWSER_IMAGES.test(item.file.type));
   try {
-    const data = await answer(await post("predict", () => formFor(item, needsThumbnail ? {thumbnails: true} : {})));
+    const extra = needsThumbnail ? {thumbnails: true} : {};
+    if (options().cells) extra.cells = true;  // only predict answers per cell; explain draws the class maps
+    const data = await answer(await post("predict", () => formFor(item, extra)));
     item.result = data.images[0];
     item.thresholds = data.thresholds;
     if (item.result.thumbnail) item.thumbnail = item.result.thumbnail;
@@ -211,6 +213,7 @@ function labelCell(item) {
       cell.append(chip);
     }
     for (const note of item.result.notes || []) cell.append(element("span", "note", note));
+    if (item.result.cells) cell.append(element("span", "note cells-count", cellsSummary(item.result.cells)));
     if (item.result.outlier) cell.append(outlierWarning(item.result));
   }
   return cell;
@@ -282,7 +285,33 @@ function updateStatus() {
   byId("clear").disabled = items.length === 0;
 }
 
-// ------------------------------------------------------------------ one image: its bars and maps
+// ------------------------------------------------------------------ one image: its cells, bars and maps
+
+function cellsSummary(cells) {
+  const labelled = cells.filter((cell) => cell.labels.length).length;
+  return `${cells.length} cells found, ${labelled} with labels (open the row to see them outlined)`;
+}
+
+// The image with each cell outlined and numbered by its classes, as one SVG picture: white outline for a cell
+// with labels, grey for one without. Coordinates are the image's pixels (the API's outlines); the composite
+// stretches over them whatever size the server drew it.
+function cellsPicture(background, result) {
+  const [width, height] = result.size;
+  const stroke = Math.max(1, width / 256);
+  const shapes = result.cells.map((cell) => {
+    const points = cell.outline.map(([x, y]) => `${x},${y}`).join(" ");
+    const colour = cell.labels.length ? "white" : "grey";
+    const text = cell.classes.join(" ");
+    const [x, y] = cell.centroid;
+    return `<polygon points="${points}" fill="none" stroke="${colour}" stroke-width="${stroke}"/>` + (text ?
+      `<text x="${x}" y="${y}" font-size="${Math.max(8, width / 24)}" fill="white" stroke="black" ` +
+      `stroke-width="${stroke / 2}" text-anchor="middle" font-family="sans-serif">${text}</text>` : "");
+  });
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" width="${width}" ` +
+    `height="${height}"><image href="${background}" width="${width}" height="${height}" ` +
+    `preserveAspectRatio="none"/>${shapes.join("")}</svg>`;
+  return `data:image/svg+xml;charset=utf-8,${encodeURIComponent(svg)}`;
+}
 
 function figure(src, caption, strong) {
   const box = element("figure");
@@ -333,6 +362,10 @@ function showExplanation(item) {
   const data = item.explanation;
   const style = mapStyle();
   const panels = [figure(data.composite, "the image"), figure(data.green, "protein (green channel)")];
+  if (item.result.cells) {
+    panels.push(figure(cellsPicture(data.composite, item.result),
+      "white outline: a cell with labels (its class numbers, as in the bars); grey: none", "cells"));
+  }
   for (const part of data.explanations) {
     panels.push(figure(style === "heatmap" ? part.heatmap : part.overlay, percent(part.probability), part.label));
   }
