@@ -292,25 +292,39 @@ function cellsSummary(cells) {
   return `${cells.length} cells found, ${labelled} with labels (open the row to see them outlined)`;
 }
 
-// The image with each cell outlined and numbered by its classes, as one SVG picture: white outline for a cell
-// with labels, grey for one without. Coordinates are the image's pixels (the API's outlines); the composite
-// stretches over them whatever size the server drew it.
-function cellsPicture(background, result) {
+// The image with each cell outlined and numbered by its classes, drawn on a canvas at the image's own size (the
+// API's outlines are in its pixels; the composite stretches over them whatever size the server drew it): white
+// outline for a cell with labels, grey for one without. A PNG, so it enlarges like the maps.
+async function cellsPicture(background, result) {
   const [width, height] = result.size;
-  const stroke = Math.max(1, width / 256);
-  const shapes = result.cells.map((cell) => {
-    const points = cell.outline.map(([x, y]) => `${x},${y}`).join(" ");
-    const colour = cell.labels.length ? "white" : "grey";
-    const text = cell.classes.join(" ");
+  const picture = new Image();
+  picture.src = background;
+  await picture.decode();
+  const canvas = element("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  context.drawImage(picture, 0, 0, width, height);
+  context.lineWidth = Math.max(1, width / 256);
+  const labelledLast = [...result.cells].sort((a, b) => Boolean(a.labels.length) - Boolean(b.labels.length));
+  for (const cell of labelledLast) {  // a shared edge shows the labelled cell's white
+    context.strokeStyle = cell.labels.length ? "white" : "grey";
+    context.beginPath();
+    cell.outline.forEach(([x, y], index) => (index ? context.lineTo(x, y) : context.moveTo(x, y)));
+    context.closePath();
+    context.stroke();
+  }
+  context.font = `${Math.max(8, Math.round(width / 24))}px sans-serif`;
+  context.textAlign = "center";
+  context.textBaseline = "middle";
+  context.fillStyle = "white";
+  context.strokeStyle = "black";
+  for (const cell of result.cells.filter((one) => one.classes.length)) {
     const [x, y] = cell.centroid;
-    return `<polygon points="${points}" fill="none" stroke="${colour}" stroke-width="${stroke}"/>` + (text ?
-      `<text x="${x}" y="${y}" font-size="${Math.max(8, width / 24)}" fill="white" stroke="black" ` +
-      `stroke-width="${stroke / 2}" text-anchor="middle" font-family="sans-serif">${text}</text>` : "");
-  });
-  const svg = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" width="${width}" ` +
-    `height="${height}"><image href="${background}" width="${width}" height="${height}" ` +
-    `preserveAspectRatio="none"/>${shapes.join("")}</svg>`;
-  return `data:image/svg+xml;charset=utf-8,${encodeURIComponent(svg)}`;
+    context.strokeText(cell.classes.join(" "), x, y);
+    context.fillText(cell.classes.join(" "), x, y);
+  }
+  return canvas.toDataURL("image/png");
 }
 
 function figure(src, caption, strong) {
@@ -363,8 +377,11 @@ function showExplanation(item) {
   const style = mapStyle();
   const panels = [figure(data.composite, "the image"), figure(data.green, "protein (green channel)")];
   if (item.result.cells) {
-    panels.push(figure(cellsPicture(data.composite, item.result),
-      "white outline: a cell with labels (its class numbers, as in the bars); grey: none", "cells"));
+    const cells = figure(data.composite, "white outline: a cell with labels (its class numbers, as in the bars); " +
+      "grey: none", "cells");
+    cells.classList.add("cells-picture");
+    cellsPicture(data.composite, item.result).then((src) => { cells.querySelector("img").src = src; });
+    panels.push(cells);
   }
   for (const part of data.explanations) {
     panels.push(figure(style === "heatmap" ? part.heatmap : part.overlay, percent(part.probability), part.label));
