@@ -58,23 +58,25 @@ def test_eviction_removes_only_the_caches_own_entries_and_follows_no_link(tmp_pa
     images = [write_png(tmp_path / f"{index}.png", seed=index) for index in range(4)]
     victim = tmp_path / "victim"
     victim.mkdir()
-    kept = [victim / f"{'ab' * 32}.u8", victim / "notes.txt"]
-    for path in kept:
-        path.write_text("mine")
     old = 1_000_000
     cache = ImageCache(tmp_path / "cache", limit_bytes=2 * (HEADER.size + 3 * 32 * 32))
     cache.load(images[0], 3, 32)
     shard = cache.folder / IMAGES_FOLDER
-    (shard / "ab").symlink_to(victim)  # a subfolder that is a link out of the cache
-    link = cache.entry_path("cd" * 32)
+    # Two subfolder names the first entry does not already use (its name is a hash of the file's key).
+    linked, planted = [name for name in ("ab", "cd", "ef", "12") if not (shard / name).exists()][:2]
+    kept = [victim / f"{linked * 32}.u8", victim / "notes.txt"]
+    for path in kept:
+        path.write_text("mine")
+    (shard / linked).symlink_to(victim)  # a subfolder that is a link out of the cache
+    link = cache.entry_path(planted * 32)
     link.parent.mkdir()
     link.symlink_to(kept[0])  # an entry that is a link
-    (shard / "cd" / "README").write_text("not an entry")
+    (shard / planted / "README").write_text("not an entry")
     for path in [*kept, link.parent / "README"]:
         os.utime(path, (old, old))
     cache.prepare(images[1:], 3, 32)  # three missing images: eviction runs
     assert all(path.read_text() == "mine" for path in kept)
-    assert link.is_symlink() and (shard / "cd" / "README").exists()
+    assert link.is_symlink() and (shard / planted / "README").exists()
 
 
 def test_the_usage_file_is_never_written_through_a_link(tmp_path, capsys):
