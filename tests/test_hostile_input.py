@@ -583,11 +583,8 @@ def run_cli(argv: list[str], limit_s: int = 30) -> int:
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_hostile_input_exits_2_with_short_lines_and_writes_nothing(case, world, tmp_path, monkeypatch, capsys):
-    if reason := skip_reason(case):
-        pytest.skip(reason)
-    values = {**world, "out": str(tmp_path / "out")}
+def make_case_paths(case: Case, values: dict) -> None:
+    """What a case makes before its command runs (its `make` rows; tools/hostile_cases.py makes them the same)."""
     for kind, template in case.make:
         path, _, target = template.format(**values).partition("->")
         path = Path(path)
@@ -604,6 +601,14 @@ def test_hostile_input_exits_2_with_short_lines_and_writes_nothing(case, world, 
             path.mkdir()
             if kind == "locked":
                 path.chmod(0o555)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_hostile_input_exits_2_with_short_lines_and_writes_nothing(case, world, tmp_path, monkeypatch, capsys):
+    if reason := skip_reason(case):
+        pytest.skip(reason)
+    values = {**world, "out": str(tmp_path / "out")}
+    make_case_paths(case, values)
     for name, value in case.env.items():
         monkeypatch.setenv(name, value)
     watched = [tmp_path, *(Path(world[name]) for name in case.watch)]

@@ -109,30 +109,9 @@ def build_world(root: Path) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
-def make_paths(case, values: dict) -> None:
-    from tests.test_hostile_input import save_png
-
-    for kind, template in case.make:
-        path, _, target = template.format(**values).partition("->")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if kind == "file":
-            path.write_text("keep me\n")
-        elif kind == "fifo":
-            os.mkfifo(path)
-        elif kind == "link":
-            path.symlink_to(target)
-        elif kind == "image":
-            save_png(path, seed=3)
-        else:
-            path.mkdir()
-            if kind == "locked":
-                path.chmod(0o555)
-
-
 def table_cases(world: dict, scratch: Path, only: str, limit_s: int, skip: list[str] = ()) -> list[tuple[str, str, str]]:
     """(case, category, detail) for every row of CASES."""
-    from tests.test_hostile_input import CASES, skip_reason, snapshot
+    from tests.test_hostile_input import CASES, make_case_paths, skip_reason, snapshot
 
     results = []
     for case in CASES:
@@ -141,7 +120,7 @@ def table_cases(world: dict, scratch: Path, only: str, limit_s: int, skip: list[
         out = scratch / case.name
         values = {**world, "out": str(out / "out")}
         out.mkdir(exist_ok=True)
-        make_paths(case, values)
+        make_case_paths(case, values)
         watched = [out, *(Path(world[name]) for name in case.watch)]
         before = [snapshot(path) for path in watched]
         saved = {name: os.environ.get(name) for name in case.env}
