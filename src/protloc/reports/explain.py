@@ -7,9 +7,10 @@ run's thresholds.
 
 The map is HiResCAM on the layer the backbone's spec names (``cam_layer_name``): a stride-8 feature map
 for the registered backbones, 16x16 cells at 128 px, fine enough to tell cells apart. The last
-feature map (4x4 at 128 px) gave blobs over several cells; benchmarks/bench_cam_localisation.py (git history)
+feature map (4x4 at 128 px) gave blobs over several cells; tools/cam_localisation.py
 measured how much of each map falls inside the true pattern. An image's maps share one scale (the strongest
-map's peak at 1), not one each: a class with little evidence draws faintly.
+map's peak at 1), not one each, and each is then weighed by its class's probability: a class with little evidence
+draws faintly.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ HEATMAP = "inferno"  # the map alone: dark where it is 0, pale yellow at its max
 @dataclass
 class Explanation:
     """Where the model found each target class in one image: `cams[i]` is the map of class number `targets[i]`,
-    at the model's input size, on one 0..1 scale for the image (its strongest map's peak at 1); `maps` holds them
+    at the model's input size, on one 0..1 scale for the image (its strongest map's peak at 1) times the class's
+    probability (reports/cams.py, `weigh_by_probability`); `maps` holds them
     by class name and `figure()` draws them as `protloc explain` does."""
 
     id: str
@@ -60,7 +62,7 @@ class Explanation:
     probabilities: np.ndarray
     predicted: list[int]
     targets: list[int]
-    cams: np.ndarray  # (targets, H, W) on one 0..1 scale for the image (scale_together)
+    cams: np.ndarray  # (targets, H, W): one 0..1 scale for the image, times each class's probability
     true: list[int] | None = None  # the image's true classes, when its dataset has labels
     image: np.ndarray | None = field(default=None, repr=False)  # the model's input in 0..1, (H, W, channels)
     config: object = field(default=None, repr=False)  # the run's RunConfig: class names and thresholds
@@ -169,7 +171,7 @@ def explain_input(predictor: Predictor, identifier: str, source, targets: str | 
         probabilities = predictor.probabilities(tensor)[0]
     predicted = np.flatnonzero(predictor.decide(probabilities[None])[0]).tolist()
     chosen = choose_targets(targets, predicted, true, config.num_classes)
-    cams = compute_model_cams(predictor.model, tensor, chosen)
+    cams = compute_model_cams(predictor.model, tensor, chosen, probabilities)
     stated = stated_pixel_size(source)  # a microscope file's µm per pixel, for a scale bar
     return Explanation(identifier, f"{safe_file_name(identifier)}.png", probabilities, predicted, chosen, cams,
                        None if true is None else list(true), image=model_view(tensor, config), config=config,
@@ -211,7 +213,8 @@ def overlay_map(image: np.ndarray, cam: np.ndarray, shares: tuple[float, ...] = 
     """RGB `image` (H, W, 3) in 0..1 with `cam`'s hottest areas outlined, the largest lightly tinted.
 
     Pixels outside the largest area are the input's own, so the stains stay readable. `cam` is on its image's
-    common scale (`scale_together`): tint and outlines are as strong as its peak, so a map with little evidence
+    common scale, weighed by its class's probability (`weigh_by_probability`): tint and outlines are as strong as
+    its peak, so a map with little evidence
     draws faintly, and one with none draws nothing.
     """
     shown = image.copy()
@@ -344,7 +347,8 @@ def describe_maps(model, config, *, panels: bool = True) -> str:
     text = (f"Class-activation maps{folds}: where in the image the model found each class, made with {CAM_ABOUT} "
             f"on layer {model.backbone.cam_layer_name} of {config.backbone}: {rows}x{columns} cells at "
             f"{config.image_size} px, smoothed up to the image. An image's maps share one scale, the strongest map's "
-            f"peak at 1: a class with little evidence draws faintly, one with none not at all. Outlines: grey around the hottest pixels holding "
+            f"peak at 1, and each is weighed by its class's probability: a class the model hardly believes in draws "
+            f"faintly, one with no evidence not at all. Outlines: grey around the hottest pixels holding "
             f"{MAP_MASS_SHARES[0]:.0%} of the map (lightly tinted inside), white around those holding "
             f"{MAP_MASS_SHARES[1]:.0%}; every other pixel is the input's own, so the stains stay visible.")
     if panels:

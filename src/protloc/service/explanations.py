@@ -35,7 +35,8 @@ def explain_image(predictor: Predictor, image: np.ndarray, classes: Sequence[str
     if not indices:
         return {}
     tensor = predictor.prepare(image)[None]
-    cams = compute_model_cams(predictor.model, tensor, indices)  # a K-fold folder's: the mean of its folds' maps
+    probabilities = predictor.probabilities(tensor)[0]
+    cams = compute_model_cams(predictor.model, tensor, indices, probabilities)  # a K-fold folder's: its folds' mean
     seen = rgb_view(model_view(tensor, predictor.config))
     return {name: (png_bytes(as_uint8(overlay_map(seen, cam))), png_bytes(as_uint8(heatmap_colours(cam))))
             for name, cam in zip(classes, cams)}
