@@ -1,16 +1,18 @@
 """Several `protloc` commands in a row in each of two processes, started once:
 `python -m tests.inference.commands_in_two_processes PLAN.json`, PLAN.json holding {"outputs": FOLDER,
-"commands": [argv, ...]}, each argv with --devices 2.
+"first_alone": [argv, ...], "commands": [argv, ...]}, each of "commands" with --devices 2.
 
-The first command starts the second process through Lightning's launcher, as `python -m protloc ... --devices 2`
-does: the launcher runs this command line again, so both processes run the same commands. The launch's
-environment (LOCAL_RANK, MASTER_ADDR, MASTER_PORT, WORLD_SIZE) then stays in both, as a launcher such as torchrun
-sets it, and the later commands find their processes already started and their process group made (a script run
-as one process per device, as inference/distributed.py allows). One start of two processes, each importing torch
-and Lightning, instead of one per command.
+The "first_alone" commands run in the first process before anything is launched (commands that must refuse to
+start; the second process skips them). The first of "commands" then starts the second process through
+Lightning's launcher, as `python -m protloc ... --devices 2` does: the launcher runs this command line again, so
+both processes run the same commands. The launch's environment (LOCAL_RANK, MASTER_ADDR, MASTER_PORT, WORLD_SIZE)
+stays in both, as a launcher such as torchrun sets it, and the later commands find their processes started and
+their process group made (a script run as one process per device, as inference/distributed.py allows). One
+start of two processes, each importing torch and Lightning, instead of one per command.
 
-Each command's standard output goes to FOLDER/rank-R-command-N.txt and its exit code to FOLDER/rank-R-command-N.code;
-the first command that fails ends the process with its code.
+Each command's standard output and error go to FOLDER/NAME.out and NAME.err, its exit code to NAME.code, where
+NAME is alone-N for "first_alone" and rank-R-command-N for "commands". A command of "commands" that fails ends the
+process with its code.
 """
 from __future__ import annotations
 
@@ -21,17 +23,25 @@ import sys
 from pathlib import Path
 
 
-def run_plan(plan_file: str) -> int:
+def run_command(argv: list[str], stem: Path) -> int:
     from protloc.cli import main
 
+    with open(stem.with_suffix(".out"), "w") as out, open(stem.with_suffix(".err"), "w") as err, \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    stem.with_suffix(".code").write_text(str(code))
+    return code
+
+
+def run_plan(plan_file: str) -> int:
     plan = json.loads(Path(plan_file).read_text())
     outputs = Path(plan["outputs"])
-    rank = os.environ.get("LOCAL_RANK", "0")  # the second process is started with it; the first sets it on launching
+    rank = os.environ.get("LOCAL_RANK")  # the second process is started with it; the first sets it on launching
+    if rank is None:
+        for number, argv in enumerate(plan.get("first_alone", [])):
+            run_command(argv, outputs / f"alone-{number}")
     for number, argv in enumerate(plan["commands"]):
-        stem = outputs / f"rank-{rank}-command-{number}"
-        with open(stem.with_suffix(".txt"), "w") as output, contextlib.redirect_stdout(output):
-            code = main(argv)
-        stem.with_suffix(".code").write_text(str(code))
+        code = run_command(argv, outputs / f"rank-{os.environ.get('LOCAL_RANK', '0')}-command-{number}")
         if code != 0:
             return code
     return 0

@@ -65,21 +65,25 @@ CELL_OPTIONS = ("--cells", "--probabilities")
 @dataclass
 class Launch:
     """What the two processes wrote: `out` holds each command's output; `printed(name)` is what each process printed
-    for the command named `name`, [process 0's, process 1's]."""
+    for the command named `name`, [process 0's, process 1's]; `refusal` is (exit code, standard error) of the
+    command that must refuse to start."""
 
     out: Path
-    refusal: subprocess.CompletedProcess
     names: list[str]
 
     def printed(self, name: str) -> list[str]:
         number = self.names.index(name)
-        return [(self.out / f"rank-{rank}-command-{number}.txt").read_text() for rank in (0, 1)]
+        return [(self.out / f"rank-{rank}-command-{number}.out").read_text() for rank in (0, 1)]
+
+    @property
+    def refusal(self) -> tuple[int, str]:
+        return int((self.out / "alone-0.code").read_text()), (self.out / "alone-0.err").read_text()
 
 
 @pytest.fixture(scope="module")
 def launch(kfold, run_dir, images, demo_data, cell_data, tmp_path_factory) -> Launch:
-    """Every two-process command of the tests below, started once; then, in a process of its own, --num-nodes 2
-    without a launcher."""
+    """Every two-process command of the tests below, started once; before it, in the first process alone,
+    --num-nodes 2 without a launcher, which must refuse to start."""
     out = tmp_path_factory.mktemp("two-processes")
     commands = {
         "predict": ["predict", kfold, *images, "--out", out / "predict.csv", "--probabilities", "--batch-size", "4",
@@ -90,18 +94,16 @@ def launch(kfold, run_dir, images, demo_data, cell_data, tmp_path_factory) -> La
                   "--precision", "fp32"],
         "evaluate": ["evaluate", run_dir, demo_data, "--out", out / "evaluation", "--batch-size", "16"],
     }
-    plan = {"outputs": str(out), "commands": [[*map(str, argv), "--devices", "2", "--workers", "0"]
-                                              for argv in commands.values()]}
+    refused = ["predict", run_dir, demo_data, "--out", out / "refused.csv", "--num-nodes", "2"]
+    plan = {"outputs": str(out), "first_alone": [list(map(str, refused))],
+            "commands": [[*map(str, argv), "--devices", "2", "--workers", "0"] for argv in commands.values()]}
     (out / "plan.json").write_text(json.dumps(plan))
-    result = subprocess.run([sys.executable, "-m", "tests.inference.commands_in_two_processes", str(out / "plan.json")],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-4000:]
-    # In a subprocess with a time limit: were the refusal missing, the command would wait for the other machine.
+    # With a time limit: were the refusal missing, the first process would wait for the other machine.
     env = {key: value for key, value in os.environ.items() if key not in ("MASTER_ADDR", "NODE_RANK")}
-    refusal = subprocess.run([sys.executable, "-m", "protloc", "predict", str(run_dir), str(demo_data), "--out",
-                              str(out / "refused.csv"), "--num-nodes", "2"], capture_output=True, text=True,
-                             timeout=120, env=env)
-    return Launch(out, refusal, list(commands))
+    result = subprocess.run([sys.executable, "-m", "tests.inference.commands_in_two_processes", str(out / "plan.json")],
+                            capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return Launch(out, list(commands))
 
 
 def test_predict_on_two_processes_writes_what_one_process_writes(launch, kfold, images, tmp_path):
@@ -162,8 +164,9 @@ def test_evaluate_on_two_processes_writes_what_one_process_writes(launch, run_di
 
 
 def test_several_machines_without_a_launcher_are_refused_at_once(launch):
-    assert launch.refusal.returncode == 2
-    assert "--num-nodes 2: no launcher found" in launch.refusal.stderr and "Traceback" not in launch.refusal.stderr
+    code, stderr = launch.refusal
+    assert code == 2
+    assert "--num-nodes 2: no launcher found" in stderr and "Traceback" not in stderr
     assert not (launch.out / "refused.csv").exists()
 
 
