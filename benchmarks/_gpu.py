@@ -26,7 +26,8 @@ def run_gpu_section(args, large, work) -> None:
     settings = dict(image_size=args.image_size, batch_size=args.batch_size, epochs_frozen=2, epochs=1)
     # The CPU section's large run filled this cache: these epochs read decoded images, as later epochs do.
     measured, metrics = runs.train_run(large, work / "run-gpu", work / "cache-large", **settings,
-                                       extra=("--device", "cuda", "--workers", str(min(8, os.cpu_count() or 1))))
+                                       extra=("--device", "cuda", "--workers", str(min(8, os.cpu_count() or 1))),
+                                       precision="auto")
     speed = metrics.set_index("epoch")["images_per_second"]
     config, model = load_run(work / "run-gpu")
     engine = runs.TimedTorchEngine(model, device="cuda", precision="auto")

@@ -86,6 +86,13 @@ class Measured:
     peak_pss_gib: float
     peak_rss_gib: float
     compaction_stalls: int = 0  # machine-wide, while the command ran
+    user_s: float = 0.0  # CPU seconds of the command's process (and the children it waited for), in user space
+    system_s: float = 0.0  # ... in the kernel: page faults, and direct compaction for huge pages among them
+    load: float = 0.0  # the machine's 1-minute load average as the command ended: other work beside it
+
+    @property
+    def system_share(self) -> float:
+        return self.system_s / max(self.user_s + self.system_s, 1e-9)
 
 
 def run_measured(command: list[str], log: Path, *, sample_memory: bool = True) -> Measured:
@@ -106,13 +113,15 @@ def run_measured(command: list[str], log: Path, *, sample_memory: bool = True) -
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        code = process.wait()
+        _, status, usage = os.wait4(process.pid, 0)  # the command's own CPU time, apart from this process's
+        process.returncode = code = os.waitstatus_to_exitcode(status)
         done.set()
         sampler.join()
     seconds = time.perf_counter() - start
     if code != 0:
         sys.exit(f"benchmark: {' '.join(command)} failed (exit {code}); see {log}")
-    return Measured(seconds, *(kib / KIB_PER_GIB for kib in peak), compaction_stalls=compaction_stalls() - stalls)
+    return Measured(seconds, *(kib / KIB_PER_GIB for kib in peak), compaction_stalls=compaction_stalls() - stalls,
+                    user_s=usage.ru_utime, system_s=usage.ru_stime, load=os.getloadavg()[0])
 
 
 def protloc_command(*arguments) -> list[str]:
@@ -120,9 +129,13 @@ def protloc_command(*arguments) -> list[str]:
 
 
 def train_run(data: Path, out: Path, cache_dir: Path, *, image_size: int, batch_size: int, epochs_frozen: int,
-              epochs: int, extra: tuple = (), sample_memory: bool = False) -> tuple[Measured, pd.DataFrame]:
+              epochs: int, extra: tuple = (), sample_memory: bool = False,
+              precision: str = "fp32") -> tuple[Measured, pd.DataFrame]:
+    """`protloc train`, in `precision`: fp32 for the CPU table, whose limits and seed-style loop are fp32 (where
+    the CPU computes bf16 natively, "auto" would train in bf16 against fp32 limits)."""
     command = protloc_command("train", data, "--out", out, "--image-size", image_size, "--batch-size", batch_size,
-                              "--epochs-frozen", epochs_frozen, "--epochs", epochs, "--cache-dir", cache_dir, *extra)
+                              "--epochs-frozen", epochs_frozen, "--epochs", epochs, "--cache-dir", cache_dir,
+                              "--precision", precision, *extra)
     measured = run_measured(command, out.with_suffix(".log"), sample_memory=sample_memory)
     return measured, pd.read_csv(out / "metrics.csv")
 
@@ -166,3 +179,8 @@ def median_and_spread(values) -> tuple[float, float]:
     """(median, half the range) of repeated measurements of one figure."""
     values = list(values)
     return statistics.median(values), (max(values) - min(values)) / 2
+
+
+def medians(measurements: list[dict]) -> dict:
+    """{key: (median, half the range)} over repeated measurements of the same figures."""
+    return {key: median_and_spread(m[key] for m in measurements) for key in measurements[0]}

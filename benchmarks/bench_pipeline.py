@@ -11,14 +11,16 @@ One run, side by side, on generated 512 px PNGs (kept in --data-dir for the next
   - the seed-style loop: PIL decode and torchvision transforms on the 512 px image at every step, fp32, in a
     process of its own as protloc's runs are, with PyTorch's and glibc's memory defaults as the notebook ran
     (benchmarks/_seed_style.py);
-  - protloc: `protloc train` at scale*N images (--epochs-frozen 2 --epochs 1) once on a fresh image cache (the
-    cold run: its pre-training check fills the cache), then --rounds times on the warm cache; each training row
-    is the median of the warm runs with its spread (half the range), and the cold run's epochs are printed on
-    their own lines. Then the same at N images, with --head-only-features (its memory sampled), and prediction,
-    cold (decoding) and warm (cache; the median of --rounds passes), torch and ONNX;
+  - protloc: `protloc train` at scale*N images (--epochs-frozen 2 --epochs 1) --rounds times on a fresh image
+    cache each (the cold runs: the pre-training check fills it), then --rounds times on the first one's cache (the
+    warm runs); then --rounds runs at N images, --rounds with --head-only-features (memory sampled), and
+    prediction, cold (decoding, a fresh cache each pass) and warm (cache), torch and ONNX, --rounds passes each;
   - per cell: seconds per 512 px image to segment it (protloc segment), to label its cells (predict --cells
     with masks given) and, beside them, to label the image (predict), with the run the table trained (or
     --cells-run RUN alone, skipping the rest).
+Every row is the median of --rounds measurements with its spread (half the range), each limit the mean of its
+measurements before and after the work (both printed). Beside each training run the summary prints what else
+moved: the kernel's direct compactions during it, the share of its CPU time spent in the kernel, and the load.
 Prints a markdown table. A GPU section follows when CUDA is present.
 """
 from __future__ import annotations
@@ -52,8 +54,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data/benchmark", help="generated images, reused while they match")
     parser.add_argument("--steps", type=int, default=4, help="fine-tune steps per limit measurement")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="warm-cache training runs and warm prediction passes, whose median each row reports; "
-                             "default %(default)s")
+                        help="measurements of each row (training runs, prediction passes...), whose median and "
+                             "spread it reports; default %(default)s")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime rows")
     parser.add_argument("--cells-images", type=int, default=16, help="images of the per-cell rows; default %(default)s")
     parser.add_argument("--cells-run", default=None, metavar="RUN",
@@ -120,12 +122,16 @@ def mean_of(*measurements: dict) -> dict:
 
 
 def measure_seed_style(args, small: Path, work: Path) -> dict:
-    """The seed-style loop on the N images, in a new process (benchmarks/_seed_style.py)."""
+    """The seed-style loop on the N images, --rounds times, each in a new process (benchmarks/_seed_style.py):
+    {"frozen": (median, spread), "finetune": (median, spread)}."""
     command = [sys.executable, str(Path(__file__).parent / "_seed_style.py"), str(small), "--image-size",
                str(args.image_size), "--batch-size", str(args.batch_size), "--backbone", args.backbone]
-    log = work / "seed-style.log"
-    runs.run_measured(command, log, sample_memory=False)
-    return next(json.loads(line) for line in reversed(log.read_text().splitlines()) if line.startswith("{"))
+    found = []
+    for index in range(args.rounds):
+        log = work / f"seed-style-{index}.log"
+        runs.run_measured(command, log, sample_memory=False)
+        found.append(next(json.loads(line) for line in reversed(log.read_text().splitlines()) if line.startswith("{")))
+    return runs.medians(found)
 
 
 def training_settings(args) -> dict:
@@ -133,35 +139,54 @@ def training_settings(args) -> dict:
 
 
 def measure_large_run(args, large: Path, work: Path) -> dict:
-    """`protloc train` on scale*N images, unwatched: once on a fresh image cache (the cold run), then --rounds times
-    on the cache it filled. One run's epoch speeds moved by up to a factor of two between runs of the same code
-    (benchmarks/RESULTS.md), so the table reports the warm runs' median and spread, and the cold run apart."""
-    print("protloc train, scale*N images, cold image cache ...", flush=True)
-    measured, metrics = runs.train_run(large, work / "run-large", work / "cache-large", **training_settings(args))
-    warm, stalls = [], [measured.compaction_stalls]
+    """`protloc train` on scale*N images, unwatched: --rounds times on a fresh image cache each (the cold runs,
+    whose pre-training check fills it), then --rounds times on the first one's cache (the warm runs). One run's
+    epoch speeds moved by up to a factor of two between runs of the same code (benchmarks/RESULTS.md), so each
+    row is the median of its runs, with the spread. The first cold run is "run-large", whose model prediction
+    and the per-cell rows use, and its cache "cache-large"."""
+    cold, cold_metrics = [], []
+    for index in range(args.rounds):
+        print(f"protloc train, scale*N images, cold image cache ({index + 1} of {args.rounds}) ...", flush=True)
+        name = "large" if index == 0 else f"large-cold-{index}"
+        measured, metrics = runs.train_run(large, work / f"run-{name}", work / f"cache-{name}", **training_settings(args))
+        if index:
+            shutil.rmtree(work / f"cache-{name}")  # only the first cold run's cache is read again
+        cold.append(measured)
+        cold_metrics.append(metrics)
+    warm, warm_metrics = [], []
     for index in range(args.rounds):
         print(f"protloc train, scale*N images, warm image cache ({index + 1} of {args.rounds}) ...", flush=True)
-        warm_run, warm_metrics = runs.train_run(large, work / f"run-large-warm-{index}", work / "cache-large",
-                                                **training_settings(args))
-        warm.append(warm_metrics)
-        stalls.append(warm_run.compaction_stalls)
-    return {"work": work, "large": measured, "large_metrics": metrics, "warm_metrics": warm, "stalls": stalls}
+        measured, metrics = runs.train_run(large, work / f"run-large-warm-{index}", work / "cache-large",
+                                           **training_settings(args))
+        warm.append(measured)
+        warm_metrics.append(metrics)
+    return {"work": work, "cold": cold, "cold_metrics": cold_metrics, "warm": warm, "warm_metrics": warm_metrics}
 
 
 def measure_other_runs(args, small: Path, large: Path, work: Path) -> dict:
-    """`protloc train` on N images (for the cost at two sizes), unwatched, and with --head-only-features, its
-    memory sampled: its fine-tune epoch (where the peak is) is the same as the other runs'."""
-    print("protloc train, N images ...", flush=True)
-    small_run, _ = runs.train_run(small, work / "run-small", work / "cache-small", **training_settings(args))
-    print("protloc train --head-only-features, scale*N images, memory sampled ...", flush=True)
-    head_only, head_only_metrics = runs.train_run(large, work / "run-head-only", work / "cache-large",
-                                                  **training_settings(args), extra=("--head-only-features",),
-                                                  sample_memory=True)
-    return {"small": small_run, "head_only": head_only, "head_only_metrics": head_only_metrics}
+    """`protloc train` on N images (for the cost at two sizes; a fresh cache each, as the cold runs at scale*N),
+    and with --head-only-features at scale*N, its memory sampled: its fine-tune epoch (where the peak is) is the
+    same as the other runs'. --rounds of each."""
+    small_runs, head_only, head_only_metrics = [], [], []
+    for index in range(args.rounds):
+        print(f"protloc train, N images ({index + 1} of {args.rounds}) ...", flush=True)
+        measured, _ = runs.train_run(small, work / f"run-small-{index}", work / f"cache-small-{index}",
+                                     **training_settings(args))
+        small_runs.append(measured)
+    for index in range(args.rounds):
+        print(f"protloc train --head-only-features, scale*N images, memory sampled ({index + 1} of {args.rounds}) ...",
+              flush=True)
+        name = "run-head-only" if index == 0 else f"run-head-only-{index}"
+        measured, metrics = runs.train_run(large, work / name, work / "cache-large", **training_settings(args),
+                                           extra=("--head-only-features",), sample_memory=True)
+        head_only.append(measured)
+        head_only_metrics.append(metrics)
+    return {"small": small_runs, "head_only": head_only, "head_only_metrics": head_only_metrics}
 
 
-def measure_features(args, large: Path, work: Path) -> float:
-    """Images per second computing the frozen backbone's features (images from the warm cache), as the shortcut does."""
+def measure_features(args, large: Path, work: Path) -> tuple[float, float]:
+    """Images per second computing the frozen backbone's features (images from the warm cache), as the shortcut
+    does: (median, spread) of --rounds passes."""
     from protloc.data.cache import open_image_cache
     from protloc.data.readers import read_dataset
     from protloc.training.features import compute_features
@@ -173,15 +198,20 @@ def measure_features(args, large: Path, work: Path) -> float:
     transform = eval_transforms(image_size=args.image_size, mean=[0.5] * 3, std=[0.25] * 3)
     dataset = ImageDataset(table, channels=3, transform=transform, image_size=args.image_size, cache=cache)
     model = limits.fresh_model(args.backbone, 10, "cpu")
-    start = time.perf_counter()
-    # No loader workers: protloc's default on the CPU with the image cache (training.trainer.worker_count).
-    compute_features(model, dataset, batch_size=args.batch_size, workers=0, device="cpu",
-                     autocast_dtype=None, show_progress=False)
-    return len(table) / (time.perf_counter() - start)
+    rates = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        # No loader workers: protloc's default on the CPU with the image cache (training.trainer.worker_count).
+        compute_features(model, dataset, batch_size=args.batch_size, workers=0, device="cpu",
+                         autocast_dtype=None, show_progress=False)
+        rates.append(len(table) / (time.perf_counter() - start))
+    return runs.median_and_spread(rates)
 
 
 def measure_predict(args, large: Path, work: Path) -> dict:
-    """Steady state of prediction over the large set's images: cold cache (decoding), then warm; torch and ONNX."""
+    """Steady state of prediction over the large set's images, torch and ONNX: --rounds cold passes (decoding, a
+    fresh cache each), then --rounds warm ones on the first pass's cache; and the CLI on images it has not seen,
+    --rounds times (a fresh cache each). Each figure is (median, spread)."""
     from protloc.data.cache import open_image_cache
     from protloc.data.readers import read_dataset
     from protloc.inference.onnx_export import run_onnx_session
@@ -199,23 +229,30 @@ def measure_predict(args, large: Path, work: Path) -> dict:
         batches = limits.memory_batches(2, args.batch_size, args.image_size, config.num_classes, "cpu")
         results["onnx_forward"] = limits.onnx_forward_limit(session, batches, steps=4 * args.steps)
     for name, engine in engines.items():
-        cache = open_image_cache(work / f"cache-predict-{name}")
-        results[f"{name}_cold"] = runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
-        results[f"{name}_warm"] = runs.median_and_spread(
+        caches = [open_image_cache(work / f"cache-predict-{name}-{index}") for index in range(args.rounds)]
+        results[f"{name}_cold"] = runs.median_and_spread(
             [runs.predict_rate(engine, table, config, cache, batch_size=args.batch_size, workers=workers)
+             for cache in caches])
+        results[f"{name}_warm"] = runs.median_and_spread(
+            [runs.predict_rate(engine, table, config, caches[0], batch_size=args.batch_size, workers=workers)
              for _ in range(args.rounds)])
-    results["decode"] = limits.decode_rate(list(table.frame["source"]), args.image_size, os.cpu_count() or 1)
+    results["decode"] = runs.median_and_spread(
+        [limits.decode_rate(list(table.frame["source"]), args.image_size, os.cpu_count() or 1)
+         for _ in range(args.rounds)])[0]
     for name in engines:  # the CLI on images it has not seen: start-up, then the cold steady state
-        command = runs.protloc_command("predict", run_dir, large / "train", "--out", work / f"predicted-{name}.csv",
-                                       "--engine", name, "--cache-dir", work / f"cache-predict-cli-{name}")
-        results[f"cli_{name}"] = runs.run_measured(command, work / f"predict-{name}.log")
+        results[f"cli_{name}"] = [
+            runs.run_measured(runs.protloc_command("predict", run_dir, large / "train", "--out",
+                                                   work / f"predicted-{name}.csv", "--engine", name, "--cache-dir",
+                                                   work / f"cache-predict-cli-{name}-{index}"),
+                              work / f"predict-{name}-{index}.log")
+            for index in range(args.rounds)]
     results["n"] = len(table)
     return results
 
 
 def measure_cells(args, large: Path, run_dir: Path) -> dict:
     """Seconds per 512 px image: segmentation, labelling its cells (masks given), labelling the image; one image at
-    a time, ONNX Runtime on the CPU (predict's default there)."""
+    a time, ONNX Runtime on the CPU (predict's default there); (median, spread) of --rounds passes."""
     from protloc.cells.predict import predict_cells
     from protloc.cells.sources import segment_source
     from protloc.data.readers import read_dataset
@@ -226,28 +263,33 @@ def measure_cells(args, large: Path, run_dir: Path) -> dict:
     sources = list(read_dataset(large, split="train").frame["source"])[:args.cells_images]
     images = [predictor.read(source) for source in sources]
     predictor.predict_proba(images[:1])  # warm-up
-    start = time.perf_counter()
-    masks = [segment_source(source).astype("int32") for source in sources]
-    segment_s = time.perf_counter() - start
-    start = time.perf_counter()
-    probabilities = [predictor.predict_proba([image])[0] for image in images]
-    image_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for image, mask, p in zip(images, masks, probabilities):
-        predict_cells(predictor, image, mask, image_probabilities=p)
-    cells_s = time.perf_counter() - start
     n = len(images)
-    return {"n": n, "cells_per_image": sum(int(m.max()) for m in masks) / n, "segment": segment_s / n,
-            "cells": cells_s / n, "image": image_s / n, "engine": predictor.engine_name, "device": device}
+    passes = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        masks = [segment_source(source).astype("int32") for source in sources]
+        segment_s = time.perf_counter() - start
+        start = time.perf_counter()
+        probabilities = [predictor.predict_proba([image])[0] for image in images]
+        image_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for image, mask, p in zip(images, masks, probabilities):
+            predict_cells(predictor, image, mask, image_probabilities=p)
+        cells_s = time.perf_counter() - start
+        passes.append({"segment": segment_s / n, "cells": cells_s / n, "image": image_s / n})
+    return {"n": n, "cells_per_image": sum(int(m.max()) for m in masks) / n, **runs.medians(passes),
+            "engine": predictor.engine_name, "device": device}
 
 
 def print_cells_table(cells: dict) -> None:
     print(f"\nPer cell: seconds per 512 px image ({cells['n']} images, {cells['cells_per_image']:.0f} cells each on "
-          f"average; {cells['engine']} on the {cells['device']}, one image at a time)\n")
+          f"average; {cells['engine']} on the {cells['device']}, one image at a time; median ± half the range)\n")
     print("| step | s / image |\n|---|---:|")
-    print(f"| segmentation (protloc segment) | {cells['segment']:.3f} |")
-    print(f"| per-cell labels, masks given (predict --cells --masks) | {cells['cells']:.3f} |")
-    print(f"| image-level labels (predict) | {cells['image']:.3f} |")
+    for key, name in (("segment", "segmentation (protloc segment)"),
+                      ("cells", "per-cell labels, masks given (predict --cells --masks)"),
+                      ("image", "image-level labels (predict)")):
+        median, spread = cells[key]
+        print(f"| {name} | {median:.3f} ± {spread:.3f} |")
 
 
 def main() -> None:

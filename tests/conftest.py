@@ -20,6 +20,9 @@ if XDIST_WORKER:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+# Hypothesis's entry-point plugins: the one installed, trio's, imports trio into every
+# process that imports hypothesis, for a random generator no test uses.
+os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
 
 import matplotlib  # noqa: E402
 import pytest  # noqa: E402

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 import sys
 
-from protloc.data import BIT_DEPTHS, LAYOUTS
+from protloc.data import BIT_DEPTHS, BIT_DEPTHS_TEXT, LAYOUTS
 from protloc.data.stains import CHANNEL_COUNTS, STAINS
 from protloc.data.workers import PREDICTION_WORKERS
 from protloc.devices import PRECISIONS, check_device_name
@@ -61,7 +61,7 @@ def add_gray_as_option(parser: argparse.ArgumentParser) -> None:
 def add_bit_depth_option(parser: argparse.ArgumentParser) -> None:
     """--bit-depth N: the depth of the input's pixels, where it differs from the run's (images.to_uint8)."""
     parser.add_argument("--bit-depth", type=int, choices=BIT_DEPTHS, default=None, metavar="N",
-                        help="depth of the input's pixels: 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit "
+                        help=f"depth of the input's pixels: {BIT_DEPTHS_TEXT} (12 for 12-bit camera data in 16-bit "
                              "files); each image is scaled from its full scale, 2**N - 1, into the run's range. "
                              "Default: the run's bit depth, except that a run of 8-bit images reads a 16-bit file by "
                              "its container (0..65535), saying so in one line. 8-bit files are always 0..255")

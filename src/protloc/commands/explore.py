@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from protloc.commands._options import add_dataset_options, add_recursive_option, add_subset_option, read_dataset_from_args
-from protloc.data import BIT_DEPTHS
+from protloc.data import BIT_DEPTHS, BIT_DEPTHS_TEXT
 
 
 def register(subparsers) -> None:
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for the sample images and --max-images sample (default %(default)s)")
     parser.add_argument("--bit-depth", type=int, choices=BIT_DEPTHS, default=None, metavar="N",
-                        help="intensity scale of the images, 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit "
+                        help=f"intensity scale of the images, {BIT_DEPTHS_TEXT} (12 for 12-bit camera data in 16-bit "
                              "files), as protloc train --bit-depth (default: detected as train detects it)")
     add_dataset_options(parser)
     add_recursive_option(parser)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 
 from protloc.allocator import use_huge_pages_for_tensors
 from protloc.data import BIT_DEPTHS
+from protloc.data.workers import MOST_TRAINING_WORKERS, all_cores
 from protloc.commands._options import add_cache_options, add_dataset_options, add_device_options, positive_int
 from protloc.errors import ProtlocError
 from protloc.files import check_output_path
@@ -126,7 +126,8 @@ def add_training_device_options(parser) -> None:
                      "other CPUs, where bf16 is emulated and slow (default %(default)s)",
         "batch_size": "images per batch and process (default %(default)s)",
         "workers": "DataLoader processes per training process (default: none on the CPU with the image cache, where "
-                   f"loading runs between steps; else min(4, CPUs) = {min(4, os.cpu_count() or 1)})",
+                   f"loading runs between steps; else min({MOST_TRAINING_WORKERS}, CPUs) = "
+                   f"{min(MOST_TRAINING_WORKERS, all_cores())})",
     })
     add(group, "devices", "processes per node, one per device; 2 or more train with DDP (gloo on the CPU)", type=positive_int)
     add(group, "num_nodes", "machines for DDP, each running this command under a launcher that sets MASTER_ADDR, "

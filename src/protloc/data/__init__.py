@@ -4,6 +4,7 @@
 # Cameras write 10, 12, 14 or 16 bits into 16-bit files. Here, in a module without imports, so that the command
 # line and the run config can name them without loading numpy or PIL.
 BIT_DEPTHS = (8, 10, 12, 14, 16)
+BIT_DEPTHS_TEXT = f"{', '.join(map(str, BIT_DEPTHS[:-1]))} or {BIT_DEPTHS[-1]}"  # for help and messages
 
 # Dataset layouts (--format, a table's and a run's layout), named once: the Kaggle Zero-to-GANs and HPA 2018
 # competition folders, a generic CSV of paths and labels, a folder of images, and image files given one by one.
