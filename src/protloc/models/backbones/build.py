@@ -36,6 +36,39 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def features_and_stages(self, x: torch.Tensor) -> torch.Tensor:
+        """One pass: the pooled features (N, F) and after them each of the spec's stages' maps averaged over
+        space, side by side (N, F + sum of the stages' channels): what the outlier score reads."""
+        maps: list[torch.Tensor] = []
+        handles = [self.net.get_submodule(name).register_forward_hook(lambda _module, _input, output: maps.append(output))
+                   for name in self.spec.stage_names]
+        try:
+            pooled = self.net(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.cat([pooled.float()] + [stage.float().mean(dim=(2, 3)) for stage in maps], dim=1)
+
+    def feature_widths(self) -> list[int]:
+        """The widths of the parts of `features_and_stages`: F, then each stage's channels (one small probe pass,
+        in eval mode, so no BatchNorm statistics move)."""
+        modes = {module: module.training for module in self.modules()}
+        parameter = next(self.parameters())
+        probe = torch.zeros(1, self.in_chans, 64, 64, device=parameter.device, dtype=parameter.dtype)
+        maps: list[int] = []
+        handles = [self.net.get_submodule(name).register_forward_hook(lambda _module, _input, output: maps.append(output.shape[1]))
+                   for name in self.spec.stage_names]
+        try:
+            with torch.no_grad():
+                self.eval()
+                width = self.net(probe).shape[1]
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, training in modes.items():  # as they were, also a frozen backbone's BatchNorm
+                module.training = training
+        return [int(width)] + [int(channels) for channels in maps]
+
 
 def load_backbone(
     name: str = DEFAULT_BACKBONE,
