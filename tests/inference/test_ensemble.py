@@ -95,7 +95,7 @@ def test_predict_and_evaluate_commands_take_the_folder(kfold, demo_data, tmp_pat
 
 
 def test_explain_averages_the_folds_maps(kfold, images, tmp_path):
-    from protloc.reports.explain import compute_cams, compute_model_cams
+    from protloc.inference.cams import compute_cams, compute_model_cams
 
     predictor = protloc.load(kfold, precision="fp32")
     tensor = predictor.prepare(images[0])[None]
@@ -105,8 +105,10 @@ def test_explain_averages_the_folds_maps(kfold, images, tmp_path):
     mean = np.mean(maps, axis=0)
     peak = mean.max(axis=(1, 2), keepdims=True)
     assert (peak > 0).sum() >= 3  # Grad-CAM keeps positive evidence only: some classes of a random net have none
-    expected = mean / mean.max()  # the image's maps on one scale: the strongest peak at 1, weaker classes below
-    np.testing.assert_allclose(compute_model_cams(predictor.model, tensor, classes), expected, atol=1e-5)
+    probabilities = predictor.probabilities(tensor)[0]  # the ensemble's: the mean of the folds'
+    # The image's maps on one scale (the strongest peak at 1), each weighed by the ensemble's probability.
+    expected = mean / mean.max() * probabilities[:, None, None]
+    np.testing.assert_allclose(compute_model_cams(predictor.model, tensor, classes, probabilities), expected, atol=1e-5)
 
     assert main(["explain", str(kfold), str(images[0]), "--out", str(tmp_path / "x"), "--target-classes", "all"]) == 0
     assert (tmp_path / "x" / f"{images[0].stem}.png").stat().st_size > 1000

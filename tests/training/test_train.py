@@ -23,7 +23,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def default_run(demo_data, tiny_recipe, tmp_path_factory):
     """The default recipe (efficientnet_lite0, mask split), made tiny, through the CLI."""
     out = tmp_path_factory.mktemp("train") / "run"
-    assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args()]) == 0
+    assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args(backbone=None)]) == 0
     return out
 
 
@@ -31,7 +31,7 @@ def default_run(demo_data, tiny_recipe, tmp_path_factory):
 def random_split_run(demo_data, tiny_recipe, tmp_path_factory):
     """The non-default options of the recipe, all at once, on a small timm backbone."""
     out = tmp_path_factory.mktemp("train") / "random"
-    args = ["train", str(demo_data), "--out", str(out), *tiny_recipe.args(), "--backbone", "mobilenetv3_small_050",
+    args = ["train", str(demo_data), "--out", str(out), *tiny_recipe.args(),
             "--validation-split", "random", "--normalize", "dataset", "--loss", "focal", "--pos-weight", "auto",
             "--optimizer", "adamw", "--grad-clip", "1.0", "--grad-clip-mode", "norm", "--dropout", "0.2",
             "--bit-depth", "12", "--data-kind", "real"]
@@ -150,12 +150,12 @@ def test_plots_are_written(default_run):
 
 def test_recipe_options_reach_the_run(random_split_run):
     config = load_config(random_split_run)
-    assert config.backbone == "mobilenetv3_small_050" and config.dropout == 0.2 and config.bit_depth == 12
+    assert config.backbone == "test_resnet" and config.dropout == 0.2 and config.bit_depth == 12
     training = config.training
     assert training.validation_split == "random" and training.n_val == 10  # exactly ceil(96 * 0.1)
     assert (training.recipe["loss"], training.recipe["pos_weight"], training.recipe["optimizer"]) == ("focal", "auto", "adamw")
     # --normalize dataset: measured on the training images (dark fluorescence fields), not the backbone's.
-    backbone_mean, _ = backbone_spec("mobilenetv3_small_050").normalization(3)
+    backbone_mean, _ = backbone_spec("test_resnet").normalization(3)
     assert config.mean != list(backbone_mean)
     assert all(0 < m < 0.5 for m in config.mean) and all(0 < s < 0.5 for s in config.std)
 

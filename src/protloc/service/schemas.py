@@ -70,7 +70,8 @@ class ClassExplanation(BaseModel):
     overlay: str = Field(description="PNG data URL: the class-activation map (HiResCAM) over the image as the model "
                                      "saw it: its hottest areas outlined, the stains left visible")
     heatmap: str = Field(description="PNG data URL: the same map alone, on a colour scale (dark: none, pale yellow: "
-                                     "the peak of the image's strongest map; an image's maps share one scale)")
+                                     "the peak of the image's strongest map; an image's maps share one scale, each weighed by "
+                                     "its class's probability)")
 
 
 class ExplainResponse(BaseModel):

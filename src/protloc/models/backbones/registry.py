@@ -26,7 +26,7 @@ class BackboneSpec:
     has_offline_weights: bool = False  # pretrained weights ship with an installed package
     # Class-activation-map target, a dotted path in the network; None: the last spatial map, found by probing.
     # Registered backbones name a stride-8 map (16x16 at 128 px): the last one is too coarse to separate
-    # cells (measured by benchmarks/bench_cam_localisation.py, in the git history).
+    # cells (measured by tools/cam_localisation.py).
     cam_layer_name: str | None = None
     # The stages whose maps, averaged over space, the outlier score reads beside the pooled features (dotted
     # paths, in the order the network runs them). Real images that the last layer maps close to the training

@@ -1,6 +1,7 @@
 """Class-activation maps at their own magnitude: computed with pytorch-grad-cam without its per-map stretch to
-0..1, then an image's maps put on one common scale, so a class with little evidence looks weak beside one with
-much (reports/explain.py draws them; the service shows them).
+0..1, then an image's maps put on one common scale and each drawn as strong as the model's probability for its
+class, so a class with little evidence looks weak (inference/explanations.py holds them with their image;
+map_figures.py draws them).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from protloc.errors import ProtlocError
 
-CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by bench_cam_localisation.py (git history)
+CAM_METHOD = "HiResCAM"  # a pytorch-grad-cam class; chosen by tools/cam_localisation.py (docs/recipe.md)
 
 
 def cam_layer(model) -> torch.nn.Module:
@@ -76,12 +77,26 @@ def scale_together(cams: np.ndarray) -> np.ndarray:
     return (cams / peak if peak > 0 else np.zeros_like(cams)).astype(np.float32)
 
 
-def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int]) -> np.ndarray:
-    """Class-activation maps of a run's model for one image, on one scale (`scale_together`); for a K-fold
-    ensemble, the mean of its folds' maps (each fold seeing the image normalised as it was trained)."""
+def weigh_by_probability(cams: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Maps on one scale (`scale_together`), each then multiplied by its class's probability (`probabilities`, one
+    per map): the map of a class the model hardly believes in draws faintly, whatever its shape.
+
+    Gradient x activation also rises where a class's evidence is negative overall (an absent class's positive
+    parts), so on the common scale alone an absent class's peak was lower than the true class's on only 55% of
+    held-out demo images (docs/recipe.md)."""
+    weights = np.clip(np.asarray(probabilities, dtype=np.float32), 0, 1).reshape(-1, 1, 1)
+    return (scale_together(cams) * weights).astype(np.float32)
+
+
+def compute_model_cams(model, tensor: torch.Tensor, class_indices: list[int], probabilities: np.ndarray) -> np.ndarray:
+    """Class-activation maps of a run's model for one image, weighed by `probabilities` (the image's, one per
+    class of the run; `weigh_by_probability`); for a K-fold ensemble, the mean of its folds' maps (each fold
+    seeing the image normalised as it was trained) weighed by the ensemble's probabilities."""
     from protloc.models.ensemble import FoldEnsemble
 
     if not isinstance(model, FoldEnsemble):
-        return scale_together(compute_cams(model, tensor, class_indices))
-    cams = np.mean([compute_cams(fold, inputs, class_indices) for fold, inputs in model.fold_inputs(tensor)], axis=0)
-    return scale_together(cams)
+        cams = compute_cams(model, tensor, class_indices)
+    else:
+        cams = np.mean([compute_cams(fold, inputs, class_indices) for fold, inputs in model.fold_inputs(tensor)],
+                       axis=0)
+    return weigh_by_probability(cams, np.asarray(probabilities)[list(class_indices)])
