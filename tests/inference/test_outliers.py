@@ -81,6 +81,27 @@ def test_the_features_are_the_pooled_features_then_each_stage_averaged_over_spac
     assert not any(module.training for module in model.modules())  # the width probe left the modes alone
 
 
+def test_other_timm_networks_read_the_stages_timm_lists_and_token_networks_the_pooled_features_alone():
+    from protloc.models.backbones import load_backbone
+
+    convnet = load_backbone("test_resnet", pretrained=False)
+    assert convnet.stage_names == ("act1", "layer1", "layer2", "layer3")  # timm's feature_info, but the last
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        features = convnet.eval().features_and_stages(images)
+        net = convnet.net
+        stem = net.act1(net.bn1(net.conv1(images)))
+        layer1 = net.layer1(net.maxpool(stem))
+        layer2 = net.layer2(layer1)
+        layer3 = net.layer3(layer2)
+        pooled = net.global_pool(net.layer4(layer3))
+    expected = torch.cat([pooled] + [x.mean(dim=(2, 3)) for x in (stem, layer1, layer2, layer3)], dim=1)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+    assert convnet.feature_widths() == [part.shape[1] for part in (pooled, stem, layer1, layer2, layer3)]
+    transformer = load_backbone("test_vit", pretrained=False)  # tokens, not maps: the pooled features alone
+    assert transformer.stage_names == () and transformer.feature_widths() == [transformer.num_features]
+
+
 def test_the_threshold_leaves_the_percentile_of_like_images_under_it():
     rng = np.random.default_rng(1)
     description = describe_features(correlated_cloud(rng, 500))

@@ -18,9 +18,11 @@ class Backbone(nn.Module):
     """An ImageNet network without its classifier: (N, in_chans, H, W) -> pooled features (N, num_features)."""
 
     def __init__(
-        self, net: nn.Module, spec: BackboneSpec, num_features: int, in_chans: int, cam_layer_name: str | None
+        self, net: nn.Module, spec: BackboneSpec, num_features: int, in_chans: int, cam_layer_name: str | None,
+        stage_names: tuple[str, ...] = (),
     ):
         super().__init__()
+        self.stage_names = tuple(stage_names)  # dotted paths inside `net`: what features_and_stages averages
         self.net = net
         self.spec = spec
         self.num_features = num_features
@@ -41,7 +43,7 @@ class Backbone(nn.Module):
         space, side by side (N, F + sum of the stages' channels): what the outlier score reads."""
         maps: list[torch.Tensor] = []
         handles = [self.net.get_submodule(name).register_forward_hook(lambda _module, _input, output: maps.append(output))
-                   for name in self.spec.stage_names]
+                   for name in self.stage_names]
         try:
             pooled = self.net(x)
         finally:
@@ -57,7 +59,7 @@ class Backbone(nn.Module):
         probe = torch.zeros(1, self.in_chans, 64, 64, device=parameter.device, dtype=parameter.dtype)
         maps: list[int] = []
         handles = [self.net.get_submodule(name).register_forward_hook(lambda _module, _input, output: maps.append(output.shape[1]))
-                   for name in self.spec.stage_names]
+                   for name in self.stage_names]
         try:
             with torch.no_grad():
                 self.eval()
@@ -102,7 +104,41 @@ def load_backbone(
         adapt_stem(net, in_chans)
     use_inplace_relu6(net)
     cam_layer = spec.cam_layer_name or _find_cam_layer(net, in_chans, spec.input_size)
-    return Backbone(net, spec, num_features, in_chans, cam_layer)
+    stages = spec.stage_names or (_timm_stages(net, in_chans) if spec.library == "timm" else ())
+    return Backbone(net, spec, num_features, in_chans, cam_layer, stages)
+
+
+def _timm_stages(net: nn.Module, in_chans: int) -> tuple[str, ...]:
+    """For a timm network the registry does not name stages of: the stages timm lists (feature_info) but the last
+    (the pooled features average it), where each gives a channels-first map (N, C, h, w) with timm's C, checked on
+    one small probe; none otherwise (token or channels-last networks: their score reads the pooled features)."""
+    info = getattr(net, "feature_info", None)
+    try:
+        entries = [(entry["module"], int(entry["num_chs"])) for entry in info][:-1] if info is not None else []
+    except (TypeError, KeyError):
+        return ()
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def keep_shape(name: str):
+        def hook(_module, _input, output) -> None:  # returns nothing: a hook's return value replaces the output
+            shapes.setdefault(name, tuple(output.shape) if isinstance(output, torch.Tensor) else ())
+        return hook
+
+    handles = []
+    try:
+        for name, _channels in entries:
+            handles.append(net.get_submodule(name).register_forward_hook(keep_shape(name)))
+        was_training = net.training
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, in_chans, 64, 64))
+        net.train(was_training)
+    except Exception:  # a network that cannot be probed this way keeps the pooled features alone
+        return ()
+    finally:
+        for handle in handles:
+            handle.remove()
+    fits = all(len(shapes.get(name, ())) == 4 and shapes[name][1] == channels for name, channels in entries)
+    return tuple(name for name, _ in entries) if fits else ()
 
 
 def _create(spec: BackboneSpec) -> tuple[nn.Module, str]:
