@@ -141,19 +141,29 @@ def untrained_run(tmp_path_factory):
 
 
 def describe_run_features(run_dir: Path, images: list) -> None:
-    """outliers.safetensors and outlier_threshold for a run, from the features of `images`."""
+    """outliers.safetensors and outlier_threshold for a run, from the features of `images` (they also stand in
+    for the validation images that set each part's scale and the threshold)."""
     import protloc
-    from protloc.data.readers import read_images
     from protloc.inference.outliers import describe_features, outlier_threshold, save_description
     from protloc.runs import OUTLIER_FILE, load_config, save_config
 
     predictor = protloc.load(run_dir, engine="torch", precision="fp32")
-    features = predictor.embed_table(read_images([Path(image) for image in images]))
-    description = describe_features(features)
+    features = outlier_features(predictor, images)
+    description = describe_features(features, predictor.model.backbone.feature_widths())
+    description.calibrate(features)
     save_description(run_dir / OUTLIER_FILE, description)
     config = load_config(run_dir)
     config.outlier_threshold = outlier_threshold(description.scores(features))
     save_config(run_dir, config)
+
+
+def outlier_features(predictor, images: list):
+    """(N, W) numpy: what the outlier score reads of each image (pooled features, then each stage averaged)."""
+    import torch
+
+    batch = torch.stack([predictor.prepare(image) for image in images])
+    with torch.inference_mode():
+        return predictor.model.eval().logits_and_features(batch)[1].numpy()
 
 
 @pytest.fixture(scope="session")

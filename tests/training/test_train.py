@@ -62,25 +62,35 @@ def test_train_writes_a_complete_run_folder(default_run, demo_data):
 
 
 def test_the_run_describes_its_training_features_and_sets_the_outlier_threshold_on_validation(default_run):
-    """outliers.safetensors holds the mean of the training images' features; the threshold is the 99th percentile
-    of the validation images' scores, both as prediction computes them."""
+    """outliers.safetensors holds, per part of the features (pooled, then each stage), the mean of the training
+    images' features and the median distance of the validation images; the threshold is the 99th percentile of
+    the validation images' scores, both as prediction computes them."""
     import protloc
     from protloc.inference.outliers import load_description
     from protloc.runs import OUTLIER_FILE, read_weight_shapes
     from protloc.training.config import config_from_recipe
     from protloc.training.splits import make_split
     from protloc.training.train import read_training_table
+    from tests.conftest import outlier_features
 
     config = load_config(default_run)
-    assert set(read_weight_shapes(default_run / OUTLIER_FILE)) == {"mean", "precision"}  # safetensors
+    predictor = protloc.load(default_run, engine="torch", precision="fp32")
+    widths = predictor.model.backbone.feature_widths()
+    parts = len(widths)
+    assert parts == len(predictor.model.backbone.stage_names) + 1 >= 2  # the pooled features, then timm's stages
+    assert set(read_weight_shapes(default_run / OUTLIER_FILE)) == (  # safetensors
+        {f"mean.{part}" for part in range(parts)} | {f"precision.{part}" for part in range(parts)} | {"scales"})
     recipe = config_from_recipe(config.training.recipe)
     table = read_training_table(recipe)
     train_rows, val_rows = make_split(recipe.validation_split, table.targets, recipe.val_fraction, recipe.seed)
-    predictor = protloc.load(default_run, engine="torch", precision="fp32")
-    description = load_description(default_run / OUTLIER_FILE)
-    np.testing.assert_allclose(description.mean, predictor.embed_table(table.subset(train_rows)).mean(axis=0),
-                               rtol=1e-3, atol=1e-4)
+    description = load_description(default_run / OUTLIER_FILE, widths)
+    sources = list(table.frame["source"])
+    training = outlier_features(predictor, [sources[row] for row in train_rows])
+    np.testing.assert_allclose(np.concatenate(description.means), training.mean(axis=0), rtol=1e-3, atol=1e-4)
+    validation = outlier_features(predictor, [sources[row] for row in val_rows])
+    np.testing.assert_allclose(description.scales, np.median(description.distances(validation), axis=0), rtol=1e-3)
     scores = predictor.predict_table(table.subset(val_rows)).outlier_scores
+    assert np.median(scores) == pytest.approx(1.0, abs=0.15)  # each part's distance over its validation median
     assert config.outlier_threshold == pytest.approx(np.percentile(scores, 99), rel=1e-4)
 
 
