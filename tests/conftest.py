@@ -7,22 +7,28 @@ import tempfile
 import shutil
 from pathlib import Path
 
-import matplotlib
-import pytest
+# Under pytest-xdist (`pytest` runs 2 workers, see addopts in pyproject.toml) the workers share the cores:
+# one compute thread per worker, and per process a test starts, as two threads on a busy core stall each
+# other (BLAS's spinning threads most: a Ledoit-Wolf fit took 4x the CPU with two OpenBLAS threads per worker).
+# Set before numpy, torch, numba or BLAS are imported, which read these once: so before matplotlib here, and
+# with the plugins that would import numpy earlier turned off (addopts); threadpoolctl limits any BLAS that a
+# plugin loaded all the same.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[variable] = "1"
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
 
 matplotlib.use("Agg")
 # Tests must not depend on a warm download cache or on the network.
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="protloc-torch-home-")
 # ... nor write decoded images into the user's own cache folder.
 os.environ["PROTLOC_CACHE_DIR"] = tempfile.mkdtemp(prefix="protloc-cache-")
-
-# Under pytest-xdist (`pytest` runs 2 workers, see addopts in pyproject.toml) the workers share the cores:
-# one compute thread per worker, and per process a test starts, as two threads on a busy core stall each
-# other. Set before torch, numba or BLAS are imported, which read these once.
-XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if XDIST_WORKER:
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[variable] = "1"
 
 REAL_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -132,19 +138,29 @@ def untrained_run(tmp_path_factory):
 
 
 def describe_run_features(run_dir: Path, images: list) -> None:
-    """outliers.safetensors and outlier_threshold for a run, from the features of `images`."""
+    """outliers.safetensors and outlier_threshold for a run, from the features of `images` (they also stand in
+    for the validation images that set each part's scale and the threshold)."""
     import protloc
-    from protloc.data.readers import read_images
     from protloc.inference.outliers import describe_features, outlier_threshold, save_description
     from protloc.runs import OUTLIER_FILE, load_config, save_config
 
     predictor = protloc.load(run_dir, engine="torch", precision="fp32")
-    features = predictor.embed_table(read_images([Path(image) for image in images]))
-    description = describe_features(features)
+    features = outlier_features(predictor, images)
+    description = describe_features(features, predictor.model.backbone.feature_widths())
+    description.calibrate(features)
     save_description(run_dir / OUTLIER_FILE, description)
     config = load_config(run_dir)
     config.outlier_threshold = outlier_threshold(description.scores(features))
     save_config(run_dir, config)
+
+
+def outlier_features(predictor, images: list):
+    """(N, W) numpy: what the outlier score reads of each image (pooled features, then each stage averaged)."""
+    import torch
+
+    batch = torch.stack([predictor.prepare(image) for image in images])
+    with torch.inference_mode():
+        return predictor.model.eval().logits_and_features(batch)[1].numpy()
 
 
 @pytest.fixture(scope="session")
@@ -182,11 +198,13 @@ def assemble_hpa2018(real_data):
 
 
 # ---------------------------------------------------------------- the tiny training recipe
-# Every test that trains starts from this one recipe and changes only what it tests: random weights, 32 px
-# input, one frozen and one fine-tuning epoch, batches of 16, no loader processes, on the CPU (where a
-# resumed run ends bit-identical to an uninterrupted one).
-TINY_TRAINING = {"pretrained": False, "image_size": 32, "epochs_frozen": 1, "epochs": 1, "batch_size": 16,
-                 "workers": 0, "device": "cpu"}
+# Every test that trains starts from this one recipe and changes only what it tests: timm's tiny test_resnet
+# (96 features) with random weights, 32 px input, one frozen and one fine-tuning epoch, batches of 16, no loader
+# processes, on the CPU (where a resumed run ends bit-identical to an uninterrupted one). Where the backbone is not
+# the point, test_resnet: a tiny run trains in a third of mobilenetv3_small_050's CPU time and a quarter of
+# efficientnet_lite0's, describing its features for the outlier score included.
+TINY_TRAINING = {"backbone": "test_resnet", "pretrained": False, "image_size": 32, "epochs_frozen": 1, "epochs": 1,
+                 "batch_size": 16, "workers": 0, "device": "cpu"}
 
 
 class TinyRecipe:
@@ -219,7 +237,9 @@ def tiny_recipe() -> TinyRecipe:
 @pytest.fixture(scope="session")
 def trained_kfold(demo_data, tiny_recipe, tmp_path_factory) -> Path:
     """A 2-fold folder trained by the tiny recipe (fine-tuning only) through the CLI, as `train --folds 2`
-    leaves it: fold-0, fold-1, folds.csv, out_of_fold.csv and ensemble.json. Tests that change it take a copy."""
+    leaves it: fold-0, fold-1, folds.csv, out_of_fold.csv and ensemble.json. Tests that change it take a copy.
+    In fp32, so that a fold's validation scores during training and after it are one computation (under the bf16
+    that "auto" gives on CPUs with native bf16, they may differ by a label)."""
     import torch
 
     from protloc.cli import main
@@ -228,8 +248,8 @@ def trained_kfold(demo_data, tiny_recipe, tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two compute threads on two shared cores stall each other
     try:
-        assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args(epochs_frozen=0),
-                     "--backbone", "mobilenetv3_small_050", "--folds", "2"]) == 0
+        assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args(epochs_frozen=0, precision="fp32"),
+                     "--folds", "2"]) == 0
     finally:
         torch.set_num_threads(threads)
     return out

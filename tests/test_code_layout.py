@@ -53,7 +53,8 @@ def test_each_run_folder_name_is_a_literal_in_run_names_py_alone():
 # the layer of what it needs and of what needs it.
 LAYERS = (
     {"errors", "run_names"},  # run_names: a run folder's names, without imports
-    {"files", "labels", "devices", "allocator", "plots", "progress", "lightning_quiet"},  # vocabulary and plain tools
+    # vocabulary and plain tools; figures without pyplot (map_figures: class maps drawn, for inference's Explanation)
+    {"files", "labels", "devices", "allocator", "plots", "map_figures", "progress", "lightning_quiet"},
     {"data"},  # files to tables and tensors
     {"runs", "training_outcome", "training_data", "cells"},  # the run-folder format and its records; cells
     {"models"},  # networks, their weights and ensembles
@@ -64,11 +65,6 @@ LAYERS = (
     {"service"},
     {"commands", "cli", "api", "__main__", "__init__"},  # the doors: the command line and protloc.load
 )
-
-
-# Imports that break the layering and are known, each with where it should go. Predictor.explain, the Python door
-# to `protloc explain`, calls into reports: the maps (not the figures) belong in inference.
-KNOWN_UPWARD = {("protloc.inference.predictor", "protloc.reports.explain")}
 
 
 def module_name(path: Path) -> str:
@@ -95,10 +91,7 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
     paths = {module_name(path): path for path in python_files()}
-    graph = {name: imported_modules(path, set(paths)) for name, path in paths.items()}
-    for module, target in KNOWN_UPWARD:
-        graph[module].discard(target)
-    return graph
+    return {name: imported_modules(path, set(paths)) for name, path in paths.items()}
 
 
 def layer_of(module: str) -> int:

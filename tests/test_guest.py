@@ -12,22 +12,52 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-IMPORT_EVERYTHING = """
-import importlib, pkgutil, matplotlib
+# One fresh process, as a notebook would be, for two checks: importing every protloc module, then predicting from
+# Python with the engine probing glibc's malloc settings as each batch starts (a second process would import
+# torch and the rest again).
+GUEST_PROCESS = """
+import importlib, pkgutil, sys
+from pathlib import Path
+import matplotlib
 matplotlib.use("svg")
 import protloc
 names = [info.name for info in pkgutil.walk_packages(protloc.__path__, "protloc.") if info.name != "protloc.__main__"]
 for name in names:
     importlib.import_module(name)
 print(len(names), matplotlib.get_backend())
+
+from tests.test_allocator import a_block_beyond_the_free_memory_is_mmapped, glibc_with_mallinfo
+from protloc.inference.engines import TorchEngine
+
+libc = glibc_with_mallinfo()
+if libc is None:
+    print("no mallinfo2")
+    sys.exit(0)
+mmapped = []
+
+class ProbedEngine(TorchEngine):
+    def __call__(self, images):
+        mmapped.append(a_block_beyond_the_free_memory_is_mmapped(libc))
+        return super().__call__(images)
+
+predictor = protloc.load(sys.argv[1], engine="torch", precision="fp32")
+predictor.engine = ProbedEngine(predictor.model, precision="fp32")
+predictor.predict(sorted(Path(sys.argv[2]).glob("*.png"))[:40], batch_size=10)
+print(mmapped)
 """
 
 
-def test_importing_every_protloc_module_leaves_the_callers_matplotlib_backend():
-    result = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True, timeout=300,
-                            cwd=REPO)
+@pytest.fixture(scope="module")
+def guest_process(untrained_run, demo_data) -> list[str]:
+    """The lines GUEST_PROCESS printed."""
+    result = subprocess.run([sys.executable, "-c", GUEST_PROCESS, str(untrained_run()), str(demo_data / "train")],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    modules, backend = result.stdout.split()
+    return result.stdout.splitlines()
+
+
+def test_importing_every_protloc_module_leaves_the_callers_matplotlib_backend(guest_process):
+    modules, backend = guest_process[0].split()
     assert int(modules) > 50 and backend == "svg"
 
 
@@ -71,38 +101,12 @@ def test_a_callers_model_keeps_its_memory_format_device_and_mode(untrained_run, 
     assert model.training
 
 
-LIBRARY_PREDICTION = """
-import sys
-import protloc
-from tests.test_allocator import a_block_beyond_the_free_memory_is_mmapped, glibc_with_mallinfo
-from protloc.inference.engines import TorchEngine
-
-libc = glibc_with_mallinfo()
-mmapped = []
-
-class ProbedEngine(TorchEngine):
-    def __call__(self, images):
-        mmapped.append(a_block_beyond_the_free_memory_is_mmapped(libc))
-        return super().__call__(images)
-
-predictor = protloc.load(sys.argv[1], engine="torch", precision="fp32")
-predictor.engine = ProbedEngine(predictor.model, precision="fp32")
-predictor.predict(sorted(__import__("pathlib").Path(sys.argv[2]).glob("*.png"))[:40], batch_size=10)
-print(mmapped)
-"""
-
-
-def test_prediction_from_python_leaves_glibcs_malloc_settings_alone(untrained_run, demo_data):
+def test_prediction_from_python_leaves_glibcs_malloc_settings_alone(guest_process):
     """In a process of its own, as a notebook would be: with glibc's own thresholds, a block beyond the heap's free
     memory is always mmapped; the command line's settings would have the heap serve it."""
-    from tests.test_allocator import glibc_with_mallinfo
-
-    if glibc_with_mallinfo() is None:
+    if guest_process[-1] == "no mallinfo2":
         pytest.skip("the C library is not glibc 2.33 or later")
-    result = subprocess.run([sys.executable, "-c", LIBRARY_PREDICTION, str(untrained_run()), str(demo_data / "train")],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[-2] == str([True] * 4)
+    assert guest_process[-1] == str([True] * 4)
 
 
 def test_reading_an_image_leaves_pils_own_limit(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ returns, per label, the mask of the brightest pixels holding most of that class'
   ("uniform"), so a candidate is useful only well above that; "share / uniform" is the ratio per pair;
 - "peak in mask": the pointing game, how often the map's hottest pixel falls inside the mask.
 
-Then, with what `protloc explain` draws (reports/cams.py), each image's map of its true class against its map of
+Then, with what `protloc explain` draws (inference/cams.py), each image's map of its true class against its map of
 a class it does not carry: how often the absent class's map is the weaker (lower peak), under each scaling:
 "per map" (pytorch-grad-cam's own min-max stretch), "common scale" (an image's maps share one scale) and
 "weighed by probability" (the common scale times each class's probability: what explain draws).
@@ -27,7 +27,7 @@ import torch
 
 from protloc.data.synthetic import render_field_with_masks, sample_label_sets
 from protloc.models.run_weights import load_run
-from protloc.reports.cams import CAM_METHOD, compute_cams, scale_together, weigh_by_probability
+from protloc.inference.cams import CAM_METHOD, compute_cams, scale_together, weigh_by_probability
 
 # (method, target layers) for efficientnet_lite0; at 128 px bn2 is 4x4, blocks.4 8x8, blocks.2 16x16.
 CANDIDATES = (

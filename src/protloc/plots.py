@@ -1,5 +1,5 @@
-"""Figures without pyplot, and the plots of training that reports show too: loss and F1 per epoch with the
-phases marked, the learning rate per step, runs compared.
+"""Figures without pyplot, what to show of an image (`rgb_view`), and the plots of training that reports show too:
+loss and F1 per epoch with the phases marked, the learning rate per step, runs compared.
 
 Every protloc figure is a free-standing `matplotlib.figure.Figure`: no pyplot state and no backend chosen, so
 importing or calling protloc leaves a notebook's backend and open figures as they were. `files.save_figure`
@@ -7,9 +7,17 @@ renders one to PNG with the Agg canvas.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+
+def rgb_view(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 -> what to show: the RGB composite (ER stain left out) or a grey image."""
+    if image.shape[-1] >= 3:
+        return image[:, :, :3]
+    return np.repeat(image[:, :, :1], 3, axis=-1)
+
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], layout: str | None = None, **options):
     """(figure, axes) as `pyplot.subplots` makes them (squeeze, sharex, sharey, gridspec_kw...), on a new

@@ -1,6 +1,8 @@
-"""predict, embed and evaluate in two CPU processes (Lightning DDP, gloo), run as a user runs them:
-`python -m protloc ... --devices 2`. Lightning's launcher starts the second process by running the command line
-again, so these run the CLI in a subprocess (inside pytest it would run pytest's command line instead).
+"""predict, embed and evaluate in two CPU processes (Lightning DDP, gloo), run as a user runs them, with
+`--devices 2`. Lightning's launcher starts the second process by running the command line again, so these run in a
+subprocess (inside pytest it would run pytest's command line instead): one start of two processes for all of them
+(commands_in_two_processes.py), the first command through Lightning's launcher, the later ones in the launch it left,
+as under torchrun.
 
 Each compares with one process on the same input: the same ids in the same order, the same numbers (1e-5).
 """
@@ -10,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,13 +26,7 @@ from protloc.labels import HPA10
 from protloc.runs import TrainingOutcome, fold_dir, load_config, save_config, write_ensemble
 
 THRESHOLDS = [0.3, 0.7, 0.4, 0.6, 0.5, 0.45, 0.55, 0.35, 0.65, 0.5]
-
-
-def run_processes(*args, env=None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "protloc", *map(str, args), "--devices", "2", "--workers", "0"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +51,66 @@ def run_dir(untrained_run):
     return untrained_run(thresholds=THRESHOLDS, spread=30)
 
 
-def test_predict_on_two_processes_writes_what_one_process_writes(kfold, demo_data, tmp_path):
+@pytest.fixture(scope="module")
+def images(demo_data) -> list[Path]:
     # 15 images in an order of their own: the processes' shares are uneven (8 and 7), batches of 4 leave a
     # partial one, and the input order is not the files' sorted order.
     images = sorted((demo_data / "test").glob("*.png"))[:15]
-    images = images[7:] + images[:7]
-    cache = tmp_path / "cache"
-    two = tmp_path / "two.csv"
-    result = run_processes("predict", kfold, *images, "--out", two, "--probabilities", "--batch-size", "4",
-                           "--cache-dir", cache)
-    assert result.stdout.count("wrote ") == 1  # process 0 alone writes
-    assert len(list(cache.glob("images-v1/*/*.u8"))) == len(images)  # both processes read through the cache
+    return images[7:] + images[:7]
+
+
+CELL_OPTIONS = ("--cells", "--probabilities")
+
+
+@dataclass
+class Launch:
+    """What the two processes wrote: `out` holds each command's output; `printed(name)` is what each process printed
+    for the command named `name`, [process 0's, process 1's]; `refusal` is (exit code, standard error) of the
+    command that must refuse to start."""
+
+    out: Path
+    names: list[str]
+
+    def printed(self, name: str) -> list[str]:
+        number = self.names.index(name)
+        return [(self.out / f"rank-{rank}-command-{number}.out").read_text() for rank in (0, 1)]
+
+    @property
+    def refusal(self) -> tuple[int, str]:
+        return int((self.out / "alone-0.code").read_text()), (self.out / "alone-0.err").read_text()
+
+
+@pytest.fixture(scope="module")
+def launch(kfold, run_dir, images, demo_data, cell_data, tmp_path_factory) -> Launch:
+    """Every two-process command of the tests below, started once; before it, in the first process alone,
+    --num-nodes 2 without a launcher, which must refuse to start."""
+    out = tmp_path_factory.mktemp("two-processes")
+    commands = {
+        "predict": ["predict", kfold, *images, "--out", out / "predict.csv", "--probabilities", "--batch-size", "4",
+                    "--cache-dir", out / "cache"],
+        "predict cells": ["predict", run_dir, cell_data, "--out", out / "cells.csv", *CELL_OPTIONS,
+                          "--masks", cell_data / "cells"],
+        "embed": ["embed", run_dir, demo_data, "--out", out / "embed.parquet", "--method", "pca", "--batch-size", "3",
+                  "--precision", "fp32"],
+        "evaluate": ["evaluate", run_dir, demo_data, "--out", out / "evaluation", "--batch-size", "16"],
+    }
+    refused = ["predict", run_dir, demo_data, "--out", out / "refused.csv", "--num-nodes", "2"]
+    plan = {"outputs": str(out), "first_alone": [list(map(str, refused))],
+            "commands": [[*map(str, argv), "--devices", "2", "--workers", "0"] for argv in commands.values()]}
+    (out / "plan.json").write_text(json.dumps(plan))
+    # With a time limit: were the refusal missing, the first process would wait for the other machine.
+    env = {key: value for key, value in os.environ.items() if key not in ("MASTER_ADDR", "NODE_RANK")}
+    result = subprocess.run([sys.executable, "-m", "tests.inference.commands_in_two_processes", str(out / "plan.json")],
+                            capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return Launch(out, list(commands))
+
+
+def test_predict_on_two_processes_writes_what_one_process_writes(launch, kfold, images, tmp_path):
+    two = launch.out / "predict.csv"
+    printed = launch.printed("predict")
+    assert printed[0].count("wrote ") == 1 and "wrote " not in printed[1]  # process 0 alone writes
+    assert len(list((launch.out / "cache").glob("images-v1/*/*.u8"))) == len(images)  # both read through the cache
     assert not exchange_folder(two).exists()
 
     one = tmp_path / "one.csv"
@@ -79,57 +126,48 @@ def test_predict_on_two_processes_writes_what_one_process_writes(kfold, demo_dat
     assert expected["outlier_score"].std() > 0.01 and actual["outlier"].tolist() == expected["outlier"].tolist()
 
 
-def test_predict_cells_on_two_processes_writes_what_one_process_writes(run_dir, cell_data, tmp_path):
+def test_predict_cells_on_two_processes_writes_what_one_process_writes(launch, run_dir, cell_data, tmp_path):
     # Both steps spread: the images' probabilities, then each image's cells alone through the model.
-    options = ["--cells", "--masks", cell_data / "cells", "--probabilities"]
-    two = tmp_path / "two.csv"
-    run_processes("predict", run_dir, cell_data, "--out", two, *options)
     one = tmp_path / "one.csv"
-    assert main(["predict", str(run_dir), str(cell_data), "--out", str(one), *map(str, options), "--workers", "0"]) == 0
-    expected, actual = pd.read_csv(one, dtype={"Image": str}), pd.read_csv(two, dtype={"Image": str})
+    assert main(["predict", str(run_dir), str(cell_data), "--out", str(one), *CELL_OPTIONS,
+                 "--masks", str(cell_data / "cells"), "--workers", "0"]) == 0
+    expected = pd.read_csv(one, dtype={"Image": str})
+    actual = pd.read_csv(launch.out / "cells.csv", dtype={"Image": str})
     assert actual[["Image", "Cell"]].equals(expected[["Image", "Cell"]]) and actual["Image"].nunique() == 2
     assert list(actual.columns) == list(expected.columns)
     np.testing.assert_allclose(actual.iloc[:, 2:].to_numpy(float), expected.iloc[:, 2:].to_numpy(float), rtol=0, atol=1e-5)
 
 
-def test_embed_on_two_processes_writes_what_one_process_writes(run_dir, demo_data, tmp_path):
-    two = tmp_path / "two.parquet"
-    run_processes("embed", run_dir, demo_data, "--out", two, "--method", "pca", "--batch-size", "3",
-                  "--precision", "fp32")
+def test_embed_on_two_processes_writes_what_one_process_writes(launch, run_dir, demo_data, tmp_path):
     one = tmp_path / "one.parquet"
     assert main(["embed", str(run_dir), str(demo_data), "--out", str(one), "--method", "pca", "--workers", "0",
                  "--precision", "fp32"]) == 0
-    expected, actual = pd.read_parquet(one), pd.read_parquet(two)
+    expected, actual = pd.read_parquet(one), pd.read_parquet(launch.out / "embed.parquet")
     assert actual["id"].tolist() == expected["id"].tolist() and len(actual) == 96
     features = [column for column in expected.columns if column.startswith("f")]
     np.testing.assert_allclose(actual[features], expected[features], rtol=0, atol=1e-5)
     assert [list(labels) for labels in actual["labels"]] == [list(labels) for labels in expected["labels"]]
-    assert (tmp_path / "two_map.png").is_file()
+    assert (launch.out / "embed_map.png").is_file()
 
 
-def test_evaluate_on_two_processes_writes_what_one_process_writes(run_dir, demo_data, tmp_path):
-    run_processes("evaluate", run_dir, demo_data, "--out", tmp_path / "two", "--batch-size", "16")
+def test_evaluate_on_two_processes_writes_what_one_process_writes(launch, run_dir, demo_data, tmp_path):
     assert main(["evaluate", str(run_dir), str(demo_data), "--out", str(tmp_path / "one"), "--workers", "0"]) == 0
     expected = pd.read_csv(tmp_path / "one" / "predictions.csv", dtype={"id": str})
-    actual = pd.read_csv(tmp_path / "two" / "predictions.csv", dtype={"id": str})
+    actual = pd.read_csv(launch.out / "evaluation" / "predictions.csv", dtype={"id": str})
     assert actual["id"].tolist() == expected["id"].tolist() and len(actual) == 96
     probabilities = [column for column in expected.columns if column.startswith("p_")]
     np.testing.assert_allclose(actual[probabilities], expected[probabilities], rtol=0, atol=1e-5)
     assert actual["predicted"].tolist() == expected["predicted"].tolist()
-    scores = [json.loads((tmp_path / name / "metrics.json").read_text())["at_thresholds"] for name in ("one", "two")]
+    scores = [json.loads((folder / "metrics.json").read_text())["at_thresholds"]
+              for folder in (tmp_path / "one", launch.out / "evaluation")]
     assert scores[0]["f1_macro"] == pytest.approx(scores[1]["f1_macro"])
 
 
-def test_several_machines_without_a_launcher_are_refused_at_once(run_dir, demo_data, tmp_path):
-    # In a subprocess with a time limit: were the refusal missing, the command would wait for the other machine.
-    env = {key: value for key, value in os.environ.items() if key not in ("MASTER_ADDR", "NODE_RANK")}
-    out = tmp_path / "out.csv"
-    command = [sys.executable, "-m", "protloc", "predict", str(run_dir), str(demo_data), "--out", str(out),
-               "--num-nodes", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 2
-    assert "--num-nodes 2: no launcher found" in result.stderr and "Traceback" not in result.stderr
-    assert not out.exists()
+def test_several_machines_without_a_launcher_are_refused_at_once(launch):
+    code, stderr = launch.refusal
+    assert code == 2
+    assert "--num-nodes 2: no launcher found" in stderr and "Traceback" not in stderr
+    assert not (launch.out / "refused.csv").exists()
 
 
 def test_ranks_refuse_one_named_gpu_for_several_processes(tmp_path):

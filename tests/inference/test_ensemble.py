@@ -95,7 +95,7 @@ def test_predict_and_evaluate_commands_take_the_folder(kfold, demo_data, tmp_pat
 
 
 def test_explain_averages_the_folds_maps(kfold, images, tmp_path):
-    from protloc.reports.explain import compute_cams, compute_model_cams
+    from protloc.inference.cams import compute_cams, compute_model_cams
 
     predictor = protloc.load(kfold, precision="fp32")
     tensor = predictor.prepare(images[0])[None]

@@ -2,7 +2,6 @@
 and one line naming the extra where it is missing."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from protloc.cli import main
 from protloc.labels import HPA10
 
 SPREAD = 30
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +103,13 @@ def test_a_czi_file_predicts_with_the_extra_installed(run_dir, stains, tmp_path)
     assert pd.read_csv(tmp_path / "czi.csv", dtype=str)["Image"].tolist() == ["cells"]
 
 
-def test_without_the_extra_a_czi_file_gets_one_line_naming_it(run_dir, stains, tmp_path):
+def test_without_the_extra_a_czi_file_gets_one_line_naming_it(run_dir, stains, tmp_path, monkeypatch, capsys):
     czi = write_czi(tmp_path / "cells.czi", [stains["blue"], stains["green"], stains["red"]], ["DAPI", "GFP", "Tubulin"])
     # The reader plugin made unimportable, as where it was never installed; protloc itself runs unchanged.
-    code = ("import sys; sys.modules['bioio_czi'] = None; from protloc.cli import main; "
-            f"sys.exit(main(['predict', {str(run_dir)!r}, {str(czi)!r}, '--out', {str(tmp_path / 'out.csv')!r}, "
-            "'--workers', '0']))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("protloc: error")]
+    monkeypatch.setitem(sys.modules, "bioio_czi", None)
+    assert main(["predict", str(run_dir), str(czi), "--out", str(tmp_path / "out.csv"), "--workers", "0"]) == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("protloc: error")]
     assert errors == [f"protloc: error: {czi}: reading CZI files needs protloc's microscopy extra: "
                       "pip install 'protloc[microscopy]'"]
-    assert "Traceback" not in result.stderr and not (tmp_path / "out.csv").exists()
+    assert "Traceback" not in stderr and not (tmp_path / "out.csv").exists()

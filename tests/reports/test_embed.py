@@ -13,7 +13,7 @@ from protloc.labels import HPA10_NAMES
 
 @pytest.fixture(scope="module")
 def run_dir(untrained_run):
-    return untrained_run(backbone="efficientnet_lite0", image_size=64)
+    return untrained_run(image_size=64)
 
 
 def test_one_row_per_image_with_features_and_labels(run_dir, demo_data, tmp_path):

@@ -27,7 +27,7 @@ def multi_hot(column: pd.Series, classes: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def evaluated(untrained_run, demo_data, tmp_path_factory):
-    run_dir = untrained_run(backbone="efficientnet_lite0", image_size=64, thresholds=THRESHOLDS)
+    run_dir = untrained_run(image_size=64, thresholds=THRESHOLDS)
     out = tmp_path_factory.mktemp("evaluation")
     assert main(["evaluate", str(run_dir), str(demo_data), "--out", str(out), "--batch-size", "40", "--workers", "0"]) == 0
     return out

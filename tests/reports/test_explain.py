@@ -78,7 +78,7 @@ def test_grad_cam_maps_vary_over_the_image(predictor, demo_data):
     # One scale for the image's maps, each weighed by its class's probability: no map is stronger than the model's
     # belief in its class, and the maps keep the proportions of their raw magnitudes (a scale per map would
     # stretch every map to the full 0..1).
-    from protloc.reports.explain import compute_cams
+    from protloc.inference.cams import compute_cams
 
     peaks = explanation.cams.max(axis=(1, 2))
     assert (peaks <= explanation.probabilities + 1e-6).all() and peaks.min() < 0.5 * peaks.max()
@@ -96,7 +96,8 @@ def test_grad_cam_maps_vary_over_the_image(predictor, demo_data):
 
 
 def test_named_target_classes_get_one_panel_each(predictor, demo_data):
-    from protloc.reports.explain import explain_image, parse_target_classes
+    from protloc.inference.explanations import parse_target_classes
+    from protloc.reports.explain import explain_image
 
     targets = parse_target_classes("nucleoplasm, 0", predictor.config.label_names)
     assert targets == [4, 0]
@@ -133,7 +134,8 @@ def test_missing_run_folder_exits_2(demo_data, tmp_path, capsys):
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
 def test_maps_have_at_least_16x16_cells_at_the_demo_size(backbone):
     from protloc.models.classifier import build_model
-    from protloc.reports.explain import cam_grid, compute_cams
+    from protloc.inference.cams import compute_cams
+    from protloc.inference.explanations import cam_grid
 
     model = build_model(backbone, len(HPA10_NAMES), pretrained=False).eval()
     rows, columns = cam_grid(model, 128)
@@ -143,7 +145,7 @@ def test_maps_have_at_least_16x16_cells_at_the_demo_size(backbone):
 
 
 def test_hottest_area_holds_its_share_of_the_map():
-    from protloc.reports.explain import hottest_area
+    from protloc.map_figures import hottest_area
 
     cam = np.random.default_rng(0).random((64, 64)) ** 4
     area = hottest_area(cam, 0.5)
@@ -155,7 +157,7 @@ def test_hottest_area_holds_its_share_of_the_map():
 
 def test_overlay_leaves_every_pixel_outside_the_hot_area_as_the_input():
     from protloc.data.synthetic import render_image
-    from protloc.reports.explain import MAP_MASS_SHARES, OUTLINE_COLOURS, hottest_area, overlay_map
+    from protloc.map_figures import MAP_MASS_SHARES, OUTLINE_COLOURS, hottest_area, overlay_map
 
     image = render_image((0, 4), 128, np.random.default_rng(0)).astype(np.float32) / 255
     yy, xx = np.mgrid[:128, :128]
@@ -173,7 +175,8 @@ def test_overlay_leaves_every_pixel_outside_the_hot_area_as_the_input():
 
 
 def test_the_figure_draws_the_maps_over_the_input_and_shows_the_protein_alone(predictor, demo_data):
-    from protloc.reports.explain import MAP_MASS_SHARES, explain_image, hottest_area
+    from protloc.map_figures import MAP_MASS_SHARES, hottest_area
+    from protloc.reports.explain import explain_image
 
     source = str(sorted((demo_data / "train").glob("*.png"))[0])
     explanation, figure = explain_image(predictor, "x", source, [4])

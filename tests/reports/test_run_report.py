@@ -13,7 +13,7 @@ from protloc.cli import main
 
 # What protloc train records, internals and nested scores included.
 TRAINING_RECORD = {
-    "data": "demo", "out": "runs/demo", "backbone": "efficientnet_lite0", "weights": None, "pretrained": True,
+    "data": "demo", "out": "runs/demo", "backbone": "test_resnet", "weights": None, "pretrained": True,
     "image_size": 64, "split": "mask", "val_fraction": 0.1, "seed": 0, "epochs_frozen": 1, "epochs": 1,
     "lr_frozen": 0.01, "lr": 0.001, "weight_decay": 0.0001, "batch_size": 32, "workers": 2,
     "precision": "auto", "resume": False, "stop_after": None, "show_progress": True,
@@ -29,7 +29,7 @@ TRAINING_RECORD = {
 @pytest.fixture(scope="module")
 def run_dir(untrained_run):
     """An untrained run with the files training leaves beside the model: curves.png and metrics.csv."""
-    run_dir = untrained_run(backbone="efficientnet_lite0", image_size=64, thresholds=[0.9] * 10,
+    run_dir = untrained_run(image_size=64, thresholds=[0.9] * 10,
                             training=TRAINING_RECORD)
     figure, axes = plt.subplots()
     axes.plot([0, 1], [1, 0])
@@ -53,12 +53,12 @@ def test_without_data_the_page_says_how_to_add_an_evaluation(run_dir, capsys):
     page = run_dir / "report.html"
     text = page.read_text()
     assert "--data DATA" in text
-    assert "efficientnet_lite0" in text and "val_f1_macro" in text
+    assert "test_resnet" in text and "val_f1_macro" in text
     assert links(page) == ["curves.png"]  # lr.png is absent from this run, so not linked
     # Results first: validation scores, per-class table and curves, then the configuration.
     assert (position(text, "<h2>Validation during training</h2>") < position(text, "0.431")
             < position(text, "<h3>Per class (validation)</h3>") < position(text, 'src="curves.png"')
-            < position(text, "<h2>Configuration</h2>") < position(text, "efficientnet_lite0"))
+            < position(text, "<h2>Configuration</h2>") < position(text, "test_resnet"))
     config = text[text.index("<h2>Configuration</h2>"):]
     for group in ("Model", "Data", "Recipe", "Hardware"):
         assert f"<h3>{group}</h3>" in config

@@ -359,7 +359,8 @@ def test_bit_depth_states_the_depth_of_uploaded_pixels(client, run_dir, image_pa
 def test_explain_on_a_kfold_folder_answers_as_protloc_explain_does(untrained_run, image_paths, tmp_path):
     import protloc
     from protloc.reports.explain import explain_image as explain_file
-    from protloc.reports.explain import model_view, overlay_map
+    from protloc.inference.explanations import model_view
+    from protloc.map_figures import overlay_map
     from protloc.runs import fold_dir, write_ensemble
     from protloc.runs import TrainingOutcome
 

@@ -25,7 +25,8 @@ def predictor_64(untrained_run):
 
 def test_overlays_are_protloc_explains_maps(predictor_64, image_paths):
     from protloc.reports.explain import explain_image as explain_file
-    from protloc.reports.explain import heatmap_colours, model_view, overlay_map
+    from protloc.inference.explanations import model_view
+    from protloc.map_figures import heatmap_colours, overlay_map
 
     predictor = predictor_64
     image = np.asarray(Image.open(image_paths[0]).convert("RGB"))

@@ -19,7 +19,7 @@ BATCH = 8
 def test_two_process_ddp_on_cpu_writes_a_run(demo_data, tiny_recipe, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "protloc", "train", str(demo_data), "--out", str(out),
-               *tiny_recipe.args(batch_size=BATCH), "--backbone", "mobilenetv3_small_050", "--devices", "2"]
+               *tiny_recipe.args(batch_size=BATCH), "--devices", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "best epoch" in result.stdout and result.stdout.count("run: ") == 1  # rank 0 alone reports

@@ -25,7 +25,7 @@ def final_state(run_dir) -> dict[str, torch.Tensor]:
 
 
 def test_stopped_resumed_and_moved_run_ends_identical(demo_data, tiny_recipe, tmp_path, monkeypatch):
-    recipe = dict(backbone="mobilenetv3_small_050", epochs=2, dropout=0.3)
+    recipe = dict(epochs=2, dropout=0.3)
     # On the CPU (the tiny recipe's device): GPU convolution kernels are not bit-for-bit deterministic, resumed or not.
     straight = train(tiny_recipe.config(demo_data, tmp_path / "straight", **recipe))
 
@@ -59,7 +59,7 @@ def test_stopped_resumed_and_moved_run_ends_identical(demo_data, tiny_recipe, tm
 
 
 def test_resume_refuses_changed_options_and_missing_runs(demo_data, tiny_recipe, tmp_path):
-    recipe = tiny_recipe.config(demo_data, tmp_path / "run", backbone="mobilenetv3_small_050", stop_after=1)
+    recipe = tiny_recipe.config(demo_data, tmp_path / "run", stop_after=1)
     train(recipe)
     with pytest.raises(ProtlocError) as error:
         train(dataclasses.replace(recipe, lr=0.5, seed=7, resume=True, stop_after=None))
@@ -73,7 +73,7 @@ def test_resume_refuses_changed_options_and_missing_runs(demo_data, tiny_recipe,
 
 
 def test_resume_reads_an_earlier_versions_recipe_and_compares_paths_resolved(demo_data, tiny_recipe, tmp_path, monkeypatch):
-    recipe = tiny_recipe.config(demo_data, tmp_path / "run", backbone="mobilenetv3_small_050", stop_after=1)
+    recipe = tiny_recipe.config(demo_data, tmp_path / "run", stop_after=1)
     train(recipe)
     # As an earlier version wrote it: "split", "layout" and "accelerator", the data path as typed.
     recipe_file = tmp_path / "run" / "checkpoints" / "recipe.json"

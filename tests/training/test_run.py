@@ -18,7 +18,7 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_frozen_phase_trains_the_head_only_and_finetuning_trains_everything(demo_data, tiny_recipe, tmp_path):
-    config = tiny_recipe.config(demo_data, tmp_path, backbone="mobilenetv3_small_050")
+    config = tiny_recipe.config(demo_data, tmp_path)
     hardware = resolve_hardware(config)
     table = read_training_table(config)
     model = build_initial_model(config, len(table.label_set))

@@ -25,7 +25,7 @@ from protloc.training.config import TrainConfig
 from protloc.training.run import build_initial_model
 from protloc.training.train import train
 
-BACKBONE = "mobilenetv3_small_050"
+BACKBONE = "test_resnet"
 
 
 def recipe(demo_data, out, **changes) -> TrainConfig:

@@ -23,7 +23,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def default_run(demo_data, tiny_recipe, tmp_path_factory):
     """The default recipe (efficientnet_lite0, mask split), made tiny, through the CLI."""
     out = tmp_path_factory.mktemp("train") / "run"
-    assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args()]) == 0
+    assert main(["train", str(demo_data), "--out", str(out), *tiny_recipe.args(backbone=None)]) == 0
     return out
 
 
@@ -31,7 +31,7 @@ def default_run(demo_data, tiny_recipe, tmp_path_factory):
 def random_split_run(demo_data, tiny_recipe, tmp_path_factory):
     """The non-default options of the recipe, all at once, on a small timm backbone."""
     out = tmp_path_factory.mktemp("train") / "random"
-    args = ["train", str(demo_data), "--out", str(out), *tiny_recipe.args(), "--backbone", "mobilenetv3_small_050",
+    args = ["train", str(demo_data), "--out", str(out), *tiny_recipe.args(),
             "--validation-split", "random", "--normalize", "dataset", "--loss", "focal", "--pos-weight", "auto",
             "--optimizer", "adamw", "--grad-clip", "1.0", "--grad-clip-mode", "norm", "--dropout", "0.2",
             "--bit-depth", "12", "--data-kind", "real"]
@@ -62,25 +62,35 @@ def test_train_writes_a_complete_run_folder(default_run, demo_data):
 
 
 def test_the_run_describes_its_training_features_and_sets_the_outlier_threshold_on_validation(default_run):
-    """outliers.safetensors holds the mean of the training images' features; the threshold is the 99th percentile
-    of the validation images' scores, both as prediction computes them."""
+    """outliers.safetensors holds, per part of the features (pooled, then each stage), the mean of the training
+    images' features and the median distance of the validation images; the threshold is the 99th percentile of
+    the validation images' scores, both as prediction computes them."""
     import protloc
     from protloc.inference.outliers import load_description
     from protloc.runs import OUTLIER_FILE, read_weight_shapes
     from protloc.training.config import config_from_recipe
     from protloc.training.splits import make_split
     from protloc.training.train import read_training_table
+    from tests.conftest import outlier_features
 
     config = load_config(default_run)
-    assert set(read_weight_shapes(default_run / OUTLIER_FILE)) == {"mean", "precision"}  # safetensors
+    predictor = protloc.load(default_run, engine="torch", precision="fp32")
+    widths = predictor.model.backbone.feature_widths()
+    parts = len(widths)
+    assert parts == len(predictor.model.backbone.stage_names) + 1 >= 2  # the pooled features, then timm's stages
+    assert set(read_weight_shapes(default_run / OUTLIER_FILE)) == (  # safetensors
+        {f"mean.{part}" for part in range(parts)} | {f"precision.{part}" for part in range(parts)} | {"scales"})
     recipe = config_from_recipe(config.training.recipe)
     table = read_training_table(recipe)
     train_rows, val_rows = make_split(recipe.validation_split, table.targets, recipe.val_fraction, recipe.seed)
-    predictor = protloc.load(default_run, engine="torch", precision="fp32")
-    description = load_description(default_run / OUTLIER_FILE)
-    np.testing.assert_allclose(description.mean, predictor.embed_table(table.subset(train_rows)).mean(axis=0),
-                               rtol=1e-3, atol=1e-4)
+    description = load_description(default_run / OUTLIER_FILE, widths)
+    sources = list(table.frame["source"])
+    training = outlier_features(predictor, [sources[row] for row in train_rows])
+    np.testing.assert_allclose(np.concatenate(description.means), training.mean(axis=0), rtol=1e-3, atol=1e-4)
+    validation = outlier_features(predictor, [sources[row] for row in val_rows])
+    np.testing.assert_allclose(description.scales, np.median(description.distances(validation), axis=0), rtol=1e-3)
     scores = predictor.predict_table(table.subset(val_rows)).outlier_scores
+    assert np.median(scores) == pytest.approx(1.0, abs=0.15)  # each part's distance over its validation median
     assert config.outlier_threshold == pytest.approx(np.percentile(scores, 99), rel=1e-4)
 
 
@@ -142,12 +152,12 @@ def test_plots_are_written(default_run):
 
 def test_recipe_options_reach_the_run(random_split_run):
     config = load_config(random_split_run)
-    assert config.backbone == "mobilenetv3_small_050" and config.dropout == 0.2 and config.bit_depth == 12
+    assert config.backbone == "test_resnet" and config.dropout == 0.2 and config.bit_depth == 12
     training = config.training
     assert training.validation_split == "random" and training.n_val == 10  # exactly ceil(96 * 0.1)
     assert (training.recipe["loss"], training.recipe["pos_weight"], training.recipe["optimizer"]) == ("focal", "auto", "adamw")
     # --normalize dataset: measured on the training images (dark fluorescence fields), not the backbone's.
-    backbone_mean, _ = backbone_spec("mobilenetv3_small_050").normalization(3)
+    backbone_mean, _ = backbone_spec("test_resnet").normalization(3)
     assert config.mean != list(backbone_mean)
     assert all(0 < m < 0.5 for m in config.mean) and all(0 < s < 0.5 for s in config.std)
 

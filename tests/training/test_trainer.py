@@ -64,7 +64,7 @@ def lightning_messages():
 
 
 def test_training_log_is_one_engine_line_and_a_line_per_epoch(demo_data, tiny_recipe, tmp_path, capsys, lightning_messages):
-    train(tiny_recipe.config(demo_data, tmp_path / "run", backbone="mobilenetv3_small_050", show_progress=True))
+    train(tiny_recipe.config(demo_data, tmp_path / "run", show_progress=True))
     out, err = capsys.readouterr()
     log = (out + err).replace("\r", "\n")
     assert [line for line in log.splitlines() if ": training on " in line] == [
@@ -82,7 +82,7 @@ def test_training_log_is_one_engine_line_and_a_line_per_epoch(demo_data, tiny_re
 
 
 def test_verbose_shows_lightnings_own_messages(demo_data, tiny_recipe, tmp_path, capsys, lightning_messages):
-    train(tiny_recipe.config(demo_data, tmp_path / "run", backbone="mobilenetv3_small_050", epochs=0, verbose=True))
+    train(tiny_recipe.config(demo_data, tmp_path / "run", epochs=0, verbose=True))
     assert any(line.startswith("GPU available:") for line in lightning_messages)
     assert any("litlogger" in line for line in lightning_messages)
     assert "Trainable params" in capsys.readouterr().out  # the model summary

@@ -46,12 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from protloc.data.readers import read_inputs
     from protloc.files import atomic_dir, check_output_path
     from protloc.inference.predictor import load_predictor
-    from protloc.reports.explain import (
-        describe_maps,
-        explain_table,
-        parse_target_classes,
-        true_classes,
-    )
+    from protloc.inference.explanations import parse_target_classes
+    from protloc.reports.explain import describe_maps, explain_table, true_classes
     from protloc.errors import DataError, ProtlocError
     from protloc.reports.cells import cell_blocks, write_cell_figures
     from protloc.reports.explain_page import write_explanation_page

@@ -276,7 +276,7 @@ class Predictor:
         """Where the model found each class in one image or a list of them (anything `predict` takes), as `protloc
         explain` maps it (HiResCAM, a Grad-CAM variant, on the torch model): one Explanation per image, with .maps
         ({class name: (H, W) map in 0..1}) and .figure(). `classes`: "predicted", "all", or names or numbers."""
-        from protloc.reports.explain import explain_images
+        from protloc.inference.explanations import explain_images
 
         return explain_images(self, images, classes)
 

@@ -27,9 +27,10 @@ class ProtlocNet(nn.Module):
         return self.head(self.backbone(x))
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass for both: the logits, and the pooled features the outlier score reads."""
-        features = self.backbone(x)
-        return self.head(features), features
+        """One forward pass for both: the logits, and the features the outlier score reads (the pooled features,
+        then the backbone's stages averaged over space: Backbone.features_and_stages)."""
+        features = self.backbone.features_and_stages(x)
+        return self.head(features[:, :self.backbone.num_features].to(self.head[1].weight.dtype)), features
 
     def train(self, mode: bool = True) -> ProtlocNet:
         super().train(mode)

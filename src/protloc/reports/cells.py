@@ -11,9 +11,8 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from protloc.cells.predict import CellPrediction
-from protloc.plots import subplots
+from protloc.plots import rgb_view, subplots
 from protloc.reports import html
-from protloc.reports.explore import rgb_view
 
 LABELLED_OUTLINE = (255, 255, 255)
 NEGATIVE_OUTLINE = (140, 140, 140)

@@ -18,7 +18,7 @@ import pandas as pd
 from protloc.data.images import ImageReadError, load_image
 from protloc.data.readers import DatasetTable
 from protloc.files import save_figure, write_json
-from protloc.plots import subplots
+from protloc.plots import rgb_view, subplots
 from protloc.reports import html
 
 # HPA stain order; a 1-channel image is the protein (green) stain, as data.images.convert_channels makes it.
@@ -47,13 +47,6 @@ class ChannelStats:
 
 def describe_source(source) -> str:
     return source if isinstance(source, str) else " + ".join(source)
-
-
-def rgb_view(image: np.ndarray) -> np.ndarray:
-    """(H, W, C) uint8 -> what to show: the RGB composite (ER stain left out) or a grey image."""
-    if image.shape[-1] >= 3:
-        return image[:, :, :3]
-    return np.repeat(image[:, :, :1], 3, axis=-1)
 
 
 def sample_rows(n_rows: int, n: int | None, seed: int) -> np.ndarray:

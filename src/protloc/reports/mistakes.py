@@ -65,7 +65,7 @@ def write_mistake_pictures(evaluation, out_dir: Path, sources: list, read_image)
     from PIL import Image
 
     from protloc.files import atomic_path
-    from protloc.reports.explore import rgb_view
+    from protloc.plots import rgb_view
 
     folder = out_dir / MISTAKES_DIR
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """Class-activation maps (HiResCAM, a Grad-CAM variant) and previews as PNG bytes, for POST /explain.
 
-`explain_image` is the service's one door to reports/explain.py: the same maps as `protloc explain`, drawn
-the same way (the map's hottest areas outlined over the input as the model saw it, stains left visible), and
-each map alone on a colour scale, where differences inside the outlines show.
+`explain_image` is the service's one door to the maps (inference/explanations.py and cams.py, drawn by
+map_figures.py): the same maps as `protloc explain`, drawn the same way (the map's hottest areas outlined over
+the input as the model saw it, stains left visible), and each map alone on a colour scale, where differences
+inside the outlines show.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from protloc.inference.predictor import Predictor
-from protloc.reports.explore import rgb_view
+from protloc.plots import rgb_view
 
 PREVIEW_SIDE = 512  # pixels: enough to see cells on a screen, small enough to send inline
 THUMBNAIL_SIDE = 96  # pixels: a table row's picture
@@ -27,9 +28,11 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def explain_image(predictor: Predictor, image: np.ndarray, classes: Sequence[str]) -> dict[str, tuple[bytes, bytes]]:
     """{class name: (PNG of its map drawn over the image, PNG of the map alone on a colour scale)} for one decoded
-    image (H, W, C uint8): the input comes from the predictor, the maps and their drawing from reports/explain.py,
-    as `protloc explain` makes them."""
-    from protloc.reports.explain import compute_model_cams, heatmap_colours, model_view, overlay_map
+    image (H, W, C uint8): the input comes from the predictor, the maps from inference/cams.py, their drawing from
+    map_figures.py, as `protloc explain` makes them."""
+    from protloc.inference.cams import compute_model_cams
+    from protloc.inference.explanations import model_view
+    from protloc.map_figures import heatmap_colours, overlay_map
 
     indices = [predictor.label_names.index(name) for name in classes]
     if not indices:

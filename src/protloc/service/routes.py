@@ -322,7 +322,7 @@ async def explain(request: Request, runtime: Annotated[Runtime, Depends(get_runt
                   yellow: Yellow = None) -> ExplainResponse:
     """Class-activation maps (HiResCAM, a Grad-CAM variant): where in one image (or stain set) the model found each
     class, as `protloc explain` draws them, and each map alone on a colour scale."""
-    from protloc.reports.explain import MAP_MASS_SHARES  # loaded with the maps' code, not for /predict
+    from protloc.map_figures import MAP_MASS_SHARES  # loaded with the maps' code, not for /predict
 
     uploads = await gather_uploads(request, runtime, files, dict(zip(STAIN_FIELDS, (red, green, blue, yellow))))
     if len(uploads) != 1:

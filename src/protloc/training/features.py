@@ -76,8 +76,9 @@ def backbone_fingerprint(model) -> str:
 
 
 def compute_features(model, dataset: Dataset, *, batch_size: int, workers: int, device: str,
-                     autocast_dtype: torch.dtype | None, show_progress: bool) -> np.ndarray:
-    """Pooled backbone features (N, F) float32 in dataset order, the backbone in eval mode (as frozen)."""
+                     autocast_dtype: torch.dtype | None, show_progress: bool, stages: bool = False) -> np.ndarray:
+    """Pooled backbone features (N, F) float32 in dataset order, the backbone in eval mode (as frozen); with
+    `stages`, the features the outlier score reads (Backbone.features_and_stages)."""
     from protloc.progress import progress_bar
 
     was_training = model.training
@@ -95,8 +96,10 @@ def compute_features(model, dataset: Dataset, *, batch_size: int, workers: int, 
             for images, *_ in progress_bar(loader, desc="backbone features", unit="batch", disable=not show_progress):
                 images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode(), autocast:
-                    batches.append(model.backbone(images).float())  # kept on the device: no wait per batch
-        features = torch.cat(batches).cpu().numpy() if batches else np.zeros((0, model.backbone.num_features), np.float32)
+                    features = model.backbone.features_and_stages(images) if stages else model.backbone(images)
+                    batches.append(features.float())  # kept on the device: no wait per batch
+        width = sum(model.backbone.feature_widths()) if stages else model.backbone.num_features
+        features = torch.cat(batches).cpu().numpy() if batches else np.zeros((0, width), np.float32)
     finally:
         model.to("cpu", memory_format=torch.contiguous_format).train(was_training)
     return features

@@ -25,7 +25,7 @@ from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
 from protloc.data.transforms import Augmentation, eval_preset
 from protloc.files import save_figure, write_csv
-from protloc.inference.outliers import MahalanobisScore, describe_features, outlier_threshold, save_description
+from protloc.inference.outliers import describe_features, outlier_threshold, save_description
 from protloc.inference.predictor import predict_probabilities
 from protloc.inference.thresholds import class_ratio_thresholds, tune_thresholds
 from protloc.lightning_quiet import expected_warnings_ignored
@@ -189,13 +189,17 @@ def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, dat
         training_data=record_training_data(config.data, kind=config.data_kind, label_names=label_names,
                                            targets=table.targets, bit_depth=table.bit_depth),
     )
-    description = describe_features(compute_features(
-        model, eval_images(data.train_table, run_config, config, data), batch_size=config.batch_size,
-        workers=data.val_workers(), device=hardware.device, autocast_dtype=None, show_progress=False))
+    def outlier_features(table: DatasetTable) -> np.ndarray:
+        return compute_features(model, eval_images(table, run_config, config, data), batch_size=config.batch_size,
+                                workers=data.val_workers(), device=hardware.device, autocast_dtype=None,
+                                show_progress=False, stages=True)
+
+    description = describe_features(outlier_features(data.train_table), model.backbone.feature_widths())
+    validation_features = outlier_features(data.val_table)
+    description.calibrate(validation_features)
     result = predict_probabilities(
         model, eval_images(data.val_table, run_config, config, data), run_config, batch_size=config.batch_size,
         workers=data.val_workers(), show_progress=False, device=hardware.device, precision="fp32",
-        scorer=MahalanobisScore(description),
     )
     probabilities, targets = result.outputs, data.val_table.targets
     if config.threshold_method == "class-ratio":
@@ -203,7 +207,7 @@ def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, dat
     else:
         thresholds = tune_thresholds(targets, probabilities)
     run_config.thresholds = [float(t) for t in thresholds]
-    run_config.outlier_threshold = outlier_threshold(result.outlier_scores)
+    run_config.outlier_threshold = outlier_threshold(description.scores(validation_features))
     speed = metrics.groupby("phase", sort=False)["images_per_second"].mean()
     run_config.training = TrainingOutcome(
         recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),

@@ -18,9 +18,11 @@ class Backbone(nn.Module):
     """An ImageNet network without its classifier: (N, in_chans, H, W) -> pooled features (N, num_features)."""
 
     def __init__(
-        self, net: nn.Module, spec: BackboneSpec, num_features: int, in_chans: int, cam_layer_name: str | None
+        self, net: nn.Module, spec: BackboneSpec, num_features: int, in_chans: int, cam_layer_name: str | None,
+        stage_names: tuple[str, ...] = (),
     ):
         super().__init__()
+        self.stage_names = tuple(stage_names)  # dotted paths inside `net`: what features_and_stages averages
         self.net = net
         self.spec = spec
         self.num_features = num_features
@@ -35,6 +37,39 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def features_and_stages(self, x: torch.Tensor) -> torch.Tensor:
+        """One pass: the pooled features (N, F) and after them each of the spec's stages' maps averaged over
+        space, side by side (N, F + sum of the stages' channels): what the outlier score reads."""
+        maps: list[torch.Tensor] = []
+        handles = [self.net.get_submodule(name).register_forward_hook(lambda _module, _input, output: maps.append(output))
+                   for name in self.stage_names]
+        try:
+            pooled = self.net(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.cat([pooled.float()] + [stage.float().mean(dim=(2, 3)) for stage in maps], dim=1)
+
+    def feature_widths(self) -> list[int]:
+        """The widths of the parts of `features_and_stages`: F, then each stage's channels (one small probe pass,
+        in eval mode, so no BatchNorm statistics move)."""
+        modes = {module: module.training for module in self.modules()}
+        parameter = next(self.parameters())
+        probe = torch.zeros(1, self.in_chans, 64, 64, device=parameter.device, dtype=parameter.dtype)
+        maps: list[int] = []
+        handles = [self.net.get_submodule(name).register_forward_hook(lambda _module, _input, output: maps.append(output.shape[1]))
+                   for name in self.stage_names]
+        try:
+            with torch.no_grad():
+                self.eval()
+                width = self.net(probe).shape[1]
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, training in modes.items():  # as they were, also a frozen backbone's BatchNorm
+                module.training = training
+        return [int(width)] + [int(channels) for channels in maps]
 
 
 def load_backbone(
@@ -69,7 +104,41 @@ def load_backbone(
         adapt_stem(net, in_chans)
     use_inplace_relu6(net)
     cam_layer = spec.cam_layer_name or _find_cam_layer(net, in_chans, spec.input_size)
-    return Backbone(net, spec, num_features, in_chans, cam_layer)
+    stages = spec.stage_names or (_timm_stages(net, in_chans) if spec.library == "timm" else ())
+    return Backbone(net, spec, num_features, in_chans, cam_layer, stages)
+
+
+def _timm_stages(net: nn.Module, in_chans: int) -> tuple[str, ...]:
+    """For a timm network the registry does not name stages of: the stages timm lists (feature_info) but the last
+    (the pooled features average it), where each gives a channels-first map (N, C, h, w) with timm's C, checked on
+    one small probe; none otherwise (token or channels-last networks: their score reads the pooled features)."""
+    info = getattr(net, "feature_info", None)
+    try:
+        entries = [(entry["module"], int(entry["num_chs"])) for entry in info][:-1] if info is not None else []
+    except (TypeError, KeyError):
+        return ()
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def keep_shape(name: str):
+        def hook(_module, _input, output) -> None:  # returns nothing: a hook's return value replaces the output
+            shapes.setdefault(name, tuple(output.shape) if isinstance(output, torch.Tensor) else ())
+        return hook
+
+    handles = []
+    try:
+        for name, _channels in entries:
+            handles.append(net.get_submodule(name).register_forward_hook(keep_shape(name)))
+        was_training = net.training
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, in_chans, 64, 64))
+        net.train(was_training)
+    except Exception:  # a network that cannot be probed this way keeps the pooled features alone
+        return ()
+    finally:
+        for handle in handles:
+            handle.remove()
+    fits = all(len(shapes.get(name, ())) == 4 and shapes[name][1] == channels for name, channels in entries)
+    return tuple(name for name, _ in entries) if fits else ()
 
 
 def _create(spec: BackboneSpec) -> tuple[nn.Module, str]:

@@ -28,6 +28,10 @@ class BackboneSpec:
     # Registered backbones name a stride-8 map (16x16 at 128 px): the last one is too coarse to separate
     # cells (measured by tools/cam_localisation.py).
     cam_layer_name: str | None = None
+    # The stages whose maps, averaged over space, the outlier score reads beside the pooled features (dotted
+    # paths, in the order the network runs them). Real images that the last layer maps close to the training
+    # images still differ in their early textures: per-stage distances separate them (inference/outliers.py).
+    stage_names: tuple[str, ...] = ()
     # Returns the full classifier's ImageNet state dict in `library`'s key names.
     pretrained_state: Callable[[], StateDict] | None = field(default=None, compare=False, repr=False)
 
@@ -40,11 +44,13 @@ _REGISTRY: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
         name="efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224,
         library="timm", arch="tf_efficientnet_lite0", has_offline_weights=True, cam_layer_name="blocks.2",
+        stage_names=tuple(f"blocks.{index}" for index in range(7)),
         pretrained_state=lite0_imagenet_state_dict,
     ),
     "resnet18": BackboneSpec(
         name="resnet18", mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224,
         library="torchvision", arch="resnet18", cam_layer_name="layer2",
+        stage_names=("layer1", "layer2", "layer3"),  # layer4 averaged is the pooled features themselves
         pretrained_state=torchvision_imagenet("ResNet18_Weights", "IMAGENET1K_V1"),
     ),
 }

@@ -1,6 +1,7 @@
 """Class-activation maps at their own magnitude: computed with pytorch-grad-cam without its per-map stretch to
 0..1, then an image's maps put on one common scale and each drawn as strong as the model's probability for its
-class, so a class with little evidence looks weak (reports/explain.py draws them; the service shows them).
+class, so a class with little evidence looks weak (inference/explanations.py holds them with their image;
+map_figures.py draws them).
 """
 from __future__ import annotations
 
