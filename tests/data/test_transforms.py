@@ -117,6 +117,13 @@ def test_draws_stay_within_the_seeds_ranges():
     assert len(counts) == 8 and counts.min() > 180
 
 
+@pytest.mark.parametrize("smallest", [0.5, 0.8])
+def test_resized_crops_keep_at_least_the_smallest_share_of_the_area_and_reach_it(smallest):
+    maps = torch.stack([drawn(Augmentation(resized_crop_scale=(smallest, 1.0)), seed) for seed in range(500)])
+    areas = maps[:, 0, :2].norm(dim=1) * maps[:, 1, :2].norm(dim=1)
+    assert areas.min() >= smallest - 1e-5 and areas.min() < smallest + 0.02 and areas.max() > 0.97
+
+
 def test_from_a_copy_twice_the_size_the_whole_image_is_its_2x2_means(images):
     identity = drawn(Augmentation(**NONE), 0).expand(3, 2, 3)
     zeros, ones = torch.zeros(2), torch.ones(2)

@@ -133,3 +133,15 @@ def test_kfold_runs_use_the_fold_split_whatever_the_validation_split():
     # A K-fold run recorded before fold_split existed resumes on the folds it began with.
     assert config_from_recipe({"data": "d", "out": "o", "folds": 5, "validation_split": "mask"}).fold_split == "random"
     assert config_from_recipe({"data": "d", "out": "o", "folds": 5, "validation_split": "stratified"}).fold_split == "stratified"
+
+
+def test_crops_keep_80_percent_of_the_area_by_default_and_earlier_runs_resume_with_half():
+    from protloc.errors import ProtlocError
+    from protloc.training.config import TrainConfig, check_config, config_from_recipe
+
+    assert TrainConfig(data="d", out="o").crop_scale == 0.8
+    assert config_from_recipe({"data": "d", "out": "o"}).crop_scale == 0.5  # recorded before the option existed
+    assert config_from_recipe({"data": "d", "out": "o", "crop_scale": 0.3}).crop_scale == 0.3
+    for wrong in (0.0, 1.5):
+        with pytest.raises(ProtlocError, match=f"--crop-scale {wrong}: expected a share"):
+            check_config(TrainConfig(data="d", out="o", crop_scale=wrong))

@@ -115,6 +115,8 @@ def add_recipe_options(recipe) -> None:
     add(recipe, "augment_resolution", "augmentation crops training images at their own resolution, kept (and cached) "
                                       "at up to this many times --image-size: small compartments keep their pixels "
                                       "in a zoomed crop; 1: crop from the copy at --image-size", type=float)
+    add(recipe, "crop_scale", "the smallest share of the image's area a random resized crop keeps: crops zoom in, so "
+                              "objects look up to 1/sqrt(this) times larger in training than at evaluation", type=float)
     add(recipe, "head_only_features", "train the frozen phase's head on the backbone's features, computed once per "
                                       "image without augmentation (and kept in the image cache): that phase then takes "
                                       "seconds", action="store_true")

@@ -44,8 +44,9 @@ def write_recipe(run_dir: Path, config: TrainConfig, mean: list[float], std: lis
 def check_same_recipe(saved: dict, config: TrainConfig, path: Path) -> None:
     """A ProtlocError listing every option that differs from the stopped run's, beyond the resumable ones."""
     current = recipe_of(config)
-    # Options added since the stopped run started count as their defaults.
-    before = {**recipe_of(TrainConfig(data=config.data, out=config.out)), **saved}
+    # Options added since the stopped run started count as what that version did (upgrade_recipe), else as their
+    # defaults: a run that cropped from half the area is not continued with another crop without saying so.
+    before = {**recipe_of(TrainConfig(data=config.data, out=config.out)), **upgrade_recipe(saved)}
     for key in ("data", "weights"):  # recipes of earlier versions kept these as typed
         if before.get(key):
             before[key] = str(Path(before[key]).resolve())

@@ -23,7 +23,7 @@ from protloc.allocator import freed_memory_kept
 from protloc.data.cache import ImageCache, open_image_cache
 from protloc.data.dataset import ImageDataset
 from protloc.data.readers import DatasetTable
-from protloc.data.transforms import eval_preset
+from protloc.data.transforms import Augmentation, eval_preset
 from protloc.files import save_figure, write_csv
 from protloc.inference.outliers import describe_features, outlier_threshold, save_description
 from protloc.inference.predictor import predict_probabilities
@@ -138,7 +138,8 @@ def train_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, mode
     data = LocalisationData(table, train_rows, val_rows, image_size=image_size, mean=mean, std=std,
                             channels=config.channels, batch_size=config.batch_size, workers=hardware.workers,
                             seed=config.seed, cache=cache,
-                            train_size=augmentation_size(config, table, train_rows, image_size))
+                            train_size=augmentation_size(config, table, train_rows, image_size),
+                            augmentation=Augmentation(resized_crop_scale=(config.crop_scale, 1.0)))
     if config.sampler == "rare":
         data.sample_weights = rare_class_weights(table.targets[train_rows])
     pos_weight = auto_pos_weight(table.targets[train_rows]) if config.pos_weight == "auto" else None
