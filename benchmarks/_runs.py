@@ -141,12 +141,13 @@ def train_run(data: Path, out: Path, cache_dir: Path, *, image_size: int, batch_
 
 
 class TimedTorchEngine(TorchEngine):
-    """Records when each batch's probabilities are ready, for the steady state after the first batch."""
+    """Records when each batch's probabilities (and outlier scores) are ready, for the steady state after the first
+    batch. `scored` is what Predictor.predict_table calls."""
 
     stamps: list
 
-    def __call__(self, images):
-        result = super().__call__(images)
+    def scored(self, images):
+        result = super().scored(images)
         self.stamps.append((time.perf_counter(), len(images)))
         return result
 
@@ -154,8 +155,8 @@ class TimedTorchEngine(TorchEngine):
 class TimedOnnxEngine(OnnxEngine):
     stamps: list
 
-    def __call__(self, images):
-        result = super().__call__(images)
+    def scored(self, images):
+        result = super().scored(images)
         self.stamps.append((time.perf_counter(), len(images)))
         return result
 
