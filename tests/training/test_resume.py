@@ -64,7 +64,7 @@ def test_resume_refuses_changed_options_and_missing_runs(demo_data, tiny_recipe,
     with pytest.raises(ProtlocError) as error:
         train(dataclasses.replace(recipe, lr=0.5, seed=7, resume=True, stop_after=None))
     message = "\n".join(error.value.lines)
-    assert "--lr: 0.001 in the stopped run, 0.5 now" in message and "--seed: 42 in the stopped run, 7 now" in message
+    assert f"--lr: {recipe.lr} in the stopped run, 0.5 now" in message and "--seed: 42 in the stopped run, 7 now" in message
     assert "--out" not in message  # where the folder is may change
     with pytest.raises(ProtlocError, match="holds no stopped run"):
         train(dataclasses.replace(recipe, out=str(tmp_path / "elsewhere"), resume=True))

@@ -136,7 +136,8 @@ def test_one_cycle_learning_rate_is_stepped_every_batch(default_run):
     steps = pd.read_csv(default_run / "lr.csv")
     steps_per_epoch = training.n_train // 16  # the ragged last batch is dropped
     assert steps["step"].tolist() == list(range(1, len(steps) + 1))
-    for phase, peak in (("frozen", 1e-2), ("finetune", 1e-3)):
+    recipe = training.recipe  # the run's peak learning rates, as it recorded them
+    for phase, peak in (("frozen", recipe["lr_frozen"]), ("finetune", recipe["lr"])):
         lr = steps.loc[steps["phase"] == phase, "lr"].to_numpy()
         assert len(lr) == steps_per_epoch
         top = int(np.argmax(lr))
