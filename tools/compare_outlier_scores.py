@@ -14,7 +14,6 @@ Printed and written per candidate: AUROC against the held-out demo images for ea
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from protloc.training.splits import make_split
 from protloc.training.train import read_training_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_against_real import write_composites  # noqa: E402  (a sibling tool, not a package)
+from demo_against_real import parse_arguments, write_composites  # noqa: E402  (a sibling tool, not a package)
 
 PERCENTILES = (95, 97.5, 99)
 
@@ -98,12 +97,7 @@ def summary(scores: dict[str, np.ndarray]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path)
-    parser.add_argument("held_out", type=Path)
-    parser.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__.splitlines()[0])
     widths = protloc.load(args.run, engine="torch").model.backbone.feature_widths()
     with tempfile.TemporaryDirectory() as folder:
         sets = image_sets(args.run, args.held_out, args.real, Path(folder))

@@ -139,13 +139,18 @@ def measure(run: Path, held_out: Path, real: Path) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_arguments(description: str) -> argparse.Namespace:
+    """RUN, HELD_OUT, --real and --out: the arguments of this tool and of compare_outlier_scores.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("run", type=Path)
     parser.add_argument("held_out", type=Path)
     parser.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments(__doc__.splitlines()[0])
     result = measure(args.run, args.held_out, args.real)
     text = json.dumps(result, indent=2)
     print(text)
