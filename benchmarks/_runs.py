@@ -131,8 +131,8 @@ def protloc_command(*arguments) -> list[str]:
 def train_run(data: Path, out: Path, cache_dir: Path, *, image_size: int, batch_size: int, epochs_frozen: int,
               epochs: int, extra: tuple = (), sample_memory: bool = False,
               precision: str = "fp32") -> tuple[Measured, pd.DataFrame]:
-    """`protloc train`, in `precision`: fp32 for the CPU table, whose limits and seed-style loop are fp32 (where
-    the CPU computes bf16 natively, "auto" would train in bf16 against fp32 limits)."""
+    """`protloc train`, in `precision`: fp32 for the CPU table, whose limits and seed-style loop are fp32 (what
+    "auto" gives on the CPU, named so that the table stays comparable if that changes)."""
     command = protloc_command("train", data, "--out", out, "--image-size", image_size, "--batch-size", batch_size,
                               "--epochs-frozen", epochs_frozen, "--epochs", epochs, "--cache-dir", cache_dir,
                               "--precision", precision, *extra)

@@ -241,8 +241,8 @@ def tiny_recipe() -> TinyRecipe:
 def trained_kfold(demo_data, tiny_recipe, tmp_path_factory) -> Path:
     """A 2-fold folder trained by the tiny recipe (fine-tuning only) through the CLI, as `train --folds 2`
     leaves it: fold-0, fold-1, folds.csv, out_of_fold.csv and ensemble.json. Tests that change it take a copy.
-    In fp32, so that a fold's validation scores during training and after it are one computation (under the bf16
-    that "auto" gives on CPUs with native bf16, they may differ by a label)."""
+    In fp32 (what "auto" gives on the CPU, named so that it stays so), so that a fold's validation scores during
+    training and after it are one computation (under bf16 they may differ by a label)."""
     import torch
 
     from protloc.cli import main

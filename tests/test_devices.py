@@ -1,10 +1,10 @@
-"""devices.py, the one place for --device and --precision: their words, and both "auto" policies."""
+"""devices.py, the one place for --device and --precision: their words, and the one "auto" policy."""
 from __future__ import annotations
 
 import pytest
 
-from protloc.devices import (LIGHTNING_PRECISIONS, PRECISIONS, autocast_dtype, bf16_is_native, check_device_name,
-                             resolve_device, resolve_precision, resolve_training_precision)
+from protloc.devices import (LIGHTNING_PRECISIONS, PRECISIONS, autocast_dtype, check_device_name,
+                             resolve_device, resolve_precision)
 from protloc.errors import ProtlocError
 
 
@@ -18,15 +18,13 @@ def test_device_names_are_checked_before_torch_is_asked():
         resolve_device("gpu")
 
 
-def test_prediction_auto_is_fp32_on_every_cpu_and_training_auto_follows_native_bf16():
+def test_auto_is_fp32_on_every_cpu_for_prediction_and_training_alike():
     assert resolve_precision("auto", "cpu") == "fp32"
-    assert resolve_training_precision("auto", "cpu") == ("bf16" if bf16_is_native("cpu") else "fp32")
-    for resolve in (resolve_precision, resolve_training_precision):
-        assert resolve("fp32", "cpu") == "fp32" and resolve("bf16", "cpu") == "bf16"
-        with pytest.raises(ProtlocError, match="--precision fp16: needs a CUDA device"):
-            resolve("fp16", "cpu")
-        with pytest.raises(ProtlocError, match="--precision 32-true: expected auto, fp32, bf16 or fp16"):
-            resolve("32-true", "cpu")
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ProtlocError, match="--precision fp16: needs a CUDA device"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ProtlocError, match="--precision 32-true: expected auto, fp32, bf16 or fp16"):
+        resolve_precision("32-true", "cpu")
 
 
 def test_each_precision_has_lightnings_name_and_an_autocast_dtype():

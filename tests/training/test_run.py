@@ -1,14 +1,20 @@
 """One run's phases: the frozen phase really freezes (the backbone's weights and BatchNorm statistics come out
-bit-identical), and fine-tuning trains everything."""
+bit-identical), fine-tuning with --frozen-stages 0 trains everything, and with N > 0 leaves the first N stages
+as they were and trains the rest."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from protloc.errors import ProtlocError
+from protloc.models.classifier import build_model
 from protloc.training.callbacks import TrainingHistory
 from protloc.training.datamodule import LocalisationData
 from protloc.training.losses import make_loss
 from protloc.training.trainer import resolve_hardware
-from protloc.training.run import Phase, build_initial_model, fit_phase
+from protloc.cli import main
+from protloc.training.config import TrainConfig
+from protloc.training.run import Phase, build_initial_model, fit_phase, frozen_stage_count
 from protloc.training.splits import make_split
 from protloc.training.train import read_training_table
 
@@ -18,7 +24,7 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_frozen_phase_trains_the_head_only_and_finetuning_trains_everything(demo_data, tiny_recipe, tmp_path):
-    config = tiny_recipe.config(demo_data, tmp_path)
+    config = tiny_recipe.config(demo_data, tmp_path, frozen_stages=0)
     hardware = resolve_hardware(config)
     table = read_training_table(config)
     model = build_initial_model(config, len(table.label_set))
@@ -45,3 +51,41 @@ def test_frozen_phase_trains_the_head_only_and_finetuning_trains_everything(demo
     moved = {key for key in backbone_after if not torch.equal(backbone_after[key], tuned[key])}
     assert set(statistics) <= moved
     assert any(key.endswith("weight") and "bn" not in key for key in moved)
+
+
+def test_finetuning_leaves_the_first_stages_as_they_were_and_trains_the_rest(demo_data, tiny_recipe, tmp_path):
+    config = tiny_recipe.config(demo_data, tmp_path, frozen_stages=2)  # test_resnet: the stem, then layer1
+    hardware = resolve_hardware(config)
+    table = read_training_table(config)
+    model = build_initial_model(config, len(table.label_set))
+    train_rows, val_rows = make_split("mask", table.targets, 0.1, seed=0)
+    data = LocalisationData(table, train_rows, val_rows, image_size=32, mean=[0.5] * 3, std=[0.5] * 3, channels=3,
+                            batch_size=16, workers=0, seed=0)
+    before = snapshot(model.backbone)
+    fit_phase(model, data, config, hardware, Phase("finetune", 0, 1, 1e-2), history=TrainingHistory(), run_dir=tmp_path,
+              loss=make_loss("bce"), label_names=list(table.label_set.names))
+    after = snapshot(model.backbone)
+    early = ("net.conv1.", "net.bn1.", "net.layer1.")
+    kept = {key for key in before if torch.equal(before[key], after[key])}
+    assert {key for key in before if key.startswith(early)} <= kept  # weights and BatchNorm statistics
+    assert any(key.startswith("net.bn1.running_") for key in kept) and any(key.startswith("net.layer1.") for key in kept)
+    moved = set(before) - kept
+    assert any(key.startswith("net.layer2.") and key.endswith("weight") for key in moved)
+    assert any(key.startswith("net.layer4.") and "running_mean" in key for key in moved)
+    assert not any(p.requires_grad for p in model.backbone.net.layer1.parameters())  # autograd records none of it
+
+
+def test_fine_tuning_freezes_the_backbones_measured_number_of_stages_unless_told(demo_data, tiny_recipe, tmp_path):
+    assert frozen_stage_count(TrainConfig(data="d", out="o", backbone="efficientnet_lite0")) == 4
+    assert frozen_stage_count(TrainConfig(data="d", out="o", backbone="resnet18")) == 0  # not measured: everything trains
+    assert frozen_stage_count(TrainConfig(data="d", out="o", backbone="efficientnet_lite0", frozen_stages=0)) == 0
+    # A count the backbone cannot meet stops the run before its first epoch, as one line with exit code 2.
+    assert main(["train", str(demo_data), "--out", str(tmp_path / "run"), *tiny_recipe.args(frozen_stages=9)]) == 2
+    assert not (tmp_path / "run" / "lr.csv").exists()
+
+
+def test_more_frozen_stages_than_the_backbone_has_is_a_one_line_error():
+    model = build_model("test_resnet", 10, pretrained=False)  # a stem, then layer1-3 before its last stage
+    assert len(model.backbone.early_modules(4)) > len(model.backbone.early_modules(1)) > 0
+    with pytest.raises(ProtlocError, match="--frozen-stages 6: backbone 'test_resnet' has a stem and 3 stages"):
+        model.backbone.early_modules(6)

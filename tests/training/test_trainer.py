@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 
-from protloc.devices import LIGHTNING_PRECISIONS, resolve_training_precision
 from protloc.errors import ProtlocError
 from protloc.training.trainer import Hardware, resolve_hardware, worker_count
 from protloc.training.train import train
@@ -68,8 +67,7 @@ def test_training_log_is_one_engine_line_and_a_line_per_epoch(demo_data, tiny_re
     out, err = capsys.readouterr()
     log = (out + err).replace("\r", "\n")
     assert [line for line in log.splitlines() if ": training on " in line] == [
-        f"{tmp_path / 'run'}: training on device cpu, precision {resolve_training_precision('auto', 'cpu')} "
-        f"({LIGHTNING_PRECISIONS[resolve_training_precision('auto', 'cpu')]}), 1 process, 0 loader workers each"]
+        f"{tmp_path / 'run'}: training on device cpu, precision fp32 (32-true), 1 process, 0 loader workers each"]
     # Progress on stderr alone; off a terminal (as here) each epoch is one line, written once, with no redraws.
     assert "\r" not in err and "epoch 1/2" not in out
     epochs = [line for line in err.splitlines() if line.startswith("epoch ")]

@@ -139,8 +139,8 @@ def add_device_options(parser: argparse.ArgumentParser, *, batch_size: int = 32,
     --devices count. `help_texts` replaces the text of options that mean more for a command (by dest name)."""
     texts = {
         "device": "auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N (default %(default)s)",
-        "precision": "auto: bf16 on GPUs that have it (else fp16) and fp32 on CPUs, so CPU probabilities are the "
-                     "same on every machine; bf16/fp16 trade exactness for speed (default %(default)s)",
+        "precision": "auto: bf16 on GPUs that have it (else fp16) and fp32 on CPUs, so CPU results are the same on "
+                     "every machine; bf16/fp16 trade exactness for speed (default %(default)s)",
         "batch_size": "images per forward pass (default %(default)s)",
         "workers": "processes decoding images beside the model; 0 = decode in the main process (default %(default)s)",
         **(help_texts or {}),

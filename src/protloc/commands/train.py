@@ -46,7 +46,8 @@ def register(subparsers) -> None:
         # --out is required except with --resume RUN, which argparse cannot say: the usage says it instead.
         usage="protloc train DATA --out RUN [options]\n       protloc train --resume RUN [options]",
         description="Transfer learning from an ImageNet CNN, as the seed notebook does: first only a new head trains "
-                    "over the frozen backbone (--epochs-frozen), then the whole network (--epochs); each phase follows "
+                    "over the frozen backbone (--epochs-frozen), then the network beyond its first --frozen-stages stages "
+                    "(--epochs); each phase follows "
                     "its own one-cycle learning rate, stepped every batch. The epoch with the best validation macro F1 "
                     "is kept and per-class thresholds are tuned on validation. RUN gets config.json, model.safetensors, "
                     "metrics.csv, lr.csv, curves.png, lr.png and checkpoints/ (for --resume).")
@@ -115,6 +116,10 @@ def add_recipe_options(recipe) -> None:
     add(recipe, "augment_resolution", "augmentation crops training images at their own resolution, kept (and cached) "
                                       "at up to this many times --image-size: small compartments keep their pixels "
                                       "in a zoomed crop; 1: crop from the copy at --image-size", type=float)
+    recipe.add_argument("--frozen-stages", dest="frozen_stages", type=int, metavar="N", default=DEFAULTS["frozen_stages"],
+                        help="fine-tuning leaves the backbone's first N stages as ImageNet trained them, the stem "
+                             "counting as the first: a step skips their backward pass; 0 = fine-tune everything "
+                             "(default: the backbone's, 4 for efficientnet_lite0 = its stem and blocks 0-2, 0 for others)")
     add(recipe, "crop_scale", "the smallest share of the image's area a random resized crop keeps: crops zoom in, so "
                               "objects look up to 1/sqrt(this) times larger in training than at evaluation", type=float)
     add(recipe, "head_only_features", "train the frozen phase's head on the backbone's features, computed once per "
@@ -124,8 +129,8 @@ def add_recipe_options(recipe) -> None:
 
 def add_training_device_options(parser) -> None:
     group = add_device_options(parser, batch_size=DEFAULTS["batch_size"], workers=DEFAULTS["workers"], help_texts={
-        "precision": "auto: bf16 on GPUs that have it (else fp16) and on CPUs that compute bf16 natively; fp32 on "
-                     "other CPUs, where bf16 is emulated and slow (default %(default)s)",
+        "precision": "auto: bf16 on GPUs that have it (else fp16), fp32 on the CPU, where bf16 trained no faster "
+                     "even with native bf16 (default %(default)s)",
         "batch_size": "images per batch and process (default %(default)s)",
         "workers": "DataLoader processes per training process (default: none on the CPU with the image cache, where "
                    f"loading runs between steps; else min({MOST_TRAINING_WORKERS}, CPUs) = "

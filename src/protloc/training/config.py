@@ -51,6 +51,10 @@ class TrainConfig:
     # The seed's 1e-3 left the demo's four fine-tuning epochs short of converged; 2e-3 scored higher there
     # (docs/recipe.md).
     lr: float = 2e-3
+    # Fine-tuning leaves the backbone's first stages (the stem counting as the first) as ImageNet trained them:
+    # a step then skips their backward pass, so the same CPU time trains more epochs (docs/recipe.md).
+    # None: the backbone's own number (BackboneSpec.frozen_stages: 4 for efficientnet_lite0, else 0).
+    frozen_stages: int | None = None
     optimizer: str = "adam"
     weight_decay: float = 1e-4
     grad_clip: float = 0.1  # 0: no clipping
@@ -121,6 +125,7 @@ def check_config(config: TrainConfig) -> None:
     expect(config.workers is None or config.workers >= 0, f"--workers {config.workers}: expected 0 or more")
     expect(0.0 <= config.dropout < 1.0, f"--dropout {config.dropout}: expected a probability in [0, 1)")
     expect(0.0 < config.val_fraction < 1.0, f"--val-fraction {config.val_fraction}: expected a fraction between 0 and 1")
+    expect(config.frozen_stages is None or config.frozen_stages >= 0, f"--frozen-stages {config.frozen_stages}: expected 0 (fine-tune everything) or more")
     expect(config.folds >= 1, f"--folds {config.folds}: expected 2 or more folds (1 = a single split)")
     expect(0.0 < config.crop_scale <= 1.0, f"--crop-scale {config.crop_scale}: expected a share of the image's area "
                                            "in (0, 1]")
@@ -164,11 +169,12 @@ def upgrade_recipe(values: dict) -> dict:
     Recipes from before `fold_split` made their folds from `validation_split`: stratified folds for "stratified",
     a shuffled K-fold otherwise. They keep those folds, so a stopped K-fold run resumes on the folds it began; and
     they cropped augmentations from the input-size copy (augment_resolution 1), keeping half the image's area or more
-    (crop_scale 0.5)."""
+    (crop_scale 0.5), and fine-tuned every stage of the backbone (frozen_stages 0)."""
     upgraded = rename_recipe_keys(values)
     # Earlier versions cropped from the copy at the input size.
     upgraded.setdefault("augment_resolution", 1.0)
     upgraded.setdefault("crop_scale", 0.5)  # and their random resized crops kept half the area or more
+    upgraded.setdefault("frozen_stages", 0)  # and fine-tuned the whole backbone
     if "fold_split" not in upgraded and (upgraded.get("folds") or 1) >= 2:
         upgraded["fold_split"] = "stratified" if upgraded.get("validation_split") == "stratified" else "random"
     return upgraded

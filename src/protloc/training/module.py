@@ -1,7 +1,7 @@
 """The science of training, as a LightningModule: loss, optimiser, one-cycle schedule and validation scores.
 
 One module covers one phase of the recipe. "frozen" trains the head alone over a frozen backbone (weights
-and BatchNorm statistics fixed); "finetune" trains everything. Each phase gets a fresh optimiser and its own
+and BatchNorm statistics fixed); "finetune" trains everything but the backbone's first `frozen_stages` stages. Each phase gets a fresh optimiser and its own
 one-cycle schedule stepped after every batch, as the seed notebook's `fit_one_cycle` calls do.
 
 In the frozen phase the backbone runs under no_grad: nothing of it trains, so autograd must record nothing of it,
@@ -18,7 +18,7 @@ from torch import nn
 
 from protloc.errors import ProtlocError
 from protloc.metrics import fscore_course_notebook_rule, scores_as_deployed
-from protloc.models.classifier import ProtlocNet, freeze_backbone, unfreeze_backbone
+from protloc.models.classifier import ProtlocNet, freeze_backbone, freeze_early_stages, unfreeze_backbone
 from protloc.runs import DEFAULT_THRESHOLD
 
 PHASES = ("frozen", "finetune")
@@ -63,6 +63,7 @@ class LocalisationModule(L.LightningModule):
         label_names: list[str],
         channels_last: bool = False,
         head_only: bool = False,
+        frozen_stages: int = 0,
     ):
         super().__init__()
         if phase not in PHASES:
@@ -87,6 +88,7 @@ class LocalisationModule(L.LightningModule):
             freeze_backbone(model)
         else:
             unfreeze_backbone(model)
+            freeze_early_stages(model, frozen_stages)
         if channels_last:
             model.to(memory_format=torch.channels_last)
 

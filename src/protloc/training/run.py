@@ -70,6 +70,11 @@ def input_size(config: TrainConfig) -> int:
     return config.image_size or backbone_spec(config.backbone).input_size
 
 
+def frozen_stage_count(config: TrainConfig) -> int:
+    """How many of the backbone's first stages fine-tuning leaves frozen: --frozen-stages, else the backbone's."""
+    return config.frozen_stages if config.frozen_stages is not None else backbone_spec(config.backbone).frozen_stages
+
+
 def augmentation_size(config: TrainConfig, table: DatasetTable, train_rows: np.ndarray, image_size: int,
                       sample: int = 8) -> int:
     """The side at which training images are kept and cropped: their own size, bounded by --augment-resolution
@@ -99,8 +104,10 @@ def image_cache(config: TrainConfig) -> ImageCache | None:
 def build_initial_model(config: TrainConfig, num_classes: int) -> ProtlocNet:
     """The network before training: ImageNet (or --weights) backbone and a head initialised from the seed."""
     L.seed_everything(config.seed, workers=True, verbose=False)
-    return build_model(config.backbone, num_classes, pretrained=config.pretrained, weights=config.weights,
-                       in_chans=config.channels, dropout=config.dropout)
+    model = build_model(config.backbone, num_classes, pretrained=config.pretrained, weights=config.weights,
+                        in_chans=config.channels, dropout=config.dropout)
+    model.backbone.early_modules(frozen_stage_count(config))  # a count the backbone cannot meet fails before training
+    return model
 
 
 def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, hardware: Hardware, phase: Phase, *,
@@ -110,7 +117,7 @@ def fit_phase(model: ProtlocNet, data: LocalisationData, config: TrainConfig, ha
     module = LocalisationModule(
         model, phase=phase.name, first_epoch=phase.first_epoch, phase_epochs=phase.epochs, lr=phase.lr,
         optimizer=config.optimizer, weight_decay=config.weight_decay, loss=loss, label_names=label_names,
-        head_only=getattr(data, "yields_features", False),
+        head_only=getattr(data, "yields_features", False), frozen_stages=frozen_stage_count(config),
         # channels_last: faster convolutions on GPUs and, via oneDNN, on CPUs too (efficientnet_lite0 at 128 px,
         # 2 cores, fp32: 1.25x to 1.5x in both phases, measured).
         channels_last=True,

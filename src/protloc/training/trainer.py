@@ -16,7 +16,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.strategies import DDPStrategy
 
 from protloc.data.workers import training_workers
-from protloc.devices import LIGHTNING_PRECISIONS, resolve_device, resolve_training_precision
+from protloc.devices import LIGHTNING_PRECISIONS, resolve_device, resolve_precision
 from protloc.errors import ProtlocError
 from protloc.files import atomic_path
 from protloc.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
@@ -83,7 +83,7 @@ def resolve_hardware(config: TrainConfig) -> Hardware:
         raise ProtlocError(f"--device {config.device} --devices {config.devices}: cuda:N names one GPU; "
                            f"for {config.devices} processes use --device cuda (GPUs 0 to {config.devices - 1})")
     device = resolve_device(config.device)
-    return Hardware(device=device, precision=resolve_training_precision(config.precision, device), processes=config.devices,
+    return Hardware(device=device, precision=resolve_precision(config.precision, device), processes=config.devices,
                   num_nodes=config.num_nodes, workers=worker_count(config, device))
 
 

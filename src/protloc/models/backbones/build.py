@@ -51,6 +51,26 @@ class Backbone(nn.Module):
                 handle.remove()
         return torch.cat([pooled.float()] + [stage.float().mean(dim=(2, 3)) for stage in maps], dim=1)
 
+    def early_modules(self, stages: int) -> list[nn.Module]:
+        """The modules of the network's first `stages` stages, the stem (the top-level modules that run before the
+        first of `stage_names` with weights) counting as the first; [] for 0. (timm lists a ResNet's stem
+        activation as a stage of its own: it goes with the stem.)"""
+        if stages <= 0:
+            return []
+        weighted = [name for name in self.stage_names if any(True for _ in self.net.get_submodule(name).parameters())]
+        if not weighted:
+            raise ProtlocError(f"--frozen-stages {stages}: backbone {self.spec.name!r} names no stages; use --frozen-stages 0")
+        if stages > 1 + len(weighted):
+            raise ProtlocError(f"--frozen-stages {stages}: backbone {self.spec.name!r} has a stem and {len(weighted)} "
+                               f"stages before its last; expected 0 to {1 + len(weighted)}")
+        first = weighted[0].split(".")[0]
+        stem = []
+        for name, child in self.net.named_children():
+            if name == first:
+                break
+            stem.append(child)
+        return stem + [self.net.get_submodule(name) for name in weighted[:stages - 1]]
+
     def feature_widths(self) -> list[int]:
         """The widths of the parts of `features_and_stages`: F, then each stage's channels (one small probe pass,
         in eval mode, so no BatchNorm statistics move)."""

@@ -32,6 +32,9 @@ class BackboneSpec:
     # paths, in the order the network runs them). Real images that the last layer maps close to the training
     # images still differ in their early textures: per-stage distances separate them (inference/outliers.py).
     stage_names: tuple[str, ...] = ()
+    # How many of the first stages (the stem counting as the first) fine-tuning leaves frozen by default: chosen by
+    # measurement at the make demo budget (docs/recipe.md); 0 (fine-tune everything) where nothing was measured.
+    frozen_stages: int = 0
     # Returns the full classifier's ImageNet state dict in `library`'s key names.
     pretrained_state: Callable[[], StateDict] | None = field(default=None, compare=False, repr=False)
 
@@ -44,7 +47,7 @@ _REGISTRY: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
         name="efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224,
         library="timm", arch="tf_efficientnet_lite0", has_offline_weights=True, cam_layer_name="blocks.2",
-        stage_names=tuple(f"blocks.{index}" for index in range(7)),
+        stage_names=tuple(f"blocks.{index}" for index in range(7)), frozen_stages=4,
         pretrained_state=lite0_imagenet_state_dict,
     ),
     "resnet18": BackboneSpec(
