@@ -21,7 +21,8 @@ from torchvision import transforms as T
 
 from protloc.allocator import allow_malloc_settings, freed_memory_kept
 from protloc.data.cache import decode_resized
-from protloc.models.classifier import build_model, freeze_backbone
+from protloc.models.backbones import backbone_spec
+from protloc.models.classifier import build_model, freeze_backbone, freeze_early_stages
 
 
 def autocast(device: str, dtype: torch.dtype | None):
@@ -91,6 +92,8 @@ def measure(backbone: str, batch_size: int, image_size: int, steps: int, device:
         forward = forward_limit(model, batches, steps=4 * steps, device=device, dtype=dtype)
         frozen = train_step_limit(model, batches, frozen=True, steps=2 * steps, device=device, dtype=dtype)
     model = fresh_model(backbone, 10, device)
+    # As protloc fine-tunes by default: the backbone's first stages frozen (--frozen-stages, the backbone's number).
+    freeze_early_stages(model, backbone_spec(backbone).frozen_stages)
     epoch_steps = epoch_steps or steps + 1
     seconds = train_step_limit(model, batches, frozen=False, steps=epoch_steps, device=device, dtype=dtype, epoch=True)
     later = seconds[1:]  # none in an epoch of one step
@@ -100,7 +103,7 @@ def measure(backbone: str, batch_size: int, image_size: int, steps: int, device:
 
 def train_step_limit(model, batches, *, frozen: bool, steps: int, device: str, dtype=None, epoch: bool = False):
     """protloc's training step without Lightning or loading: forward (the frozen backbone under no_grad), BCE,
-    backward, gradient clipping by value 0.1, Adam. Images per second after a warm-up step; with `epoch`, the
+    backward, gradient clipping by value 0.1, Adam, on the parameters that require gradients. Images per second after a warm-up step; with `epoch`, the
     seconds of each step instead, the first included."""
     model.train()
     if frozen:
