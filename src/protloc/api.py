@@ -37,7 +37,7 @@ def load(run: str | Path, *, device: str = "auto", engine: str = "auto", onnx: s
     precision: "auto" (fp32 on the CPU; bf16, or fp16 where bf16 is missing, on a GPU), "fp32", "bf16" or "fp16".
     gray_as: a stain name ("green" for a protein-only image) under which a grayscale image enters a run of 3 or 4
     channels, the others dark; without it such an image is refused.
-    bit_depth: the depth of the images' pixels, 8, 10, 12, 14 or 16 (12 for 12-bit camera data in 16-bit files),
+    bit_depth: the depth of the images' pixels, one of protloc.data.BIT_DEPTHS (12 for 12-bit camera data in 16-bit files),
     where it differs from the run's (its config.json's bit_depth, the default): each image is scaled from its own
     full scale, 2**bit_depth - 1, as the run's training images were from theirs.
     stain_map: which stain each named channel of a microscope file (OME-TIFF, CZI, ND2, LIF) is, for names the
