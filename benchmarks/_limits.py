@@ -103,8 +103,8 @@ def measure(backbone: str, batch_size: int, image_size: int, steps: int, device:
 
 def train_step_limit(model, batches, *, frozen: bool, steps: int, device: str, dtype=None, epoch: bool = False):
     """protloc's training step without Lightning or loading: forward (the frozen backbone under no_grad), BCE,
-    backward, gradient clipping by value 0.1, Adam, on the parameters that require gradients. Images per second after a warm-up step; with `epoch`, the
-    seconds of each step instead, the first included."""
+    backward, gradient clipping by value 0.1, Adam, on the parameters that require gradients. Images per second
+    after a warm-up step; with `epoch`, the seconds of each step instead, the first included."""
     model.train()
     if frozen:
         freeze_backbone(model)

@@ -1,8 +1,9 @@
 """The science of training, as a LightningModule: loss, optimiser, one-cycle schedule and validation scores.
 
 One module covers one phase of the recipe. "frozen" trains the head alone over a frozen backbone (weights
-and BatchNorm statistics fixed); "finetune" trains everything but the backbone's first `frozen_stages` stages. Each phase gets a fresh optimiser and its own
-one-cycle schedule stepped after every batch, as the seed notebook's `fit_one_cycle` calls do.
+and BatchNorm statistics fixed); "finetune" trains everything but the backbone's first `frozen_stages` stages.
+Each phase gets a fresh optimiser and its own one-cycle schedule stepped after every batch, as the seed
+notebook's `fit_one_cycle` calls do.
 
 In the frozen phase the backbone runs under no_grad: nothing of it trains, so autograd must record nothing of it,
 whatever the input. (With its parameters frozen autograd already recorded nothing: measured on a 2-core CPU,
