@@ -23,21 +23,30 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
 
 
-def test_frozen_phase_trains_the_head_only_and_finetuning_trains_everything(demo_data, tiny_recipe, tmp_path):
-    config = tiny_recipe.config(demo_data, tmp_path, frozen_stages=0)
+def phases_of(config, run_dir):
+    """The model `config` builds, and `run(phase)`, which fits one phase of it in place on the demo data."""
     hardware = resolve_hardware(config)
     table = read_training_table(config)
     model = build_initial_model(config, len(table.label_set))
     train_rows, val_rows = make_split("mask", table.targets, 0.1, seed=0)
     data = LocalisationData(table, train_rows, val_rows, image_size=32, mean=[0.5] * 3, std=[0.5] * 3, channels=3,
                             batch_size=16, workers=0, seed=0)
-    fit = dict(run_dir=tmp_path, loss=make_loss("bce"), label_names=list(table.label_set.names))
+
+    def run(phase: Phase) -> None:
+        fit_phase(model, data, config, hardware, phase, history=TrainingHistory(), run_dir=run_dir, loss=make_loss("bce"),
+                  label_names=list(table.label_set.names))
+
+    return model, run
+
+
+def test_frozen_phase_trains_the_head_only_and_finetuning_trains_everything(demo_data, tiny_recipe, tmp_path):
+    model, run = phases_of(tiny_recipe.config(demo_data, tmp_path, frozen_stages=0), tmp_path)
 
     backbone_before, head_before = snapshot(model.backbone), snapshot(model.head)
     statistics = [key for key in backbone_before if "running_mean" in key or "running_var" in key or "num_batches" in key]
     assert statistics  # the backbone has BatchNorm statistics for the check below to cover
 
-    fit_phase(model, data, config, hardware, Phase("frozen", 0, 1, 1e-2), history=TrainingHistory(), **fit)
+    run(Phase("frozen", 0, 1, 1e-2))
     backbone_after, head_after = snapshot(model.backbone), snapshot(model.head)
     assert backbone_after.keys() == backbone_before.keys()
     changed = [key for key in backbone_before if not torch.equal(backbone_before[key], backbone_after[key])]
@@ -45,7 +54,7 @@ def test_frozen_phase_trains_the_head_only_and_finetuning_trains_everything(demo
     assert not torch.equal(head_before["1.weight"], head_after["1.weight"])
 
     # The same check catches a backbone that does train: after fine-tuning, weights and statistics moved.
-    fit_phase(model, data, config, hardware, Phase("finetune", 1, 1, 1e-3), history=TrainingHistory(), **fit)
+    run(Phase("finetune", 1, 1, 1e-3))
     tuned = snapshot(model.backbone)
     assert all(p.requires_grad for p in model.backbone.parameters())
     moved = {key for key in backbone_after if not torch.equal(backbone_after[key], tuned[key])}
@@ -54,16 +63,10 @@ def test_frozen_phase_trains_the_head_only_and_finetuning_trains_everything(demo
 
 
 def test_finetuning_leaves_the_first_stages_as_they_were_and_trains_the_rest(demo_data, tiny_recipe, tmp_path):
-    config = tiny_recipe.config(demo_data, tmp_path, frozen_stages=2)  # test_resnet: the stem, then layer1
-    hardware = resolve_hardware(config)
-    table = read_training_table(config)
-    model = build_initial_model(config, len(table.label_set))
-    train_rows, val_rows = make_split("mask", table.targets, 0.1, seed=0)
-    data = LocalisationData(table, train_rows, val_rows, image_size=32, mean=[0.5] * 3, std=[0.5] * 3, channels=3,
-                            batch_size=16, workers=0, seed=0)
+    # test_resnet: frozen_stages 2 is the stem, then layer1
+    model, run = phases_of(tiny_recipe.config(demo_data, tmp_path, frozen_stages=2), tmp_path)
     before = snapshot(model.backbone)
-    fit_phase(model, data, config, hardware, Phase("finetune", 0, 1, 1e-2), history=TrainingHistory(), run_dir=tmp_path,
-              loss=make_loss("bce"), label_names=list(table.label_set.names))
+    run(Phase("finetune", 0, 1, 1e-2))
     after = snapshot(model.backbone)
     early = ("net.conv1.", "net.bn1.", "net.layer1.")
     kept = {key for key in before if torch.equal(before[key], after[key])}
