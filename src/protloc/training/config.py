@@ -125,7 +125,8 @@ def check_config(config: TrainConfig) -> None:
     expect(config.workers is None or config.workers >= 0, f"--workers {config.workers}: expected 0 or more")
     expect(0.0 <= config.dropout < 1.0, f"--dropout {config.dropout}: expected a probability in [0, 1)")
     expect(0.0 < config.val_fraction < 1.0, f"--val-fraction {config.val_fraction}: expected a fraction between 0 and 1")
-    expect(config.frozen_stages is None or config.frozen_stages >= 0, f"--frozen-stages {config.frozen_stages}: expected 0 (fine-tune everything) or more")
+    expect(config.frozen_stages is None or config.frozen_stages >= 0,
+           f"--frozen-stages {config.frozen_stages}: expected 0 (fine-tune everything) or more")
     expect(config.folds >= 1, f"--folds {config.folds}: expected 2 or more folds (1 = a single split)")
     expect(0.0 < config.crop_scale <= 1.0, f"--crop-scale {config.crop_scale}: expected a share of the image's area "
                                            "in (0, 1]")
