@@ -32,6 +32,8 @@ matplotlib.use("Agg")
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="protloc-torch-home-")
 # ... nor write decoded images into the user's own cache folder.
 os.environ["PROTLOC_CACHE_DIR"] = tempfile.mkdtemp(prefix="protloc-cache-")
+# Both go when this process ends its session (pytest_unconfigure): a run's cache reached gigabytes.
+SESSION_FOLDERS = (os.environ["TORCH_HOME"], os.environ["PROTLOC_CACHE_DIR"])
 
 REAL_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -54,8 +56,10 @@ def pytest_collection_finish(session):
 
 
 def pytest_unconfigure(config):
-    """Exit without the interpreter's last garbage collections, as the `protloc` command does (cli.run): a
-    worker's exit is the last thing the run waits for."""
+    """Remove this process's session folders; then exit without the interpreter's last garbage collections, as the
+    `protloc` command does (cli.run): a worker's exit is the last thing the run waits for."""
+    for folder in SESSION_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
     gc.freeze()
 
 
