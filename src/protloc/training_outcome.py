@@ -29,6 +29,7 @@ class TrainingOutcome:
     best_epoch: int | None = None  # 1-based, counted over both phases
     best_phase: str | None = None
     precision_used: str | None = None
+    frozen_stages_used: int | None = None  # the backbone's first stages fine-tuning left frozen (the recipe may say None)
     world_size: int | None = None  # processes that trained
     images_per_second: dict[str, float] | None = None  # per phase, training loop only
     # Validation scores of the best epoch's weights, images labelled as predict labels them (each at least one

@@ -53,6 +53,7 @@ def test_train_writes_a_complete_run_folder(default_run, demo_data):
     assert training.validation_split == "mask" and training.n_train + training.n_val == 96
     assert training.recipe["data"] == str(demo_data.resolve()) and training.world_size == 1
     assert training.precision_used == "fp32"  # auto, on every CPU
+    assert training.recipe["frozen_stages"] is None and training.frozen_stages_used == 4  # efficientnet_lite0's own
     assert set(training.images_per_second) == {"frozen", "finetune"}
     assert all(speed > 0 for speed in training.images_per_second.values())
     assert set(training.val_tuned) >= {"f1_macro", "f1_micro", "f1_samples", "fscore_course", "f1_per_class"}

@@ -147,21 +147,22 @@ SETTING_GROUPS = {
     "Model": ("weights", "pretrained"),
     "Data": ("data", "labels", "normalize", "validation_split", "val_fraction", "folds", "n_train", "n_val"),
     "Recipe": ("seed", "epochs_frozen", "epochs", "lr_frozen", "lr", "optimizer", "weight_decay", "grad_clip",
-               "grad_clip_mode", "loss", "pos_weight", "batch_size"),
+               "grad_clip_mode", "loss", "pos_weight", "frozen_stages_used", "batch_size"),
     "Hardware": ("device", "devices", "num_nodes", "world_size", "precision", "precision_used",
                "images_per_second"),
 }
 # How the command was run rather than what the model is, results shown above, or what the model's own
 # rows (model_settings) already say.
 HIDDEN_SETTINGS = {"out", "show_progress", "resume", "stop_after", "workers", "best_epoch", "best_phase",
-                   "val_tuned", "val_at_0.5", "val_at_0.5_predicted",
+                   "frozen_stages", "val_tuned", "val_at_0.5", "val_at_0.5_predicted",
                    "backbone", "dropout", "channels", "image_size", "layout", "format", "verbose"}
 SETTING_NAMES = {
     "data": "training data", "weights": "initial weights file", "pretrained": "ImageNet weights",
     "labels": "label set given", "channels": "input channels", "image_size": "image size (px)",
     "normalize": "normalisation", "validation_split": "validation split", "val_fraction": "validation share",
     "folds": "folds", "n_train": "training images", "n_val": "validation images",
-    "epochs_frozen": "epochs with the backbone frozen", "epochs": "epochs fine-tuning everything",
+    "epochs_frozen": "epochs with the backbone frozen", "epochs": "epochs fine-tuning",
+    "frozen_stages_used": "backbone stages frozen while fine-tuning",
     "lr_frozen": "peak learning rate, frozen", "lr": "peak learning rate, fine-tuning",
     "weight_decay": "weight decay", "grad_clip": "gradient clipping", "grad_clip_mode": "gradient clipping mode",
     "pos_weight": "positive class weights", "batch_size": "batch size", "num_nodes": "nodes",

@@ -219,6 +219,7 @@ def finish_run(config: TrainConfig, hardware: Hardware, table: DatasetTable, dat
     run_config.training = TrainingOutcome(
         recipe=recipe_of(config), image_size=image_size, n_train=len(data.train_table), n_val=len(data.val_table),
         best_epoch=int(best["epoch"]), best_phase=str(best["phase"]), precision_used=hardware.precision,
+        frozen_stages_used=frozen_stage_count(config),
         world_size=hardware.world_size, images_per_second={phase: float(value) for phase, value in speed.items()},
         # Both in-sample: these images picked the epoch, and the thresholds too.
         val_at_05=scores_as_deployed(targets, probabilities, DEFAULT_THRESHOLD),
