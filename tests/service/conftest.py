@@ -28,7 +28,7 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopbac
 # The live server's limits: small enough that tests reach them quickly.
 LIVE_MAX_BYTES = 2_000_000
 LIVE_MAX_CONNECTIONS = 32
-LIVE_TIMEOUT_S = 5.0
+LIVE_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="session")

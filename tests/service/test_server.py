@@ -1,7 +1,9 @@
-"""The real server (`protloc serve` in a subprocess, uvicorn on loopback) under hostile and heavy load:
-decompression bombs, oversized bodies, slow headers and bodies, too many connections, 500 requests."""
+"""The real server (`protloc serve` in a subprocess, uvicorn on loopback): what it serves, and how it stands
+hostile and heavy load: decompression bombs, oversized bodies, slow headers and bodies, too many connections,
+500 requests."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,15 @@ from tests.service.conftest import LIVE_MAX_BYTES, LIVE_MAX_CONNECTIONS, LIVE_TI
 
 RSS_GROWTH_LIMIT_MB = 200
 RSS_LIMIT_MB = 2048
+
+
+def test_the_started_server_serves_the_page_health_and_docs(live_server, run_dir):
+    status, body = live_server.get("/health")
+    health = json.loads(body)
+    assert status == 200 and health["run"] == run_dir.name and health["backbone"] == "test_resnet"
+    status, page = live_server.get("/")
+    assert status == 200 and b'<script src="static/page.js"' in page
+    assert live_server.get("/docs")[0] == 200 and live_server.get("/docs-assets/swagger-ui-bundle.js")[0] == 200
 
 
 def client() -> httpx2.Client:

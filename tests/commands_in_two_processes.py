@@ -1,5 +1,5 @@
 """Several `protloc` commands in a row in each of two processes, started once:
-`python -m tests.inference.commands_in_two_processes PLAN.json`, PLAN.json holding {"outputs": FOLDER,
+`python -m tests.commands_in_two_processes PLAN.json`, PLAN.json holding {"outputs": FOLDER,
 "first_alone": [argv, ...], "commands": [argv, ...]}, each of "commands" with --devices 2.
 
 The "first_alone" commands run in the first process before anything is launched (commands that must refuse to

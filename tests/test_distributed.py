@@ -1,14 +1,16 @@
-"""predict, embed and evaluate in two CPU processes (Lightning DDP, gloo), run as a user runs them, with
+"""train, predict, embed and evaluate in two CPU processes (Lightning DDP, gloo), run as a user runs them, with
 `--devices 2`. Lightning's launcher starts the second process by running the command line again, so these run in a
 subprocess (inside pytest it would run pytest's command line instead): one start of two processes for all of them
-(commands_in_two_processes.py), the first command through Lightning's launcher, the later ones in the launch it left,
-as under torchrun.
+(commands_in_two_processes.py), the first command (train) through Lightning's launcher, the later ones in the launch
+it left, as under torchrun.
 
-Each compares with one process on the same input: the same ids in the same order, the same numbers (1e-5).
+Training on two processes gives each its half of the training images. Each inference command is compared with one
+process on the same input: the same ids in the same order, the same numbers (1e-5).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,10 +25,11 @@ from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.inference.distributed import Ranks, exchange_folder, read_shares
 from protloc.labels import HPA10
+from protloc.models.run_weights import load_run
 from protloc.runs import TrainingOutcome, fold_dir, load_config, save_config, write_ensemble
 
 THRESHOLDS = [0.3, 0.7, 0.4, 0.6, 0.5, 0.45, 0.55, 0.35, 0.65, 0.5]
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +63,7 @@ def images(demo_data) -> list[Path]:
 
 
 CELL_OPTIONS = ("--cells", "--probabilities")
+TRAINING_BATCH = 8
 
 
 @dataclass
@@ -81,11 +85,12 @@ class Launch:
 
 
 @pytest.fixture(scope="module")
-def launch(kfold, run_dir, images, demo_data, cell_data, tmp_path_factory) -> Launch:
+def launch(kfold, run_dir, images, demo_data, cell_data, tiny_recipe, tmp_path_factory) -> Launch:
     """Every two-process command of the tests below, started once; before it, in the first process alone,
     --num-nodes 2 without a launcher, which must refuse to start."""
     out = tmp_path_factory.mktemp("two-processes")
     commands = {
+        "train": ["train", demo_data, "--out", out / "ddp", *tiny_recipe.args(batch_size=TRAINING_BATCH)],
         "predict": ["predict", kfold, *images, "--out", out / "predict.csv", "--probabilities", "--batch-size", "4",
                     "--cache-dir", out / "cache"],
         "predict cells": ["predict", run_dir, cell_data, "--out", out / "cells.csv", *CELL_OPTIONS,
@@ -100,10 +105,30 @@ def launch(kfold, run_dir, images, demo_data, cell_data, tmp_path_factory) -> La
     (out / "plan.json").write_text(json.dumps(plan))
     # With a time limit: were the refusal missing, the first process would wait for the other machine.
     env = {key: value for key, value in os.environ.items() if key not in ("MASTER_ADDR", "NODE_RANK")}
-    result = subprocess.run([sys.executable, "-m", "tests.inference.commands_in_two_processes", str(out / "plan.json")],
+    result = subprocess.run([sys.executable, "-m", "tests.commands_in_two_processes", str(out / "plan.json")],
                             capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return Launch(out, list(commands))
+
+
+def test_training_on_two_processes_writes_a_run_each_process_on_half_the_images(launch):
+    printed = launch.printed("train")
+    assert "best epoch" in printed[0] and printed[0].count("run: ") == 1 and "run: " not in printed[1]  # rank 0 reports
+    assert printed[0].count(": training on device cpu") == 1 and "2 processes" in printed[0]  # one engine line
+    assert ": training on device" not in printed[1]
+
+    out = launch.out / "ddp"
+    config, _model = load_run(out)
+    training = config.training
+    assert training.world_size == 2
+    assert training.n_train + training.n_val == 96
+    # Each process trains on its own half of the training images: an epoch takes half the steps one device would.
+    steps = pd.read_csv(out / "lr.csv").groupby("phase")["step"].count()
+    per_rank = math.ceil(training.n_train / 2) // TRAINING_BATCH
+    assert steps.to_dict() == {"frozen": per_rank, "finetune": per_rank}
+    assert per_rank < training.n_train // TRAINING_BATCH
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2] and metrics["val_f1_macro"].notna().all()
 
 
 def test_predict_on_two_processes_writes_what_one_process_writes(launch, kfold, images, tmp_path):
