@@ -198,13 +198,15 @@ def measure_features(args, large: Path, work: Path) -> tuple[float, float]:
     transform = eval_transforms(image_size=args.image_size, mean=[0.5] * 3, std=[0.25] * 3)
     dataset = ImageDataset(table, channels=3, transform=transform, image_size=args.image_size, cache=cache)
     model = limits.fresh_model(args.backbone, 10, "cpu")
+    # No loader workers: protloc's default on the CPU with the image cache (training.trainer.worker_count).
+    options = dict(batch_size=args.batch_size, workers=0, device="cpu", autocast_dtype=None, show_progress=False)
     rates = []
     for _ in range(args.rounds):
         start = time.perf_counter()
-        # No loader workers: protloc's default on the CPU with the image cache (training.trainer.worker_count).
-        compute_features(model, dataset, batch_size=args.batch_size, workers=0, device="cpu",
-                         autocast_dtype=None, show_progress=False)
+        compute_features(model, dataset, **options)
         rates.append(len(table) / (time.perf_counter() - start))
+    # Each pass printed: in this process the first has run at half the speed of the others (RESULTS.md).
+    print(f"feature passes (images/s): {', '.join(f'{rate:.1f}' for rate in rates)}", flush=True)
     return runs.median_and_spread(rates)
 
 
