@@ -2,7 +2,8 @@
 `--devices 2`. Lightning's launcher starts the second process by running the command line again, so these run in a
 subprocess (inside pytest it would run pytest's command line instead): one start of two processes for all of them
 (commands_in_two_processes.py), the first command (train) through Lightning's launcher, the later ones in the launch
-it left, as under torchrun.
+it left, as under torchrun. That prediction's processes, started from a plain command line, would be started by the
+same launcher is checked on its own (test_prediction_on_several_processes_starts_them_as_training_does).
 
 Training on two processes gives each its half of the training images. Each inference command is compared with one
 process on the same input: the same ids in the same order, the same numbers (1e-5).
@@ -193,6 +194,21 @@ def test_several_machines_without_a_launcher_are_refused_at_once(launch):
     assert code == 2
     assert "--num-nodes 2: no launcher found" in stderr and "Traceback" not in stderr
     assert not (launch.out / "refused.csv").exists()
+
+
+def test_prediction_on_several_processes_starts_them_as_training_does(tmp_path):
+    """Without a launch around it, prediction's trainer starts the other processes by running the command line again,
+    with the launcher that started the training above."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    environment = dict(os.environ)
+    try:
+        ranks = Ranks(2, 1, device="cpu", exchange=tmp_path)
+        assert isinstance(ranks.trainer.strategy.launcher, _SubprocessScriptLauncher)
+        assert ranks.world_size == 2 and ranks.device == "cpu"
+    finally:  # Lightning notes settings of its own in the environment
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def test_ranks_refuse_one_named_gpu_for_several_processes(tmp_path):
