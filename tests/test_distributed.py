@@ -201,14 +201,9 @@ def test_prediction_on_several_processes_starts_them_as_training_does(tmp_path):
     with the launcher that started the training above."""
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-    environment = dict(os.environ)
-    try:
-        ranks = Ranks(2, 1, device="cpu", exchange=tmp_path)
-        assert isinstance(ranks.trainer.strategy.launcher, _SubprocessScriptLauncher)
-        assert ranks.world_size == 2 and ranks.device == "cpu"
-    finally:  # Lightning notes settings of its own in the environment
-        os.environ.clear()
-        os.environ.update(environment)
+    ranks = Ranks(2, 1, device="cpu", exchange=tmp_path)
+    assert isinstance(ranks.trainer.strategy.launcher, _SubprocessScriptLauncher)
+    assert ranks.world_size == 2 and ranks.device == "cpu"
 
 
 def test_ranks_refuse_one_named_gpu_for_several_processes(tmp_path):
